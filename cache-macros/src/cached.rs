@@ -1,0 +1,302 @@
+//! `#[cached(...)]`: validation and expansion.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, ItemFn};
+
+use crate::attr::{self, CachedArgs, Ttl};
+use crate::ctxt::Ctxt;
+use crate::func::{ArgKind, Func, ReturnKind, Shape};
+use crate::key::{self, Access, KeySpec};
+
+/// Entry point: `args` are the attribute's tokens, `item` the function.
+pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let args = attr::parse_cached(args, &cx);
+    let Some(func) = parse_fn(item, &cx, "cached") else {
+        return with_errors(cx, item);
+    };
+    let func = Func::analyze(func, &cx, "cached");
+    let spec = check(&cx, &args, &func);
+    match cx.check() {
+        Ok(()) => generate(&args, &func, &spec),
+        Err(e) => {
+            let errors = e.to_compile_error();
+            quote!(#errors #item)
+        }
+    }
+}
+
+/// Parses the annotated item as a function with a body.
+pub(crate) fn parse_fn(item: &TokenStream, cx: &Ctxt, macro_name: &str) -> Option<ItemFn> {
+    if let Ok(f) = syn::parse2::<ItemFn>(item.clone()) {
+        return Some(f);
+    }
+    let hint = if syn::parse2::<syn::TraitItemFn>(item.clone()).is_ok() {
+        " (put it on the method in the `impl`, not on the trait's declaration)"
+    } else {
+        ""
+    };
+    cx.error_at(
+        Span::call_site(),
+        format!("#[{macro_name}] goes on an `async fn` with a body{hint}"),
+    );
+    None
+}
+
+/// Reports all errors, then re-emits the item unchanged so that callers of
+/// the function don't get follow-up errors.
+pub(crate) fn with_errors(cx: Ctxt, item: &TokenStream) -> TokenStream {
+    let errors = cx
+        .check()
+        .err()
+        .map(|e| e.to_compile_error())
+        .unwrap_or_default();
+    quote!(#errors #item)
+}
+
+/// Validates the arguments against the function; returns how the key is
+/// built (meaningful only when no error was reported).
+fn check<'a>(cx: &Ctxt, args: &'a CachedArgs, func: &'a Func) -> KeySpec<'a> {
+    if args.prefix.is_none() {
+        cx.error_at(
+            Span::call_site(),
+            "missing `prefix`: every cached function needs a key prefix, e.g. #[cached(prefix = \"customer\")]",
+        );
+    }
+
+    if let (Some((span, _)), None) = (&args.none_ttl, args.cache_none) {
+        cx.error_at(
+            *span,
+            "`none_ttl` only applies together with `cache_none` (None results are not stored otherwise); add `cache_none` or remove `none_ttl`",
+        );
+    }
+    if let Some(span) = args.cache_none
+        && func.return_kind() != ReturnKind::Option
+    {
+        cx.error_at(
+            span,
+            "`cache_none` applies to functions returning `Option<T>`; this function's return type doesn't end in `Option<..>` (a type alias hides it: spell out Option<T>)",
+        );
+    }
+
+    let mut skipped: Vec<&Ident> = Vec::new();
+    if let Some((span, skip)) = &args.skip {
+        if args.key.is_some() {
+            cx.error_at(
+                *span,
+                "`skip(..)` only shapes the default hashed key; with `key = \"..\"` the key is exactly the template, so remove `skip`",
+            );
+        }
+        for ident in skip {
+            if skipped.contains(&ident) {
+                cx.error_spanned_by(ident, format!("`{ident}` is already skipped"));
+            } else if ident != "self" && func.find_arg(&ident.to_string()).is_none() {
+                cx.error_spanned_by(
+                    ident,
+                    format!(
+                        "skip({ident}): the function has no argument named `{ident}`; {}",
+                        func.arg_names()
+                    ),
+                );
+            }
+            skipped.push(ident);
+        }
+    }
+
+    if let Some((_, template)) = &args.key {
+        for ph in template.placeholders() {
+            if ph.root == "self" {
+                cx.error_at(
+                    ph.span,
+                    format!(
+                        "`{}`: the key is built from the arguments only (`self` is never part of a cached key); pass what the key needs as an argument",
+                        ph.text
+                    ),
+                );
+                continue;
+            }
+            match func.find_arg(&ph.root) {
+                None => cx.error_at(
+                    ph.span,
+                    format!(
+                        "`{}` in the key template names no argument: there is no argument `{}`; {}",
+                        ph.text,
+                        ph.root,
+                        func.arg_names()
+                    ),
+                ),
+                Some(arg) if arg.mut_ref => cx.error_at(
+                    ph.span,
+                    format!(
+                        "`{}` uses `{}`, a `&mut` argument: a cached call may skip the body, so a key built from data the body mutates is a bug; key on an immutable argument instead",
+                        ph.text, ph.root
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        KeySpec::Template(template)
+    } else {
+        let mut hashed = Vec::new();
+        for arg in &func.args {
+            match &arg.kind {
+                ArgKind::Receiver | ArgKind::Wild => {}
+                ArgKind::Ident(ident) if skipped.contains(&ident) => {}
+                ArgKind::Ident(ident) if arg.mut_ref => cx.error_spanned_by(
+                    ident,
+                    format!(
+                        "`{ident}` is a `&mut` argument and can't be part of the cache key: a cached call may skip the body, so it wouldn't see the mutation; add skip({ident}) if the result doesn't depend on it"
+                    ),
+                ),
+                ArgKind::Ident(ident) => hashed.push(ident),
+                ArgKind::Pattern(pat) => cx.error_spanned_by(
+                    pat,
+                    "the default key hashes the arguments by name, and this argument is a pattern: bind it to a name (e.g. `pair: (u32, u32)`) or give a key template",
+                ),
+            }
+        }
+        KeySpec::Hash(hashed)
+    }
+}
+
+fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
+    let krate = &args.krate;
+    let prefix = args.prefix.as_ref().expect("checked");
+    let ret = &func.output;
+    let buf = key::buf_ident();
+    let key_var = format_ident!("__cache_key", span = Span::mixed_site());
+    let handle_var = format_ident!("__cache_handle", span = Span::mixed_site());
+
+    let key_stmts = key::rest_stmts(spec, args.version, krate, Access::Local);
+    let capacity = key::capacity(spec, 0);
+
+    let mode = match (func.return_kind(), args.cache_none.is_some()) {
+        (ReturnKind::Result, _) => quote!(ResultMode),
+        (ReturnKind::Option, false) => quote!(OptionMode),
+        (ReturnKind::Option, true) => quote!(OptionWithNone),
+        (ReturnKind::Other, _) => quote!(PlainMode),
+    };
+    let mode = quote!(#krate::__private::#mode);
+    let assert_storable = quote_spanned! {func.payload_span()=>
+        #krate::__private::assert_storable::<#ret, #mode>();
+    };
+
+    let handle = resolve_handle(args.cache.as_ref(), krate);
+    let ttl = Ttl::to_option(args.ttl.as_ref(), krate);
+    let none_ttl = Ttl::to_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
+    let unless = if let Some(expr) = &args.unless {
+        let result = Ident::new("result", Span::call_site());
+        quote_spanned!(expr.span()=> move |#result| #expr)
+    } else {
+        quote!(|_| false)
+    };
+    let body = func.body_future();
+
+    let new_body = quote! {
+        let #key_var: ::std::string::String = {
+            let mut #buf = ::std::string::String::with_capacity(#capacity);
+            #key_stmts
+            #buf
+        };
+        let #handle_var = #handle;
+        #assert_storable
+        #krate::__private::cached::<#ret, #mode, _, _>(
+            #handle_var,
+            #prefix,
+            #key_var,
+            #ttl,
+            #none_ttl,
+            #unless,
+            #body,
+        )
+        .await
+    };
+    let function = func.with_body(&new_body);
+
+    let companion = if args.no_companions || matches!(func.shape, Shape::AsyncTrait { .. }) {
+        None
+    } else {
+        Some(companion(args, func, spec))
+    };
+    quote!(#function #companion)
+}
+
+/// `Option<Cache>` tokens: the explicit `cache = expr`, else the current one.
+pub(crate) fn resolve_handle(cache: Option<&Expr>, krate: &TokenStream) -> TokenStream {
+    match cache {
+        None => quote!(#krate::__private::resolve(::core::option::Option::None)),
+        Some(expr) => {
+            let explicit = format_ident!("__cache_explicit", span = Span::mixed_site());
+            let bind = quote_spanned! {expr.span()=>
+                let #explicit: &#krate::Cache = &(#expr);
+            };
+            quote!({
+                #bind
+                #krate::__private::resolve(::core::option::Option::Some(#explicit))
+            })
+        }
+    }
+}
+
+/// `fn <name>_cache_key(<key args by reference>) -> String`.
+fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
+    let krate = &args.krate;
+    let prefix = args.prefix.as_ref().expect("checked");
+    let item = &func.item;
+    let name = &item.sig.ident;
+    let companion_name = format_ident!("{}_cache_key", name);
+    let vis = &item.vis;
+    let cfgs = item
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
+    let (_, _, where_clause) = item.sig.generics.split_for_impl();
+    let generics = &item.sig.generics;
+
+    let key_args: Vec<&Ident> = match spec {
+        KeySpec::Hash(args) => args.clone(),
+        KeySpec::Template(t) => func
+            .args
+            .iter()
+            .filter_map(|a| a.ident())
+            .filter(|i| t.placeholders().any(|ph| **i == ph.root))
+            .collect(),
+    };
+    let params = key_args.iter().map(|ident| {
+        let ty = &func
+            .find_arg(&ident.to_string())
+            .expect("key args are arguments")
+            .ty;
+        quote!(#ident: &#ty)
+    });
+
+    let buf = key::buf_ident();
+    let head = format!("{}:", prefix.value());
+    let capacity = key::capacity(spec, head.len());
+    let rest = key::rest_stmts(spec, args.version, krate, Access::Borrowed);
+    let path = if func.is_method {
+        format!("Self::{name}")
+    } else {
+        name.to_string()
+    };
+    let doc = format!(
+        "The cache key (`\"{}:...\"`) under which `{path}` stores its result for these arguments.\n\n\
+         Generated by `#[cached]`; use it to inspect or delete that entry.",
+        prefix.value()
+    );
+
+    quote! {
+        #(#cfgs)*
+        #[doc = #doc]
+        #[must_use]
+        #[allow(dead_code, unreachable_pub, clippy::trivially_copy_pass_by_ref, clippy::ref_option_ref)]
+        #vis fn #companion_name #generics (#(#params),*) -> ::std::string::String #where_clause {
+            let mut #buf = ::std::string::String::with_capacity(#capacity);
+            #buf.push_str(#head);
+            #rest
+            #buf
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! `#[invalidates(...)]`: validation and expansion.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::attr::{self, InvalidatesArgs};
+use crate::cached::{parse_fn, resolve_handle, with_errors};
+use crate::ctxt::Ctxt;
+use crate::func::Func;
+use crate::key;
+
+/// Entry point: `args` are the attribute's tokens, `item` the function.
+pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let args = attr::parse_invalidates(args, &cx);
+    let Some(func) = parse_fn(item, &cx, "invalidates") else {
+        return with_errors(cx, item);
+    };
+    let func = Func::analyze(func, &cx, "invalidates");
+    check(&cx, &args, &func);
+    match cx.check() {
+        Ok(()) => generate(&args, &func),
+        Err(e) => {
+            let errors = e.to_compile_error();
+            quote!(#errors #item)
+        }
+    }
+}
+
+fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
+    if args.empty {
+        cx.error_at(
+            Span::call_site(),
+            "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(prefix = \"search\")]",
+        );
+    }
+    for template in &args.keys {
+        for ph in template.placeholders() {
+            if ph.root == "self" {
+                if !func.is_method {
+                    cx.error_at(
+                        ph.span,
+                        format!("`{}`: this function has no `self`", ph.text),
+                    );
+                }
+            } else if func.find_arg(&ph.root).is_none() {
+                cx.error_at(
+                    ph.span,
+                    format!(
+                        "`{}` in the key template names no argument: there is no argument `{}`; {}",
+                        ph.text,
+                        ph.root,
+                        func.arg_names()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
+    let krate = &args.krate;
+    let buf = key::buf_ident();
+    let guard = format_ident!("__cache_guard", span = Span::mixed_site());
+    let output = format_ident!("__cache_output", span = Span::mixed_site());
+
+    let keys = args.keys.iter().map(|t| {
+        let spec = key::KeySpec::Template(t);
+        let capacity = key::capacity(&spec, 0);
+        let stmts = key::rest_stmts(&spec, None, krate, key::Access::Local);
+        quote!({
+            let mut #buf = ::std::string::String::with_capacity(#capacity);
+            #stmts
+            #buf
+        })
+    });
+    let prefixes = &args.prefixes;
+    let handle = resolve_handle(args.cache.as_ref(), krate);
+    let body = func.body_future();
+
+    let new_body = quote! {
+        let #guard = #krate::__private::invalidation(
+            #handle,
+            ::std::vec![#(#keys),*],
+            &[#(#prefixes),*],
+        );
+        let #output = #body.await;
+        #guard.finish().await;
+        #output
+    };
+    func.with_body(&new_body)
+}
