@@ -1,0 +1,140 @@
+//! The byte-level storage behind a [`Cache`](crate::Cache).
+//!
+//! [`Cache`](crate::Cache) does the typed work (keys, codec, stats,
+//! resilience, single-flight, leases); a [`Backend`] only moves bytes. Two
+//! backends ship here, [`MemoryBackend`] (moka) and the Redis backend (single
+//! server or cluster); `cache-testkit`'s `TestCache` is a third. Implement the
+//! trait to plug in another store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::BackendError;
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+pub use memory::MemoryBackend;
+
+/// Which kind of store a backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// In-process memory ([`MemoryBackend`]).
+    Memory,
+    /// One Redis server.
+    Redis,
+    /// A Redis Cluster.
+    RedisCluster,
+    /// Caching is disabled (`CACHE_ENABLED=false`).
+    Disabled,
+    /// Another backend; `remote` says whether it can fail like a network
+    /// store (then the cache applies timeouts, the circuit breaker and the
+    /// in-memory fallback to it).
+    Custom {
+        /// Name shown in stats and health.
+        name: &'static str,
+        /// Whether the resilience layer wraps it.
+        remote: bool,
+    },
+}
+
+impl BackendKind {
+    /// Name used in stats, health and logs (`"redis"`, `"memory"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Redis => "redis",
+            BackendKind::RedisCluster => "redis-cluster",
+            BackendKind::Disabled => "disabled",
+            BackendKind::Custom { name, .. } => name,
+        }
+    }
+
+    /// Whether calls can fail for availability reasons (network stores).
+    pub fn is_remote(self) -> bool {
+        match self {
+            BackendKind::Redis | BackendKind::RedisCluster => true,
+            BackendKind::Custom { remote, .. } => remote,
+            BackendKind::Memory | BackendKind::Disabled => false,
+        }
+    }
+}
+
+/// Server facts reported by [`Backend::info`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BackendInfo {
+    /// Server version (`redis_version`), if the backend has one.
+    pub version: Option<String>,
+    /// Memory used by the store, in bytes.
+    pub used_memory_bytes: Option<u64>,
+    /// Connected clients (Redis `connected_clients`).
+    pub connected_clients: Option<u64>,
+    /// Keys in the store (for Redis: `DBSIZE` summed over masters, all namespaces).
+    pub total_keys: Option<u64>,
+}
+
+/// A byte-level key-value store with per-entry TTLs. Keys given to a backend
+/// are full storage keys (`{namespace}:{prefix}:{rest}`); patterns are Redis
+/// glob patterns.
+///
+/// Lease operations implement the "Scaling Memcache at Facebook" leases: a
+/// missing key can be claimed with [`try_lease`](Backend::try_lease) (store
+/// the marker only if the key is absent), filled with
+/// [`set_if_lease`](Backend::set_if_lease) (store only if the marker is still
+/// there) and given up with [`release_lease`](Backend::release_lease). A
+/// delete removes a lease like any value, which is what makes a concurrent
+/// invalidation win over a slow loader.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// What kind of backend this is.
+    fn kind(&self) -> BackendKind;
+    /// The value at `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// The values at `keys`, in order.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, BackendError>;
+    /// Stores `value` at `key` for `ttl`.
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), BackendError>;
+    /// Stores every entry for `ttl`.
+    async fn set_many(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        ttl: Duration,
+    ) -> Result<(), BackendError>;
+    /// Deletes `keys`; returns how many existed.
+    async fn delete(&self, keys: &[String]) -> Result<u64, BackendError>;
+    /// Whether `key` exists.
+    async fn exists(&self, key: &str) -> Result<bool, BackendError>;
+    /// Sets a new TTL on `key`; `false` when the key does not exist.
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;
+    /// Remaining TTL of `key`; `None` when it does not exist or never expires.
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, BackendError>;
+    /// Adds `delta` to the integer at `key` (a missing key counts as 0).
+    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, BackendError>;
+    /// Deletes every key matching the glob `pattern`, in batches; returns the count.
+    async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError>;
+    /// Stores `marker` at `key` for `ttl` only if `key` is absent.
+    async fn try_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError>;
+    /// Replaces `marker` at `key` by `value` (for `ttl`) only if the marker is still there.
+    async fn set_if_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError>;
+    /// Deletes `key` only if it still holds `marker`.
+    async fn release_lease(&self, key: &str, marker: Vec<u8>) -> Result<(), BackendError>;
+    /// A cheap round trip proving the store answers.
+    async fn ping(&self) -> Result<(), BackendError>;
+    /// Server facts for health and stats.
+    async fn info(&self) -> Result<BackendInfo, BackendError>;
+}

@@ -1,0 +1,575 @@
+//! Redis backend: one server (bb8 pool + shared multiplexed connections) or a
+//! Redis Cluster (redis-rs `cluster-async`).
+//!
+//! # Why the hit path does not check out of the pool
+//! Measured on the 2-core development machine (64 tasks, 207-byte values): one
+//! shared `MultiplexedConnection` serves ~190–235k GET/s, a bb8 checkout per
+//! operation 34k/s (60k/s without the check-out PING). A multiplexed
+//! connection already pipelines any number of in-flight commands, so commands
+//! run on a few shared multiplexed connections, and bb8 does what a pool is
+//! for: creating, health-checking and replacing those connections (a
+//! connection that fails is marked broken, bb8 discards it, and the next call
+//! takes a fresh one) and serving bulk work. Check-out PINGs are off and
+//! TCP_NODELAY is on.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
+
+use super::{Backend, BackendInfo, BackendKind};
+use crate::config::{RedisTarget, redact_url};
+use crate::error::{BackendError, ErrorKind};
+
+/// Number of shared multiplexed connections commands are spread over.
+const SHARED_CONNECTIONS: usize = 2;
+/// Keys per SCAN step and per UNLINK batch.
+const SCAN_BATCH: usize = 1000;
+
+const SET_IF_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// A pooled connection that remembers whether it failed, so bb8 discards it.
+#[derive(Clone)]
+pub(crate) struct TrackedConnection {
+    conn: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+/// bb8 manager: bb8-redis's manager plus a "broken" flag (bb8-redis cannot
+/// tell a dead multiplexed connection from a live one without a PING).
+pub(crate) struct Manager {
+    inner: bb8_redis::RedisConnectionManager,
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = TrackedConnection;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let conn = self.inner.connect().await?;
+        Ok(TrackedConnection {
+            conn,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.inner.is_valid(&mut conn.conn).await
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        conn.broken.load(Ordering::Relaxed)
+    }
+}
+
+struct SingleNode {
+    pool: bb8::Pool<Manager>,
+    shared: Vec<RwLock<Option<TrackedConnection>>>,
+    refresh: Vec<tokio::sync::Mutex<()>>,
+    next: AtomicUsize,
+}
+
+impl SingleNode {
+    async fn connection(&self) -> Result<(usize, TrackedConnection), BackendError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % SHARED_CONNECTIONS;
+        if let Some(conn) = self.current(slot) {
+            return Ok((slot, conn));
+        }
+        let _guard = self.refresh[slot].lock().await;
+        if let Some(conn) = self.current(slot) {
+            return Ok((slot, conn));
+        }
+        // Take a healthy connection from the pool; discard broken ones.
+        for _ in 0..=self.pool.state().connections + 1 {
+            let pooled = self.pool.get().await.map_err(|e| match e {
+                bb8::RunError::User(e) => BackendError::from(e),
+                bb8::RunError::TimedOut => {
+                    BackendError::new(ErrorKind::Connection, "timed out connecting to Redis")
+                }
+            })?;
+            if pooled.broken.load(Ordering::Relaxed) {
+                continue;
+            }
+            let conn = pooled.clone();
+            drop(pooled);
+            *self.shared[slot].write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            return Ok((slot, conn));
+        }
+        Err(BackendError::new(
+            ErrorKind::Connection,
+            "no healthy Redis connection",
+        ))
+    }
+
+    fn current(&self, slot: usize) -> Option<TrackedConnection> {
+        let guard = self.shared[slot].read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|c| !c.broken.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    fn mark_broken(&self, slot: usize, conn: &TrackedConnection) {
+        conn.broken.store(true, Ordering::Relaxed);
+        let mut guard = self.shared[slot].write().unwrap_or_else(|e| e.into_inner());
+        if guard
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.broken, &conn.broken))
+        {
+            *guard = None;
+        }
+    }
+}
+
+enum Topology {
+    Single(SingleNode),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis backend (single server or cluster).
+pub(crate) struct RedisBackend {
+    topology: Topology,
+    description: String,
+    set_if_lease: Script,
+    release_lease: Script,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("target", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+impl RedisBackend {
+    /// Connects lazily: building never fails because Redis is down (the
+    /// cache starts degraded and the first successful call recovers it).
+    pub(crate) async fn connect(
+        target: &RedisTarget,
+        pool_size: u32,
+        timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        let topology = match target {
+            RedisTarget::Single(url) => {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
+                    .set_tcp_settings(tcp_settings());
+                let manager = Manager {
+                    inner: bb8_redis::RedisConnectionManager::new(info)?,
+                };
+                let pool = bb8::Pool::builder()
+                    .max_size(pool_size.max(SHARED_CONNECTIONS as u32))
+                    .min_idle(Some(0))
+                    .test_on_check_out(false)
+                    .connection_timeout(timeout.max(Duration::from_millis(50)))
+                    .retry_connection(false)
+                    .idle_timeout(Some(Duration::from_secs(600)))
+                    .build_unchecked(manager);
+                Topology::Single(SingleNode {
+                    pool,
+                    shared: (0..SHARED_CONNECTIONS).map(|_| RwLock::new(None)).collect(),
+                    refresh: (0..SHARED_CONNECTIONS)
+                        .map(|_| tokio::sync::Mutex::new(()))
+                        .collect(),
+                    next: AtomicUsize::new(0),
+                })
+            }
+            RedisTarget::Cluster(urls) => {
+                let client =
+                    redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                        .tcp_settings(tcp_settings())
+                        .connection_timeout(timeout.max(Duration::from_millis(50)))
+                        .response_timeout(timeout.max(Duration::from_millis(50)))
+                        .retries(2)
+                        .build()?;
+                let conn = tokio::time::timeout(
+                    timeout.max(Duration::from_secs(2)),
+                    client.get_async_connection(),
+                )
+                .await
+                .map_err(|_| {
+                    BackendError::new(
+                        ErrorKind::Timeout,
+                        "timed out connecting to the Redis Cluster",
+                    )
+                })??;
+                Topology::Cluster(conn)
+            }
+        };
+        Ok(RedisBackend {
+            topology,
+            description: target.redacted(),
+            set_if_lease: Script::new(SET_IF_LEASE),
+            release_lease: Script::new(RELEASE_LEASE),
+        })
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
+        match &self.topology {
+            Topology::Single(node) => {
+                let (slot, tracked) = node.connection().await?;
+                let mut conn = tracked.conn.clone();
+                match cmd.query_async(&mut conn).await {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        let err = BackendError::from(e);
+                        if matches!(err.kind, ErrorKind::Connection) {
+                            node.mark_broken(slot, &tracked);
+                        }
+                        Err(err)
+                    }
+                }
+            }
+            Topology::Cluster(conn) => Ok(cmd.query_async(&mut conn.clone()).await?),
+        }
+    }
+
+    async fn invoke(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&[u8]],
+    ) -> Result<i64, BackendError> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        match &self.topology {
+            Topology::Single(node) => {
+                let (slot, tracked) = node.connection().await?;
+                let mut conn = tracked.conn.clone();
+                invocation.invoke_async(&mut conn).await.map_err(|e| {
+                    let err = BackendError::from(e);
+                    if matches!(err.kind, ErrorKind::Connection) {
+                        node.mark_broken(slot, &tracked);
+                    }
+                    err
+                })
+            }
+            Topology::Cluster(conn) => Ok(invocation.invoke_async(&mut conn.clone()).await?),
+        }
+    }
+
+    /// Addresses of the cluster's reachable masters.
+    async fn masters(conn: &ClusterConnection) -> Result<Vec<(String, u16)>, BackendError> {
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn.clone())
+            .await?;
+        let mut masters = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                continue;
+            }
+            let flags = fields[2];
+            if !flags.contains("master") || flags.contains("fail") || flags.contains("noaddr") {
+                continue;
+            }
+            let addr = fields[1].split('@').next().unwrap_or_default();
+            if let Some((host, port)) = addr.rsplit_once(':') {
+                if let Ok(port) = port.parse() {
+                    masters.push((host.to_owned(), port));
+                }
+            }
+        }
+        if masters.is_empty() {
+            return Err(BackendError::new(
+                ErrorKind::Connection,
+                "no reachable cluster master",
+            ));
+        }
+        Ok(masters)
+    }
+
+    async fn on_node(
+        conn: &ClusterConnection,
+        host: &str,
+        port: u16,
+        cmd: Cmd,
+    ) -> Result<Value, BackendError> {
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        });
+        Ok(conn.clone().route_command(cmd, routing).await?)
+    }
+
+    /// SCAN one node (or the single server) and UNLINK matches in batches.
+    async fn scan_unlink(
+        &self,
+        pattern: &str,
+        node: Option<(&str, u16)>,
+    ) -> Result<u64, BackendError> {
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH);
+            let (next, keys): (u64, Vec<Vec<u8>>) = match (node, &self.topology) {
+                (Some((host, port)), Topology::Cluster(conn)) => {
+                    parse(Self::on_node(conn, host, port, scan).await?)?
+                }
+                _ => self.query(&scan).await?,
+            };
+            for batch in keys.chunks(SCAN_BATCH) {
+                let mut unlink = redis::cmd("UNLINK");
+                for key in batch {
+                    unlink.arg(key);
+                }
+                let n: u64 = self.query(&unlink).await?;
+                deleted += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
+fn parse<T: FromRedisValue>(value: Value) -> Result<T, BackendError> {
+    T::from_redis_value(value).map_err(|e| BackendError::new(ErrorKind::Server, e.to_string()))
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn kind(&self) -> BackendKind {
+        match self.topology {
+            Topology::Single(_) => BackendKind::Redis,
+            Topology::Cluster(_) => BackendKind::RedisCluster,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.query(redis::cmd("MGET").arg(keys)).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), BackendError> {
+        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
+            .await
+    }
+
+    async fn set_many(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        ttl: Duration,
+    ) -> Result<(), BackendError> {
+        match &self.topology {
+            Topology::Single(_) => {
+                let mut pipe = redis::pipe();
+                for (key, value) in &entries {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(px(ttl))
+                        .ignore();
+                }
+                let node = match &self.topology {
+                    Topology::Single(node) => node,
+                    Topology::Cluster(_) => unreachable!(),
+                };
+                let (slot, tracked) = node.connection().await?;
+                let mut conn = tracked.conn.clone();
+                pipe.query_async::<()>(&mut conn).await.map_err(|e| {
+                    let err = BackendError::from(e);
+                    if matches!(err.kind, ErrorKind::Connection) {
+                        node.mark_broken(slot, &tracked);
+                    }
+                    err
+                })
+            }
+            Topology::Cluster(_) => {
+                // Keys live in different slots: one SET each, concurrently.
+                let mut sets = tokio::task::JoinSet::new();
+                for (key, value) in entries {
+                    let cmd = redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(px(ttl))
+                        .clone();
+                    let Topology::Cluster(conn) = &self.topology else {
+                        unreachable!()
+                    };
+                    let mut conn = conn.clone();
+                    sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+                }
+                while let Some(result) = sets.join_next().await {
+                    result.map_err(|e| BackendError::new(ErrorKind::Other, e.to_string()))??;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.query(redis::cmd("UNLINK").arg(keys)).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, BackendError> {
+        self.query(redis::cmd("EXISTS").arg(key)).await
+    }
+
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        self.query(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)))
+            .await
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, BackendError> {
+        let ms: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
+        self.query(redis::cmd("INCRBY").arg(key).arg(delta))
+            .await
+            .map_err(|e| {
+                if e.kind == ErrorKind::Server {
+                    BackendError::new(ErrorKind::WrongType, e.message)
+                } else {
+                    e
+                }
+            })
+    }
+
+    async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        match &self.topology {
+            Topology::Single(_) => self.scan_unlink(pattern, None).await,
+            Topology::Cluster(conn) => {
+                let mut total = 0;
+                for (host, port) in Self::masters(conn).await? {
+                    total += self.scan_unlink(pattern, Some((&host, port))).await?;
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    async fn try_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let reply: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(marker)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn set_if_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let ttl = px(ttl).to_string();
+        let stored = self
+            .invoke(&self.set_if_lease, key, &[&marker, &value, ttl.as_bytes()])
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn release_lease(&self, key: &str, marker: Vec<u8>) -> Result<(), BackendError> {
+        self.invoke(&self.release_lease, key, &[&marker])
+            .await
+            .map(|_| ())
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn info(&self) -> Result<BackendInfo, BackendError> {
+        let nodes: Vec<(String, String, u64)> = match &self.topology {
+            Topology::Single(_) => {
+                let info: String = self.query(&redis::cmd("INFO")).await?;
+                let keys: u64 = self.query(&redis::cmd("DBSIZE")).await?;
+                vec![(info, String::new(), keys)]
+            }
+            Topology::Cluster(conn) => {
+                let mut out = Vec::new();
+                for (host, port) in Self::masters(conn).await? {
+                    let info: String =
+                        parse(Self::on_node(conn, &host, port, redis::cmd("INFO")).await?)?;
+                    let keys: u64 =
+                        parse(Self::on_node(conn, &host, port, redis::cmd("DBSIZE")).await?)?;
+                    out.push((info, host, keys));
+                }
+                out
+            }
+        };
+        let sum = |name: &str| -> Option<u64> {
+            nodes
+                .iter()
+                .map(|(info, _, _)| info_field(info, name).and_then(|v| v.parse::<u64>().ok()))
+                .sum()
+        };
+        Ok(BackendInfo {
+            version: nodes
+                .first()
+                .and_then(|(info, _, _)| info_field(info, "redis_version").map(str::to_owned)),
+            used_memory_bytes: sum("used_memory"),
+            connected_clients: sum("connected_clients"),
+            total_keys: Some(nodes.iter().map(|(_, _, k)| k).sum()),
+        })
+    }
+}

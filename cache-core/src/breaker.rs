@@ -1,0 +1,141 @@
+//! A lock-free circuit breaker: open after N consecutive availability
+//! failures, let one probe through after the cooldown, close on its success.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+use crate::stats::CircuitState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Breaker closed: call normally.
+    Allowed,
+    /// Cooldown over: this call is the one probe.
+    Probe,
+    /// Breaker open: skip the backend.
+    Rejected,
+}
+
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    epoch: Instant,
+    consecutive: AtomicU32,
+    /// Milliseconds since `epoch` + 1 when the breaker opened; 0 when closed.
+    opened_at: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown,
+            epoch: Instant::now(),
+            consecutive: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    pub(crate) fn allow(&self) -> Permit {
+        let opened = self.opened_at.load(Acquire);
+        if opened == 0 {
+            return Permit::Allowed;
+        }
+        if self.now() < opened + self.cooldown.as_millis() as u64 {
+            return Permit::Rejected;
+        }
+        if self
+            .probing
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .is_ok()
+        {
+            Permit::Probe
+        } else {
+            Permit::Rejected
+        }
+    }
+
+    /// Returns true when this success closed an open breaker.
+    pub(crate) fn on_success(&self) -> bool {
+        self.consecutive.store(0, Relaxed);
+        if self.opened_at.load(Acquire) != 0 {
+            self.opened_at.store(0, Release);
+            self.probing.store(false, Release);
+            tracing::info!("cache circuit breaker closed: backend is answering again");
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn on_failure(&self, permit: Permit) {
+        if permit == Permit::Probe {
+            self.opened_at.store(self.now(), Release);
+            self.probing.store(false, Release);
+            return;
+        }
+        let n = self.consecutive.fetch_add(1, AcqRel) + 1;
+        if n >= self.threshold
+            && self
+                .opened_at
+                .compare_exchange(0, self.now(), AcqRel, Acquire)
+                .is_ok()
+        {
+            tracing::warn!(
+                failures = n,
+                cooldown_s = self.cooldown.as_secs_f64(),
+                "cache circuit breaker opened: serving from the in-memory fallback"
+            );
+        }
+    }
+
+    /// A probe that ended without a verdict (e.g. cancelled) gives the slot back.
+    pub(crate) fn abandon(&self, permit: Permit) {
+        if permit == Permit::Probe {
+            self.probing.store(false, Release);
+        }
+    }
+
+    pub(crate) fn state(&self) -> CircuitState {
+        let opened = self.opened_at.load(Acquire);
+        if opened == 0 {
+            CircuitState::Closed
+        } else if self.now() < opened + self.cooldown.as_millis() as u64 {
+            CircuitState::Open
+        } else {
+            CircuitState::HalfOpen
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_and_probes_after_cooldown() {
+        let b = Breaker::new(3, Duration::from_millis(30));
+        for _ in 0..2 {
+            assert_eq!(b.allow(), Permit::Allowed);
+            b.on_failure(Permit::Allowed);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        b.on_failure(Permit::Allowed);
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.allow(), Permit::Rejected);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.allow(), Permit::Probe);
+        assert_eq!(b.allow(), Permit::Rejected, "only one probe at a time");
+        b.on_failure(Permit::Probe);
+        assert_eq!(b.allow(), Permit::Rejected, "failed probe re-opens");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.allow(), Permit::Probe);
+        assert!(b.on_success());
+        assert_eq!(b.allow(), Permit::Allowed);
+    }
+}

@@ -1,0 +1,1129 @@
+//! The [`Cache`] handle: configuration, the direct API, and the resilience
+//! layer (timeouts, circuit breaker, in-memory fallback, replay of
+//! invalidations missed during an outage).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::redis::RedisBackend;
+use crate::backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
+use crate::breaker::{Breaker, Permit};
+use crate::codec::{self, DecodeError};
+use crate::config::{CacheConfig, RedisTarget, validate_namespace, validate_url};
+use crate::error::{BackendError, CacheError, ConfigError, ErrorKind};
+use crate::flight::Flights;
+use crate::health::{Health, HealthStatus};
+use crate::keys::glob_literal;
+use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
+
+/// Most invalidations remembered while the backend is away; past this the
+/// whole namespace is cleared on recovery instead.
+const MAX_PENDING_INVALIDATIONS: usize = 10_000;
+
+/// A handle to a cache: cheap to clone (one `Arc`), safe to share.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_core::CacheError> {
+/// use std::time::Duration;
+/// let cache = cache_core::Cache::memory();
+/// cache.set("customer:42", &"Ada", Some(Duration::from_secs(60))).await?;
+/// assert_eq!(cache.get::<String>("customer:42").await?, Some("Ada".to_owned()));
+/// assert!(cache.delete("customer:42").await?);
+/// assert_eq!(cache.get::<String>("customer:42").await?, None);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: CacheConfig,
+    pub(crate) kind: BackendKind,
+    pub(crate) primary: Arc<dyn Backend>,
+    /// Set when the primary is the built-in memory backend (no dynamic dispatch, no resilience).
+    pub(crate) memory: Option<MemoryBackend>,
+    pub(crate) resilience: Option<Resilience>,
+    pub(crate) stats: StatsRegistry,
+    pub(crate) flights: Flights,
+    pub(crate) lease_tokens: AtomicU64,
+}
+
+pub(crate) struct Resilience {
+    breaker: Breaker,
+    pub(crate) fallback: MemoryBackend,
+    /// The fallback holds data or invalidations are pending: reconcile before
+    /// trusting the backend again.
+    needs_recovery: AtomicBool,
+    pending: Mutex<Pending>,
+    recovery: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pending {
+    keys: Vec<String>,
+    patterns: Vec<String>,
+    overflowed: bool,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.kind.name())
+            .field("target", &self.inner.config.target_description())
+            .field("namespace", &self.inner.config.namespace)
+            .field("enabled", &self.inner.config.enabled)
+            .finish()
+    }
+}
+
+/// Builds a [`Cache`]; see [`Cache::builder`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct CacheBuilder {
+    config: CacheConfig,
+    error: Option<ConfigError>,
+}
+
+impl CacheBuilder {
+    /// Starts from an existing configuration (for example [`CacheConfig::from_env`]).
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Uses the Redis server at `url` (`redis://[user:password@]host:port[/db]`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        if let Err(e) = validate_url("redis_url", &url) {
+            self.error.get_or_insert(e);
+        }
+        self.config.redis = Some(RedisTarget::Single(url));
+        self
+    }
+    /// Uses the Redis Cluster reachable through these seed nodes.
+    pub fn redis_cluster<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        for url in &urls {
+            if let Err(e) = validate_url("redis_cluster", url) {
+                self.error.get_or_insert(e);
+            }
+        }
+        self.config.redis = Some(RedisTarget::Cluster(urls));
+        self
+    }
+    /// First segment of every key (default `cache`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        if let Err(e) = validate_namespace("namespace", &namespace) {
+            self.error.get_or_insert(e);
+        }
+        self.config.namespace = namespace;
+        self
+    }
+    /// TTL used when a call names none (default 300 s).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.default_ttl = ttl;
+        self
+    }
+    /// Bound on every backend call (default 250 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+    /// Consecutive failures that open the breaker, and how long it stays open.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.config.breaker_failures = failures;
+        self.config.breaker_cooldown = cooldown;
+        self
+    }
+    /// Longest TTL in the in-memory fallback (default 30 s).
+    pub fn fallback_ttl_cap(mut self, cap: Duration) -> Self {
+        self.config.fallback_ttl_cap = cap;
+        self
+    }
+    /// Size of the bb8 connection pool (default 16).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.config.pool_size = size;
+        self
+    }
+    /// Codec for written values (default bincode).
+    pub fn codec(mut self, codec: crate::CodecKind) -> Self {
+        self.config.codec = codec;
+        self
+    }
+    /// Largest encoded value stored or read (default 4 MiB).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_value_bytes = bytes;
+        self
+    }
+    /// How long a loader's lease lasts (default 3 s).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lease_ttl = ttl;
+        self
+    }
+    /// Turns caching on or off.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.config.enabled = enabled;
+        self
+    }
+
+    /// Builds the cache. Redis being down is not an error: the cache starts
+    /// degraded (fallback serving) and switches to Redis when it answers.
+    /// A malformed URL or setting is.
+    pub async fn build(self) -> Result<Cache, ConfigError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let config = self.config;
+        if !config.enabled {
+            return Ok(Cache::from_parts(config, BackendKind::Disabled, None));
+        }
+        let Some(target) = config.redis.clone() else {
+            return Ok(Cache::memory_with(config));
+        };
+        let backend = match RedisBackend::connect(&target, config.pool_size, config.timeout).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                return Err(ConfigError::InvalidUrl {
+                    variable: "REDIS_URL",
+                    url: target.redacted(),
+                    reason: e.message,
+                });
+            }
+        };
+        let cache = Cache::with_backend(Arc::new(backend), config);
+        match tokio::time::timeout(cache.inner.config.timeout * 4, cache.inner.primary.ping()).await
+        {
+            Ok(Ok(())) => tracing::info!(target = %target.redacted(), "cache connected to Redis"),
+            Ok(Err(e)) => {
+                tracing::warn!(target = %target.redacted(), error = %e, "Redis unreachable at start; running degraded on the in-memory fallback")
+            }
+            Err(_) => {
+                tracing::warn!(target = %target.redacted(), "Redis did not answer at start; running degraded on the in-memory fallback")
+            }
+        }
+        Ok(cache)
+    }
+}
+
+static INSTALLED: RwLock<Option<Cache>> = RwLock::new(None);
+
+tokio::task_local! {
+    static SCOPED: Cache;
+    pub(crate) static BYPASS: bool;
+}
+
+impl Cache {
+    /// Reads [`CacheConfig::from_env`] and builds: `REDIS_URL` set means
+    /// Redis (degraded, not failed, if it is down), unset means in-memory.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::ConfigError> {
+    /// // With no REDIS_URL in the environment this is an in-memory cache.
+    /// let cache = cache_core::Cache::from_env().await?;
+    /// cache.install();
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_env() -> Result<Cache, ConfigError> {
+        Cache::builder()
+            .config(CacheConfig::from_env()?)
+            .build()
+            .await
+    }
+
+    /// A builder starting from [`CacheConfig::default`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .namespace("app")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// An in-memory cache with default settings.
+    pub fn memory() -> Cache {
+        Cache::memory_with(CacheConfig::default())
+    }
+
+    /// An in-memory cache with `config` (its `redis` field is ignored).
+    pub fn memory_with(config: CacheConfig) -> Cache {
+        let backend = MemoryBackend::new(config.memory_capacity);
+        let mut cache =
+            Cache::from_parts(config, BackendKind::Memory, Some(Arc::new(backend.clone())));
+        Arc::get_mut(&mut cache.inner).expect("fresh").memory = Some(backend);
+        cache
+    }
+
+    /// A cache over any [`Backend`] (for example `cache-testkit`'s
+    /// `TestCache`). When `backend.kind().is_remote()`, calls get the
+    /// timeout, circuit breaker and in-memory fallback of `config`.
+    pub fn with_backend(backend: Arc<dyn Backend>, config: CacheConfig) -> Cache {
+        let kind = backend.kind();
+        Cache::from_parts(config, kind, Some(backend))
+    }
+
+    fn from_parts(
+        config: CacheConfig,
+        kind: BackendKind,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Cache {
+        let resilience = kind.is_remote().then(|| Resilience {
+            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
+            fallback: MemoryBackend::new(config.memory_capacity),
+            needs_recovery: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            recovery: tokio::sync::Mutex::new(()),
+        });
+        let primary = backend.unwrap_or_else(|| Arc::new(MemoryBackend::new(1)));
+        Cache {
+            inner: Arc::new(Inner {
+                config,
+                kind,
+                primary,
+                memory: None,
+                resilience,
+                stats: StatsRegistry::new(),
+                flights: Flights::default(),
+                lease_tokens: AtomicU64::new(seed()),
+            }),
+        }
+    }
+
+    /// Makes this cache the process-wide default used by `#[cached]` and
+    /// `#[invalidates]` (replacing any earlier one).
+    pub fn install(&self) {
+        *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(self.clone());
+        tracing::info!(backend = self.inner.kind.name(), target = %self.inner.config.target_description(), "cache installed");
+    }
+
+    /// The installed process-wide cache, if any.
+    pub fn installed() -> Option<Cache> {
+        INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `fut` with this cache as the current one for the macros, in this
+    /// task only (tasks spawned inside do not inherit it). Tests use it to run
+    /// in parallel, each with its own cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = cache_core::Cache::memory();
+    /// let seen = cache.scope(async { cache_core::Cache::current().is_some() }).await;
+    /// assert!(seen);
+    /// # }
+    /// ```
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        SCOPED.scope(self.clone(), fut).await
+    }
+
+    /// The cache the macros would use here: the [`scope`](Self::scope)d one,
+    /// else the [installed](Self::install) one.
+    pub fn current() -> Option<Cache> {
+        SCOPED.try_with(Cache::clone).ok().or_else(Cache::installed)
+    }
+
+    /// Namespace of this cache's keys.
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// Which backend serves this cache.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.inner.kind
+    }
+
+    /// The key as stored: `{namespace}:{key}`.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::memory();
+    /// assert_eq!(cache.storage_key("customer:42"), "cache:customer:42");
+    /// ```
+    pub fn storage_key(&self, key: &str) -> String {
+        let ns = &self.inner.config.namespace;
+        let mut out = String::with_capacity(ns.len() + 1 + key.len());
+        out.push_str(ns);
+        out.push(':');
+        out.push_str(key);
+        out
+    }
+
+    fn is_enabled(&self) -> bool {
+        self.inner.kind != BackendKind::Disabled
+    }
+
+    fn check_key(key: &str) -> Result<(), CacheError> {
+        if key.is_empty() {
+            return Err(CacheError::InvalidKey {
+                key: key.to_owned(),
+                reason: "keys must not be empty",
+            });
+        }
+        if key.chars().any(|c| c.is_control()) {
+            return Err(CacheError::InvalidKey {
+                key: key.to_owned(),
+                reason: "keys must not contain control characters",
+            });
+        }
+        Ok(())
+    }
+
+    fn prefix_of(key: &str) -> &str {
+        key.split(':').next().unwrap_or(key)
+    }
+
+    /// Encodes with size check and counting.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        entry: &PrefixEntry,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CacheError> {
+        let bytes = codec::encode(self.inner.config.codec, value).map_err(|message| {
+            CacheError::Encode {
+                key: key.to_owned(),
+                message,
+            }
+        })?;
+        if bytes.len() > self.inner.config.max_value_bytes {
+            self.inner.stats.record(entry, Event::Oversized);
+            tracing::warn!(
+                key,
+                size = bytes.len(),
+                limit = self.inner.config.max_value_bytes,
+                "value over max_value_bytes not stored"
+            );
+            return Err(CacheError::TooLarge {
+                key: key.to_owned(),
+                size: bytes.len(),
+                limit: self.inner.config.max_value_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes, counting a failure as a decode failure (the caller treats it as a miss).
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        entry: &PrefixEntry,
+        key: &str,
+        bytes: &[u8],
+    ) -> Option<T> {
+        match codec::decode(bytes, self.inner.config.max_value_bytes) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                self.inner.stats.record(entry, Event::DecodeFailure);
+                let reason = match err {
+                    DecodeError::Foreign => {
+                        "not written by cache-core (or by a newer format)".to_owned()
+                    }
+                    DecodeError::TooLarge => "over max_value_bytes".to_owned(),
+                    DecodeError::Payload(m) => m,
+                };
+                tracing::debug!(key, %reason, "stored value did not decode; treating as a miss");
+                None
+            }
+        }
+    }
+
+    // ----- resilience -------------------------------------------------------
+
+    /// Runs `op` on the primary backend with timeout, breaker and recovery.
+    pub(crate) async fn on_primary<T, Fut>(
+        &self,
+        entry: &PrefixEntry,
+        timeout: Duration,
+        op: impl FnOnce(Arc<dyn Backend>) -> Fut,
+    ) -> Result<T, BackendError>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let Some(res) = &self.inner.resilience else {
+            return op(self.inner.primary.clone()).await;
+        };
+        let permit = res.breaker.allow();
+        if permit == Permit::Rejected {
+            self.inner.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(BackendError::new(
+                ErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
+        }
+        let mut guard = ProbeGuard {
+            breaker: &res.breaker,
+            permit: Some(permit),
+        };
+        if res.needs_recovery.load(Ordering::Acquire) {
+            if let Err(e) = self.recover(res).await {
+                self.fail(entry, res, guard.take(), &e);
+                return Err(e);
+            }
+        }
+        let result = match tokio::time::timeout(timeout, op(self.inner.primary.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::new(
+                ErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            )),
+        };
+        let permit = guard.take();
+        match &result {
+            Ok(_) => {
+                res.breaker.on_success();
+            }
+            Err(e) if e.kind.is_availability() => self.fail(entry, res, permit, e),
+            Err(e) => {
+                res.breaker.on_success();
+                self.inner.stats.record_error(entry, e.kind);
+            }
+        }
+        result
+    }
+
+    fn fail(&self, entry: &PrefixEntry, res: &Resilience, permit: Permit, error: &BackendError) {
+        res.breaker.on_failure(permit);
+        self.inner.stats.record_error(entry, error.kind);
+        tracing::debug!(error = %error, "cache backend call failed; using the in-memory fallback");
+    }
+
+    /// Replays invalidations missed during an outage, then drops the fallback.
+    async fn recover(&self, res: &Resilience) -> Result<(), BackendError> {
+        let _lock = res.recovery.lock().await;
+        if !res.needs_recovery.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut *res.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let bulk_timeout = self.bulk_timeout();
+        let primary = self.inner.primary.clone();
+        let replay = async {
+            if pending.overflowed {
+                let all = format!("{}:*", glob_literal(&self.inner.config.namespace));
+                primary.delete_pattern(&all).await?;
+            } else {
+                for chunk in pending.keys.chunks(500) {
+                    primary.delete(chunk).await?;
+                }
+                for pattern in &pending.patterns {
+                    primary.delete_pattern(pattern).await?;
+                }
+            }
+            Ok::<(), BackendError>(())
+        };
+        let outcome = match tokio::time::timeout(bulk_timeout, replay).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::new(
+                ErrorKind::Timeout,
+                "replaying invalidations timed out",
+            )),
+        };
+        match outcome {
+            Ok(()) => {
+                res.fallback.clear();
+                res.needs_recovery.store(false, Ordering::Release);
+                tracing::info!(
+                    keys = pending.keys.len(),
+                    patterns = pending.patterns.len(),
+                    "cache backend recovered: missed invalidations replayed, fallback cleared"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // Put them back for the next attempt.
+                let mut current = res.pending.lock().unwrap_or_else(|e| e.into_inner());
+                current.keys.extend(pending.keys);
+                current.patterns.extend(pending.patterns);
+                current.overflowed |= pending.overflowed;
+                Err(e)
+            }
+        }
+    }
+
+    fn remember_invalidation(&self, res: &Resilience, keys: &[String], pattern: Option<&str>) {
+        let mut pending = res.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.keys.extend_from_slice(keys);
+        if let Some(p) = pattern {
+            pending.patterns.push(p.to_owned());
+        }
+        if pending.keys.len() + pending.patterns.len() > MAX_PENDING_INVALIDATIONS {
+            pending.keys.clear();
+            pending.patterns.clear();
+            pending.overflowed = true;
+        }
+        res.needs_recovery.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn mark_fallback_written(&self) {
+        if let Some(res) = &self.inner.resilience {
+            res.needs_recovery.store(true, Ordering::Release);
+        }
+    }
+
+    fn bulk_timeout(&self) -> Duration {
+        (self.inner.config.timeout * 40).max(Duration::from_secs(10))
+    }
+
+    fn fallback_ttl(&self, ttl: Duration) -> Duration {
+        ttl.min(self.inner.config.fallback_ttl_cap)
+    }
+
+    // ----- raw operations with fallback (storage keys) ------------------------
+
+    pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<Vec<u8>> {
+        if let Some(memory) = &self.inner.memory {
+            return memory.get_bytes(skey).await.map(|b| b.to_vec());
+        }
+        match self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.get(skey).await
+            })
+            .await
+        {
+            Ok(v) => v,
+            Err(_) => {
+                let res = self.inner.resilience.as_ref()?;
+                let v = res.fallback.get_bytes(skey).await.map(|b| b.to_vec());
+                if v.is_some() {
+                    self.inner.stats.record(entry, Event::FallbackHit);
+                }
+                v
+            }
+        }
+    }
+
+    pub(crate) async fn raw_set(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) {
+        if let Some(memory) = &self.inner.memory {
+            let _ = memory.set(skey, bytes, ttl).await;
+            self.inner.stats.record(entry, Event::Set);
+            return;
+        }
+        let copy = self.inner.resilience.as_ref().map(|_| bytes.clone());
+        let result = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.set(skey, bytes, ttl).await
+            })
+            .await;
+        self.inner.stats.record(entry, Event::Set);
+        if let (Err(_), Some(res), Some(copy)) = (result, &self.inner.resilience, copy) {
+            let _ = res.fallback.set(skey, copy, self.fallback_ttl(ttl)).await;
+            res.needs_recovery.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) async fn raw_delete(&self, entry: &PrefixEntry, skeys: &[String]) -> u64 {
+        let mut fallback_deleted = 0;
+        if let Some(res) = &self.inner.resilience {
+            fallback_deleted = res.fallback.delete(skeys).await.unwrap_or(0);
+        }
+        match self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.delete(skeys).await
+            })
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                if let Some(res) = &self.inner.resilience {
+                    self.remember_invalidation(res, skeys, None);
+                }
+                fallback_deleted
+            }
+        }
+    }
+
+    pub(crate) async fn raw_delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
+        let mut fallback_deleted = 0;
+        if let Some(res) = &self.inner.resilience {
+            fallback_deleted = res.fallback.delete_pattern(pattern).await.unwrap_or(0);
+        }
+        match self
+            .on_primary(entry, self.bulk_timeout(), |b| async move {
+                b.delete_pattern(pattern).await
+            })
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                if let Some(res) = &self.inner.resilience {
+                    self.remember_invalidation(res, &[], Some(pattern));
+                }
+                fallback_deleted
+            }
+        }
+    }
+
+    /// Tries the primary, then the fallback, for the simple single-key calls.
+    async fn with_fallback<T, Fut, FFut>(
+        &self,
+        entry: &PrefixEntry,
+        op: impl FnOnce(Arc<dyn Backend>) -> Fut,
+        fallback: impl FnOnce(MemoryBackend) -> FFut,
+    ) -> Result<T, BackendError>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+        FFut: Future<Output = Result<T, BackendError>>,
+    {
+        match self.on_primary(entry, self.inner.config.timeout, op).await {
+            Ok(v) => Ok(v),
+            Err(e) => match &self.inner.resilience {
+                Some(res) if e.kind.is_availability() || e.kind == ErrorKind::CircuitOpen => {
+                    fallback(res.fallback.clone()).await
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    pub(crate) fn next_lease_marker(&self) -> Vec<u8> {
+        codec::lease_marker(self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed))
+    }
+
+    // ----- the direct API -----------------------------------------------------
+
+    /// The value at `key` (`"prefix:rest"`), or `None` when absent, expired,
+    /// or not decodable as `T` (counted as a decode failure).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(None);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let value = match self.raw_get(&entry, &skey).await {
+            Some(bytes) if codec::is_lease(&bytes) => None,
+            Some(bytes) => self.decode(&entry, key, &bytes),
+            None => None,
+        };
+        self.inner.stats.record(
+            &entry,
+            if value.is_some() {
+                Event::Hit
+            } else {
+                Event::Miss
+            },
+        );
+        Ok(value)
+    }
+
+    /// Stores `value` at `key` for `ttl` (the default TTL when `None`).
+    /// An oversized value is not stored and returns [`CacheError::TooLarge`].
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let bytes = self.encode(&entry, key, value)?;
+        let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
+        self.raw_set(&entry, &self.storage_key(key), bytes, ttl)
+            .await;
+        Ok(())
+    }
+
+    /// Deletes `key`; `true` when it existed. A delete that cannot reach Redis
+    /// is remembered and replayed before Redis is trusted again.
+    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(false);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        self.inner.stats.record(&entry, Event::Invalidation);
+        Ok(self.raw_delete(&entry, &[self.storage_key(key)]).await > 0)
+    }
+
+    /// Deletes several keys at once; returns how many existed.
+    pub async fn delete_many(&self, keys: &[&str]) -> Result<u64, CacheError> {
+        if keys.is_empty() || !self.is_enabled() {
+            return Ok(0);
+        }
+        for key in keys {
+            Self::check_key(key)?;
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(keys[0]));
+        let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
+        self.inner.stats.record(&entry, Event::Invalidation);
+        Ok(self.raw_delete(&entry, &skeys).await)
+    }
+
+    /// Whether `key` holds a value.
+    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(false);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let skey = skey.as_str();
+        Ok(self
+            .with_fallback(
+                &entry,
+                |b| async move { b.exists(skey).await },
+                |f| async move { f.exists(skey).await },
+            )
+            .await
+            .unwrap_or(false))
+    }
+
+    /// Sets a new TTL on `key`; `false` when it does not exist.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(false);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let skey = skey.as_str();
+        let cap = self.fallback_ttl(ttl);
+        Ok(self
+            .with_fallback(
+                &entry,
+                |b| async move { b.expire(skey, ttl).await },
+                |f| async move { f.expire(skey, cap).await },
+            )
+            .await
+            .unwrap_or(false))
+    }
+
+    /// Remaining TTL of `key`; `None` when it does not exist (or never expires).
+    pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(None);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let skey = skey.as_str();
+        Ok(self
+            .with_fallback(
+                &entry,
+                |b| async move { b.ttl(skey).await },
+                |f| async move { f.ttl(skey).await },
+            )
+            .await
+            .unwrap_or(None))
+    }
+
+    /// The values at `keys`, in order (one `MGET` on Redis, split by slot on a cluster).
+    pub async fn get_many<T: DeserializeOwned>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>, CacheError> {
+        for key in keys {
+            Self::check_key(key)?;
+        }
+        if keys.is_empty() || !self.is_enabled() {
+            return Ok(keys.iter().map(|_| None).collect());
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(keys[0]));
+        let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
+        let skeys_ref = &skeys;
+        let raw = self
+            .with_fallback(
+                &entry,
+                |b| async move { b.get_many(skeys_ref).await },
+                |f| async move { f.get_many(skeys_ref).await },
+            )
+            .await
+            .unwrap_or_else(|_| vec![None; keys.len()]);
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, bytes) in keys.iter().zip(raw) {
+            let entry = self.inner.stats.prefix(Self::prefix_of(key));
+            let value = bytes
+                .filter(|b| !codec::is_lease(b))
+                .and_then(|b| self.decode::<T>(&entry, key, &b));
+            self.inner.stats.record(
+                &entry,
+                if value.is_some() {
+                    Event::Hit
+                } else {
+                    Event::Miss
+                },
+            );
+            out.push(value);
+        }
+        Ok(out)
+    }
+
+    /// Stores every `(key, value)` for `ttl` (a pipeline on Redis).
+    pub async fn set_many<T: Serialize>(
+        &self,
+        entries: &[(&str, T)],
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        if entries.is_empty() || !self.is_enabled() {
+            return Ok(());
+        }
+        let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
+        let mut encoded = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            Self::check_key(key)?;
+            let entry = self.inner.stats.prefix(Self::prefix_of(key));
+            encoded.push((self.storage_key(key), self.encode(&entry, key, value)?));
+            self.inner.stats.record(&entry, Event::Set);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(entries[0].0));
+        let copy = encoded.clone();
+        let cap = self.fallback_ttl(ttl);
+        let result = self
+            .with_fallback(
+                &entry,
+                |b| async move { b.set_many(encoded, ttl).await },
+                |f| async move { f.set_many(copy, cap).await },
+            )
+            .await;
+        if result.is_err() {
+            tracing::debug!("set_many failed on the backend and the fallback");
+        } else if let Some(res) = &self.inner.resilience {
+            if res.breaker.state() != CircuitState::Closed {
+                res.needs_recovery.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` to the integer counter at `key` (created at 0) and returns
+    /// the new value. Counters are plain integers (Redis `INCRBY`), not
+    /// envelope values: read them with `incr(key, 0)`.
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        Self::check_key(key)?;
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let skey = skey.as_str();
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        let result = self
+            .with_fallback(
+                &entry,
+                |b| async move { b.incr_by(skey, delta).await },
+                |f| async move { f.incr_by(skey, delta).await },
+            )
+            .await;
+        Ok(result?)
+    }
+
+    /// Subtracts `delta`; see [`incr`](Self::incr).
+    pub async fn decr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        self.incr(key, delta.checked_neg().unwrap_or(i64::MAX))
+            .await
+    }
+
+    /// The value at `key`, or the result of `load` (stored for `ttl`).
+    /// Concurrent callers share one load (single-flight in the process,
+    /// leases across processes); an invalidation during the load wins.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::CacheError> {
+    /// let cache = cache_core::Cache::memory();
+    /// let v: u32 = cache.get_or_set("answer:1", None, || async { 42 }).await?;
+    /// let again: u32 = cache.get_or_set("answer:1", None, || async { 0 }).await?;
+    /// assert_eq!((v, again), (42, 42));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_set<T, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<T, CacheError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        Self::check_key(key)?;
+        let prefix = Self::prefix_of(key);
+        Ok(self
+            .load_through::<T, crate::__private::PlainMode, _, _>(
+                prefix,
+                self.storage_key(key),
+                ttl,
+                None,
+                |_| false,
+                load(),
+            )
+            .await)
+    }
+
+    /// Deletes every key of this namespace matching the glob `pattern`
+    /// (`"customer:*"`): SCAN + UNLINK in batches of 1000, on every master of
+    /// a cluster; never `KEYS`. Returns how many keys were deleted.
+    pub async fn delete_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        Self::check_key(pattern)?;
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(pattern));
+        self.inner.stats.record(&entry, Event::Invalidation);
+        let full = format!("{}:{}", glob_literal(&self.inner.config.namespace), pattern);
+        Ok(self.raw_delete_pattern(&entry, &full).await)
+    }
+
+    /// Deletes every key of `prefix` (`"customer"` → `customer:*`); glob
+    /// characters in `prefix` are taken literally.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
+        Self::check_key(prefix)?;
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        let entry = self.inner.stats.prefix(prefix);
+        self.inner.stats.record(&entry, Event::Invalidation);
+        let full = format!(
+            "{}:{}:*",
+            glob_literal(&self.inner.config.namespace),
+            glob_literal(prefix)
+        );
+        Ok(self.raw_delete_pattern(&entry, &full).await)
+    }
+
+    /// Deletes every key of this cache's namespace, and nothing else (never `FLUSHDB`).
+    pub async fn clear(&self) -> Result<u64, CacheError> {
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        let entry = self.inner.stats.prefix("_all");
+        let full = format!("{}:*", glob_literal(&self.inner.config.namespace));
+        Ok(self.raw_delete_pattern(&entry, &full).await)
+    }
+
+    /// Hit/miss figures, total and per prefix, with the circuit state and backend.
+    pub fn stats(&self) -> CacheStats {
+        let (total, prefixes) = self.inner.stats.snapshot();
+        let (circuit, fallback_active) = match &self.inner.resilience {
+            Some(res) => (
+                res.breaker.state(),
+                res.needs_recovery.load(Ordering::Acquire),
+            ),
+            None => (CircuitState::NotApplicable, false),
+        };
+        CacheStats {
+            enabled: self.is_enabled(),
+            backend: self.inner.kind.name(),
+            target: self.inner.config.target_description(),
+            namespace: self.inner.config.namespace.clone(),
+            circuit,
+            fallback_active,
+            total,
+            prefixes,
+        }
+    }
+
+    /// Server facts (key count, memory, version); empty when unreachable.
+    pub async fn backend_info(&self) -> BackendInfo {
+        if !self.is_enabled() {
+            return BackendInfo::default();
+        }
+        match tokio::time::timeout(self.inner.config.timeout * 4, self.inner.primary.info()).await {
+            Ok(Ok(info)) => info,
+            _ => BackendInfo::default(),
+        }
+    }
+
+    /// Pings the backend (bounded by the timeout) and reports status,
+    /// latency and server facts. Never fails: an unreachable Redis is
+    /// [`HealthStatus::Degraded`].
+    pub async fn health(&self) -> Health {
+        let circuit = self.stats().circuit;
+        if !self.is_enabled() {
+            return Health::new(HealthStatus::Disabled, self.inner.kind.name(), circuit);
+        }
+        let started = Instant::now();
+        let timeout = self.inner.config.timeout * 4;
+        let ping = tokio::time::timeout(timeout, self.inner.primary.ping()).await;
+        let latency = started.elapsed();
+        let mut health = Health::new(HealthStatus::Healthy, self.inner.kind.name(), circuit);
+        match ping {
+            Ok(Ok(())) => {
+                health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
+                if let Ok(Ok(info)) = tokio::time::timeout(timeout, self.inner.primary.info()).await
+                {
+                    health.redis_version = info.version;
+                    health.used_memory_bytes = info.used_memory_bytes;
+                    health.connected_clients = info.connected_clients;
+                    health.total_keys = info.total_keys;
+                }
+                if circuit == CircuitState::Open {
+                    health.status = HealthStatus::Degraded;
+                    health.error = Some("circuit breaker open; recovering".to_owned());
+                }
+            }
+            Ok(Err(e)) => {
+                health.status = HealthStatus::Degraded;
+                health.error = Some(e.to_string());
+            }
+            Err(_) => {
+                health.status = HealthStatus::Degraded;
+                health.error = Some(format!("no answer within {timeout:?}"));
+            }
+        }
+        health
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Option<Permit>,
+}
+
+impl ProbeGuard<'_> {
+    fn take(&mut self) -> Permit {
+        self.permit.take().unwrap_or(Permit::Allowed)
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit);
+        }
+    }
+}
+
+fn seed() -> u64 {
+    static COUNTER: OnceLock<AtomicU64> = OnceLock::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let pid = u64::from(std::process::id());
+    let n = COUNTER
+        .get_or_init(|| AtomicU64::new(1))
+        .fetch_add(1, Ordering::Relaxed);
+    // Distinct per process and per cache; only needs to be unlikely to collide.
+    (nanos ^ (pid << 40) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}

@@ -1,0 +1,340 @@
+//! Configuration: [`CacheConfig`], read from the environment or set through
+//! [`CacheBuilder`](crate::CacheBuilder).
+
+use std::time::Duration;
+
+use crate::codec::CodecKind;
+use crate::error::ConfigError;
+
+/// Where the cache keeps its data.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedisTarget {
+    /// One Redis server (`redis://`, `rediss://`, `redis+unix://`).
+    Single(String),
+    /// A Redis Cluster, given by one or more seed node URLs.
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Single(url) => f.debug_tuple("Single").field(&redact_url(url)).finish(),
+            RedisTarget::Cluster(urls) => f
+                .debug_tuple("Cluster")
+                .field(&urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+impl RedisTarget {
+    /// A printable description with passwords redacted.
+    pub fn redacted(&self) -> String {
+        match self {
+            RedisTarget::Single(url) => redact_url(url),
+            RedisTarget::Cluster(urls) => urls
+                .iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// Every setting of a [`Cache`](crate::Cache). Build one with
+/// [`CacheConfig::default`] and the `with_*`-free public fields through
+/// [`CacheBuilder`](crate::CacheBuilder), or read it from the environment with
+/// [`CacheConfig::from_env`].
+///
+/// | variable | field | default |
+/// |---|---|---|
+/// | `REDIS_URL` | [`redis`](Self::redis) (comma-separated URLs or `REDIS_CLUSTER=true`: cluster) | unset: in-memory |
+/// | `CACHE_ENABLED` | [`enabled`](Self::enabled) | `true` |
+/// | `CACHE_NAMESPACE` | [`namespace`](Self::namespace) | `cache` |
+/// | `CACHE_DEFAULT_TTL` | [`default_ttl`](Self::default_ttl) (seconds) | `300` |
+/// | `REDIS_POOL_SIZE` | [`pool_size`](Self::pool_size) | `16` |
+/// | `CACHE_TIMEOUT_MS` | [`timeout`](Self::timeout) | `250` |
+/// | `CACHE_CB_FAILURES` | [`breaker_failures`](Self::breaker_failures) | `5` |
+/// | `CACHE_CB_COOLDOWN_S` | [`breaker_cooldown`](Self::breaker_cooldown) | `30` |
+/// | `CACHE_FALLBACK_TTL_S` | [`fallback_ttl_cap`](Self::fallback_ttl_cap) | `30` |
+/// | `CACHE_CODEC` | [`codec`](Self::codec) (`bincode` or `json`) | `bincode` |
+/// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
+///
+/// ```
+/// use cache_core::CacheConfig;
+/// let vars = [("CACHE_NAMESPACE", "shop"), ("CACHE_TIMEOUT_MS", "100")];
+/// let config = CacheConfig::from_lookup(|name| {
+///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+/// })
+/// .unwrap();
+/// assert_eq!(config.namespace, "shop");
+/// assert_eq!(config.timeout.as_millis(), 100);
+///
+/// let bad = CacheConfig::from_lookup(|name| (name == "CACHE_TIMEOUT_MS").then(|| "soon".into()));
+/// assert!(bad.unwrap_err().to_string().contains("CACHE_TIMEOUT_MS"));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// `false` turns caching off: cached functions run their bodies, the direct API stores nothing.
+    pub enabled: bool,
+    /// Redis server or cluster; `None` keeps everything in process memory.
+    pub redis: Option<RedisTarget>,
+    /// First segment of every key: `{namespace}:{prefix}:{key}`. Letters, digits, `_`, `-`, `.`.
+    pub namespace: String,
+    /// TTL used when a call gives none.
+    pub default_ttl: Duration,
+    /// Size of the bb8 pool that creates, health-checks and replaces Redis connections.
+    pub pool_size: u32,
+    /// Bound on every Redis call.
+    pub timeout: Duration,
+    /// Consecutive availability failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe call is let through.
+    pub breaker_cooldown: Duration,
+    /// Longest TTL of a value kept in the in-memory fallback while Redis is away
+    /// (other instances cannot invalidate it, so keep it short).
+    pub fallback_ttl_cap: Duration,
+    /// Entries the in-memory fallback (and the memory backend) may hold.
+    pub memory_capacity: u64,
+    /// Codec used to write values (any known codec is read).
+    pub codec: CodecKind,
+    /// Largest encoded value stored or decoded; larger ones are refused and counted.
+    pub max_value_bytes: usize,
+    /// How long a loader's lease on a missing key lasts: other processes wait
+    /// at most this long for its value before loading themselves.
+    pub lease_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            redis: None,
+            namespace: "cache".to_owned(),
+            default_ttl: Duration::from_secs(300),
+            pool_size: 16,
+            timeout: Duration::from_millis(250),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            fallback_ttl_cap: Duration::from_secs(30),
+            memory_capacity: 100_000,
+            codec: CodecKind::Bincode,
+            max_value_bytes: 4 * 1024 * 1024,
+            lease_ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Reads the configuration from the process environment (see the table above).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable name to its value),
+    /// so it can be tested without touching the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = CacheConfig::default();
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        if let Some(v) = get("CACHE_ENABLED") {
+            config.enabled = parse_bool("CACHE_ENABLED", &v)?;
+        }
+        let cluster = match get("REDIS_CLUSTER") {
+            Some(v) => parse_bool("REDIS_CLUSTER", &v)?,
+            None => false,
+        };
+        if let Some(url) = get("REDIS_URL") {
+            let urls: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
+            for u in &urls {
+                validate_url("REDIS_URL", u)?;
+            }
+            config.redis = Some(if cluster || urls.len() > 1 {
+                RedisTarget::Cluster(urls)
+            } else {
+                RedisTarget::Single(urls.into_iter().next().unwrap_or_default())
+            });
+        }
+        if let Some(v) = get("CACHE_NAMESPACE") {
+            validate_namespace("CACHE_NAMESPACE", &v)?;
+            config.namespace = v;
+        }
+        if let Some(v) = get("CACHE_DEFAULT_TTL") {
+            config.default_ttl =
+                Duration::from_secs(parse_num("CACHE_DEFAULT_TTL", &v, 1, u64::MAX / 1000)?);
+        }
+        if let Some(v) = get("REDIS_POOL_SIZE") {
+            config.pool_size = parse_num("REDIS_POOL_SIZE", &v, 1, 1024)? as u32;
+        }
+        if let Some(v) = get("CACHE_TIMEOUT_MS") {
+            config.timeout = Duration::from_millis(parse_num("CACHE_TIMEOUT_MS", &v, 1, 600_000)?);
+        }
+        if let Some(v) = get("CACHE_CB_FAILURES") {
+            config.breaker_failures = parse_num("CACHE_CB_FAILURES", &v, 1, 1_000_000)? as u32;
+        }
+        if let Some(v) = get("CACHE_CB_COOLDOWN_S") {
+            config.breaker_cooldown =
+                Duration::from_secs(parse_num("CACHE_CB_COOLDOWN_S", &v, 0, 86_400)?);
+        }
+        if let Some(v) = get("CACHE_FALLBACK_TTL_S") {
+            config.fallback_ttl_cap =
+                Duration::from_secs(parse_num("CACHE_FALLBACK_TTL_S", &v, 0, 86_400)?);
+        }
+        if let Some(v) = get("CACHE_CODEC") {
+            config.codec = match v.to_ascii_lowercase().as_str() {
+                "bincode" => CodecKind::Bincode,
+                "json" => CodecKind::Json,
+                _ => return Err(invalid("CACHE_CODEC", &v, "expected `bincode` or `json`")),
+            };
+        }
+        if let Some(v) = get("CACHE_MAX_VALUE_BYTES") {
+            config.max_value_bytes =
+                parse_num("CACHE_MAX_VALUE_BYTES", &v, 16, 512 * 1024 * 1024)? as usize;
+        }
+        Ok(config)
+    }
+
+    /// A printable description of the backend target with passwords redacted
+    /// (`"memory"` when no Redis is configured).
+    pub fn target_description(&self) -> String {
+        match &self.redis {
+            None => "memory".to_owned(),
+            Some(target) => target.redacted(),
+        }
+    }
+}
+
+fn invalid(variable: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        variable,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_bool(variable: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            variable,
+            value,
+            "expected true/false, 1/0, yes/no or on/off",
+        )),
+    }
+}
+
+fn parse_num(variable: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(invalid(
+            variable,
+            value,
+            &format!("expected a whole number from {min} to {max}"),
+        )),
+        Err(_) => Err(invalid(
+            variable,
+            value,
+            &format!("expected a whole number from {min} to {max}"),
+        )),
+    }
+}
+
+pub(crate) fn validate_namespace(variable: &'static str, ns: &str) -> Result<(), ConfigError> {
+    if ns.is_empty() || ns.len() > 64 {
+        return Err(invalid(variable, ns, "expected 1 to 64 characters"));
+    }
+    if !ns
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(invalid(
+            variable,
+            ns,
+            "only ASCII letters, digits, `_`, `-` and `.` are allowed",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_url(variable: &'static str, url: &str) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::InvalidUrl {
+        variable,
+        url: redact_url(url),
+        reason,
+    };
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => {
+            if !cfg!(feature = "tls") {
+                return Err(bad("rediss:// needs cache-core's `tls` feature".to_owned()));
+            }
+        }
+        "" => {
+            return Err(bad(
+                "expected a URL such as redis://127.0.0.1:6379".to_owned()
+            ));
+        }
+        other => {
+            return Err(bad(format!(
+                "unsupported scheme `{other}`; expected redis:// or rediss://"
+            )));
+        }
+    }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| bad(redact_text(&e.to_string())))
+}
+
+/// Replaces the password of a URL (`redis://user:secret@host`) with `***`.
+///
+/// ```
+/// assert_eq!(
+///     cache_core::redact_url("redis://app:s3cret@10.0.0.1:6379/0"),
+///     "redis://app:***@10.0.0.1:6379/0"
+/// );
+/// assert_eq!(cache_core::redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let host = &authority[at + 1..];
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Redacts every URL-looking word in a free text (error messages).
+pub(crate) fn redact_text(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_owned();
+    }
+    text.split(' ')
+        .map(|word| {
+            if word.contains("://") {
+                redact_url(word)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,129 @@
+//! Cache-aside caching for async Rust services: put `#[cached]` on an async
+//! repository function and `#[invalidates]` on the function that changes its
+//! data, and get caching on Redis that survives Redis outages, never serves
+//! data an invalidation removed, and shows its hit rates.
+//!
+//! ```
+//! use cache_core::{cached, invalidates, Cache};
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+//! # struct Customer { id: u64, name: String }
+//! # #[derive(Debug)] struct DbError;
+//! # struct Db;
+//! # impl Db { async fn load(&self, id: u64) -> Result<Customer, DbError> { Ok(Customer { id, name: "Ada".into() }) }
+//! #          async fn save(&self, _c: &Customer) -> Result<(), DbError> { Ok(()) } }
+//!
+//! #[cached(prefix = "customer", ttl = 3600, key = "{id}")]
+//! async fn get_customer(db: &Db, id: u64) -> Result<Customer, DbError> {
+//!     db.load(id).await
+//! }
+//!
+//! #[invalidates("customer:{customer.id}")]
+//! async fn update_customer(db: &Db, customer: &Customer) -> Result<(), DbError> {
+//!     db.save(customer).await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! Cache::from_env().await?.install(); // REDIS_URL set: Redis; unset: in-memory
+//! let db = Db;
+//! let first = get_customer(&db, 42).await.unwrap();  // miss: runs the body, stores
+//! let second = get_customer(&db, 42).await.unwrap(); // hit
+//! assert_eq!(first, second);
+//! update_customer(&db, &first).await.unwrap();       // deletes customer:42
+//! assert_eq!(Cache::current().unwrap().stats().prefixes["customer"].hits, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # What you get
+//! - **Keys** `{namespace}:{prefix}:{key}`; template values are escaped so
+//!   user data never adds `*`, `?`, `[`, `]` or `:` to a key ([`keys`]).
+//! - **Backends**: Redis (a bb8 pool managing shared multiplexed
+//!   connections), Redis Cluster, and in-process memory (moka), behind one
+//!   [`Backend`] trait; `cache-testkit` adds a controllable test backend.
+//! - **Codec**: bincode 2 by default, JSON on request, in a small envelope;
+//!   undecodable bytes are a counted miss, never an error ([`codec`]).
+//! - **Resilience**: every Redis call is bounded by a timeout (250 ms), a
+//!   circuit breaker (5 failures, 30 s cooldown) skips a dead Redis, an
+//!   in-memory fallback with TTLs capped at 30 s serves meanwhile, and
+//!   invalidations that could not reach Redis are replayed before Redis is
+//!   trusted again (then the fallback is cleared). Redis down at start is not
+//!   an error.
+//! - **Consistency**: misses take a lease (a marker stored at the key with
+//!   `SET NX`); the store is a compare-and-set on that lease, and an
+//!   invalidation deletes it, so a load that started before an invalidation
+//!   can never store its (stale) value after it. The same lease makes other
+//!   processes wait for one load instead of stampeding, and within a process
+//!   concurrent misses share one load (single-flight).
+//! - **Observability**: [`Cache::stats`] (per prefix and total), [`Cache::health`],
+//!   `metrics` counters `cache_hits_total{prefix}`, `cache_misses_total{prefix}`,
+//!   `cache_sets_total`, `cache_loads_total`, `cache_errors_total{prefix,kind}`,
+//!   `cache_decode_failures_total`, `cache_invalidations_total`; `tracing`
+//!   events. Passwords in URLs are redacted everywhere.
+//!
+//! # Configuration
+//! See [`CacheConfig`] for the environment variables and their defaults.
+//!
+//! # Choices that differ from the design card, and why
+//! - The direct API returns `Result` only for caller mistakes (encoding,
+//!   oversized values, empty keys). Backend failures are absorbed by the
+//!   fallback and counted in [`Cache::stats`]: a cache outage must not become
+//!   an outage of the service.
+//! - Key values are percent-escaped (`*` → `%2A`) rather than
+//!   backslash-escaped, so stored keys contain no glob characters at all and
+//!   the mapping stays injective.
+//! - Counters ([`Cache::incr`]) are stored as plain integers (Redis `INCRBY`
+//!   needs that), not in the envelope.
+#![warn(missing_docs)]
+
+mod backend;
+mod breaker;
+mod cache;
+pub mod codec;
+mod config;
+mod error;
+mod flight;
+mod health;
+pub mod keys;
+mod load;
+mod stats;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
+pub use cache::{Cache, CacheBuilder};
+pub use codec::{Codec, CodecKind};
+pub use config::{CacheConfig, RedisTarget, redact_url};
+pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
+pub use health::{Health, HealthStatus};
+pub use stats::{CacheStats, CircuitState, PrefixStats};
+
+pub use cache_macros::{cached, invalidates};
+
+/// Re-exported so custom [`Backend`] implementations use the same version.
+pub use async_trait::async_trait;
+
+/// Runs `fut` with every `#[cached]` function bypassing the cache: bodies
+/// run, nothing is read or stored. Use it to reach the uncached body in tests
+/// or to force a fresh read.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use cache_core::{cached, Cache};
+/// #[cached(prefix = "clock")]
+/// async fn now_ms() -> u128 { std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() }
+///
+/// let cache = Cache::memory();
+/// cache.scope(async {
+///     let cached = now_ms().await;
+///     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+///     assert_eq!(now_ms().await, cached);
+///     assert_ne!(cache_core::uncached(now_ms()).await, cached);
+/// }).await;
+/// # }
+/// ```
+pub async fn uncached<F: std::future::Future>(fut: F) -> F::Output {
+    cache::BYPASS.scope(true, fut).await
+}

@@ -1,0 +1,202 @@
+//! The read-through path shared by `#[cached]` and [`Cache::get_or_set`]:
+//! hit → decode; miss → single-flight in the process, a lease across
+//! processes, load, compare-and-set store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::__private::Mode;
+use crate::cache::Cache;
+use crate::codec;
+use crate::flight::{self, Role, Waited};
+use crate::stats::{Event, PrefixEntry};
+
+/// What the first read found.
+enum Found<S> {
+    Value(S),
+    Leased,
+    Missing { garbage: bool },
+}
+
+impl Cache {
+    async fn read_stored<S: serde::de::DeserializeOwned>(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+    ) -> Found<S> {
+        match self.raw_get(entry, skey).await {
+            None => Found::Missing { garbage: false },
+            Some(bytes) if codec::is_lease(&bytes) => Found::Leased,
+            Some(bytes) => match self.decode::<S>(entry, skey, &bytes) {
+                Some(v) => Found::Value(v),
+                None => Found::Missing { garbage: true },
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn load_through<R, M, F, U>(
+        &self,
+        prefix: &str,
+        skey: String,
+        ttl: Option<Duration>,
+        none_ttl: Option<Duration>,
+        unless: U,
+        body: F,
+    ) -> R
+    where
+        M: Mode<R>,
+        F: Future<Output = R>,
+        U: FnOnce(&M::Stored) -> bool,
+    {
+        if self.backend_kind() == crate::BackendKind::Disabled {
+            return body.await;
+        }
+        let entry = self.inner.stats.prefix(prefix);
+        let lease_deadline = Instant::now() + self.inner.config.lease_ttl;
+        let mut garbage = false;
+        let leader = loop {
+            match self.read_stored::<M::Stored>(&entry, &skey).await {
+                Found::Value(v) => {
+                    self.inner.stats.record(&entry, Event::Hit);
+                    return M::from_stored(v);
+                }
+                Found::Missing { garbage: g } => garbage |= g,
+                Found::Leased => {}
+            }
+            match self.inner.flights.join(&skey) {
+                Role::Leader(leader) => break leader,
+                Role::Follower(rx) => {
+                    self.inner.stats.record(&entry, Event::Coalesced);
+                    match flight::wait(rx).await {
+                        Waited::Done(Some(bytes)) => {
+                            if let Some(v) = self.decode::<M::Stored>(&entry, &skey, &bytes) {
+                                self.inner.stats.record(&entry, Event::Hit);
+                                return M::from_stored(v);
+                            }
+                        }
+                        // The leader's result was not cacheable: run our own body.
+                        Waited::Done(None) => {
+                            self.inner.stats.record(&entry, Event::Miss);
+                            return body.await;
+                        }
+                        Waited::LeaderGone => continue,
+                    }
+                }
+            }
+        };
+        self.inner.stats.record(&entry, Event::Miss);
+
+        // Take a lease so that other processes wait for us, and so that an
+        // invalidation during our load makes our store fail.
+        if garbage {
+            self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
+        }
+        let mut marker = None;
+        loop {
+            let candidate = self.next_lease_marker();
+            let attempt = {
+                let candidate = candidate.clone();
+                let lease_ttl = self.inner.config.lease_ttl;
+                let skey = skey.as_str();
+                self.on_primary(&entry, self.inner.config.timeout, |b| async move {
+                    b.try_lease(skey, candidate, lease_ttl).await
+                })
+                .await
+            };
+            match attempt {
+                Ok(true) => {
+                    marker = Some(candidate);
+                    break;
+                }
+                Ok(false) => {
+                    // Another process holds the lease (or just stored): wait for its value.
+                    if Instant::now() >= lease_deadline {
+                        break;
+                    }
+                    self.inner.stats.record(&entry, Event::LeaseWait);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    match self.read_stored::<M::Stored>(&entry, &skey).await {
+                        Found::Value(v) => {
+                            self.inner.stats.record(&entry, Event::Hit);
+                            // Share the value with local followers.
+                            let shared = codec::encode(self.inner.config.codec, &v)
+                                .ok()
+                                .map(Arc::from);
+                            leader.finish(shared);
+                            return M::from_stored(v);
+                        }
+                        Found::Leased => {}
+                        Found::Missing { garbage: true } => {
+                            self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
+                        }
+                        Found::Missing { garbage: false } => {}
+                    }
+                }
+                // Backend unavailable: load without a lease (the store goes to the fallback).
+                Err(_) => break,
+            }
+        }
+
+        let result = body.await;
+        self.inner.stats.record(&entry, Event::Load);
+        let stored = M::stored(&result).filter(|s| !unless(s));
+        let shared = match stored {
+            Some(value) => match self.encode(&entry, &skey, value) {
+                Ok(bytes) => {
+                    let ttl = if M::is_negative(value) {
+                        none_ttl.or(ttl)
+                    } else {
+                        ttl
+                    }
+                    .unwrap_or(self.inner.config.default_ttl);
+                    let shared: Arc<[u8]> = Arc::from(bytes.as_slice());
+                    match marker.take() {
+                        Some(marker) => {
+                            let skey_ref = skey.as_str();
+                            let stored = self
+                                .on_primary(&entry, self.inner.config.timeout, |b| async move {
+                                    b.set_if_lease(skey_ref, marker, bytes, ttl).await
+                                })
+                                .await;
+                            match stored {
+                                Ok(true) => self.inner.stats.record(&entry, Event::Set),
+                                Ok(false) => {
+                                    self.inner.stats.record(&entry, Event::StaleSetPrevented);
+                                    tracing::debug!(key = %skey, "lease lost to an invalidation; value not stored");
+                                }
+                                Err(_) => {
+                                    self.raw_set_fallback_only(&skey, shared.to_vec(), ttl)
+                                        .await;
+                                }
+                            }
+                        }
+                        None => self.raw_set(&entry, &skey, bytes, ttl).await,
+                    }
+                    Some(shared)
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        if let Some(marker) = marker {
+            let skey_ref = skey.as_str();
+            let _ = self
+                .on_primary(&entry, self.inner.config.timeout, |b| async move {
+                    b.release_lease(skey_ref, marker).await
+                })
+                .await;
+        }
+        leader.finish(shared);
+        result
+    }
+
+    async fn raw_set_fallback_only(&self, skey: &str, bytes: Vec<u8>, ttl: Duration) {
+        if let Some(res) = &self.inner.resilience {
+            let cap = ttl.min(self.inner.config.fallback_ttl_cap);
+            let _ = crate::Backend::set(&res.fallback, skey, bytes, cap).await;
+            self.mark_fallback_written();
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Support for the code `#[cached]` and `#[invalidates]` generate. Not a
+//! public API: names and signatures change without notice.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::{BYPASS, Cache};
+use crate::stats::Event;
+
+pub use core::time::Duration;
+
+/// How a return type maps to what is stored.
+pub trait Mode<R> {
+    /// The stored part of `R`.
+    type Stored: Serialize + DeserializeOwned;
+    /// The part of `result` to store, if any.
+    fn stored(result: &R) -> Option<&Self::Stored>;
+    /// Rebuilds the return value from a stored one.
+    fn from_stored(stored: Self::Stored) -> R;
+    /// Whether this stored value is a negative entry (`None` under `cache_none`).
+    fn is_negative(_stored: &Self::Stored) -> bool {
+        false
+    }
+}
+
+/// `Result<T, E>`: only `Ok(T)` is stored.
+pub struct ResultMode;
+/// `Option<T>`: only `Some(T)` is stored.
+pub struct OptionMode;
+/// `Option<T>` with `cache_none`: `Some` and `None` are stored.
+pub struct OptionWithNone;
+/// Any other `T`: stored as is.
+pub struct PlainMode;
+
+impl<T: Serialize + DeserializeOwned, E> Mode<Result<T, E>> for ResultMode {
+    type Stored = T;
+    fn stored(result: &Result<T, E>) -> Option<&T> {
+        result.as_ref().ok()
+    }
+    fn from_stored(stored: T) -> Result<T, E> {
+        Ok(stored)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Mode<Option<T>> for OptionMode {
+    type Stored = T;
+    fn stored(result: &Option<T>) -> Option<&T> {
+        result.as_ref()
+    }
+    fn from_stored(stored: T) -> Option<T> {
+        Some(stored)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Mode<Option<T>> for OptionWithNone {
+    type Stored = Option<T>;
+    fn stored(result: &Option<T>) -> Option<&Option<T>> {
+        Some(result)
+    }
+    fn from_stored(stored: Option<T>) -> Option<T> {
+        stored
+    }
+    fn is_negative(stored: &Option<T>) -> bool {
+        stored.is_none()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Mode<T> for PlainMode {
+    type Stored = T;
+    fn stored(result: &T) -> Option<&T> {
+        Some(result)
+    }
+    fn from_stored(stored: T) -> T {
+        stored
+    }
+}
+
+/// Values a cached function can return.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be cached: the cached value must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    label = "the stored part of this return type must be serde-serializable",
+    note = "derive them with `#[derive(serde::Serialize, serde::Deserialize)]`; for `Result<T, E>` only `T` is stored, for `Option<T>` only `T`"
+)]
+pub trait Storable {}
+impl<T: Serialize + DeserializeOwned> Storable for T {}
+
+/// Compile-time check emitted at the return type's span.
+pub fn assert_storable<R, M: Mode<R>>()
+where
+    M::Stored: Storable,
+{
+}
+
+/// Arguments that take part in a key.
+#[diagnostic::on_unimplemented(
+    message = "cache key argument of type `{Self}` does not implement `serde::Serialize`",
+    label = "this argument is part of the cache key",
+    note = "derive `serde::Serialize` for it, or leave it out of the key with `skip(...)` or a `key = \"...\"` template"
+)]
+pub trait KeyArg {}
+impl<T: Serialize + ?Sized> KeyArg for T {}
+
+/// Identity function that requires `T: Serialize` (emitted at the argument's span).
+pub fn key_arg<T: KeyArg + Serialize + ?Sized>(value: &T) -> &T {
+    value
+}
+
+/// The default key: a stable 128-bit hash of the arguments (32 hex digits).
+pub fn hash_args<T: Serialize + ?Sized>(args: &T) -> String {
+    crate::keys::stable_hash(args)
+}
+
+/// Appends `value`'s `Display` form with key-special characters escaped.
+pub fn push_escaped<T: Display + ?Sized>(buf: &mut String, value: &T) {
+    crate::keys::push_escaped_display(buf, value);
+}
+
+static WARNED_NONE: AtomicBool = AtomicBool::new(false);
+
+/// The cache a generated function uses: `cache = expr`, else the task's
+/// scoped cache, else the installed one; `None` runs uncached (warned once).
+pub fn resolve(explicit: Option<&Cache>) -> Option<Cache> {
+    if let Some(cache) = explicit {
+        return Some(cache.clone());
+    }
+    let found = Cache::current();
+    if found.is_none() && !WARNED_NONE.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "a #[cached]/#[invalidates] function ran with no cache installed: running uncached \
+             (call `Cache::from_env().await?.install()` at start-up)"
+        );
+    }
+    found
+}
+
+fn bypassed() -> bool {
+    BYPASS.try_with(|b| *b).unwrap_or(false)
+}
+
+/// The body of every `#[cached]` function.
+#[allow(clippy::too_many_arguments)]
+pub async fn cached<R, M, F, U>(
+    cache: Option<Cache>,
+    prefix: &'static str,
+    key: String,
+    ttl: Option<Duration>,
+    none_ttl: Option<Duration>,
+    unless: U,
+    body: F,
+) -> R
+where
+    M: Mode<R>,
+    F: Future<Output = R>,
+    U: FnOnce(&M::Stored) -> bool,
+{
+    let Some(cache) = cache else {
+        return body.await;
+    };
+    if bypassed() {
+        return body.await;
+    }
+    let skey = {
+        let ns = cache.namespace();
+        let mut s = String::with_capacity(ns.len() + prefix.len() + key.len() + 2);
+        s.push_str(ns);
+        s.push(':');
+        s.push_str(prefix);
+        s.push(':');
+        s.push_str(&key);
+        s
+    };
+    cache
+        .load_through::<R, M, F, U>(prefix, skey, ttl, none_ttl, unless, body)
+        .await
+}
+
+/// Invalidation that runs when the body is done, or when the future is dropped.
+#[must_use = "call .finish().await after the body"]
+pub struct InvalidationGuard {
+    work: Option<(Cache, Vec<String>, &'static [&'static str])>,
+}
+
+/// Prepares the invalidation of `keys` (logical `"prefix:rest"` keys) and `prefixes`.
+pub fn invalidation(
+    cache: Option<Cache>,
+    keys: Vec<String>,
+    prefixes: &'static [&'static str],
+) -> InvalidationGuard {
+    InvalidationGuard {
+        work: cache.map(|c| (c, keys, prefixes)),
+    }
+}
+
+async fn run_invalidation(cache: Cache, keys: Vec<String>, prefixes: &'static [&'static str]) {
+    if !keys.is_empty() {
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        for key in &refs {
+            let entry = cache
+                .inner
+                .stats
+                .prefix(key.split(':').next().unwrap_or(key));
+            cache.inner.stats.record(&entry, Event::Invalidation);
+        }
+        let skeys: Vec<String> = keys.iter().map(|k| cache.storage_key(k)).collect();
+        let entry = cache
+            .inner
+            .stats
+            .prefix(refs[0].split(':').next().unwrap_or(refs[0]));
+        cache.raw_delete(&entry, &skeys).await;
+        tracing::debug!(keys = ?keys, "invalidated");
+    }
+    for prefix in prefixes {
+        let _ = cache.invalidate_prefix(prefix).await;
+        tracing::debug!(prefix, "invalidated prefix");
+    }
+}
+
+impl InvalidationGuard {
+    /// Runs the invalidation now.
+    pub async fn finish(mut self) {
+        if let Some((cache, keys, prefixes)) = self.work.take() {
+            run_invalidation(cache, keys, prefixes).await;
+        }
+    }
+}
+
+impl Drop for InvalidationGuard {
+    fn drop(&mut self) {
+        if let Some((cache, keys, prefixes)) = self.work.take() {
+            // The future was dropped after the body started: the write may
+            // have happened, so invalidate anyway.
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(run_invalidation(cache, keys, prefixes));
+                }
+                Err(_) => tracing::error!(
+                    ?keys,
+                    "invalidation dropped outside a tokio runtime; keys may be stale"
+                ),
+            }
+        }
+    }
+}

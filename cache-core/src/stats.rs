@@ -1,0 +1,266 @@
+//! Hit/miss accounting per prefix, exported through [`Cache::stats`](crate::Cache::stats)
+//! and the `metrics` crate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::error::ErrorKind;
+
+/// Counters of one prefix (and of the total).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) sets: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) lease_waits: AtomicU64,
+    pub(crate) stale_sets_prevented: AtomicU64,
+    pub(crate) decode_failures: AtomicU64,
+    pub(crate) oversized: AtomicU64,
+    pub(crate) fallback_hits: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) errors: [AtomicU64; ErrorKind::ALL.len()],
+}
+
+/// What happened, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Hit,
+    Miss,
+    Set,
+    Load,
+    Coalesced,
+    LeaseWait,
+    StaleSetPrevented,
+    DecodeFailure,
+    Oversized,
+    FallbackHit,
+    Invalidation,
+}
+
+/// The counters of one prefix plus its `metrics` handles (registered once).
+pub(crate) struct PrefixEntry {
+    counters: Counters,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+    sets: metrics::Counter,
+    loads: metrics::Counter,
+    decode_failures: metrics::Counter,
+    invalidations: metrics::Counter,
+    prefix: Arc<str>,
+}
+
+impl PrefixEntry {
+    fn new(prefix: &str) -> Self {
+        let label = prefix.to_owned();
+        PrefixEntry {
+            counters: Counters::default(),
+            hits: metrics::counter!("cache_hits_total", "prefix" => label.clone()),
+            misses: metrics::counter!("cache_misses_total", "prefix" => label.clone()),
+            sets: metrics::counter!("cache_sets_total", "prefix" => label.clone()),
+            loads: metrics::counter!("cache_loads_total", "prefix" => label.clone()),
+            decode_failures: metrics::counter!("cache_decode_failures_total", "prefix" => label.clone()),
+            invalidations: metrics::counter!("cache_invalidations_total", "prefix" => label),
+            prefix: Arc::from(prefix),
+        }
+    }
+}
+
+/// All counters of a cache.
+pub(crate) struct StatsRegistry {
+    total: Counters,
+    prefixes: RwLock<HashMap<Arc<str>, Arc<PrefixEntry>>>,
+}
+
+impl StatsRegistry {
+    pub(crate) fn new() -> Self {
+        StatsRegistry {
+            total: Counters::default(),
+            prefixes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The entry of `prefix`, created on first use.
+    pub(crate) fn prefix(&self, prefix: &str) -> Arc<PrefixEntry> {
+        if let Some(entry) = self
+            .prefixes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(prefix)
+        {
+            return entry.clone();
+        }
+        let mut map = self.prefixes.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(Arc::from(prefix))
+            .or_insert_with(|| Arc::new(PrefixEntry::new(prefix)))
+            .clone()
+    }
+
+    pub(crate) fn record(&self, entry: &PrefixEntry, event: Event) {
+        bump(&entry.counters, event);
+        bump(&self.total, event);
+        match event {
+            Event::Hit => entry.hits.increment(1),
+            Event::Miss => entry.misses.increment(1),
+            Event::Set => entry.sets.increment(1),
+            Event::Load => entry.loads.increment(1),
+            Event::DecodeFailure => entry.decode_failures.increment(1),
+            Event::Invalidation => entry.invalidations.increment(1),
+            _ => {}
+        }
+        if matches!(event, Event::Hit | Event::Miss) {
+            tracing::trace!(prefix = %entry.prefix, hit = event == Event::Hit, "cache lookup");
+        }
+    }
+
+    pub(crate) fn record_error(&self, entry: &PrefixEntry, kind: ErrorKind) {
+        let index = ErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(ErrorKind::ALL.len() - 1);
+        entry.counters.errors[index].fetch_add(1, Relaxed);
+        self.total.errors[index].fetch_add(1, Relaxed);
+        metrics::counter!("cache_errors_total", "prefix" => entry.prefix.to_string(), "kind" => kind.as_str())
+            .increment(1);
+    }
+
+    pub(crate) fn snapshot(&self) -> (PrefixStats, BTreeMap<String, PrefixStats>) {
+        let prefixes = self
+            .prefixes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.to_string(), PrefixStats::from(&v.counters)))
+            .collect();
+        (PrefixStats::from(&self.total), prefixes)
+    }
+}
+
+fn bump(c: &Counters, event: Event) {
+    let counter = match event {
+        Event::Hit => &c.hits,
+        Event::Miss => &c.misses,
+        Event::Set => &c.sets,
+        Event::Load => &c.loads,
+        Event::Coalesced => &c.coalesced,
+        Event::LeaseWait => &c.lease_waits,
+        Event::StaleSetPrevented => &c.stale_sets_prevented,
+        Event::DecodeFailure => &c.decode_failures,
+        Event::Oversized => &c.oversized,
+        Event::FallbackHit => &c.fallback_hits,
+        Event::Invalidation => &c.invalidations,
+    };
+    counter.fetch_add(1, Relaxed);
+}
+
+/// Figures of one prefix, or of the whole cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PrefixStats {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that found nothing usable.
+    pub misses: u64,
+    /// `hits / (hits + misses)`, 0 when there were no reads.
+    pub hit_rate: f64,
+    /// Values stored.
+    pub sets: u64,
+    /// Times a cached function's body ran to fill a miss.
+    pub loads: u64,
+    /// Callers that waited for another caller's load in this process (single-flight).
+    pub coalesced: u64,
+    /// Misses that waited for another process's lease instead of loading.
+    pub lease_waits: u64,
+    /// Stores refused because an invalidation removed the loader's lease meanwhile.
+    pub stale_sets_prevented: u64,
+    /// Stored values that did not decode (foreign, corrupt, old shape): counted as misses.
+    pub decode_failures: u64,
+    /// Values not stored because they exceeded `max_value_bytes`.
+    pub oversized: u64,
+    /// Reads answered by the in-memory fallback while Redis was away.
+    pub fallback_hits: u64,
+    /// Keys and prefixes invalidated.
+    pub invalidations: u64,
+    /// Backend failures by kind (`timeout`, `connection`, `circuit_open`, ...).
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+impl From<&Counters> for PrefixStats {
+    fn from(c: &Counters) -> Self {
+        let hits = c.hits.load(Relaxed);
+        let misses = c.misses.load(Relaxed);
+        let reads = hits + misses;
+        PrefixStats {
+            hits,
+            misses,
+            hit_rate: if reads == 0 {
+                0.0
+            } else {
+                hits as f64 / reads as f64
+            },
+            sets: c.sets.load(Relaxed),
+            loads: c.loads.load(Relaxed),
+            coalesced: c.coalesced.load(Relaxed),
+            lease_waits: c.lease_waits.load(Relaxed),
+            stale_sets_prevented: c.stale_sets_prevented.load(Relaxed),
+            decode_failures: c.decode_failures.load(Relaxed),
+            oversized: c.oversized.load(Relaxed),
+            fallback_hits: c.fallback_hits.load(Relaxed),
+            invalidations: c.invalidations.load(Relaxed),
+            errors: ErrorKind::ALL
+                .iter()
+                .zip(&c.errors)
+                .map(|(k, n)| (k.as_str(), n.load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
+
+impl PrefixStats {
+    /// Sum of all error counts.
+    pub fn total_errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// State of the circuit breaker in front of a remote backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls go to the backend.
+    Closed,
+    /// Calls skip the backend (the fallback answers) until the cooldown ends.
+    Open,
+    /// The cooldown ended; one probe call is deciding.
+    HalfOpen,
+    /// The backend is local; there is no breaker.
+    NotApplicable,
+}
+
+/// A snapshot of a cache's figures, from [`Cache::stats`](crate::Cache::stats).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Whether caching is on.
+    pub enabled: bool,
+    /// Backend in use (`redis`, `redis-cluster`, `memory`, `disabled`, or a custom name).
+    pub backend: &'static str,
+    /// Where it points (passwords redacted).
+    pub target: String,
+    /// Namespace of every key.
+    pub namespace: String,
+    /// Circuit breaker state.
+    pub circuit: CircuitState,
+    /// Whether the in-memory fallback holds data written while the backend was away.
+    pub fallback_active: bool,
+    /// Figures over every prefix.
+    pub total: PrefixStats,
+    /// Figures per prefix.
+    pub prefixes: BTreeMap<String, PrefixStats>,
+}
