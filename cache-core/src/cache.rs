@@ -518,6 +518,8 @@ impl Cache {
         let bulk_timeout = self.bulk_timeout();
         let primary = self.inner.primary.clone();
         let replay = async {
+            // Nothing is reconciled until the backend really answers.
+            primary.ping().await?;
             if pending.overflowed {
                 let all = format!("{}:*", glob_literal(&self.inner.config.namespace));
                 primary.delete_pattern(&all).await?;

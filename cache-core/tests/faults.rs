@@ -1,0 +1,222 @@
+//! Failure paths against a real redis-server: down at start, killed mid-run,
+//! paused (SIGSTOP), restarted, wrong password, out of memory, corrupt and
+//! foreign bytes, malformed configuration.
+
+use std::time::{Duration, Instant};
+
+use cache_core::{Cache, CacheConfig, CircuitState, ConfigError, ErrorKind, HealthStatus};
+use cache_testkit::RedisServer;
+use redis::Commands;
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+const COOLDOWN: Duration = Duration::from_millis(300);
+
+async fn cache_for(url: &str) -> Cache {
+    Cache::builder()
+        .redis_url(url)
+        .namespace("f")
+        .timeout(TIMEOUT)
+        .circuit_breaker(3, COOLDOWN)
+        .build()
+        .await
+        .expect("a reachable or unreachable Redis is not a build error")
+}
+
+fn raw_get(server: &RedisServer, key: &str) -> Option<Vec<u8>> {
+    server.client().get_connection().unwrap().get(key).unwrap()
+}
+
+/// Calls until `cond` holds, bounded.
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn redis_absent_at_start_then_started() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let cache = cache_for(&server.url()).await;
+    assert_eq!(cache.health().await.status, HealthStatus::Degraded);
+    // Calls work on the fallback meanwhile.
+    cache.set("customer:1", &"fallback", None).await.unwrap();
+    assert_eq!(cache.get::<String>("customer:1").await.unwrap().as_deref(), Some("fallback"));
+    for _ in 0..5 {
+        let _ = cache.get::<String>("customer:2").await.unwrap();
+    }
+    assert_eq!(cache.stats().circuit, CircuitState::Open);
+
+    server.restart();
+    eventually("the cache switches to Redis", async || {
+        cache.set("customer:3", &"redis", None).await.unwrap();
+        raw_get(&server, "f:customer:3").is_some()
+    })
+    .await;
+    assert_eq!(cache.stats().circuit, CircuitState::Closed);
+    assert_eq!(cache.get::<String>("customer:1").await.unwrap(), None, "fallback cleared on recovery");
+    assert_eq!(cache.health().await.status, HealthStatus::Healthy);
+}
+
+#[tokio::test]
+async fn killed_mid_run_then_restarted() {
+    let mut server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    cache.set("customer:1", &"v0", None).await.unwrap();
+    cache.set("customer:2", &"kept", None).await.unwrap();
+    assert!(raw_get(&server, "f:customer:1").is_some());
+
+    server.stop();
+    // Calls keep returning; the breaker opens; the fallback serves.
+    for i in 0..10 {
+        cache.set(&format!("during:{i}"), &i, None).await.unwrap();
+        assert_eq!(cache.get::<i32>(&format!("during:{i}")).await.unwrap(), Some(i));
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.circuit, CircuitState::Open);
+    assert!(stats.fallback_active);
+    assert!(stats.total.errors.get("connection").copied().unwrap_or(0) >= 3, "{stats:?}");
+    assert!(stats.total.errors.get("circuit_open").copied().unwrap_or(0) > 0, "{stats:?}");
+    // An invalidation during the outage must not be lost.
+    cache.delete("customer:1").await.unwrap();
+
+    server.restart(); // no persistence: data is gone, so plant the stale value again
+    server
+        .client()
+        .get_connection()
+        .unwrap()
+        .set::<_, _, ()>("f:customer:1", raw_value("v0"))
+        .unwrap();
+    eventually("recovery", async || {
+        let _ = cache.get::<String>("probe:1").await;
+        cache.stats().circuit == CircuitState::Closed && !cache.stats().fallback_active
+    })
+    .await;
+    assert_eq!(raw_get(&server, "f:customer:1"), None, "the delete missed during the outage was replayed");
+    assert_eq!(cache.get::<i32>("during:3").await.unwrap(), None, "fallback cleared");
+}
+
+fn raw_value(s: &str) -> Vec<u8> {
+    // A value as cache-core writes it (via a throwaway in-memory-free path).
+    let mut out = vec![0xC4, 1, 1];
+    out.extend(bincode::serde::encode_to_vec(s, bincode::config::standard()).unwrap());
+    out
+}
+
+#[tokio::test]
+async fn paused_calls_are_bounded_by_the_timeout_then_by_the_breaker() {
+    let mut server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    cache.set("k:1", &1u8, None).await.unwrap();
+    server.pause();
+    let mut slowest_before_open = Duration::ZERO;
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(cache.get::<u8>("k:1").await.unwrap(), None);
+        slowest_before_open = slowest_before_open.max(t.elapsed());
+    }
+    assert!(slowest_before_open < TIMEOUT + Duration::from_millis(150), "{slowest_before_open:?}");
+    assert_eq!(cache.stats().circuit, CircuitState::Open);
+    let t = Instant::now();
+    for _ in 0..100 {
+        let _ = cache.get::<u8>("k:1").await.unwrap();
+    }
+    let open_cost = t.elapsed() / 100;
+    assert!(open_cost < Duration::from_millis(5), "breaker open: {open_cost:?} per call");
+    assert!(cache.stats().total.errors["timeout"] >= 3);
+    server.resume();
+    eventually("recovery after resume", async || cache.get::<u8>("k:1").await.unwrap() == Some(1)).await;
+}
+
+#[tokio::test]
+async fn wrong_password_degrades_and_counts_auth_errors() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:wrong@127.0.0.1:{}", server.port());
+    let cache = cache_for(&url).await;
+    assert!(!format!("{cache:?}").contains("wrong"), "password redacted in Debug");
+    assert!(!cache.stats().target.contains("wrong"), "password redacted in stats");
+    cache.set("a:1", &1, None).await.unwrap();
+    assert_eq!(cache.get::<i32>("a:1").await.unwrap(), Some(1), "fallback serves");
+    let health = cache.health().await;
+    assert_eq!(health.status, HealthStatus::Degraded);
+    let errors = cache.stats().total.errors;
+    assert!(errors.keys().any(|k| *k == "auth" || *k == "connection"), "{errors:?}");
+
+    let good = cache_for(&format!("redis://:s3cret@127.0.0.1:{}", server.port())).await;
+    good.set("a:1", &2, None).await.unwrap();
+    assert_eq!(good.get::<i32>("a:1").await.unwrap(), Some(2));
+    assert_eq!(good.health().await.status, HealthStatus::Healthy);
+}
+
+#[tokio::test]
+async fn out_of_memory_is_counted_and_the_value_still_returned() {
+    let server = RedisServer::start_with(&["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"]);
+    let cache = cache_for(&server.url()).await;
+    let big = vec![1u8; 200_000];
+    for i in 0..20 {
+        cache.set(&format!("blob:{i}"), &big, None).await.unwrap();
+    }
+    let v: Vec<u8> = cache.get_or_set("blob:new", None, || async { vec![9u8; 200_000] }).await.unwrap();
+    assert_eq!(v.len(), 200_000);
+    let errors = cache.stats().total.errors;
+    assert!(errors.get("out_of_memory").copied().unwrap_or(0) > 0, "{errors:?}");
+    assert_eq!(cache.stats().circuit, CircuitState::Closed, "OOM proves Redis is up: breaker stays closed");
+}
+
+#[tokio::test]
+async fn corrupt_and_foreign_bytes_are_misses_and_get_overwritten() {
+    let server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    let mut conn = server.client().get_connection().unwrap();
+    let _: () = conn.set("f:customer:1", "{\"id\": 1, \"written_by\": \"python\"}").unwrap();
+    let _: () = conn.set("f:customer:2", vec![0xC4u8, 1, 1, 0xFF, 0xFF]).unwrap();
+    let _: () = conn.set("f:customer:3", vec![0xC4u8, 9, 1, 0]).unwrap();
+    let _: () = conn.sadd("f:customer:4", "a set, not a string").unwrap();
+    for id in 1..=3 {
+        assert_eq!(cache.get::<String>(&format!("customer:{id}")).await.unwrap(), None);
+    }
+    assert_eq!(cache.stats().total.decode_failures, 3);
+    // WRONGTYPE: still just a miss for the caller.
+    assert_eq!(cache.get::<String>("customer:4").await.unwrap(), None);
+    let fresh: String = cache.get_or_set("customer:1", None, || async { "fresh".to_owned() }).await.unwrap();
+    assert_eq!(fresh, "fresh");
+    assert_eq!(cache.get::<String>("customer:1").await.unwrap().as_deref(), Some("fresh"), "overwritten");
+}
+
+#[tokio::test]
+async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
+    let lookup = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    };
+    let err = CacheConfig::from_lookup(lookup(&[("REDIS_URL", "http://localhost:6379")])).unwrap_err();
+    assert!(matches!(err, ConfigError::InvalidUrl { variable: "REDIS_URL", .. }), "{err}");
+    let err = CacheConfig::from_lookup(lookup(&[("REDIS_URL", "redis://:pw@[::1")])).unwrap_err();
+    assert!(!err.to_string().contains("pw@"), "password redacted: {err}");
+    for (var, value) in [
+        ("CACHE_TIMEOUT_MS", "fast"),
+        ("CACHE_ENABLED", "maybe"),
+        ("CACHE_DEFAULT_TTL", "-5"),
+        ("REDIS_POOL_SIZE", "0"),
+        ("CACHE_CB_FAILURES", "x"),
+        ("CACHE_CB_COOLDOWN_S", "1e3"),
+        ("CACHE_NAMESPACE", "a*b"),
+    ] {
+        let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(var, value)]));
+        let err = CacheConfig::from_lookup(lookup(pairs)).unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { variable, .. } if *variable == var), "{err}");
+        assert!(err.to_string().contains(var), "{err}");
+    }
+    let err = Cache::builder().redis_url("not a url").build().await.unwrap_err();
+    assert!(err.to_string().contains("redis_url"), "{err}");
+    let disabled = CacheConfig::from_lookup(lookup(&[("CACHE_ENABLED", "false")])).unwrap();
+    let cache = Cache::builder().config(disabled).build().await.unwrap();
+    cache.set("x:1", &1, None).await.unwrap();
+    assert_eq!(cache.get::<i32>("x:1").await.unwrap(), None);
+    assert_eq!(cache.health().await.status, HealthStatus::Disabled);
+    let _ = ErrorKind::ALL;
+}
