@@ -3,7 +3,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, Ident, ItemFn};
+use syn::{Expr, Ident, ItemFn, Type};
 
 use crate::attr::{self, CachedArgs, Ttl};
 use crate::ctxt::Ctxt;
@@ -264,18 +264,27 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
             .filter(|i| t.placeholders().any(|ph| **i == ph.root))
             .collect(),
     };
-    let params = key_args.iter().map(|ident| {
-        let ty = &func
+    // Reference arguments keep their type; others are taken by reference.
+    let ty_of = |ident: &Ident| {
+        &func
             .find_arg(&ident.to_string())
             .expect("key args are arguments")
-            .ty;
-        quote!(#ident: &#ty)
+            .ty
+    };
+    let borrowed = |ident: &Ident| !matches!(ty_of(ident), Type::Reference(_));
+    let params = key_args.iter().map(|ident| {
+        let ty = ty_of(ident);
+        match ty {
+            Type::Reference(_) => quote!(#ident: #ty),
+            Type::ImplTrait(_) | Type::TraitObject(_) => quote!(#ident: &(#ty)),
+            _ => quote!(#ident: &#ty),
+        }
     });
 
     let buf = key::buf_ident();
     let head = format!("{}:", prefix.value());
     let capacity = key::capacity(spec, head.len());
-    let rest = key::rest_stmts(spec, args.version, krate, Access::Borrowed);
+    let rest = key::rest_stmts(spec, args.version, krate, Access::Companion(&borrowed));
     let path = if func.is_method {
         format!("Self::{name}")
     } else {

@@ -17,11 +17,12 @@ pub(crate) enum KeySpec<'a> {
 
 /// How an argument is reached from the code computing the key.
 #[derive(Clone, Copy)]
-pub(crate) enum Access {
-    /// In the function itself: the argument is a local of type `T`.
+pub(crate) enum Access<'a> {
+    /// In the function itself: the argument is a local of its own type `T`.
     Local,
-    /// In the companion: the argument is a parameter of type `&T`.
-    Borrowed,
+    /// In the companion: arguments for which the function returns true are
+    /// parameters of type `&T` (the others keep their reference type).
+    Companion(&'a dyn Fn(&Ident) -> bool),
 }
 
 /// The identifier of the key buffer in generated code.
@@ -45,7 +46,7 @@ pub(crate) fn rest_stmts(
     spec: &KeySpec<'_>,
     version: Option<u32>,
     krate: &TokenStream,
-    access: Access,
+    access: Access<'_>,
 ) -> TokenStream {
     let buf = buf_ident();
     let version = version.map(|v| {
@@ -56,8 +57,8 @@ pub(crate) fn rest_stmts(
         KeySpec::Hash(args) => {
             let items = args.iter().map(|ident| {
                 let arg = match access {
-                    Access::Local => quote!(&#ident),
-                    Access::Borrowed => quote!(#ident),
+                    Access::Companion(borrowed) if borrowed(ident) => quote!(#ident),
+                    _ => quote!(&#ident),
                 };
                 quote_spanned!(ident.span()=> #krate::__private::key_arg(#arg))
             });
