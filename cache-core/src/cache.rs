@@ -171,6 +171,11 @@ impl CacheBuilder {
         self.config.lease_ttl = ttl;
         self
     }
+    /// Turns leases on misses on or off (default on; see [`CacheConfig::leases`]).
+    pub fn leases(mut self, on: bool) -> Self {
+        self.config.leases = on;
+        self
+    }
     /// Turns caching on or off.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.config.enabled = enabled;

@@ -105,6 +105,10 @@ pub struct CacheConfig {
     /// How long a loader's lease on a missing key lasts: other processes wait
     /// at most this long for its value before loading themselves.
     pub lease_ttl: Duration,
+    /// Leases on misses (default on). Turning them off removes the guarantee
+    /// that a load overtaken by an invalidation cannot store its stale value,
+    /// and the cross-process stampede protection; it exists to measure them.
+    pub leases: bool,
 }
 
 impl Default for CacheConfig {
@@ -123,6 +127,7 @@ impl Default for CacheConfig {
             codec: CodecKind::Bincode,
             max_value_bytes: 4 * 1024 * 1024,
             lease_ttl: Duration::from_secs(3),
+            leases: true,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! flight and the channel closes, so waiters retry instead of hanging.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -16,6 +17,11 @@ pub(crate) type Outcome = Option<Arc<[u8]>>;
 
 struct Flight {
     tx: watch::Sender<Option<Outcome>>,
+    /// Set when the leader starts storing (or reading another process's
+    /// value). A caller joining after that may have started after an
+    /// invalidation that the leader's value predates, so it must not take the
+    /// value: it waits for the flight to end and reads the cache again.
+    sealed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -25,7 +31,10 @@ pub(crate) struct Flights {
 
 pub(crate) enum Role<'a> {
     Leader(Leader<'a>),
+    /// Wait for the leader's value.
     Follower(watch::Receiver<Option<Outcome>>),
+    /// Joined after the leader sealed the flight: wait for it to end, then read again.
+    Late(watch::Receiver<Option<Outcome>>),
 }
 
 pub(crate) struct Leader<'a> {
@@ -46,10 +55,18 @@ impl Flights {
     pub(crate) fn join(&self, key: &str) -> Role<'_> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = map.get(key) {
-            return Role::Follower(flight.tx.subscribe());
+            let rx = flight.tx.subscribe();
+            return if flight.sealed.load(Ordering::Acquire) {
+                Role::Late(rx)
+            } else {
+                Role::Follower(rx)
+            };
         }
         let (tx, _) = watch::channel(None);
-        let flight = Arc::new(Flight { tx });
+        let flight = Arc::new(Flight {
+            tx,
+            sealed: AtomicBool::new(false),
+        });
         map.insert(key.to_owned(), flight.clone());
         Role::Leader(Leader {
             flights: self,
@@ -80,6 +97,11 @@ pub(crate) async fn wait(mut rx: watch::Receiver<Option<Outcome>>) -> Waited {
 }
 
 impl Leader<'_> {
+    /// From now on, callers that join must re-read instead of taking the value.
+    pub(crate) fn seal(&self) {
+        self.flight.sealed.store(true, Ordering::Release);
+    }
+
     /// Publishes the outcome to every waiter and ends the flight.
     pub(crate) fn finish(self, outcome: Outcome) {
         self.flight.tx.send_replace(Some(outcome));

@@ -84,6 +84,10 @@ impl Cache {
                         Waited::LeaderGone => continue,
                     }
                 }
+                Role::Late(rx) => {
+                    self.inner.stats.record(&entry, Event::Coalesced);
+                    let _ = flight::wait(rx).await;
+                }
             }
         };
         self.inner.stats.record(&entry, Event::Miss);
@@ -94,7 +98,7 @@ impl Cache {
             self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
         }
         let mut marker = None;
-        loop {
+        while self.inner.config.leases {
             let candidate = self.next_lease_marker();
             let attempt = {
                 let candidate = candidate.clone();
@@ -117,6 +121,7 @@ impl Cache {
                     }
                     self.inner.stats.record(&entry, Event::LeaseWait);
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                    leader.seal();
                     match self.read_stored::<M::Stored>(&entry, &skey).await {
                         Found::Value(v) => {
                             self.inner.stats.record(&entry, Event::Hit);
@@ -141,6 +146,7 @@ impl Cache {
 
         let result = body.await;
         self.inner.stats.record(&entry, Event::Load);
+        leader.seal();
         let stored = M::stored(&result).filter(|s| !unless(s));
         let shared = match stored {
             Some(value) => match self.encode(&entry, &skey, value) {
@@ -161,20 +167,30 @@ impl Cache {
                                 })
                                 .await;
                             match stored {
-                                Ok(true) => self.inner.stats.record(&entry, Event::Set),
+                                Ok(true) => {
+                                    self.inner.stats.record(&entry, Event::Set);
+                                    Some(shared)
+                                }
+                                // An invalidation removed our lease while we loaded: the
+                                // value may predate it, so it is neither stored nor
+                                // handed to callers that joined after the invalidation.
                                 Ok(false) => {
                                     self.inner.stats.record(&entry, Event::StaleSetPrevented);
                                     tracing::debug!(key = %skey, "lease lost to an invalidation; value not stored");
+                                    None
                                 }
                                 Err(_) => {
                                     self.raw_set_fallback_only(&skey, shared.to_vec(), ttl)
                                         .await;
+                                    None
                                 }
                             }
                         }
-                        None => self.raw_set(&entry, &skey, bytes, ttl).await,
+                        None => {
+                            self.raw_set(&entry, &skey, bytes, ttl).await;
+                            Some(shared)
+                        }
                     }
-                    Some(shared)
                 }
                 Err(_) => None,
             },

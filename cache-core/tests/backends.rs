@@ -17,7 +17,11 @@ struct Customer {
 }
 
 fn customer(id: u64) -> Customer {
-    Customer { id, name: format!("Customer {id}"), segment: "smb".into() }
+    Customer {
+        id,
+        name: format!("Customer {id}"),
+        segment: "smb".into(),
+    }
 }
 
 static SERVER: OnceLock<RedisServer> = OnceLock::new();
@@ -34,7 +38,9 @@ enum Kind {
 /// A fresh cache in a namespace of its own; for memory, `sibling` shares nothing
 /// (so cross-namespace checks only run where a store is shared).
 async fn cache_in(kind: Kind, namespace: &str) -> Cache {
-    let builder = Cache::builder().namespace(namespace).timeout(Duration::from_secs(2));
+    let builder = Cache::builder()
+        .namespace(namespace)
+        .timeout(Duration::from_secs(2));
     match kind {
         Kind::Memory => Cache::memory_with(cache_core::CacheConfig::default()),
         Kind::Redis => builder
@@ -62,7 +68,10 @@ async fn get_set_delete(kind: Kind) {
     let cache = fresh(kind).await;
     assert_eq!(cache.get::<Customer>("customer:1").await.unwrap(), None);
     cache.set("customer:1", &customer(1), None).await.unwrap();
-    assert_eq!(cache.get::<Customer>("customer:1").await.unwrap(), Some(customer(1)));
+    assert_eq!(
+        cache.get::<Customer>("customer:1").await.unwrap(),
+        Some(customer(1))
+    );
     assert!(cache.exists("customer:1").await.unwrap());
     assert!(cache.delete("customer:1").await.unwrap());
     assert!(!cache.delete("customer:1").await.unwrap());
@@ -75,50 +84,104 @@ async fn get_set_delete(kind: Kind) {
 
 async fn ttl_and_expire(kind: Kind) {
     let cache = fresh(kind).await;
-    cache.set("s:1", &1u32, Some(Duration::from_secs(100))).await.unwrap();
+    cache
+        .set("s:1", &1u32, Some(Duration::from_secs(100)))
+        .await
+        .unwrap();
     let ttl = cache.ttl("s:1").await.unwrap().unwrap();
-    assert!(ttl > Duration::from_secs(90) && ttl <= Duration::from_secs(100), "{ttl:?}");
-    assert!(cache.expire("s:1", Duration::from_millis(300)).await.unwrap());
-    assert!(!cache.expire("s:missing", Duration::from_secs(1)).await.unwrap());
+    assert!(
+        ttl > Duration::from_secs(90) && ttl <= Duration::from_secs(100),
+        "{ttl:?}"
+    );
+    assert!(
+        cache
+            .expire("s:1", Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !cache
+            .expire("s:missing", Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
     assert_eq!(cache.ttl("s:missing").await.unwrap(), None);
-    cache.set("s:2", &2u32, Some(Duration::from_millis(300))).await.unwrap();
+    cache
+        .set("s:2", &2u32, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
     assert_eq!(cache.get::<u32>("s:2").await.unwrap(), Some(2));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(cache.get::<u32>("s:1").await.unwrap(), None, "expired by expire()");
-    assert_eq!(cache.get::<u32>("s:2").await.unwrap(), None, "expired by its TTL");
+    assert_eq!(
+        cache.get::<u32>("s:1").await.unwrap(),
+        None,
+        "expired by expire()"
+    );
+    assert_eq!(
+        cache.get::<u32>("s:2").await.unwrap(),
+        None,
+        "expired by its TTL"
+    );
 }
 
 async fn many_and_counters(kind: Kind) {
     let cache = fresh(kind).await;
-    let entries: Vec<(String, Customer)> = (1..=20).map(|i| (format!("customer:{i}"), customer(i))).collect();
-    let refs: Vec<(&str, Customer)> = entries.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    cache.set_many(&refs, Some(Duration::from_secs(60))).await.unwrap();
-    let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).chain(["customer:999"]).collect();
+    let entries: Vec<(String, Customer)> = (1..=20)
+        .map(|i| (format!("customer:{i}"), customer(i)))
+        .collect();
+    let refs: Vec<(&str, Customer)> = entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    cache
+        .set_many(&refs, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = entries
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain(["customer:999"])
+        .collect();
     let got = cache.get_many::<Customer>(&keys).await.unwrap();
     assert_eq!(got.len(), 21);
     for (i, value) in got.iter().take(20).enumerate() {
         assert_eq!(value.as_ref(), Some(&customer(i as u64 + 1)));
     }
     assert_eq!(got[20], None);
-    assert_eq!(cache.delete_many(&["customer:1", "customer:2", "customer:999"]).await.unwrap(), 2);
+    assert_eq!(
+        cache
+            .delete_many(&["customer:1", "customer:2", "customer:999"])
+            .await
+            .unwrap(),
+        2
+    );
 
     assert_eq!(cache.incr("counter:a", 5).await.unwrap(), 5);
     assert_eq!(cache.incr("counter:a", 2).await.unwrap(), 7);
     assert_eq!(cache.decr("counter:a", 10).await.unwrap(), -3);
     cache.set("counter:b", &"not a number", None).await.unwrap();
-    assert!(cache.incr("counter:b", 1).await.is_err(), "incr on a non-integer is an error");
+    assert!(
+        cache.incr("counter:b", 1).await.is_err(),
+        "incr on a non-integer is an error"
+    );
 
     let loads = AtomicUsize::new(0);
     let load = || async {
         loads.fetch_add(1, Ordering::SeqCst);
         customer(77)
     };
-    assert_eq!(cache.get_or_set("customer:77", None, load).await.unwrap(), customer(77));
+    assert_eq!(
+        cache.get_or_set("customer:77", None, load).await.unwrap(),
+        customer(77)
+    );
     let load = || async {
         loads.fetch_add(1, Ordering::SeqCst);
         customer(0)
     };
-    assert_eq!(cache.get_or_set("customer:77", None, load).await.unwrap(), customer(77));
+    assert_eq!(
+        cache.get_or_set("customer:77", None, load).await.unwrap(),
+        customer(77)
+    );
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
 
@@ -131,40 +194,76 @@ async fn patterns_prefixes_and_namespaces(kind: Kind) {
     }
     for i in 0..10u64 {
         cache.set(&format!("churn:{i}"), &i, None).await.unwrap();
-        cache.set(&format!("customers:{i}"), &i, None).await.unwrap();
+        cache
+            .set(&format!("customers:{i}"), &i, None)
+            .await
+            .unwrap();
         other.set(&format!("customer:{i}"), &i, None).await.unwrap();
     }
     // More keys than one SCAN/UNLINK batch.
     assert_eq!(cache.invalidate_prefix("customer").await.unwrap(), 1500);
     assert_eq!(cache.get::<u64>("customer:5").await.unwrap(), None);
     assert_eq!(cache.get::<u64>("churn:5").await.unwrap(), Some(5));
-    assert_eq!(cache.get::<u64>("customers:5").await.unwrap(), Some(5), "a longer prefix is not the prefix");
-    assert_eq!(other.get::<u64>("customer:5").await.unwrap(), Some(5), "other namespace untouched");
+    assert_eq!(
+        cache.get::<u64>("customers:5").await.unwrap(),
+        Some(5),
+        "a longer prefix is not the prefix"
+    );
+    assert_eq!(
+        other.get::<u64>("customer:5").await.unwrap(),
+        Some(5),
+        "other namespace untouched"
+    );
 
     assert_eq!(cache.delete_pattern("churn:[0-4]").await.unwrap(), 5);
     assert_eq!(cache.get::<u64>("churn:7").await.unwrap(), Some(7));
     assert_eq!(cache.clear().await.unwrap(), 15);
     assert_eq!(cache.get::<u64>("churn:7").await.unwrap(), None);
-    assert_eq!(other.get::<u64>("customer:5").await.unwrap(), Some(5), "clear() stays in its namespace");
+    assert_eq!(
+        other.get::<u64>("customer:5").await.unwrap(),
+        Some(5),
+        "clear() stays in its namespace"
+    );
 }
 
 async fn escaping(kind: Kind) {
     let cache = fresh(kind).await;
     for value in ["1", "2", "*", "a:b", "[x]", "?"] {
-        cache.set(&format!("user:{}", escape(value)), &value, None).await.unwrap();
+        cache
+            .set(&format!("user:{}", escape(value)), &value, None)
+            .await
+            .unwrap();
     }
     // The key of the value "*" names one key, also when used as a pattern.
-    assert_eq!(cache.delete_pattern(&format!("user:{}", escape("*"))).await.unwrap(), 1);
-    assert!(cache.delete(&format!("user:{}", escape("a:b"))).await.unwrap());
+    assert_eq!(
+        cache
+            .delete_pattern(&format!("user:{}", escape("*")))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        cache
+            .delete(&format!("user:{}", escape("a:b")))
+            .await
+            .unwrap()
+    );
     for value in ["1", "2", "[x]", "?"] {
         let key = format!("user:{}", escape(value));
-        assert_eq!(cache.get::<String>(&key).await.unwrap().as_deref(), Some(value), "{key}");
+        assert_eq!(
+            cache.get::<String>(&key).await.unwrap().as_deref(),
+            Some(value),
+            "{key}"
+        );
     }
 }
 
 async fn bad_input(kind: Kind) {
     let cache = fresh(kind).await;
-    assert!(matches!(cache.get::<u32>("").await, Err(cache_core::CacheError::InvalidKey { .. })));
+    assert!(matches!(
+        cache.get::<u32>("").await,
+        Err(cache_core::CacheError::InvalidKey { .. })
+    ));
     assert!(cache.set("x:\n", &1, None).await.is_err());
     let small = Cache::builder()
         .config(cache.config().clone())
@@ -172,9 +271,19 @@ async fn bad_input(kind: Kind) {
         .build()
         .await
         .unwrap();
-    let err = small.set("big:1", &vec![7u8; 1000], None).await.unwrap_err();
-    assert!(matches!(err, cache_core::CacheError::TooLarge { .. }), "{err}");
-    assert_eq!(small.get::<Vec<u8>>("big:1").await.unwrap(), None, "oversized value not stored");
+    let err = small
+        .set("big:1", &vec![7u8; 1000], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, cache_core::CacheError::TooLarge { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        small.get::<Vec<u8>>("big:1").await.unwrap(),
+        None,
+        "oversized value not stored"
+    );
     assert_eq!(small.stats().total.oversized, 1);
 }
 
@@ -186,4 +295,11 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(get_set_delete, ttl_and_expire, many_and_counters, patterns_prefixes_and_namespaces, escaping, bad_input);
+on_every_backend!(
+    get_set_delete,
+    ttl_and_expire,
+    many_and_counters,
+    patterns_prefixes_and_namespaces,
+    escaping,
+    bad_input
+);

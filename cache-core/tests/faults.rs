@@ -46,7 +46,10 @@ async fn redis_absent_at_start_then_started() {
     assert_eq!(cache.health().await.status, HealthStatus::Degraded);
     // Calls work on the fallback meanwhile.
     cache.set("customer:1", &"fallback", None).await.unwrap();
-    assert_eq!(cache.get::<String>("customer:1").await.unwrap().as_deref(), Some("fallback"));
+    assert_eq!(
+        cache.get::<String>("customer:1").await.unwrap().as_deref(),
+        Some("fallback")
+    );
     for _ in 0..5 {
         let _ = cache.get::<String>("customer:2").await.unwrap();
     }
@@ -59,7 +62,11 @@ async fn redis_absent_at_start_then_started() {
     })
     .await;
     assert_eq!(cache.stats().circuit, CircuitState::Closed);
-    assert_eq!(cache.get::<String>("customer:1").await.unwrap(), None, "fallback cleared on recovery");
+    assert_eq!(
+        cache.get::<String>("customer:1").await.unwrap(),
+        None,
+        "fallback cleared on recovery"
+    );
     assert_eq!(cache.health().await.status, HealthStatus::Healthy);
 }
 
@@ -75,13 +82,22 @@ async fn killed_mid_run_then_restarted() {
     // Calls keep returning; the breaker opens; the fallback serves.
     for i in 0..10 {
         cache.set(&format!("during:{i}"), &i, None).await.unwrap();
-        assert_eq!(cache.get::<i32>(&format!("during:{i}")).await.unwrap(), Some(i));
+        assert_eq!(
+            cache.get::<i32>(&format!("during:{i}")).await.unwrap(),
+            Some(i)
+        );
     }
     let stats = cache.stats();
     assert_eq!(stats.circuit, CircuitState::Open);
     assert!(stats.fallback_active);
-    assert!(stats.total.errors.get("connection").copied().unwrap_or(0) >= 3, "{stats:?}");
-    assert!(stats.total.errors.get("circuit_open").copied().unwrap_or(0) > 0, "{stats:?}");
+    assert!(
+        stats.total.errors.get("connection").copied().unwrap_or(0) >= 3,
+        "{stats:?}"
+    );
+    assert!(
+        stats.total.errors.get("circuit_open").copied().unwrap_or(0) > 0,
+        "{stats:?}"
+    );
     // An invalidation during the outage must not be lost.
     cache.delete("customer:1").await.unwrap();
 
@@ -97,8 +113,16 @@ async fn killed_mid_run_then_restarted() {
         cache.stats().circuit == CircuitState::Closed && !cache.stats().fallback_active
     })
     .await;
-    assert_eq!(raw_get(&server, "f:customer:1"), None, "the delete missed during the outage was replayed");
-    assert_eq!(cache.get::<i32>("during:3").await.unwrap(), None, "fallback cleared");
+    assert_eq!(
+        raw_get(&server, "f:customer:1"),
+        None,
+        "the delete missed during the outage was replayed"
+    );
+    assert_eq!(
+        cache.get::<i32>("during:3").await.unwrap(),
+        None,
+        "fallback cleared"
+    );
 }
 
 fn raw_value(s: &str) -> Vec<u8> {
@@ -120,17 +144,26 @@ async fn paused_calls_are_bounded_by_the_timeout_then_by_the_breaker() {
         assert_eq!(cache.get::<u8>("k:1").await.unwrap(), None);
         slowest_before_open = slowest_before_open.max(t.elapsed());
     }
-    assert!(slowest_before_open < TIMEOUT + Duration::from_millis(150), "{slowest_before_open:?}");
+    assert!(
+        slowest_before_open < TIMEOUT + Duration::from_millis(150),
+        "{slowest_before_open:?}"
+    );
     assert_eq!(cache.stats().circuit, CircuitState::Open);
     let t = Instant::now();
     for _ in 0..100 {
         let _ = cache.get::<u8>("k:1").await.unwrap();
     }
     let open_cost = t.elapsed() / 100;
-    assert!(open_cost < Duration::from_millis(5), "breaker open: {open_cost:?} per call");
+    assert!(
+        open_cost < Duration::from_millis(5),
+        "breaker open: {open_cost:?} per call"
+    );
     assert!(cache.stats().total.errors["timeout"] >= 3);
     server.resume();
-    eventually("recovery after resume", async || cache.get::<u8>("k:1").await.unwrap() == Some(1)).await;
+    eventually("recovery after resume", async || {
+        cache.get::<u8>("k:1").await.unwrap() == Some(1)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -138,14 +171,27 @@ async fn wrong_password_degrades_and_counts_auth_errors() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let url = format!("redis://:wrong@127.0.0.1:{}", server.port());
     let cache = cache_for(&url).await;
-    assert!(!format!("{cache:?}").contains("wrong"), "password redacted in Debug");
-    assert!(!cache.stats().target.contains("wrong"), "password redacted in stats");
+    assert!(
+        !format!("{cache:?}").contains("wrong"),
+        "password redacted in Debug"
+    );
+    assert!(
+        !cache.stats().target.contains("wrong"),
+        "password redacted in stats"
+    );
     cache.set("a:1", &1, None).await.unwrap();
-    assert_eq!(cache.get::<i32>("a:1").await.unwrap(), Some(1), "fallback serves");
+    assert_eq!(
+        cache.get::<i32>("a:1").await.unwrap(),
+        Some(1),
+        "fallback serves"
+    );
     let health = cache.health().await;
     assert_eq!(health.status, HealthStatus::Degraded);
     let errors = cache.stats().total.errors;
-    assert!(errors.keys().any(|k| *k == "auth" || *k == "connection"), "{errors:?}");
+    assert!(
+        errors.keys().any(|k| *k == "auth" || *k == "connection"),
+        "{errors:?}"
+    );
 
     let good = cache_for(&format!("redis://:s3cret@127.0.0.1:{}", server.port())).await;
     good.set("a:1", &2, None).await.unwrap();
@@ -155,17 +201,28 @@ async fn wrong_password_degrades_and_counts_auth_errors() {
 
 #[tokio::test]
 async fn out_of_memory_is_counted_and_the_value_still_returned() {
-    let server = RedisServer::start_with(&["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"]);
+    let server =
+        RedisServer::start_with(&["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"]);
     let cache = cache_for(&server.url()).await;
     let big = vec![1u8; 200_000];
     for i in 0..20 {
         cache.set(&format!("blob:{i}"), &big, None).await.unwrap();
     }
-    let v: Vec<u8> = cache.get_or_set("blob:new", None, || async { vec![9u8; 200_000] }).await.unwrap();
+    let v: Vec<u8> = cache
+        .get_or_set("blob:new", None, || async { vec![9u8; 200_000] })
+        .await
+        .unwrap();
     assert_eq!(v.len(), 200_000);
     let errors = cache.stats().total.errors;
-    assert!(errors.get("out_of_memory").copied().unwrap_or(0) > 0, "{errors:?}");
-    assert_eq!(cache.stats().circuit, CircuitState::Closed, "OOM proves Redis is up: breaker stays closed");
+    assert!(
+        errors.get("out_of_memory").copied().unwrap_or(0) > 0,
+        "{errors:?}"
+    );
+    assert_eq!(
+        cache.stats().circuit,
+        CircuitState::Closed,
+        "OOM proves Redis is up: breaker stays closed"
+    );
 }
 
 #[tokio::test]
@@ -173,28 +230,60 @@ async fn corrupt_and_foreign_bytes_are_misses_and_get_overwritten() {
     let server = RedisServer::start();
     let cache = cache_for(&server.url()).await;
     let mut conn = server.client().get_connection().unwrap();
-    let _: () = conn.set("f:customer:1", "{\"id\": 1, \"written_by\": \"python\"}").unwrap();
-    let _: () = conn.set("f:customer:2", vec![0xC4u8, 1, 1, 0xFF, 0xFF]).unwrap();
+    let _: () = conn
+        .set("f:customer:1", "{\"id\": 1, \"written_by\": \"python\"}")
+        .unwrap();
+    let _: () = conn
+        .set("f:customer:2", vec![0xC4u8, 1, 1, 0xFF, 0xFF])
+        .unwrap();
     let _: () = conn.set("f:customer:3", vec![0xC4u8, 9, 1, 0]).unwrap();
     let _: () = conn.sadd("f:customer:4", "a set, not a string").unwrap();
     for id in 1..=3 {
-        assert_eq!(cache.get::<String>(&format!("customer:{id}")).await.unwrap(), None);
+        assert_eq!(
+            cache
+                .get::<String>(&format!("customer:{id}"))
+                .await
+                .unwrap(),
+            None
+        );
     }
     assert_eq!(cache.stats().total.decode_failures, 3);
     // WRONGTYPE: still just a miss for the caller.
     assert_eq!(cache.get::<String>("customer:4").await.unwrap(), None);
-    let fresh: String = cache.get_or_set("customer:1", None, || async { "fresh".to_owned() }).await.unwrap();
+    let fresh: String = cache
+        .get_or_set("customer:1", None, || async { "fresh".to_owned() })
+        .await
+        .unwrap();
     assert_eq!(fresh, "fresh");
-    assert_eq!(cache.get::<String>("customer:1").await.unwrap().as_deref(), Some("fresh"), "overwritten");
+    assert_eq!(
+        cache.get::<String>("customer:1").await.unwrap().as_deref(),
+        Some("fresh"),
+        "overwritten"
+    );
 }
 
 #[tokio::test]
 async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
     let lookup = |pairs: &'static [(&'static str, &'static str)]| {
-        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
     };
-    let err = CacheConfig::from_lookup(lookup(&[("REDIS_URL", "http://localhost:6379")])).unwrap_err();
-    assert!(matches!(err, ConfigError::InvalidUrl { variable: "REDIS_URL", .. }), "{err}");
+    let err =
+        CacheConfig::from_lookup(lookup(&[("REDIS_URL", "http://localhost:6379")])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::InvalidUrl {
+                variable: "REDIS_URL",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = CacheConfig::from_lookup(lookup(&[("REDIS_URL", "redis://:pw@[::1")])).unwrap_err();
     assert!(!err.to_string().contains("pw@"), "password redacted: {err}");
     for (var, value) in [
@@ -208,10 +297,17 @@ async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
     ] {
         let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(var, value)]));
         let err = CacheConfig::from_lookup(lookup(pairs)).unwrap_err();
-        assert!(matches!(&err, ConfigError::Invalid { variable, .. } if *variable == var), "{err}");
+        assert!(
+            matches!(&err, ConfigError::Invalid { variable, .. } if *variable == var),
+            "{err}"
+        );
         assert!(err.to_string().contains(var), "{err}");
     }
-    let err = Cache::builder().redis_url("not a url").build().await.unwrap_err();
+    let err = Cache::builder()
+        .redis_url("not a url")
+        .build()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("redis_url"), "{err}");
     let disabled = CacheConfig::from_lookup(lookup(&[("CACHE_ENABLED", "false")])).unwrap();
     let cache = Cache::builder().config(disabled).build().await.unwrap();

@@ -26,7 +26,11 @@ static RESULT_RUNS: AtomicUsize = AtomicUsize::new(0);
 #[cached(prefix = "t_result", ttl = 60, key = "{id}")]
 async fn result_fn(id: u64) -> Result<u64, String> {
     RESULT_RUNS.fetch_add(1, SeqCst);
-    if id == 0 { Err("zero".to_owned()) } else { Ok(id * 2) }
+    if id == 0 {
+        Err("zero".to_owned())
+    } else {
+        Ok(id * 2)
+    }
 }
 
 #[tokio::test]
@@ -97,9 +101,17 @@ async fn cache_none_stores_none_with_none_ttl() {
         })
         .await;
     assert_eq!(hits(&cache, "t_none"), 2);
-    let none_ttl = cache.ttl("t_none:0").await.unwrap().expect("None entry has a TTL");
+    let none_ttl = cache
+        .ttl("t_none:0")
+        .await
+        .unwrap()
+        .expect("None entry has a TTL");
     assert!(none_ttl <= Duration::from_secs(30), "{none_ttl:?}");
-    let some_ttl = cache.ttl("t_none:5").await.unwrap().expect("Some entry has a TTL");
+    let some_ttl = cache
+        .ttl("t_none:5")
+        .await
+        .unwrap()
+        .expect("Some entry has a TTL");
     assert!(some_ttl > Duration::from_secs(3000), "{some_ttl:?}");
 }
 
@@ -128,7 +140,10 @@ async fn plain_values_are_stored_with_literal_ttl() {
         .await;
     let key = plain_fn_cache_key(&words);
     let ttl = cache.ttl(&key).await.unwrap().expect("stored with a TTL");
-    assert!(ttl <= Duration::from_secs(120) && ttl > Duration::from_secs(100), "{ttl:?}");
+    assert!(
+        ttl <= Duration::from_secs(120) && ttl > Duration::from_secs(100),
+        "{ttl:?}"
+    );
 }
 
 static EXPR_TTL_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -159,15 +174,25 @@ async fn ttl_expression_is_evaluated_per_call() {
         .await;
     let t2 = cache.ttl("t_ttl_expr:2").await.unwrap().unwrap();
     let t5 = cache.ttl("t_ttl_expr:5").await.unwrap().unwrap();
-    assert!(t2 <= Duration::from_secs(2000) && t2 > Duration::from_secs(1900), "{t2:?}");
-    assert!(t5 <= Duration::from_secs(5000) && t5 > Duration::from_secs(4900), "{t5:?}");
+    assert!(
+        t2 <= Duration::from_secs(2000) && t2 > Duration::from_secs(1900),
+        "{t2:?}"
+    );
+    assert!(
+        t5 <= Duration::from_secs(5000) && t5 > Duration::from_secs(4900),
+        "{t5:?}"
+    );
 
     cache
         .scope(async {
             let first = short_ttl_fn().await;
             assert_eq!(short_ttl_fn().await, first, "hit before expiry");
             tokio::time::sleep(Duration::from_millis(700)).await;
-            assert_ne!(short_ttl_fn().await, first, "expired after the Duration ttl");
+            assert_ne!(
+                short_ttl_fn().await,
+                first,
+                "expired after the Duration ttl"
+            );
         })
         .await;
 }
@@ -179,7 +204,10 @@ static UNLESS_RUNS: AtomicUsize = AtomicUsize::new(0);
 #[cached(prefix = "t_unless", key = "{q}", unless = result.is_empty())]
 async fn unless_fn(q: &str) -> Result<Vec<String>, String> {
     UNLESS_RUNS.fetch_add(1, SeqCst);
-    Ok(q.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    Ok(q.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 static UNLESS_LIMIT_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -257,13 +285,21 @@ async fn skip_fn(db: &Db, q: &str, page: u32) -> Vec<String> {
 async fn skipped_arguments_are_not_in_the_key() {
     let cache = Cache::memory();
     let (db1, db2) = (
-        Db { calls: AtomicUsize::new(0) },
-        Db { calls: AtomicUsize::new(0) },
+        Db {
+            calls: AtomicUsize::new(0),
+        },
+        Db {
+            calls: AtomicUsize::new(0),
+        },
     );
     cache
         .scope(async {
             assert_eq!(skip_fn(&db1, "rust", 1).await, ["rust#1"]);
-            assert_eq!(skip_fn(&db2, "rust", 1).await, ["rust#1"], "another db, same key");
+            assert_eq!(
+                skip_fn(&db2, "rust", 1).await,
+                ["rust#1"],
+                "another db, same key"
+            );
             assert_eq!(skip_fn(&db2, "rust", 2).await, ["rust#2"]);
         })
         .await;
@@ -273,7 +309,10 @@ async fn skipped_arguments_are_not_in_the_key() {
     let key = skip_fn_cache_key(&"rust", &1);
     assert_eq!(
         key,
-        format!("t_skip:{}", cache_core::keys::stable_hash(&(&"rust", &1u32)))
+        format!(
+            "t_skip:{}",
+            cache_core::keys::stable_hash(&(&"rust", &1u32))
+        )
     );
     assert!(cache.exists(&key).await.unwrap());
 }
@@ -292,7 +331,10 @@ async fn default_key_is_a_pinned_stable_hash() {
     let tags = vec!["x".to_owned(), "y".to_owned()];
     assert_eq!(
         key,
-        format!("t_pinned:{}", cache_core::keys::stable_hash(&(&42u64, &"ada", &tags)))
+        format!(
+            "t_pinned:{}",
+            cache_core::keys::stable_hash(&(&42u64, &"ada", &tags))
+        )
     );
     let cache = Cache::memory();
     cache
@@ -314,7 +356,10 @@ struct Customer {
     region: Region,
 }
 
-#[cached(prefix = "t_template", key = "{customer.region.code}:{customer.id}/{pair.1}")]
+#[cached(
+    prefix = "t_template",
+    key = "{customer.region.code}:{customer.id}/{pair.1}"
+)]
 async fn template_fn(customer: &Customer, pair: (u8, char)) -> String {
     format!("{}-{}", customer.id, pair.0)
 }
@@ -329,14 +374,19 @@ async fn templates_use_field_paths_and_escape_values() {
     let cache = Cache::memory();
     let customer = Customer {
         id: 7,
-        region: Region { code: "eu:west*".to_owned() },
+        region: Region {
+            code: "eu:west*".to_owned(),
+        },
     };
     let out = cache.scope(template_fn(&customer, (1, '?'))).await;
     assert_eq!(out, "7-1");
     // ':' '*' '?' in values are escaped; the literal ':' and '/' are kept.
     let key = template_fn_cache_key(&customer, &(1, '?'));
     assert_eq!(key, "t_template:eu%3Awest%2A:7/%3F");
-    assert_eq!(cache.get::<String>(&key).await.unwrap().as_deref(), Some("7-1"));
+    assert_eq!(
+        cache.get::<String>(&key).await.unwrap().as_deref(),
+        Some("7-1")
+    );
     assert_eq!(braces_fn_cache_key(&5), "t_braces:{5}");
 }
 
@@ -526,7 +576,14 @@ async fn works_inside_async_trait_impls() {
     assert_eq!(hits(&cache, "t_async_trait"), 1);
     assert_eq!(hits(&cache, "t_async_trait_hash"), 1);
     assert_eq!(misses(&cache, "t_async_trait"), 3);
-    assert_eq!(cache.get::<String>("t_async_trait:1").await.unwrap().as_deref(), Some("item 1"));
+    assert_eq!(
+        cache
+            .get::<String>("t_async_trait:1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("item 1")
+    );
 }
 
 trait NativeStore {
@@ -582,7 +639,10 @@ async fn arguments_named_like_generated_code_do_not_collide() {
         })
         .await;
     assert_eq!(hits(&cache, "t_names"), 1);
-    assert_eq!(names_template_fn_cache_key(&"k", &"c", &"r", &"p"), "t_names_tpl:k/c/r/p");
+    assert_eq!(
+        names_template_fn_cache_key(&"k", &"c", &"r", &"p"),
+        "t_names_tpl:k/c/r/p"
+    );
     assert!(cache.exists("t_names_tpl:k/c/r/p").await.unwrap());
 }
 
@@ -655,7 +715,9 @@ fn assert_send<T: Send>(value: T) -> T {
 #[tokio::test]
 async fn cached_futures_stay_send() {
     let cache = Cache::memory();
-    let db = Db { calls: AtomicUsize::new(0) };
+    let db = Db {
+        calls: AtomicUsize::new(0),
+    };
     let repo = Repo {
         pool: std::sync::Mutex::new(Vec::new()),
         cache: cache.clone(),

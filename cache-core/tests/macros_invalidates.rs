@@ -20,12 +20,19 @@ struct Customer {
 #[cached(prefix = "customer", key = "{id}")]
 async fn get_customer(id: u64) -> Result<Customer, String> {
     LOADS.fetch_add(1, SeqCst);
-    Ok(Customer { id, name: format!("customer {id}") })
+    Ok(Customer {
+        id,
+        name: format!("customer {id}"),
+    })
 }
 
 #[invalidates("customer:{customer.id}")]
 async fn update_customer(customer: &Customer, fail: bool) -> Result<(), String> {
-    if fail { Err(format!("could not save {}", customer.id)) } else { Ok(()) }
+    if fail {
+        Err(format!("could not save {}", customer.id))
+    } else {
+        Ok(())
+    }
 }
 
 async fn is_cached(cache: &Cache, key: &str) -> bool {
@@ -40,7 +47,10 @@ async fn invalidates_after_ok_and_after_err() {
             let c = get_customer(1).await.unwrap();
             assert!(is_cached(&cache, "customer:1").await);
             assert_eq!(update_customer(&c, false).await, Ok(()));
-            assert!(!is_cached(&cache, "customer:1").await, "invalidated after Ok");
+            assert!(
+                !is_cached(&cache, "customer:1").await,
+                "invalidated after Ok"
+            );
 
             get_customer(1).await.unwrap();
             assert!(is_cached(&cache, "customer:1").await);
@@ -49,7 +59,10 @@ async fn invalidates_after_ok_and_after_err() {
                 Err("could not save 1".to_owned()),
                 "the result passes through"
             );
-            assert!(!is_cached(&cache, "customer:1").await, "invalidated after Err");
+            assert!(
+                !is_cached(&cache, "customer:1").await,
+                "invalidated after Err"
+            );
             let loads = LOADS.load(SeqCst);
             get_customer(1).await.unwrap();
             assert_eq!(LOADS.load(SeqCst), loads + 1, "the next read misses");
@@ -121,7 +134,10 @@ async fn an_argument_holding_a_star_invalidates_only_its_own_key() {
             rename("*").await;
             assert!(!is_cached(&cache, &by_name_cache_key(&"*")).await);
             for name in ["a", "b", "a*", "[ab]", "?"] {
-                assert!(is_cached(&cache, &by_name_cache_key(&name)).await, "{name} kept");
+                assert!(
+                    is_cached(&cache, &by_name_cache_key(&name)).await,
+                    "{name} kept"
+                );
             }
             rename("[ab]").await;
             rename("?").await;
@@ -210,7 +226,10 @@ impl Writer for Repo {
 #[tokio::test]
 async fn methods_and_async_trait_impls_invalidate() {
     let cache = Cache::memory();
-    let repo = Repo { cache: cache.clone(), id: 1 };
+    let repo = Repo {
+        cache: cache.clone(),
+        id: 1,
+    };
     for id in 1..=4 {
         repo.load(id).await;
     }
@@ -257,9 +276,15 @@ async fn invalidation_records_stats() {
     cache
         .scope(async {
             get_customer(77).await.unwrap();
-            update_customer(&Customer { id: 77, name: String::new() }, false)
-                .await
-                .unwrap();
+            update_customer(
+                &Customer {
+                    id: 77,
+                    name: String::new(),
+                },
+                false,
+            )
+            .await
+            .unwrap();
         })
         .await;
     assert!(cache.stats().prefixes["customer"].invalidations >= 1);

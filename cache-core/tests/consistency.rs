@@ -1,0 +1,198 @@
+//! Consistency under concurrency: the stale-set race, cross-process stampede
+//! protection, and randomized interleavings of reads, writes and
+//! invalidations. Each runs on memory, a real redis-server and a real cluster,
+//! and the race tests also run with leases switched off to show they detect
+//! the failure the mechanism prevents.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cache_core::Cache;
+use cache_testkit::{RedisCluster, RedisServer};
+use tokio::sync::Notify;
+
+static SERVER: OnceLock<RedisServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+static NS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+    Cluster,
+}
+
+/// `n` independent caches (own connections, own single-flight) over one store.
+async fn caches(kind: Kind, n: usize, leases: bool) -> Vec<Cache> {
+    let ns = format!("c{}", NS.fetch_add(1, Ordering::Relaxed));
+    let mut out = Vec::new();
+    match kind {
+        Kind::Memory => {
+            // One memory store can only be shared by sharing the handle.
+            let cache = Cache::builder().leases(leases).build().await.unwrap();
+            out.resize(n, cache);
+        }
+        Kind::Redis | Kind::Cluster => {
+            for _ in 0..n {
+                let b = Cache::builder()
+                    .namespace(&ns)
+                    .leases(leases)
+                    .timeout(Duration::from_secs(2));
+                let b = match kind {
+                    Kind::Redis => b.redis_url(SERVER.get_or_init(RedisServer::start).url()),
+                    _ => b.redis_cluster(CLUSTER.get_or_init(|| RedisCluster::start(3)).urls()),
+                };
+                out.push(b.build().await.unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A loader reads the database, stalls; a writer updates and invalidates;
+/// the loader finishes. Returns what the cache serves afterwards.
+async fn stale_set_race(kind: Kind, leases: bool) -> Option<u64> {
+    let cache = caches(kind, 1, leases).await.remove(0);
+    let db = Arc::new(AtomicU64::new(1));
+    let loaded = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let reader = {
+        let (cache, db, loaded, release) =
+            (cache.clone(), db.clone(), loaded.clone(), release.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_set("customer:1", None, || async move {
+                    let v = db.load(Ordering::SeqCst); // reads the old value
+                    loaded.notify_one();
+                    release.notified().await;
+                    v
+                })
+                .await
+                .unwrap()
+        })
+    };
+    loaded.notified().await;
+    db.store(2, Ordering::SeqCst);
+    cache.delete("customer:1").await.unwrap(); // the invalidation returns here
+    release.notify_one();
+    assert_eq!(
+        reader.await.unwrap(),
+        1,
+        "the racing reader itself saw the old value"
+    );
+    cache.get::<u64>("customer:1").await.unwrap()
+}
+
+/// `processes` independent caches × `callers` concurrent callers on one cold key.
+async fn stampede(kind: Kind, leases: bool, processes: usize, callers: usize) -> usize {
+    let caches = caches(kind, processes, leases).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for cache in caches {
+        for _ in 0..callers {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tasks.spawn(async move {
+                cache
+                    .get_or_set("report:cold", None, || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        7u64
+                    })
+                    .await
+                    .unwrap()
+            });
+        }
+    }
+    while let Some(v) = tasks.join_next().await {
+        assert_eq!(v.unwrap(), 7);
+    }
+    runs.load(Ordering::SeqCst)
+}
+
+/// Readers, writers and invalidations interleaved at random; after a write's
+/// invalidation returns, no read may return an older version.
+async fn interleavings(kind: Kind, rounds: usize) {
+    let caches = caches(kind, 2, true).await;
+    let db = Arc::new(AtomicU64::new(0));
+    // Version guaranteed visible: raised after each invalidation returns.
+    let floor = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8usize {
+        let cache = caches[worker % caches.len()].clone();
+        let (db, floor) = (db.clone(), floor.clone());
+        tasks.spawn(async move {
+            let mut seed = worker as u64 * 7919 + 1;
+            for _ in 0..rounds {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if (seed >> 33) % 4 == 0 {
+                    let written = db.fetch_add(1, Ordering::SeqCst) + 1;
+                    cache.delete("item:1").await.unwrap();
+                    floor.fetch_max(written, Ordering::SeqCst);
+                } else {
+                    let must_see = floor.load(Ordering::SeqCst);
+                    let delay = (seed >> 40) % 3;
+                    let db = db.clone();
+                    let seen: u64 = cache
+                        .get_or_set("item:1", None, || async move {
+                            let v = db.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            v
+                        })
+                        .await
+                        .unwrap();
+                    assert!(
+                        seen >= must_see,
+                        "read version {seen} after version {must_see} was invalidated"
+                    );
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+macro_rules! on_every_backend {
+    ($($kind:ident => $module:ident),*) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn stale_set_race_leaves_no_stale_value() {
+                assert_eq!(stale_set_race(Kind::$kind, true).await, None);
+            }
+
+            #[tokio::test]
+            async fn without_leases_the_race_stores_the_stale_value() {
+                assert_eq!(stale_set_race(Kind::$kind, false).await, Some(1), "the test detects the race");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn four_processes_times_250_callers_run_the_body_once() {
+                assert_eq!(stampede(Kind::$kind, true, 4, 250).await, 1);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn randomized_interleavings_never_go_back_in_time() {
+                interleavings(Kind::$kind, 300).await;
+            }
+        }
+    )*};
+}
+
+on_every_backend!(Memory => memory, Redis => redis, Cluster => cluster);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_leases_each_process_loads() {
+    let runs = stampede(Kind::Redis, false, 4, 250).await;
+    assert_eq!(
+        runs, 4,
+        "single-flight still works per process, but nothing spans processes"
+    );
+}

@@ -1,0 +1,11 @@
+use cache_core::invalidates;
+
+#[invalidates]
+async fn save(id: u64) -> Result<(), String> {
+    let _ = id;
+    Ok(())
+}
+
+fn main() {
+    let _ = save(1);
+}

@@ -1,0 +1,11 @@
+use cache_core::cached;
+
+#[cached(prefix = "fill")]
+async fn fill(buf: &mut Vec<u8>, n: usize) -> usize {
+    buf.resize(n, 0);
+    buf.len()
+}
+
+fn main() {
+    let _ = fill(&mut Vec::new(), 1);
+}

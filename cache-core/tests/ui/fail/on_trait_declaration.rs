@@ -1,0 +1,8 @@
+use cache_core::cached;
+
+trait Store {
+    #[cached(prefix = "item")]
+    async fn item(&self, id: u64) -> Option<u64>;
+}
+
+fn main() {}
