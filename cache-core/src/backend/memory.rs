@@ -96,6 +96,28 @@ impl MemoryBackend {
         }
     }
 
+    /// Removes `key` through moka's per-key compute lock, so a delete is
+    /// ordered with the compare-and-set of a lease (a plain `remove` is not,
+    /// and could let a loader's stale value land after an invalidation).
+    async fn remove_serialized(&self, key: Arc<str>) -> bool {
+        let result = self
+            .entries
+            .entry(key)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    Some(_) => Op::Remove,
+                    None => Op::Nop,
+                })
+            })
+            .await;
+        match result {
+            moka::ops::compute::CompResult::Removed(e) => {
+                Self::live(Some(e.into_value())).is_some()
+            }
+            _ => false,
+        }
+    }
+
     /// The raw bytes at `key` without the async machinery (hot path).
     pub(crate) async fn get_bytes(&self, key: &str) -> Option<Arc<[u8]>> {
         Self::live(self.entries.get(key).await).map(|e| e.bytes)
@@ -143,7 +165,7 @@ impl Backend for MemoryBackend {
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
         let mut deleted = 0;
         for key in keys {
-            if Self::live(self.entries.remove(key.as_str()).await).is_some() {
+            if self.remove_serialized(Arc::from(key.as_str())).await {
                 deleted += 1;
             }
         }
@@ -234,7 +256,7 @@ impl Backend for MemoryBackend {
             .collect();
         let mut deleted = 0;
         for key in doomed {
-            if Self::live(self.entries.remove(&key).await).is_some() {
+            if self.remove_serialized(key).await {
                 deleted += 1;
             }
         }
