@@ -1,0 +1,95 @@
+//! The flagship example of `cache-core`: an axum customer service over
+//! SQLite whose repository is cached with `#[cached]` and `#[invalidates]`.
+//!
+//! Run it with `cargo run -p customer-service` (in-memory cache) or
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run -p customer-service` (Redis).
+//!
+//! | method and path | behaviour |
+//! |---|---|
+//! | `GET /api/customers/{id}` | a customer (`customer:{id}`, 1 h); 400 for a non-numeric or negative id, 404 for an unknown one |
+//! | `GET /api/customers/{id}/churn-risk` | a slow (~50 ms) score (`churn:{id}`, 30 min) |
+//! | `GET /api/customers?segment=S&limit=N` | a JSON array of customers (`query:<hash>`, 10 min) |
+//! | `POST /api/customers` | create (201); drops prefix `query` |
+//! | `PUT /api/customers/{id}` | update; drops `customer:{id}`, `churn:{id}`, prefix `query` |
+//! | `GET /admin/cache/stats` | hits, misses, hit rate, keys, memory, per prefix |
+//! | `POST /admin/cache/invalidate` | `{"pattern": "customer:*"}` with `Authorization: Bearer $ADMIN_TOKEN` |
+//! | `GET /health` | always 200: `status` and the `cache` health object |
+//! | `GET /metrics` | Prometheus text (`cache_hits_total{prefix=..}`, ...) |
+//!
+//! Every error response is JSON: `{"error": "..."}`.
+//!
+//! Tests build the router with [`app`] over their own database and cache
+//! ([`AppState::new`]); the repository uses the cache of its state
+//! (`cache = self.cache`), not the process-wide one, so tests don't interfere.
+
+pub mod db;
+mod http;
+pub mod repo;
+
+use std::sync::{Arc, OnceLock};
+
+use cache_core::Cache;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::SqlitePool;
+
+pub use http::BODY_LIMIT;
+pub use repo::Repo;
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    repo: Repo,
+    admin_token: Option<Arc<str>>,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// State over `db`, caching in `cache`, with the admin endpoints' token
+    /// unset (so `POST /admin/cache/invalidate` is refused) and the
+    /// process-wide Prometheus recorder ([`metrics_handle`]).
+    pub fn new(db: SqlitePool, cache: Cache) -> Self {
+        AppState {
+            repo: Repo::new(db, cache),
+            admin_token: None,
+            metrics: metrics_handle(),
+        }
+    }
+
+    /// Sets the bearer token of the admin endpoints; `None` or an empty
+    /// token disables them.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        self.repo.cache()
+    }
+}
+
+/// The router with every endpoint, error mapping and the body size limit.
+pub async fn app(state: AppState) -> axum::Router {
+    http::router(state)
+}
+
+/// The process-wide Prometheus recorder, installed on first call. Call it
+/// before any cache is used so the cache's counters register with it.
+/// If another recorder was installed first, the handle renders nothing.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not install the Prometheus recorder; /metrics will be empty");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,435 @@
+//! The customer repository: every read is `#[cached]`, every write
+//! `#[invalidates]` what it changes. No cache calls are written by hand.
+//!
+//! | method | cache |
+//! |---|---|
+//! | [`Repo::get_customer`] | `customer:{id}`, 1 h |
+//! | [`Repo::churn_risk`] | `churn:{id}`, 30 min (a deliberately slow ~50 ms computation) |
+//! | [`Repo::list_by_segment`] | `query:<hash of the arguments>`, 10 min |
+//! | [`Repo::create_customer`] | drops prefix `query` |
+//! | [`Repo::update_customer`] | drops `customer:{id}`, `churn:{id}` and prefix `query` |
+//!
+//! Errors (unknown id, conflicts, database failures) are `Err` values, which
+//! `#[cached]` never stores: a customer created after a 404 for its id is
+//! found at once.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cache_core::{Cache, cached, invalidates};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
+
+/// How long [`Repo::churn_risk`] pretends to think.
+pub const CHURN_COMPUTATION: Duration = Duration::from_millis(50);
+
+/// Largest page [`Repo::list_by_segment`] returns.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Market segment of a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Segment {
+    /// Large accounts.
+    Enterprise,
+    /// Medium-sized companies.
+    MidMarket,
+    /// Small businesses.
+    Smb,
+    /// Individuals.
+    Consumer,
+}
+
+impl Segment {
+    /// Every segment, in a fixed order.
+    pub const ALL: [Segment; 4] = [
+        Segment::Enterprise,
+        Segment::MidMarket,
+        Segment::Smb,
+        Segment::Consumer,
+    ];
+
+    /// The name used in JSON, query strings and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Segment::Enterprise => "enterprise",
+            Segment::MidMarket => "mid-market",
+            Segment::Smb => "smb",
+            Segment::Consumer => "consumer",
+        }
+    }
+}
+
+impl fmt::Display for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Segment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Segment::ALL
+            .into_iter()
+            .find(|seg| seg.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown segment `{s}`; expected one of enterprise, mid-market, smb, consumer")
+            })
+    }
+}
+
+/// A customer, as stored and as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    /// Primary key.
+    pub id: i64,
+    /// Display name.
+    pub name: String,
+    /// Contact address (unique).
+    pub email: String,
+    /// Market segment.
+    pub segment: Segment,
+    /// Monthly revenue, in cents.
+    pub monthly_spend_cents: i64,
+    /// Months since sign-up.
+    pub tenure_months: i64,
+    /// Support tickets opened in the last 90 days.
+    pub support_tickets: i64,
+    /// Days since the last login.
+    pub days_since_login: i64,
+}
+
+/// The body of `POST /api/customers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    /// Display name (1 to 200 characters).
+    pub name: String,
+    /// Contact address (must contain `@`, at most 254 characters, unique).
+    pub email: String,
+    /// Market segment.
+    pub segment: Segment,
+    /// Monthly revenue in cents (default 0).
+    #[serde(default)]
+    pub monthly_spend_cents: i64,
+    /// Months since sign-up (default 0).
+    #[serde(default)]
+    pub tenure_months: i64,
+    /// Support tickets in the last 90 days (default 0).
+    #[serde(default)]
+    pub support_tickets: i64,
+    /// Days since the last login (default 0).
+    #[serde(default)]
+    pub days_since_login: i64,
+}
+
+/// The body of `PUT /api/customers/{id}`: the fields to change (at least one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerUpdate {
+    /// New display name.
+    pub name: Option<String>,
+    /// New contact address.
+    pub email: Option<String>,
+    /// New segment.
+    pub segment: Option<Segment>,
+    /// New monthly revenue, in cents.
+    pub monthly_spend_cents: Option<i64>,
+    /// New tenure, in months.
+    pub tenure_months: Option<i64>,
+    /// New ticket count.
+    pub support_tickets: Option<i64>,
+    /// New days since the last login.
+    pub days_since_login: Option<i64>,
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let chars = name.trim().chars().count();
+    if chars == 0 || chars > 200 {
+        return Err("`name` must have 1 to 200 characters".into());
+    }
+    Ok(())
+}
+
+fn check_email(email: &str) -> Result<(), String> {
+    let ok = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err("`email` must look like an address (`name@domain`, at most 254 characters)".into())
+    }
+}
+
+fn check_count(field: &str, value: i64) -> Result<(), String> {
+    if (0..=1_000_000_000_000).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("`{field}` must be between 0 and 10^12"))
+    }
+}
+
+impl NewCustomer {
+    /// Checks the fields' ranges and formats.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name(&self.name)?;
+        check_email(&self.email)?;
+        check_count("monthly_spend_cents", self.monthly_spend_cents)?;
+        check_count("tenure_months", self.tenure_months)?;
+        check_count("support_tickets", self.support_tickets)?;
+        check_count("days_since_login", self.days_since_login)
+    }
+}
+
+impl CustomerUpdate {
+    /// Checks that something changes and that the given fields are valid.
+    pub fn validate(&self) -> Result<(), String> {
+        if *self == CustomerUpdate::default() {
+            return Err("the body must set at least one field".into());
+        }
+        if let Some(name) = &self.name {
+            check_name(name)?;
+        }
+        if let Some(email) = &self.email {
+            check_email(email)?;
+        }
+        for (field, value) in [
+            ("monthly_spend_cents", self.monthly_spend_cents),
+            ("tenure_months", self.tenure_months),
+            ("support_tickets", self.support_tickets),
+            ("days_since_login", self.days_since_login),
+        ] {
+            if let Some(value) = value {
+                check_count(field, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Risk level bands of [`ChurnRisk::score`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskLevel {
+    /// Score below 0.33.
+    Low,
+    /// Score from 0.33 to 0.66.
+    Medium,
+    /// Score above 0.66.
+    High,
+}
+
+/// The answer of [`Repo::churn_risk`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChurnRisk {
+    /// Whose risk this is.
+    pub customer_id: i64,
+    /// Probability-like score in `[0, 1]`.
+    pub score: f64,
+    /// Band of the score.
+    pub level: RiskLevel,
+    /// The model that computed it.
+    pub model: String,
+}
+
+/// Why a repository call failed. Never cached.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// No customer has this id.
+    #[error("customer {0} not found")]
+    NotFound(i64),
+    /// A unique constraint (the email) would be violated.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+fn map_write_error(e: sqlx::Error) -> RepoError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            RepoError::Conflict("a customer with this email already exists".into())
+        }
+        _ => RepoError::Db(e),
+    }
+}
+
+const COLUMNS: &str = "id, name, email, segment, monthly_spend_cents, tenure_months, support_tickets, days_since_login";
+
+fn customer_from_row(row: &SqliteRow) -> Result<Customer, sqlx::Error> {
+    let segment: String = row.try_get("segment")?;
+    let segment = segment
+        .parse::<Segment>()
+        .map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(Customer {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        email: row.try_get("email")?,
+        segment,
+        monthly_spend_cents: row.try_get("monthly_spend_cents")?,
+        tenure_months: row.try_get("tenure_months")?,
+        support_tickets: row.try_get("support_tickets")?,
+        days_since_login: row.try_get("days_since_login")?,
+    })
+}
+
+/// The repository: a database pool and the cache its annotations use.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    db: SqlitePool,
+    cache: Cache,
+}
+
+impl Repo {
+    /// A repository over `db`, caching in `cache`.
+    pub fn new(db: SqlitePool, cache: Cache) -> Self {
+        Repo { db, cache }
+    }
+
+    /// The database pool.
+    pub fn db(&self) -> &SqlitePool {
+        &self.db
+    }
+
+    /// The cache the annotations use.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// One customer by id; [`RepoError::NotFound`] (not cached) when absent.
+    #[cached(prefix = "customer", ttl = 3600, key = "{id}", cache = self.cache)]
+    pub async fn get_customer(&self, id: i64) -> Result<Customer, RepoError> {
+        let sql = format!("SELECT {COLUMNS} FROM customers WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or(RepoError::NotFound(id))?;
+        Ok(customer_from_row(&row)?)
+    }
+
+    /// The churn risk of a customer: a deliberately slow (~50 ms) scoring
+    /// model over the customer's activity.
+    #[cached(prefix = "churn", ttl = 1800, key = "{id}", cache = self.cache)]
+    pub async fn churn_risk(&self, id: i64) -> Result<ChurnRisk, RepoError> {
+        let customer = self.get_customer(id).await?;
+        tokio::time::sleep(CHURN_COMPUTATION).await;
+        Ok(score(&customer))
+    }
+
+    /// Customers of `segment` (every segment when `None`), by id, at most
+    /// `limit` of them.
+    #[cached(prefix = "query", ttl = 600, cache = self.cache)]
+    pub async fn list_by_segment(
+        &self,
+        segment: Option<Segment>,
+        limit: u32,
+    ) -> Result<Vec<Customer>, RepoError> {
+        let limit = i64::from(limit.min(MAX_LIST_LIMIT));
+        let rows = match segment {
+            Some(segment) => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM customers WHERE segment = ? ORDER BY id LIMIT ?"
+                );
+                sqlx::query(&sql)
+                    .bind(segment.as_str())
+                    .bind(limit)
+                    .fetch_all(&self.db)
+                    .await?
+            }
+            None => {
+                let sql = format!("SELECT {COLUMNS} FROM customers ORDER BY id LIMIT ?");
+                sqlx::query(&sql).bind(limit).fetch_all(&self.db).await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(customer_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Creates a customer; every cached list may now be incomplete, so the
+    /// `query` prefix is dropped.
+    #[invalidates(prefix = "query", cache = self.cache)]
+    pub async fn create_customer(&self, new: &NewCustomer) -> Result<Customer, RepoError> {
+        let sql = format!(
+            "INSERT INTO customers (name, email, segment, monthly_spend_cents, tenure_months, support_tickets, days_since_login) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(new.name.trim())
+            .bind(&new.email)
+            .bind(new.segment.as_str())
+            .bind(new.monthly_spend_cents)
+            .bind(new.tenure_months)
+            .bind(new.support_tickets)
+            .bind(new.days_since_login)
+            .fetch_one(&self.db)
+            .await
+            .map_err(map_write_error)?;
+        Ok(customer_from_row(&row)?)
+    }
+
+    /// Changes the given fields of customer `id`; drops its profile, its
+    /// churn risk and every cached list.
+    #[invalidates("customer:{id}", "churn:{id}", prefix = "query", cache = self.cache)]
+    pub async fn update_customer(
+        &self,
+        id: i64,
+        update: &CustomerUpdate,
+    ) -> Result<Customer, RepoError> {
+        let sql = format!(
+            "UPDATE customers SET \
+               name = COALESCE(?, name), email = COALESCE(?, email), segment = COALESCE(?, segment), \
+               monthly_spend_cents = COALESCE(?, monthly_spend_cents), tenure_months = COALESCE(?, tenure_months), \
+               support_tickets = COALESCE(?, support_tickets), days_since_login = COALESCE(?, days_since_login) \
+             WHERE id = ? RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(update.name.as_deref().map(str::trim))
+            .bind(update.email.as_deref())
+            .bind(update.segment.map(Segment::as_str))
+            .bind(update.monthly_spend_cents)
+            .bind(update.tenure_months)
+            .bind(update.support_tickets)
+            .bind(update.days_since_login)
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(map_write_error)?
+            .ok_or(RepoError::NotFound(id))?;
+        Ok(customer_from_row(&row)?)
+    }
+}
+
+/// A logistic model over the customer's activity (the "slow" part is the
+/// sleep in [`Repo::churn_risk`]).
+fn score(c: &Customer) -> ChurnRisk {
+    let inactivity = (c.days_since_login as f64 / 30.0).min(6.0);
+    let tickets = (c.support_tickets as f64).min(20.0);
+    let tenure = (c.tenure_months as f64 / 12.0).min(10.0);
+    let spend = ((c.monthly_spend_cents as f64 / 100.0) + 1.0).ln();
+    let z = -1.0 + 0.9 * inactivity + 0.25 * tickets - 0.35 * tenure - 0.15 * spend;
+    let score = 1.0 / (1.0 + (-z).exp());
+    let score = (score * 1000.0).round() / 1000.0;
+    let level = if score < 0.33 {
+        RiskLevel::Low
+    } else if score <= 0.66 {
+        RiskLevel::Medium
+    } else {
+        RiskLevel::High
+    };
+    ChurnRisk {
+        customer_id: c.id,
+        score,
+        level,
+        model: "logistic-v1".into(),
+    }
+}
