@@ -187,8 +187,10 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let ttl = Ttl::to_option(args.ttl.as_ref(), krate);
     let none_ttl = Ttl::to_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
     let unless = if let Some(expr) = &args.unless {
+        // The closure is the macro's (call-site spans, so lints about it
+        // don't fire in user code); `result` resolves from the user's tokens.
         let result = Ident::new("result", Span::call_site());
-        quote_spanned!(expr.span()=> move |#result| #expr)
+        quote!(move |#result| -> bool { #expr })
     } else {
         quote!(|_| false)
     };
