@@ -97,7 +97,7 @@ impl Cache {
         if garbage {
             self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
         }
-        let mut marker = None;
+        let mut marker = LeaseGuard(None);
         while self.inner.config.leases {
             let candidate = self.next_lease_marker();
             let attempt = {
@@ -111,7 +111,7 @@ impl Cache {
             };
             match attempt {
                 Ok(true) => {
-                    marker = Some(candidate);
+                    marker = LeaseGuard(Some((self.clone(), skey.clone(), candidate)));
                     break;
                 }
                 Ok(false) => {
@@ -196,7 +196,7 @@ impl Cache {
             },
             None => None,
         };
-        if let Some(marker) = marker {
+        if let Some(marker) = marker.take() {
             let skey_ref = skey.as_str();
             let _ = self
                 .on_primary(&entry, self.inner.config.timeout, |b| async move {
@@ -208,11 +208,44 @@ impl Cache {
         result
     }
 
+    pub(crate) async fn release_lease_now(&self, skey: &str, marker: Vec<u8>) {
+        let entry = self
+            .inner
+            .stats
+            .prefix(skey.split(':').nth(1).unwrap_or(""));
+        let _ = self
+            .on_primary(&entry, self.inner.config.timeout, |b| async move {
+                b.release_lease(skey, marker).await
+            })
+            .await;
+    }
+
     async fn raw_set_fallback_only(&self, skey: &str, bytes: Vec<u8>, ttl: Duration) {
         if let Some(res) = &self.inner.resilience {
             let cap = ttl.min(self.inner.config.fallback_ttl_cap);
             let _ = crate::Backend::set(&res.fallback, skey, bytes, cap).await;
             self.mark_fallback_written();
+        }
+    }
+}
+
+/// A lease this process holds. If the loader panics or its future is dropped,
+/// the lease is released in the background so that waiters in other
+/// processes need not sit out the lease TTL.
+struct LeaseGuard(Option<(Cache, String, Vec<u8>)>);
+
+impl LeaseGuard {
+    fn take(&mut self) -> Option<Vec<u8>> {
+        self.0.take().map(|(_, _, marker)| marker)
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some((cache, skey, marker)) = self.0.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { cache.release_lease_now(&skey, marker).await });
+            }
         }
     }
 }
