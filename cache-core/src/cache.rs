@@ -480,11 +480,11 @@ impl Cache {
             breaker: &res.breaker,
             permit: Some(permit),
         };
-        if res.needs_recovery.load(Ordering::Acquire) {
-            if let Err(e) = self.recover(res).await {
-                self.fail(entry, res, guard.take(), &e);
-                return Err(e);
-            }
+        if res.needs_recovery.load(Ordering::Acquire)
+            && let Err(e) = self.recover(res).await
+        {
+            self.fail(entry, res, guard.take(), &e);
+            return Err(e);
         }
         let result = match tokio::time::timeout(timeout, op(self.inner.primary.clone())).await {
             Ok(result) => result,
@@ -701,6 +701,8 @@ impl Cache {
             Ok(v) => Ok(v),
             Err(e) => match &self.inner.resilience {
                 Some(res) if e.kind.is_availability() || e.kind == ErrorKind::CircuitOpen => {
+                    // Whatever the fallback now holds must be reconciled on recovery.
+                    self.mark_fallback_written();
                     fallback(res.fallback.clone()).await
                 }
                 _ => Err(e),
@@ -913,10 +915,6 @@ impl Cache {
             .await;
         if result.is_err() {
             tracing::debug!("set_many failed on the backend and the fallback");
-        } else if let Some(res) = &self.inner.resilience {
-            if res.breaker.state() != CircuitState::Closed {
-                res.needs_recovery.store(true, Ordering::Release);
-            }
         }
         Ok(())
     }

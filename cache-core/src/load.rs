@@ -98,7 +98,9 @@ impl Cache {
             self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
         }
         let mut marker = LeaseGuard(None);
-        while self.inner.config.leases {
+        let leases = self.inner.config.leases;
+        #[allow(clippy::while_immutable_condition)] // left by break or return
+        while leases {
             let candidate = self.next_lease_marker();
             let attempt = {
                 let candidate = candidate.clone();
@@ -242,10 +244,10 @@ impl LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        if let Some((cache, skey, marker)) = self.0.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { cache.release_lease_now(&skey, marker).await });
-            }
+        if let Some((cache, skey, marker)) = self.0.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move { cache.release_lease_now(&skey, marker).await });
         }
     }
 }

@@ -135,7 +135,7 @@ async fn interleavings(kind: Kind, rounds: usize) {
                 seed = seed
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                if (seed >> 33) % 4 == 0 {
+                if (seed >> 33).is_multiple_of(4) {
                     let written = db.fetch_add(1, Ordering::SeqCst) + 1;
                     cache.delete("item:1").await.unwrap();
                     floor.fetch_max(written, Ordering::SeqCst);

@@ -290,10 +290,10 @@ impl RedisBackend {
                 continue;
             }
             let addr = fields[1].split('@').next().unwrap_or_default();
-            if let Some((host, port)) = addr.rsplit_once(':') {
-                if let Ok(port) = port.parse() {
-                    masters.push((host.to_owned(), port));
-                }
+            if let Some((host, port)) = addr.rsplit_once(':')
+                && let Ok(port) = port.parse()
+            {
+                masters.push((host.to_owned(), port));
             }
         }
         if masters.is_empty() {
