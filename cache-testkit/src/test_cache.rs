@@ -920,7 +920,8 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 /// [`fail_next`](Self::fail_next), [`drop_next`](Self::drop_next),
 /// [`delay_next`](Self::delay_next) count **backend calls**, not calls of
 /// your function (one `#[cached]` call makes one to four backend calls).
-/// When several are pending they apply in the order down, fail, drop, delay.
+/// When several are pending they apply in the order down, fail, drop, delay;
+/// calling one again replaces its pending count (it does not add to it).
 /// [`put_raw`](Self::put_raw) plants bytes the codec does not understand.
 ///
 /// ```
