@@ -26,6 +26,11 @@ fn is_memory(url: &str) -> bool {
 /// An in-memory database lives in one connection, so its pool has exactly
 /// one connection that is never closed.
 pub async fn connect(url: &str) -> anyhow::Result<SqlitePool> {
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!(
+            "DATABASE_URL `{url}` is not a SQLite URL: expected `sqlite://path/to/file.db?mode=rwc` or `sqlite::memory:`"
+        );
+    }
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| anyhow::anyhow!("DATABASE_URL `{url}` is not a valid SQLite URL: {e}"))?
         .busy_timeout(Duration::from_secs(5));
@@ -90,12 +95,40 @@ impl SplitMix {
 }
 
 const FIRST: [&str; 16] = [
-    "Ada", "Alan", "Grace", "Linus", "Barbara", "Edsger", "Margaret", "Dennis", "Frances", "Ken",
-    "Radia", "Donald", "Hedy", "Tim", "Katherine", "John",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Barbara",
+    "Edsger",
+    "Margaret",
+    "Dennis",
+    "Frances",
+    "Ken",
+    "Radia",
+    "Donald",
+    "Hedy",
+    "Tim",
+    "Katherine",
+    "John",
 ];
 const LAST: [&str; 16] = [
-    "Lovelace", "Turing", "Hopper", "Torvalds", "Liskov", "Dijkstra", "Hamilton", "Ritchie",
-    "Allen", "Thompson", "Perlman", "Knuth", "Lamarr", "Berners-Lee", "Johnson", "McCarthy",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Liskov",
+    "Dijkstra",
+    "Hamilton",
+    "Ritchie",
+    "Allen",
+    "Thompson",
+    "Perlman",
+    "Knuth",
+    "Lamarr",
+    "Berners-Lee",
+    "Johnson",
+    "McCarthy",
 ];
 
 /// Inserts [`SEED_CUSTOMERS`] deterministic customers, in one transaction,
@@ -136,6 +169,45 @@ pub async fn seed(pool: &SqlitePool) -> anyhow::Result<usize> {
         .await?;
     }
     tx.commit().await?;
-    tracing::info!(customers = SEED_CUSTOMERS, "seeded an empty database with demo customers");
+    tracing::info!(
+        customers = SEED_CUSTOMERS,
+        "seeded an empty database with demo customers"
+    );
     Ok(SEED_CUSTOMERS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn all_rows(pool: &SqlitePool) -> Vec<(i64, String, String, String)> {
+        sqlx::query("SELECT id, name, email, segment FROM customers ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn seed_is_deterministic_and_runs_once() {
+        let a = connect("sqlite::memory:").await.unwrap();
+        let b = connect("sqlite::memory:").await.unwrap();
+        let rows = all_rows(&a).await;
+        assert_eq!(rows.len(), SEED_CUSTOMERS);
+        assert_eq!(rows, all_rows(&b).await);
+        assert!(
+            rows.iter()
+                .all(|(_, _, _, seg)| seg.parse::<Segment>().is_ok())
+        );
+        assert_eq!(seed(&a).await.unwrap(), 0, "seeded twice");
+        assert_eq!(all_rows(&a).await.len(), SEED_CUSTOMERS);
+    }
+
+    #[tokio::test]
+    async fn bad_url_is_an_error_not_a_panic() {
+        let err = connect("postgres://nope").await.unwrap_err().to_string();
+        assert!(err.contains("postgres://nope"), "{err}");
+    }
 }

@@ -79,7 +79,10 @@ impl From<RepoError> for ApiError {
             RepoError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, msg),
             RepoError::Db(e) => {
                 tracing::error!(error = %e, "database error");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database failed; try again")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database failed; try again",
+                )
             }
         }
     }

@@ -30,7 +30,6 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("customer-service: error: {e:#}");
             ExitCode::FAILURE
         }
@@ -56,10 +55,6 @@ async fn run() -> anyhow::Result<()> {
     // Before any cache exists, so the cache's counters register with it.
     let metrics = metrics_handle();
 
-    let database_url = env_var("DATABASE_URL")?.unwrap_or_else(|| db::DEFAULT_DATABASE_URL.into());
-    let pool = db::connect(&database_url).await?;
-    tracing::info!(database = %database_url, "database ready");
-
     let cache = Cache::from_env()
         .await
         .context("invalid cache configuration")?;
@@ -78,6 +73,10 @@ async fn run() -> anyhow::Result<()> {
             stats.target
         ),
     }
+
+    let database_url = env_var("DATABASE_URL")?.unwrap_or_else(|| db::DEFAULT_DATABASE_URL.into());
+    let pool = db::connect(&database_url).await?;
+    tracing::info!(database = %database_url, "database ready");
 
     let admin_token = env_var("ADMIN_TOKEN")?;
     if admin_token.as_deref().is_none_or(str::is_empty) {

@@ -76,7 +76,9 @@ impl FromStr for Segment {
             .into_iter()
             .find(|seg| seg.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown segment `{s}`; expected one of enterprise, mid-market, smb, consumer")
+                format!(
+                    "unknown segment `{s}`; expected one of enterprise, mid-market, smb, consumer"
+                )
             })
     }
 }
@@ -431,5 +433,102 @@ fn score(c: &Customer) -> ChurnRisk {
         score,
         level,
         model: "logistic-v1".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer() -> Customer {
+        Customer {
+            id: 1,
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            segment: Segment::Smb,
+            monthly_spend_cents: 10_000,
+            tenure_months: 24,
+            support_tickets: 1,
+            days_since_login: 3,
+        }
+    }
+
+    #[test]
+    fn keys_are_the_pinned_ones() {
+        assert_eq!(Repo::get_customer_cache_key(&42), "customer:42");
+        assert_eq!(Repo::churn_risk_cache_key(&42), "churn:42");
+        let list = Repo::list_by_segment_cache_key(&Some(Segment::Smb), &10);
+        assert!(list.starts_with("query:"), "{list}");
+        assert_ne!(list, Repo::list_by_segment_cache_key(&None, &10));
+    }
+
+    #[test]
+    fn segments_round_trip() {
+        for seg in Segment::ALL {
+            assert_eq!(seg.as_str().parse::<Segment>(), Ok(seg));
+            assert_eq!(serde_json::to_value(seg).unwrap(), seg.as_str());
+        }
+        assert!("Enterprise".parse::<Segment>().is_err());
+    }
+
+    #[test]
+    fn score_is_bounded_and_tracks_inactivity() {
+        let active = score(&customer());
+        let idle = score(&Customer {
+            days_since_login: 170,
+            support_tickets: 9,
+            ..customer()
+        });
+        for risk in [&active, &idle] {
+            assert!((0.0..=1.0).contains(&risk.score), "{risk:?}");
+        }
+        assert!(idle.score > active.score);
+        assert_eq!(idle.level, RiskLevel::High);
+        assert_eq!(active.level, RiskLevel::Low);
+    }
+
+    #[test]
+    fn validation() {
+        let ok = NewCustomer {
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            segment: Segment::Consumer,
+            monthly_spend_cents: 0,
+            tenure_months: 0,
+            support_tickets: 0,
+            days_since_login: 0,
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [
+            NewCustomer {
+                name: "  ".into(),
+                ..ok.clone()
+            },
+            NewCustomer {
+                email: "no-at-sign".into(),
+                ..ok.clone()
+            },
+            NewCustomer {
+                email: "@x".into(),
+                ..ok.clone()
+            },
+            NewCustomer {
+                tenure_months: -1,
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(CustomerUpdate::default().validate().is_err());
+        let rename = CustomerUpdate {
+            name: Some("B".into()),
+            ..Default::default()
+        };
+        assert!(rename.validate().is_ok());
+        let negative = CustomerUpdate {
+            support_tickets: Some(-5),
+            ..Default::default()
+        };
+        assert!(negative.validate().is_err());
     }
 }

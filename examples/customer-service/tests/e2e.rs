@@ -198,6 +198,8 @@ async fn redis_end_to_end_with_outage() {
         .redis_url(server.url())
         .namespace("cs-e2e")
         .circuit_breaker(2, Duration::from_millis(300))
+        // Generous: a busy 2-core machine must not turn hits into timeouts.
+        .timeout(Duration::from_millis(500))
         .build()
         .await
         .expect("cache");
@@ -251,7 +253,10 @@ async fn redis_end_to_end_with_outage() {
     let keys = redis_keys(&server, "cs-e2e:*").await;
     assert!(keys.contains(&"cs-e2e:customer:7".to_owned()), "{keys:?}");
     assert!(keys.contains(&"cs-e2e:churn:7".to_owned()), "{keys:?}");
-    assert!(keys.iter().any(|k| k.starts_with("cs-e2e:query:")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("cs-e2e:query:")),
+        "{keys:?}"
+    );
 
     // PUT, then GET returns the new value; the profile, churn and list keys are gone.
     let put = send_json(
@@ -264,9 +269,9 @@ async fn redis_end_to_end_with_outage() {
     assert_eq!(put.status, 200, "{}", put.text());
     let keys = redis_keys(&server, "cs-e2e:*").await;
     assert!(
-        !keys
-            .iter()
-            .any(|k| k == "cs-e2e:customer:7" || k == "cs-e2e:churn:7" || k.starts_with("cs-e2e:query:")),
+        !keys.iter().any(|k| k == "cs-e2e:customer:7"
+            || k == "cs-e2e:churn:7"
+            || k.starts_with("cs-e2e:query:")),
         "invalidated keys still there: {keys:?}"
     );
     let updated = get(addr, "/api/customers/7").await.json();
@@ -301,15 +306,27 @@ async fn redis_end_to_end_with_outage() {
     // Bad input: JSON errors, never a 500.
     get(addr, "/api/customers/abc").await.assert_error(400);
     get(addr, "/api/customers/-3").await.assert_error(400);
-    get(addr, "/api/customers/abc/churn-risk").await.assert_error(400);
-    get(addr, "/api/customers/987654").await.assert_error(404);
-    get(addr, "/api/customers/987654/churn-risk").await.assert_error(404);
-    get(addr, "/api/customers?segment=nope").await.assert_error(400);
-    get(addr, "/api/customers?limit=0").await.assert_error(400);
-    let json_headers = [("content-type", "application/json")];
-    request(addr, "POST", "/api/customers", &json_headers, b"{\"name\": ")
+    get(addr, "/api/customers/abc/churn-risk")
         .await
         .assert_error(400);
+    get(addr, "/api/customers/987654").await.assert_error(404);
+    get(addr, "/api/customers/987654/churn-risk")
+        .await
+        .assert_error(404);
+    get(addr, "/api/customers?segment=nope")
+        .await
+        .assert_error(400);
+    get(addr, "/api/customers?limit=0").await.assert_error(400);
+    let json_headers = [("content-type", "application/json")];
+    request(
+        addr,
+        "POST",
+        "/api/customers",
+        &json_headers,
+        b"{\"name\": ",
+    )
+    .await
+    .assert_error(400);
     send_json(addr, "POST", "/api/customers", &json!({"name": "No Email"}))
         .await
         .assert_error(422);
@@ -324,13 +341,24 @@ async fn redis_end_to_end_with_outage() {
     send_json(addr, "PUT", "/api/customers/7", &json!({}))
         .await
         .assert_error(422);
-    send_json(addr, "PUT", "/api/customers/987654", &json!({"name": "Nobody"}))
-        .await
-        .assert_error(404);
+    send_json(
+        addr,
+        "PUT",
+        "/api/customers/987654",
+        &json!({"name": "Nobody"}),
+    )
+    .await
+    .assert_error(404);
     let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(100 * 1024));
-    request(addr, "POST", "/api/customers", &json_headers, huge.as_bytes())
-        .await
-        .assert_error(413);
+    request(
+        addr,
+        "POST",
+        "/api/customers",
+        &json_headers,
+        huge.as_bytes(),
+    )
+    .await
+    .assert_error(413);
 
     // Admin invalidation needs the token.
     let pattern = json!({"pattern": "customer:*"}).to_string();
