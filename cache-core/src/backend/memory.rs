@@ -331,9 +331,18 @@ impl Backend for MemoryBackend {
 
     async fn info(&self) -> Result<BackendInfo, BackendError> {
         self.entries.run_pending_tasks().await;
+        // Computed on demand (an O(n) walk, for stats and health only) so the
+        // hot path carries no accounting. Counts key and value bytes plus a
+        // per-entry estimate of moka's bookkeeping.
+        const PER_ENTRY_OVERHEAD: u64 = 96;
+        let used: u64 = self
+            .entries
+            .iter()
+            .map(|(k, v)| (k.len() + v.bytes.len()) as u64 + PER_ENTRY_OVERHEAD)
+            .sum();
         Ok(BackendInfo {
             version: None,
-            used_memory_bytes: None,
+            used_memory_bytes: Some(used),
             connected_clients: None,
             total_keys: Some(self.entries.entry_count()),
         })

@@ -95,6 +95,15 @@ impl SingleNode {
         if let Some(conn) = self.current(slot) {
             return Ok((slot, conn));
         }
+        // No idle connection in the pool: connect directly (a refused
+        // connection fails at once instead of waiting out bb8's connection
+        // timeout) and hand the new connection to bb8 to manage.
+        if self.pool.state().idle_connections == 0 {
+            let conn = self.pool.dedicated_connection().await?;
+            let _ = self.pool.add(conn.clone());
+            *self.shared[slot].write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            return Ok((slot, conn));
+        }
         // Take a healthy connection from the pool; discard broken ones.
         for _ in 0..=self.pool.state().connections + 1 {
             let pooled = self.pool.get().await.map_err(|e| match e {
