@@ -44,10 +44,12 @@ const CACHED_ARGS: &[&str] = &[
 const INVALIDATES_ARGS: &[&str] = &["prefix", "cache", "crate"];
 
 /// An argument that may be given at most once (`serde_derive`'s `Attr`): a
-/// second occurrence is a "duplicate argument" error on its own span.
+/// second occurrence is a "duplicate argument" error on its own span. An
+/// occurrence whose value was invalid (already reported) still counts as
+/// given, so it neither causes a "missing" error nor hides a duplicate.
 pub(crate) struct Attr<T> {
     name: &'static str,
-    value: Option<(Span, T)>,
+    value: Option<(Span, Option<T>)>,
 }
 
 impl<T> Attr<T> {
@@ -55,9 +57,9 @@ impl<T> Attr<T> {
         Attr { name, value: None }
     }
 
-    /// Records the value; `obj` (the argument as written) spans the error if
-    /// it is a duplicate.
-    pub(crate) fn set<A: ToTokens>(&mut self, cx: &Ctxt, obj: A, value: T) {
+    /// Records an occurrence; `obj` (the argument's name as written) spans
+    /// the error if it is a duplicate. `value` is `None` when it was invalid.
+    pub(crate) fn set<A: ToTokens>(&mut self, cx: &Ctxt, obj: A, value: Option<T>) {
         let tokens = obj.into_token_stream();
         if self.value.is_some() {
             cx.error_spanned_by(
@@ -65,20 +67,24 @@ impl<T> Attr<T> {
                 format!("duplicate argument `{}`; give it once", self.name),
             );
         } else {
-            let span = tokens.into_iter().next().map_or_else(Span::call_site, |t| t.span());
+            let span = tokens
+                .into_iter()
+                .next()
+                .map_or_else(Span::call_site, |t| t.span());
             self.value = Some((span, value));
         }
     }
 
-    /// The value with the span of the argument's name.
+    /// The (valid) value with the span of the argument's name.
     pub(crate) fn get_with_span(self) -> Option<(Span, T)> {
-        self.value
+        self.value.and_then(|(span, v)| v.map(|v| (span, v)))
     }
 
     pub(crate) fn get(self) -> Option<T> {
-        self.value.map(|(_, v)| v)
+        self.value.and_then(|(_, v)| v)
     }
 
+    /// True when the argument was written, valid or not.
     pub(crate) fn is_set(&self) -> bool {
         self.value.is_some()
     }
@@ -100,15 +106,23 @@ impl Ttl {
             Some(Ttl::Secs(secs, span)) => quote::quote_spanned! {*span=>
                 ::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))
             },
-            Some(Ttl::Expr(expr)) => quote::quote_spanned! {expr.span()=>
-                ::core::option::Option::Some::<#krate::__private::Duration>(#expr)
-            },
+            Some(Ttl::Expr(expr)) => {
+                let span = expr.span();
+                let duration = crate::key::respan(&quote!(#krate::__private::Duration), span);
+                let ttl = quote::format_ident!("__cache_ttl", span = Span::mixed_site());
+                quote!({
+                    let #ttl: #duration = #expr;
+                    ::core::option::Option::Some(#ttl)
+                })
+            }
         }
     }
 }
 
 /// Everything `#[cached(...)]` accepts.
 pub(crate) struct CachedArgs {
+    /// True when `prefix` was written (even with an invalid value).
+    pub(crate) prefix_given: bool,
     pub(crate) prefix: Option<LitStr>,
     pub(crate) ttl: Option<Ttl>,
     pub(crate) key: Option<(Span, Template)>,
@@ -151,26 +165,21 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
         if lookahead.peek(kw::prefix) {
             let name: kw::prefix = input.parse()?;
             let value = parse_value(input)?;
-            if let Some(lit) = prefix_literal(&value, cx) {
-                prefix.set(cx, name, lit);
-            }
+            prefix.set(cx, name, prefix_literal(&value, cx));
         } else if lookahead.peek(kw::ttl) {
             let name: kw::ttl = input.parse()?;
             let value = parse_value(input)?;
-            if let Some(t) = parse_ttl("ttl", value, cx) {
-                ttl.set(cx, name, t);
-            }
+            ttl.set(cx, name, parse_ttl("ttl", value, cx));
         } else if lookahead.peek(kw::key) {
             let name: kw::key = input.parse()?;
             let value = parse_value(input)?;
-            if let Some(lit) = string_literal(
+            let template = string_literal(
                 &value,
                 cx,
                 "`key` must be a string literal template, e.g. key = \"{id}\" or key = \"{customer.id}\"",
-            ) && let Some(t) = template::parse(&lit, cx)
-            {
-                key.set(cx, name, t);
-            }
+            )
+            .and_then(|lit| template::parse(&lit, cx));
+            key.set(cx, name, template);
         } else if lookahead.peek(kw::skip) {
             let name: kw::skip = input.parse()?;
             if input.peek(Token![=]) {
@@ -179,39 +188,35 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
             let content;
             syn::parenthesized!(content in input);
             let idents = content.parse_terminated(Ident::parse_skip_arg, Token![,])?;
-            skip.set(cx, name, idents.into_iter().collect::<Vec<_>>());
+            skip.set(cx, name, Some(idents.into_iter().collect::<Vec<_>>()));
         } else if lookahead.peek(kw::cache_none) {
             let name: kw::cache_none = input.parse()?;
             reject_value(input, "cache_none", "cache_none")?;
-            cache_none.set(cx, name, ());
+            cache_none.set(cx, name, Some(()));
         } else if lookahead.peek(kw::none_ttl) {
             let name: kw::none_ttl = input.parse()?;
             let value = parse_value(input)?;
-            if let Some(t) = parse_ttl("none_ttl", value, cx) {
-                none_ttl.set(cx, name, t);
-            }
+            none_ttl.set(cx, name, parse_ttl("none_ttl", value, cx));
         } else if lookahead.peek(kw::unless) {
             let name: kw::unless = input.parse()?;
             let value = parse_value(input)?;
-            unless.set(cx, name, value);
+            unless.set(cx, name, Some(value));
         } else if lookahead.peek(kw::cache) {
             let name: kw::cache = input.parse()?;
             let value = parse_value(input)?;
-            cache.set(cx, name, value);
+            cache.set(cx, name, Some(value));
         } else if lookahead.peek(kw::version) {
             let name: kw::version = input.parse()?;
             let value = parse_value(input)?;
-            if let Some(v) = parse_version(&value, cx) {
-                version.set(cx, name, v);
-            }
+            version.set(cx, name, parse_version(&value, cx));
         } else if lookahead.peek(Token![crate]) {
             let name: Token![crate] = input.parse()?;
             let path = parse_crate_path(input)?;
-            krate.set(cx, name, path);
+            krate.set(cx, name, Some(path));
         } else if lookahead.peek(kw::no_companions) {
             let name: kw::no_companions = input.parse()?;
             reject_value(input, "no_companions", "no_companions")?;
-            no_companions.set(cx, name, ());
+            no_companions.set(cx, name, Some(()));
         } else if input.peek(Ident) {
             return Err(unknown_argument(input, "cached", CACHED_ARGS));
         } else {
@@ -221,6 +226,7 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
     });
 
     CachedArgs {
+        prefix_given: prefix.is_set(),
         prefix: prefix.get(),
         ttl: ttl.get(),
         key: key.get_with_span(),
@@ -264,11 +270,11 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
         } else if lookahead.peek(kw::cache) {
             let name: kw::cache = input.parse()?;
             let value = parse_value(input)?;
-            cache.set(cx, name, value);
+            cache.set(cx, name, Some(value));
         } else if lookahead.peek(Token![crate]) {
             let name: Token![crate] = input.parse()?;
             let path = parse_crate_path(input)?;
-            krate.set(cx, name, path);
+            krate.set(cx, name, Some(path));
         } else if input.peek(Ident) {
             let fork = input.fork();
             let ident: Ident = fork.parse()?;

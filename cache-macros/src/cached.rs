@@ -59,7 +59,7 @@ pub(crate) fn with_errors(cx: Ctxt, item: &TokenStream) -> TokenStream {
 /// Validates the arguments against the function; returns how the key is
 /// built (meaningful only when no error was reported).
 fn check<'a>(cx: &Ctxt, args: &'a CachedArgs, func: &'a Func) -> KeySpec<'a> {
-    if args.prefix.is_none() {
+    if !args.prefix_given {
         cx.error_at(
             Span::call_site(),
             "missing `prefix`: every cached function needs a key prefix, e.g. #[cached(prefix = \"customer\")]",
@@ -179,8 +179,13 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
         (ReturnKind::Other, _) => quote!(PlainMode),
     };
     let mode = quote!(#krate::__private::#mode);
-    let assert_storable = quote_spanned! {func.payload_span()=>
-        #krate::__private::assert_storable::<#ret, #mode>();
+    let payload_span = func.payload_span();
+    let assert_storable = {
+        let krate = key::respan(krate, payload_span);
+        let mode = key::respan(&mode, payload_span);
+        quote_spanned! {payload_span=>
+            #krate::__private::assert_storable::<#ret, #mode>();
+        }
     };
 
     let handle = resolve_handle(args.cache.as_ref(), krate);

@@ -1,7 +1,7 @@
 //! Code generation for cache keys, shared by `#[cached]` (its key and its
 //! `_cache_key` companion) and `#[invalidates]`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::Ident;
 
@@ -41,6 +41,27 @@ pub(crate) fn placeholder_root(ph: &Placeholder) -> TokenStream {
     }
 }
 
+/// `tokens` with every span set to `span`, so that a compiler error about
+/// the generated code they start (a path to the runtime, say) points at the
+/// user's code rather than at the attribute.
+pub(crate) fn respan(tokens: &TokenStream, span: Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => {
+                let mut group = Group::new(g.delimiter(), respan(&g.stream(), span));
+                group.set_span(span);
+                TokenTree::Group(group)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
+}
+
 /// Statements appending the key's "rest" (after `prefix:`) to the buffer.
 pub(crate) fn rest_stmts(
     spec: &KeySpec<'_>,
@@ -54,13 +75,20 @@ pub(crate) fn rest_stmts(
         quote!(#buf.push_str(#s);)
     });
     let body = match spec {
+        // Each argument is hashed on its own, at its own span, then the
+        // tuple of those hashes is hashed: a non-`Serialize` argument is
+        // then one error on that argument (the compiler deduplicates the
+        // `key_arg` and inner `hash_args` errors, which share span and
+        // predicate), not also an error about the whole tuple.
         KeySpec::Hash(args) => {
             let items = args.iter().map(|ident| {
+                let span = ident.span();
                 let arg = match access {
                     Access::Companion(borrowed) if borrowed(ident) => quote!(#ident),
-                    _ => quote!(&#ident),
+                    _ => quote_spanned!(span=> &#ident),
                 };
-                quote_spanned!(ident.span()=> #krate::__private::key_arg(#arg))
+                let krate = respan(krate, span);
+                quote_spanned!(span=> #krate::__private::hash_args(#krate::__private::key_arg(#arg)))
             });
             let tuple = if args.is_empty() {
                 quote!(())
@@ -69,7 +97,20 @@ pub(crate) fn rest_stmts(
             };
             quote!(#buf.push_str(&#krate::__private::hash_args(&#tuple));)
         }
-        KeySpec::Template(t) => t.push_stmts(krate, &buf, &placeholder_root),
+        KeySpec::Template(t) => match access {
+            Access::Local => t.push_stmts(krate, &buf, &placeholder_root),
+            // A companion parameter `x: &T` stands for the argument `x: T`:
+            // dereference it so the value (and any error about it) has the
+            // same type as in the function.
+            Access::Companion(borrowed) => t.push_stmts(krate, &buf, &|ph: &Placeholder| {
+                let root = placeholder_root(ph);
+                if borrowed(&Ident::new(&ph.root, ph.span)) {
+                    quote_spanned!(ph.span=> (*#root))
+                } else {
+                    root
+                }
+            }),
+        },
     };
     quote!(#version #body)
 }

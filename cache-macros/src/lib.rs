@@ -103,16 +103,20 @@ use proc_macro::TokenStream;
 /// `"{id}"`, `"{customer.id}"`, `"{tenant}:{page}"`, `"{pair.0}"`. Each
 /// placeholder must name an argument (checked at compile time). Values are
 /// written with their `Display` implementation and **escaped**: `*`, `?`,
-/// `[`, `]`, `:` and `\` in a value are backslash-escaped, so user data can
-/// never widen an invalidation pattern. Literal text is copied verbatim
-/// (`:` is allowed, glob characters are not); write `{{` and `}}` for
-/// braces.
+/// `[`, `]`, `:`, `\`, `%` and control characters in a value are
+/// percent-escaped (`*` → `%2A`), so user data can never widen an
+/// invalidation pattern or add a segment. Literal text is copied verbatim
+/// (`:` is allowed; `*`, `?`, `[`, `]`, `\` are not); write `{{` and `}}`
+/// for braces.
 ///
 /// Without `key`, the key is a stable 128-bit hash (32 hex digits) of the
-/// serde serialization of the arguments, excluding `self`, `_` arguments
-/// and those in `skip(..)`. Every hashed argument must implement
-/// `Serialize`. The hash is the same on every machine, process and Rust
-/// version.
+/// arguments, excluding `self`, `_` arguments and those in `skip(..)`:
+/// `stable_hash((stable_hash(a), stable_hash(b), ..))`, where
+/// `cache_core::keys::stable_hash` is XXH3-128 over the bincode encoding.
+/// Every hashed argument must implement `Serialize` (a compile error on
+/// the argument says so otherwise). The hash is the same on every machine,
+/// process and Rust version, as long as the arguments serialize the same
+/// way (a `HashMap` argument doesn't: use a `BTreeMap`).
 ///
 /// ```ignore
 /// #[cached(prefix = "customer", key = "{id}")]

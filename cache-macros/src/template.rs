@@ -65,6 +65,7 @@ impl Template {
             Part::Placeholder(ph) => {
                 let root = root(ph);
                 let fields = ph.fields.iter().map(|f| field_tokens(f, ph.span));
+                let krate = crate::key::respan(krate, ph.span);
                 quote_spanned! {ph.span=>
                     #krate::__private::push_escaped(&mut #buf, &(#root #(.#fields)*));
                 }
