@@ -1,0 +1,902 @@
+//! `cache-bench`: the cached path side by side with what a user would pick
+//! instead (raw redis-rs, a bb8 pool, moka), in one run, on one ~207-byte
+//! customer payload, against a redis-server this binary starts itself.
+//!
+//! ```text
+//! cargo run -p cache-bench --release -- --quick   # < 1 minute
+//! cargo run -p cache-bench --release              # full run, < 10 minutes
+//! ```
+//!
+//! Every throughput figure is ops/s with 64 concurrent tasks; every latency
+//! figure is single-task p50/p99. Cases are interleaved (A B C … A B C …) for
+//! several rounds and the median over rounds is reported. One JSON line per
+//! case goes to stdout, then a readable table; progress goes to stderr.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cache_core::{Cache, CircuitState, cached};
+use cache_testkit::RedisServer;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+/// Concurrent tasks in the throughput measurements.
+const TASKS: usize = 64;
+/// Size of the hot key set read by the hit cases.
+const HOT_KEYS: u64 = 1024;
+/// First customer id (fixed-width ids keep every payload the same size).
+const BASE_ID: u64 = 1_000_000;
+/// Target size of the bincode-encoded payload.
+const PAYLOAD_BYTES: usize = 207;
+/// Keys filled for the prefix-invalidation case.
+const INVALIDATE_KEYS: usize = 100_000;
+/// Concurrent cold callers in the single-flight case.
+const FLIGHT_CALLERS: usize = 1000;
+
+// ----- payload ---------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Customer {
+    id: u64,
+    name: String,
+    email: String,
+    segment: String,
+    country: String,
+    lifetime_value_cents: u64,
+    orders: u32,
+    churn_score: f64,
+    created_at_unix: i64,
+    notes: String,
+}
+
+fn bincode_len(c: &Customer) -> usize {
+    bincode::serde::encode_to_vec(c, bincode::config::standard())
+        .expect("customer encodes")
+        .len()
+}
+
+fn customer_base(id: u64) -> Customer {
+    Customer {
+        id,
+        name: format!("Customer {id:010}"),
+        email: format!("customer.{id:010}@example.com"),
+        segment: "enterprise".to_owned(),
+        country: "DE".to_owned(),
+        lifetime_value_cents: 12_345_678,
+        orders: 42,
+        churn_score: 0.137,
+        created_at_unix: 1_700_000_000,
+        notes: String::new(),
+    }
+}
+
+/// A customer whose bincode encoding is [`PAYLOAD_BYTES`] long.
+fn customer(id: u64) -> Customer {
+    static PAD: OnceLock<usize> = OnceLock::new();
+    let pad = *PAD.get_or_init(|| PAYLOAD_BYTES - bincode_len(&customer_base(BASE_ID)));
+    let mut c = customer_base(id);
+    // The base already carries the (empty) notes' one-byte length prefix.
+    c.notes = "n".repeat(pad);
+    c
+}
+
+fn hot_id(i: u64) -> u64 {
+    BASE_ID + i % HOT_KEYS
+}
+
+// ----- the cached functions -------------------------------------------------
+
+static HIT_BODY_RUNS: AtomicU64 = AtomicU64::new(0);
+static FLIGHT_BODY_RUNS: AtomicU64 = AtomicU64::new(0);
+static COLD_IDS: AtomicU64 = AtomicU64::new(10_000_000_000);
+
+#[cached(prefix = "customer", key = "{id}", ttl = 3600, cache = cache)]
+async fn customer_by_id(cache: &Cache, id: u64) -> Result<Customer, String> {
+    HIT_BODY_RUNS.fetch_add(1, Ordering::Relaxed);
+    Ok(customer(id))
+}
+
+/// Same as [`customer_by_id`], for the paused-Redis case (its own body counter
+/// stays out of the hit figures).
+#[cached(prefix = "customer", key = "{id}", ttl = 3600, cache = cache)]
+async fn customer_by_id_paused(cache: &Cache, id: u64) -> Result<Customer, String> {
+    Ok(customer(id))
+}
+
+#[cached(prefix = "cold", key = "{id}", ttl = 120, cache = cache)]
+async fn cold_customer(cache: &Cache, id: u64) -> Result<Customer, String> {
+    Ok(customer(id))
+}
+
+#[cached(prefix = "flight", key = "{id}", ttl = 120, cache = cache)]
+async fn slow_customer(cache: &Cache, id: u64) -> Result<Customer, String> {
+    FLIGHT_BODY_RUNS.fetch_add(1, Ordering::Relaxed);
+    // A database query that takes a while: every cold caller arrives while it runs.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(customer(id))
+}
+
+// ----- operations -----------------------------------------------------------
+
+/// One benchmarked operation; `true` when it returned the expected value.
+trait Op: Send + Sync + 'static {
+    fn call(&self, i: u64) -> impl Future<Output = bool> + Send;
+}
+
+/// redis-rs GET + bincode decode on one shared multiplexed connection.
+struct RawGet {
+    conn: MultiplexedConnection,
+}
+
+impl Op for RawGet {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        let key = format!("raw:customer:{id}");
+        let mut conn = self.conn.clone();
+        let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(&key).query_async(&mut conn).await
+        {
+            Ok(b) => b,
+            Err(_) => return false,
+        };
+        decode_raw(bytes.as_deref(), id)
+    }
+}
+
+fn decode_raw(bytes: Option<&[u8]>, id: u64) -> bool {
+    let Some(bytes) = bytes else { return false };
+    match bincode::serde::decode_from_slice::<Customer, _>(bytes, bincode::config::standard()) {
+        Ok((c, _)) => c.id == id,
+        Err(_) => false,
+    }
+}
+
+/// bb8 + bb8-redis pool(16), one checkout per operation.
+struct PoolGet {
+    pool: bb8::Pool<bb8_redis::RedisConnectionManager>,
+}
+
+impl Op for PoolGet {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        let key = format!("raw:customer:{id}");
+        let Ok(mut conn) = self.pool.get().await else {
+            return false;
+        };
+        let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(&key).query_async(&mut *conn).await
+        {
+            Ok(b) => b,
+            Err(_) => return false,
+        };
+        drop(conn);
+        decode_raw(bytes.as_deref(), id)
+    }
+}
+
+/// `Cache::get` (Redis or memory backend).
+struct CacheGet {
+    cache: Cache,
+}
+
+impl Op for CacheGet {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        let key = format!("customer:{id}");
+        matches!(self.cache.get::<Customer>(&key).await, Ok(Some(c)) if c.id == id)
+    }
+}
+
+/// A `#[cached]` function hit.
+struct CachedFn {
+    cache: Cache,
+}
+
+impl Op for CachedFn {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        customer_by_id(&self.cache, id)
+            .await
+            .is_ok_and(|c| c.id == id)
+    }
+}
+
+/// [`customer_by_id_paused`] (the paused-Redis case).
+struct PausedFn {
+    cache: Cache,
+}
+
+impl Op for PausedFn {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        customer_by_id_paused(&self.cache, id)
+            .await
+            .is_ok_and(|c| c.id == id)
+    }
+}
+
+/// moka `future::Cache::get` of the same struct (cloned out).
+struct MokaGet {
+    moka: moka::future::Cache<u64, Customer>,
+}
+
+impl Op for MokaGet {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        self.moka.get(&id).await.is_some_and(|c| c.id == id)
+    }
+}
+
+/// A `#[cached]` call on a key never seen before: GET miss, lease, body, store.
+struct MissPath {
+    cache: Cache,
+}
+
+impl Op for MissPath {
+    async fn call(&self, _i: u64) -> bool {
+        let id = COLD_IDS.fetch_add(1, Ordering::Relaxed);
+        cold_customer(&self.cache, id)
+            .await
+            .is_ok_and(|c| c.id == id)
+    }
+}
+
+// ----- measurement ------------------------------------------------------------
+
+/// ops/s over `dur` with `tasks` concurrent tasks, and the failed-op count.
+async fn throughput<O: Op>(op: &Arc<O>, tasks: usize, dur: Duration) -> (f64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let op = op.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut i = t as u64 * 7919;
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    if op.call(i).await {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    i = i.wrapping_add(1);
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // An OS thread ends the run: tasks that never yield (moka) could starve a tokio timer.
+    let timer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(dur);
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for h in handles {
+        let (o, f) = h.await.expect("benchmark task panicked");
+        ok += o;
+        failed += f;
+    }
+    let elapsed = start.elapsed();
+    timer.join().expect("timer thread");
+    ((ok + failed) as f64 / elapsed.as_secs_f64(), failed)
+}
+
+/// Single-task latency samples (nanoseconds, sorted) over `dur`, and the failed-op count.
+async fn latency<O: Op>(op: &Arc<O>, dur: Duration) -> (Vec<u64>, u64) {
+    let op = op.clone();
+    tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(1 << 16);
+        let mut failed = 0;
+        let end = Instant::now() + dur;
+        let mut i = 0u64;
+        loop {
+            let t = Instant::now();
+            if !op.call(i).await {
+                failed += 1;
+            }
+            samples.push(t.elapsed().as_nanos() as u64);
+            i += 1;
+            if t >= end || samples.len() >= 1_000_000 {
+                break;
+            }
+        }
+        samples.sort_unstable();
+        (samples, failed)
+    })
+    .await
+    .expect("latency task panicked")
+}
+
+fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted_ns.len() as f64 - 1.0) * p).round() as usize;
+    sorted_ns[idx] as f64 / 1000.0
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Per-round figures of one case.
+#[derive(Default)]
+struct Rounds {
+    ops_per_s: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+    errors: u64,
+    /// Case-specific figures (name → value per round).
+    extra: Vec<(&'static str, Vec<f64>)>,
+}
+
+impl Rounds {
+    fn push_extra(&mut self, name: &'static str, value: f64) {
+        match self.extra.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(value),
+            None => self.extra.push((name, vec![value])),
+        }
+    }
+
+    fn extra_median(&self, name: &str) -> Option<f64> {
+        self.extra
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| median(v))
+    }
+}
+
+/// Cases selected with `--only` (all when unset).
+static ONLY: OnceLock<Vec<String>> = OnceLock::new();
+
+fn selected(case: &str) -> bool {
+    ONLY.get().is_none_or(|only| only.iter().any(|c| c == case))
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    rounds: usize,
+    throughput: Duration,
+    latency: Duration,
+    quick: bool,
+}
+
+async fn measure<O: Op>(rounds: &mut Rounds, op: &Arc<O>, s: Settings) {
+    let (ops, failed_t) = throughput(op, TASKS, s.throughput).await;
+    let (samples, failed_l) = latency(op, s.latency).await;
+    rounds.ops_per_s.push(ops);
+    rounds.p50_us.push(percentile_us(&samples, 0.50));
+    rounds.p99_us.push(percentile_us(&samples, 0.99));
+    rounds.errors += failed_t + failed_l;
+}
+
+// ----- the special cases ----------------------------------------------------
+
+/// 1,000 concurrent cold callers of one key; records body runs and wall time.
+async fn single_flight(rounds: &mut Rounds, cache: &Cache) {
+    let id = COLD_IDS.fetch_add(1, Ordering::Relaxed);
+    let before = FLIGHT_BODY_RUNS.load(Ordering::Relaxed);
+    let barrier = Arc::new(tokio::sync::Barrier::new(FLIGHT_CALLERS));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..FLIGHT_CALLERS)
+        .map(|_| {
+            let cache = cache.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                slow_customer(&cache, id).await.is_ok_and(|c| c.id == id)
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for h in handles {
+        if !h.await.expect("caller panicked") {
+            failed += 1;
+        }
+    }
+    let wall = start.elapsed();
+    let runs = FLIGHT_BODY_RUNS.load(Ordering::Relaxed) - before;
+    rounds.errors += failed;
+    rounds.push_extra("body_runs", runs as f64);
+    rounds.push_extra("wall_ms", wall.as_secs_f64() * 1000.0);
+}
+
+/// Redis paused (SIGSTOP) with the breaker open: `#[cached]` hits served by
+/// the in-memory fallback. A fresh cache per round, on its own server.
+async fn redis_paused(rounds: &mut Rounds, server: &mut RedisServer, s: Settings) {
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .namespace("paused")
+        .circuit_breaker(3, Duration::from_secs(3600))
+        .build()
+        .await
+        .expect("cache for the paused server");
+    let op = Arc::new(PausedFn {
+        cache: cache.clone(),
+    });
+    // Healthy first: warm Redis, measure the normal hit latency on this cache.
+    for i in 0..HOT_KEYS {
+        op.call(i).await;
+    }
+    let (healthy, _) = latency(&op, s.latency / 2).await;
+
+    server.pause();
+    let trip_start = Instant::now();
+    let trips: Vec<_> = (0..8)
+        .map(|k| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<Customer>(&format!("customer:{k}")).await })
+        })
+        .collect();
+    for t in trips {
+        if !matches!(t.await, Ok(Ok(_))) {
+            rounds.errors += 1;
+        }
+    }
+    while cache.stats().circuit != CircuitState::Open {
+        if trip_start.elapsed() > Duration::from_secs(10) {
+            panic!("breaker did not open within 10 s of SIGSTOP");
+        }
+        let _ = cache.get::<Customer>("customer:trip").await;
+    }
+    let trip_ms = trip_start.elapsed().as_secs_f64() * 1000.0;
+    // First call per key runs the body and fills the fallback; then measure.
+    for i in 0..HOT_KEYS {
+        op.call(i).await;
+    }
+    let (samples, failed_l) = latency(&op, s.latency).await;
+    let (ops, failed_t) = throughput(&op, TASKS, s.throughput).await;
+    // Direct API while paused: errors must be 0 (the fallback absorbs the outage).
+    let mut direct_errors = 0u64;
+    for k in 0..200u64 {
+        let key = format!("direct:{k}");
+        if cache.set(&key, &customer(BASE_ID + k), None).await.is_err() {
+            direct_errors += 1;
+        }
+        if cache.get::<Customer>(&key).await.is_err() {
+            direct_errors += 1;
+        }
+    }
+    let still_open = cache.stats().circuit == CircuitState::Open;
+    server.resume();
+
+    let p99 = percentile_us(&samples, 0.99);
+    let healthy_p99 = percentile_us(&healthy, 0.99);
+    rounds.ops_per_s.push(ops);
+    rounds.p50_us.push(percentile_us(&samples, 0.50));
+    rounds.p99_us.push(p99);
+    rounds.errors += failed_l + failed_t + direct_errors;
+    rounds.push_extra("healthy_p50_us", percentile_us(&healthy, 0.50));
+    rounds.push_extra("healthy_p99_us", healthy_p99);
+    rounds.push_extra("added_p99_vs_healthy_us", p99 - healthy_p99);
+    rounds.push_extra("breaker_open_after_ms", trip_ms);
+    rounds.push_extra("breaker_stayed_open", f64::from(u8::from(still_open)));
+}
+
+/// Fills 100k keys under one prefix (set_many batches), then times
+/// `invalidate_prefix` (SCAN + UNLINK).
+async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut MultiplexedConnection) {
+    let value = customer(BASE_ID);
+    let fill_start = Instant::now();
+    let keys: Vec<String> = (0..INVALIDATE_KEYS).map(|k| format!("inv:{k}")).collect();
+    for chunk in keys.chunks(2000) {
+        let entries: Vec<(&str, &Customer)> = chunk.iter().map(|k| (k.as_str(), &value)).collect();
+        cache
+            .set_many(&entries, Some(Duration::from_secs(600)))
+            .await
+            .expect("set_many");
+    }
+    let fill_ms = fill_start.elapsed().as_secs_f64() * 1000.0;
+    let dbsize_before: u64 = redis::cmd("DBSIZE").query_async(raw).await.expect("DBSIZE");
+    let start = Instant::now();
+    let deleted = cache
+        .invalidate_prefix("inv")
+        .await
+        .expect("invalidate_prefix");
+    let elapsed = start.elapsed();
+    let dbsize_after: u64 = redis::cmd("DBSIZE").query_async(raw).await.expect("DBSIZE");
+    if deleted != INVALIDATE_KEYS as u64 || dbsize_before - dbsize_after != INVALIDATE_KEYS as u64 {
+        eprintln!(
+            "invalidate_prefix: deleted {deleted}, DBSIZE {dbsize_before} -> {dbsize_after} (expected {INVALIDATE_KEYS} fewer)"
+        );
+        rounds.errors += 1;
+    }
+    let secs = elapsed.as_secs_f64();
+    rounds.ops_per_s.push(deleted as f64 / secs);
+    rounds.push_extra("invalidate_ms", secs * 1000.0);
+    rounds.push_extra("fill_ms", fill_ms);
+    rounds.push_extra("keys", deleted as f64);
+}
+
+// ----- main -------------------------------------------------------------------
+
+const CASES: &[&str] = &[
+    "raw_redis_get",
+    "pool_checkout_get",
+    "cache_get_redis",
+    "cached_fn_redis",
+    "moka_get",
+    "cache_get_memory",
+    "cached_fn_memory",
+    "miss_path",
+    "single_flight_1000",
+    "redis_paused",
+    "invalidate_prefix_100k",
+];
+
+fn parse_args() -> Settings {
+    let mut quick = false;
+    let mut rounds = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--rounds" => {
+                rounds = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--rounds takes a number"),
+                );
+            }
+            "--only" => {
+                let list: Vec<String> = args
+                    .next()
+                    .expect("--only takes a comma-separated list of cases")
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                for c in &list {
+                    if !CASES.contains(&c.as_str()) {
+                        eprintln!("unknown case {c:?}; cases: {}", CASES.join(", "));
+                        std::process::exit(2);
+                    }
+                }
+                let _ = ONLY.set(list);
+            }
+            "-h" | "--help" => {
+                println!(
+                    "cache-bench [--quick] [--rounds N] [--only case,case]\n  --quick   short durations (< 1 minute)\n  --rounds  interleaved rounds (default 5, quick 3)\n  --only    run only these cases: {}",
+                    CASES.join(", ")
+                );
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown argument {other:?} (try --help)");
+                std::process::exit(2);
+            }
+        }
+    }
+    if quick {
+        Settings {
+            rounds: rounds.unwrap_or(3),
+            throughput: Duration::from_millis(600),
+            latency: Duration::from_millis(300),
+            quick,
+        }
+    } else {
+        Settings {
+            rounds: rounds.unwrap_or(5),
+            throughput: Duration::from_secs(3),
+            latency: Duration::from_millis(1500),
+            quick,
+        }
+    }
+}
+
+fn main() {
+    let settings = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(settings));
+}
+
+#[allow(clippy::too_many_lines)]
+async fn run(s: Settings) {
+    let started = Instant::now();
+    let server = RedisServer::start();
+    let mut paused_server = RedisServer::start();
+    let url = server.url();
+    eprintln!(
+        "cache-bench: redis at {url}, payload {} bytes bincode (+3 envelope), {TASKS} tasks, {} rounds{}",
+        bincode_len(&customer(BASE_ID)),
+        s.rounds,
+        if s.quick { " (quick)" } else { "" }
+    );
+
+    // Floor: one shared multiplexed connection, TCP_NODELAY as cache-core uses.
+    let client = redis::Client::open(
+        redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .expect("url")
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)),
+    )
+    .expect("redis client");
+    let mut raw_conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let mut fill = redis::pipe();
+    for i in 0..HOT_KEYS {
+        let id = hot_id(i);
+        let bytes = bincode::serde::encode_to_vec(customer(id), bincode::config::standard())
+            .expect("encode");
+        fill.cmd("SET")
+            .arg(format!("raw:customer:{id}"))
+            .arg(bytes)
+            .ignore();
+    }
+    let () = fill
+        .query_async(&mut raw_conn)
+        .await
+        .expect("fill raw keys");
+
+    let manager = bb8_redis::RedisConnectionManager::new(url.as_str()).expect("bb8 manager");
+    let pool = bb8::Pool::builder()
+        .max_size(16)
+        .test_on_check_out(false)
+        .build(manager)
+        .await
+        .expect("bb8 pool");
+
+    let redis_cache = Cache::builder()
+        .redis_url(url.as_str())
+        .namespace("bench")
+        .build()
+        .await
+        .expect("redis cache");
+    let memory_cache = Cache::memory();
+    let hot: Vec<(String, Customer)> = (0..HOT_KEYS)
+        .map(|i| (format!("customer:{}", hot_id(i)), customer(hot_id(i))))
+        .collect();
+    let entries: Vec<(&str, &Customer)> = hot.iter().map(|(k, c)| (k.as_str(), c)).collect();
+    for cache in [&redis_cache, &memory_cache] {
+        cache
+            .set_many(&entries, Some(Duration::from_secs(3600)))
+            .await
+            .expect("fill cache");
+    }
+    let moka = moka::future::Cache::builder().max_capacity(10_000).build();
+    for i in 0..HOT_KEYS {
+        moka.insert(hot_id(i), customer(hot_id(i))).await;
+    }
+
+    let raw = Arc::new(RawGet {
+        conn: raw_conn.clone(),
+    });
+    let pooled = Arc::new(PoolGet { pool });
+    let get_redis = Arc::new(CacheGet {
+        cache: redis_cache.clone(),
+    });
+    let fn_redis = Arc::new(CachedFn {
+        cache: redis_cache.clone(),
+    });
+    let moka_op = Arc::new(MokaGet { moka });
+    let get_memory = Arc::new(CacheGet {
+        cache: memory_cache.clone(),
+    });
+    let fn_memory = Arc::new(CachedFn {
+        cache: memory_cache.clone(),
+    });
+    let miss = Arc::new(MissPath {
+        cache: redis_cache.clone(),
+    });
+
+    // Warm-up: every hit op once over the hot set (checks the fills too).
+    let warm = Settings {
+        throughput: Duration::from_millis(200),
+        latency: Duration::from_millis(50),
+        ..s
+    };
+    let mut scratch = Rounds::default();
+    measure(&mut scratch, &raw, warm).await;
+    measure(&mut scratch, &pooled, warm).await;
+    measure(&mut scratch, &get_redis, warm).await;
+    measure(&mut scratch, &fn_redis, warm).await;
+    measure(&mut scratch, &moka_op, warm).await;
+    measure(&mut scratch, &get_memory, warm).await;
+    measure(&mut scratch, &fn_memory, warm).await;
+    assert_eq!(
+        scratch.errors, 0,
+        "warm-up: a hit case returned a wrong value or an error"
+    );
+    let hit_body_runs_before = HIT_BODY_RUNS.load(Ordering::Relaxed);
+
+    let mut results: Vec<Rounds> = CASES.iter().map(|_| Rounds::default()).collect();
+    for round in 0..s.rounds {
+        eprintln!(
+            "round {}/{} ({:.0?} elapsed)",
+            round + 1,
+            s.rounds,
+            started.elapsed()
+        );
+        for (c, name) in CASES.iter().enumerate() {
+            if !selected(name) {
+                continue;
+            }
+            let r = &mut results[c];
+            match *name {
+                "raw_redis_get" => measure(r, &raw, s).await,
+                "pool_checkout_get" => measure(r, &pooled, s).await,
+                "cache_get_redis" => measure(r, &get_redis, s).await,
+                "cached_fn_redis" => measure(r, &fn_redis, s).await,
+                "moka_get" => measure(r, &moka_op, s).await,
+                "cache_get_memory" => measure(r, &get_memory, s).await,
+                "cached_fn_memory" => measure(r, &fn_memory, s).await,
+                "miss_path" => measure(r, &miss, s).await,
+                "single_flight_1000" => single_flight(r, &redis_cache).await,
+                "redis_paused" => redis_paused(r, &mut paused_server, s).await,
+                "invalidate_prefix_100k" => {
+                    invalidate_prefix(r, &redis_cache, &mut raw_conn).await;
+                }
+                other => unreachable!("unknown case {other}"),
+            }
+        }
+    }
+    let hit_body_runs = HIT_BODY_RUNS.load(Ordering::Relaxed) - hit_body_runs_before;
+
+    report(&results, s, hit_body_runs, started.elapsed());
+}
+
+fn json_num(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!((v * 100.0).round() / 100.0)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration) {
+    let med = |c: &str, f: fn(&Rounds) -> &Vec<f64>| {
+        let i = CASES.iter().position(|n| *n == c).expect("case");
+        median(f(&results[i]))
+    };
+    for (name, r) in CASES.iter().zip(results) {
+        if !selected(name) {
+            continue;
+        }
+        let mut line = serde_json::Map::new();
+        line.insert("case".into(), serde_json::json!(name));
+        line.insert("ops_per_s".into(), json_num(median(&r.ops_per_s)));
+        line.insert("p50_us".into(), json_num(median(&r.p50_us)));
+        line.insert("p99_us".into(), json_num(median(&r.p99_us)));
+        line.insert("errors".into(), serde_json::json!(r.errors));
+        line.insert("rounds".into(), serde_json::json!(s.rounds));
+        line.insert(
+            "ops_per_s_rounds".into(),
+            serde_json::Value::Array(r.ops_per_s.iter().map(|v| json_num(*v)).collect()),
+        );
+        for (k, v) in &r.extra {
+            line.insert((*k).into(), json_num(median(v)));
+            if *k == "body_runs" {
+                let max = v.iter().copied().fold(0.0, f64::max);
+                line.insert("body_runs_max".into(), json_num(max));
+            }
+        }
+        if name.starts_with("cached_fn") {
+            line.insert(
+                "hit_body_runs_during_run".into(),
+                serde_json::json!(hit_body_runs),
+            );
+        }
+        println!("{}", serde_json::Value::Object(line));
+    }
+
+    println!();
+    println!(
+        "{:<24} {:>14} {:>10} {:>10} {:>7}  notes",
+        "case", "ops/s (64t)", "p50 us", "p99 us", "errors"
+    );
+    for (name, r) in CASES.iter().zip(results) {
+        if !selected(name) {
+            continue;
+        }
+        let note = match *name {
+            "single_flight_1000" => format!(
+                "body runs {} (max {}), wall {:.1} ms",
+                r.extra_median("body_runs").unwrap_or(f64::NAN),
+                r.extra
+                    .iter()
+                    .find(|(k, _)| *k == "body_runs")
+                    .map_or(f64::NAN, |(_, v)| v.iter().copied().fold(0.0, f64::max)),
+                r.extra_median("wall_ms").unwrap_or(f64::NAN)
+            ),
+            "redis_paused" => format!(
+                "same cache healthy p99 {:.1} us ({:+.1} us), breaker open after {:.0} ms",
+                r.extra_median("healthy_p99_us").unwrap_or(f64::NAN),
+                r.extra_median("added_p99_vs_healthy_us")
+                    .unwrap_or(f64::NAN),
+                r.extra_median("breaker_open_after_ms").unwrap_or(f64::NAN)
+            ),
+            "invalidate_prefix_100k" => format!(
+                "{:.0} keys in {:.1} ms (fill {:.0} ms); ops/s = keys/s",
+                r.extra_median("keys").unwrap_or(f64::NAN),
+                r.extra_median("invalidate_ms").unwrap_or(f64::NAN),
+                r.extra_median("fill_ms").unwrap_or(f64::NAN)
+            ),
+            _ => String::new(),
+        };
+        let fmt = |v: f64| {
+            if v.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{v:.1}")
+            }
+        };
+        println!(
+            "{:<24} {:>14} {:>10} {:>10} {:>7}  {note}",
+            name,
+            fmt(median(&r.ops_per_s).round()),
+            fmt(median(&r.p50_us)),
+            fmt(median(&r.p99_us)),
+            r.errors
+        );
+    }
+
+    let ops = |c| med(c, |r| &r.ops_per_s);
+    let p50 = |c| med(c, |r| &r.p50_us);
+    let ratio_redis = ops("cached_fn_redis") / ops("raw_redis_get");
+    let p50_delta = p50("cached_fn_redis") - p50("raw_redis_get");
+    let ratio_mem = ops("cached_fn_memory") / ops("moka_get");
+    let i_flight = CASES
+        .iter()
+        .position(|n| *n == "single_flight_1000")
+        .expect("case");
+    let flight_max = results[i_flight]
+        .extra
+        .iter()
+        .find(|(k, _)| *k == "body_runs")
+        .map_or(f64::NAN, |(_, v)| v.iter().copied().fold(0.0, f64::max));
+    let i_paused = CASES
+        .iter()
+        .position(|n| *n == "redis_paused")
+        .expect("case");
+    let paused_p99 = median(&results[i_paused].p99_us);
+    let added = paused_p99 - med("cached_fn_redis", |r| &r.p99_us);
+    let paused_errors = results[i_paused].errors;
+    let verdict = |ok: bool| if ok { "MET" } else { "MISSED (or not run)" };
+    println!();
+    println!("targets (medians of {} interleaved rounds):", s.rounds);
+    println!(
+        "  cached_fn_redis / raw_redis_get ops/s    = {ratio_redis:.3} (target >= 0.95) {}",
+        verdict(ratio_redis >= 0.95)
+    );
+    println!(
+        "  cached_fn_redis p50 - raw p50            = {p50_delta:+.1} us (target <= +10 us) {}",
+        verdict(p50_delta <= 10.0)
+    );
+    println!(
+        "  cached_fn_memory / moka_get ops/s        = {ratio_mem:.3} (target >= 0.8) {}",
+        verdict(ratio_mem >= 0.8)
+    );
+    println!(
+        "  single-flight body runs (max over rounds) = {flight_max} (target 1) {}",
+        verdict(flight_max == 1.0)
+    );
+    println!(
+        "  paused Redis p99 (breaker open)           = {paused_p99:.1} us absolute, {added:+.1} us vs cached_fn_redis p99, errors {paused_errors} (target: added <= 1000 us, 0 errors) {}",
+        verdict(paused_p99.max(added) <= 1000.0 && paused_errors == 0)
+    );
+    println!(
+        "  pool_checkout_get / raw_redis_get ops/s   = {:.3} (why the pool is not on the hit path)",
+        ops("pool_checkout_get") / ops("raw_redis_get")
+    );
+    println!(
+        "  #[cached] hit bodies run during the measured rounds: {hit_body_runs} (0 = every measured call was a hit)"
+    );
+    println!("total time {elapsed:.1?}");
+}
