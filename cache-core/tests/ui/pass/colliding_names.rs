@@ -9,7 +9,7 @@ async fn names(key: u32, cache: u32, result: u32, prefix: u32, ttl: u32, body: u
     key + cache + result + prefix + ttl + body + k + __cache_key + __cache_handle
 }
 
-#[cached(prefix = "names_tpl", key = "{key}/{cache}/{result}", cache = cache)]
+#[cached(prefix = "names_tpl", key = "{key}/{result}", cache = cache)]
 async fn names_tpl(key: &str, cache: &Cache, result: u8) -> String {
     let _ = cache;
     format!("{key}{result}")
