@@ -315,13 +315,7 @@ async fn skipped_arguments_are_not_in_the_key() {
     assert_eq!(hits(&cache, "t_skip"), 1);
     // The companion takes the hashed arguments only.
     let key = skip_fn_cache_key("rust", &1);
-    assert_eq!(
-        key,
-        format!(
-            "t_skip:{}",
-            hashed!("rust", 1u32)
-        )
-    );
+    assert_eq!(key, format!("t_skip:{}", hashed!("rust", 1u32)));
     assert!(cache.exists(&key).await.unwrap());
 }
 
@@ -337,13 +331,7 @@ async fn default_key_is_a_pinned_stable_hash() {
     let key = pinned_fn_cache_key(&42, "ada", &vec!["x".to_owned(), "y".to_owned()]);
     assert_eq!(key, "t_pinned:ab0d2390fe9c1912c95a57b157068a41");
     let tags = vec!["x".to_owned(), "y".to_owned()];
-    assert_eq!(
-        key,
-        format!(
-            "t_pinned:{}",
-            hashed!(42u64, "ada", tags)
-        )
-    );
+    assert_eq!(key, format!("t_pinned:{}", hashed!(42u64, "ada", tags)));
     let cache = Cache::memory();
     cache
         .scope(pinned_fn(42, "ada", vec!["x".to_owned(), "y".to_owned()]))

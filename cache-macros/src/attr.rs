@@ -262,7 +262,10 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
             let value = parse_value(input)?;
             if let Some(lit) = prefix_literal(&value, cx) {
                 if prefixes.iter().any(|p| p.value() == lit.value()) {
-                    cx.error_spanned_by(&lit, format!("prefix \"{}\" is listed twice", lit.value()));
+                    cx.error_spanned_by(
+                        &lit,
+                        format!("prefix \"{}\" is listed twice", lit.value()),
+                    );
                 } else {
                     prefixes.push(lit);
                 }
@@ -529,7 +532,10 @@ fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {
             expr,
             ..
         }) if matches!(&**expr, Expr::Lit(_)) => {
-            cx.error_spanned_by(&value, format!("a negative {name} can't be used; {whole_seconds}"));
+            cx.error_spanned_by(
+                &value,
+                format!("a negative {name} can't be used; {whole_seconds}"),
+            );
             None
         }
         Expr::Lit(_) => {
@@ -571,7 +577,10 @@ impl ParseSkipArg for Ident {
             return Ok(Ident::new("self", s.span));
         }
         input.parse::<Ident>().map_err(|e| {
-            syn::Error::new(e.span(), "skip(...) takes argument names, e.g. skip(db, logger)")
+            syn::Error::new(
+                e.span(),
+                "skip(...) takes argument names, e.g. skip(db, logger)",
+            )
         })
     }
 }

@@ -153,7 +153,10 @@ impl Func {
     }
 
     pub(crate) fn return_kind(&self) -> ReturnKind {
-        match last_segment(&self.output).map(|s| s.ident.to_string()).as_deref() {
+        match last_segment(&self.output)
+            .map(|s| s.ident.to_string())
+            .as_deref()
+        {
             Some("Result") => ReturnKind::Result,
             Some("Option") => ReturnKind::Option,
             _ => ReturnKind::Other,
@@ -177,7 +180,11 @@ impl Func {
     /// to the function's output, in async context) as its new body.
     pub(crate) fn with_body(&self, body: &TokenStream) -> TokenStream {
         let ItemFn {
-            attrs, vis, sig, block, ..
+            attrs,
+            vis,
+            sig,
+            block,
+            ..
         } = &self.item;
         match self.shape {
             Shape::Async => quote! {

@@ -215,9 +215,7 @@ fn parse_placeholder(inner: &str, span: Span, cx: &Ctxt) -> Option<Placeholder> 
 
 fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c == '_' || c.is_alphabetic())
+    chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
         && chars.all(|c| c == '_' || c.is_alphanumeric())
         && s != "_"
 }
