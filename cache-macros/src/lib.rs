@@ -4,8 +4,9 @@
 //! (`use cache_core::{cached, invalidates};`) and hosts the runtime the
 //! generated code calls (`::cache_core::__private`, or the path given with
 //! `crate = ...`). This crate can't depend on `cache-core`, so the examples
-//! here are not compiled; `cache-core`'s documentation has the same examples
-//! as runnable doctests.
+//! here are not compiled; `MACROS.md` beside this crate's manifest has the
+//! same examples as runnable doctests (one per argument), for `cache-core`'s
+//! documentation to include.
 //!
 //! The crate is organised by phase, like `serde_derive` and
 //! `tracing-attributes`:
@@ -213,9 +214,10 @@ use proc_macro::TokenStream;
 /// # Companion: the key function
 ///
 /// Next to the function, `#[cached]` generates
-/// `<vis> fn <name>_cache_key(<key arguments by reference>) -> String`
-/// returning the logical key `"prefix:rest"`, so that tests and
-/// invalidation code can name entries:
+/// `<vis> fn <name>_cache_key(<key arguments>) -> String` returning the
+/// logical key `"prefix:rest"`, so that tests and invalidation code can name
+/// entries. Arguments of reference type are taken as they are (`q: &str`),
+/// others by reference (`id: &u64`):
 ///
 /// ```ignore
 /// assert_eq!(get_customer_cache_key(&42), "customer:42");
