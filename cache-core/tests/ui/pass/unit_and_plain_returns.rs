@@ -1,4 +1,4 @@
-//! `()`, plain values, `io::Result`-style aliases with one argument.
+//! `()`, plain values, type aliases, early returns and `?`, `_` arguments.
 use cache_core::cached;
 
 type MyResult<T> = Result<T, String>;
@@ -25,6 +25,15 @@ async fn early_return(id: u64) -> Result<u64, String> {
     Ok(parsed + id)
 }
 
+/// Not `Serialize`: fine as a `_` argument, which is never in the key.
+struct Handle;
+
+#[cached(prefix = "wild")]
+async fn wildcard(_: Handle, id: u64) -> u64 {
+    id
+}
+
 fn main() {
-    let _ = (warm(), plain(1), alias(1), early_return(1));
+    let _ = (warm(), plain(1), alias(1), early_return(1), wildcard(Handle, 1));
+    assert_eq!(wildcard_cache_key(&1).len(), "wild:".len() + 32);
 }
