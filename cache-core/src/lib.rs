@@ -63,6 +63,11 @@
 //! # Configuration
 //! See [`CacheConfig`] for the environment variables and their defaults.
 //!
+//! # The macros
+//! See [`macros_guide`] for every argument of `#[cached]` and
+//! `#[invalidates]`, with a runnable example each, and `cache-testkit` for
+//! testing cached code without Redis.
+//!
 //! # Choices that differ from the design card, and why
 //! - The direct API returns `Result` only for caller mistakes (encoding,
 //!   oversized values, empty keys). Backend failures are absorbed by the
@@ -74,6 +79,10 @@
 //! - Counters ([`Cache::incr`]) are stored as plain integers (Redis `INCRBY`
 //!   needs that), not in the envelope.
 #![warn(missing_docs)]
+
+/// The `#[cached]` and `#[invalidates]` guide: every argument with a runnable example.
+#[doc = include_str!("../../cache-macros/MACROS.md")]
+pub mod macros_guide {}
 
 mod backend;
 mod breaker;
