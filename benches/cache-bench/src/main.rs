@@ -12,9 +12,12 @@
 //! several rounds and the median over rounds is reported. One JSON line per
 //! case goes to stdout, then a readable table; progress goes to stderr.
 
+#[cfg(feature = "cached-crate")]
+mod cached_crate;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_core::{Cache, CircuitState, cached};
@@ -360,6 +363,9 @@ impl Rounds {
     }
 }
 
+/// Where `--svg` writes the ops/s chart.
+static SVG_PATH: OnceLock<String> = OnceLock::new();
+
 /// Cases selected with `--only` (all when unset).
 static ONLY: OnceLock<Vec<String>> = OnceLock::new();
 
@@ -501,17 +507,35 @@ async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut Multipl
             .expect("set_many");
     }
     let fill_ms = fill_start.elapsed().as_secs_f64() * 1000.0;
-    let dbsize_before: u64 = redis::cmd("DBSIZE").query_async(raw).await.expect("DBSIZE");
     let start = Instant::now();
     let deleted = cache
         .invalidate_prefix("inv")
         .await
         .expect("invalidate_prefix");
     let elapsed = start.elapsed();
-    let dbsize_after: u64 = redis::cmd("DBSIZE").query_async(raw).await.expect("DBSIZE");
-    if deleted != INVALIDATE_KEYS as u64 || dbsize_before - dbsize_after != INVALIDATE_KEYS as u64 {
+    // Every key of the prefix must be gone (counted with a SCAN of our own).
+    let pattern = format!("{}:inv:*", cache.namespace());
+    let mut cursor = 0u64;
+    let mut left = 0usize;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(raw)
+            .await
+            .expect("SCAN");
+        left += keys.len();
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if deleted != INVALIDATE_KEYS as u64 || left != 0 {
         eprintln!(
-            "invalidate_prefix: deleted {deleted}, DBSIZE {dbsize_before} -> {dbsize_after} (expected {INVALIDATE_KEYS} fewer)"
+            "invalidate_prefix: reported {deleted} deleted (expected {INVALIDATE_KEYS}), {left} keys left"
         );
         rounds.errors += 1;
     }
@@ -524,19 +548,34 @@ async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut Multipl
 
 // ----- main -------------------------------------------------------------------
 
-const CASES: &[&str] = &[
-    "raw_redis_get",
-    "pool_checkout_get",
-    "cache_get_redis",
-    "cached_fn_redis",
-    "moka_get",
-    "cache_get_memory",
-    "cached_fn_memory",
-    "miss_path",
-    "single_flight_1000",
-    "redis_paused",
-    "invalidate_prefix_100k",
-];
+/// Every case, in the order each round runs them.
+static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let mut cases = vec![
+        "raw_redis_get",
+        "pool_checkout_get",
+        "cache_get_redis",
+        "cached_fn_redis",
+        "moka_get",
+        "cache_get_memory",
+        "cached_fn_memory",
+        "miss_path",
+        "single_flight_1000",
+        "redis_paused",
+        "invalidate_prefix_100k",
+    ];
+    if cfg!(feature = "cached-crate") {
+        let at = |cases: &Vec<&str>, after: &str| {
+            cases.iter().position(|c| *c == after).expect("case") + 1
+        };
+        let i = at(&cases, "cached_fn_redis");
+        cases.insert(i, "cached_crate_redis_get");
+        let i = at(&cases, "single_flight_1000");
+        cases.insert(i, "cached_crate_flight_1000");
+        let i = at(&cases, "redis_paused");
+        cases.insert(i, "cached_crate_paused");
+    }
+    cases
+});
 
 fn parse_args() -> Settings {
     let mut quick = false;
@@ -567,9 +606,12 @@ fn parse_args() -> Settings {
                 }
                 let _ = ONLY.set(list);
             }
+            "--svg" => {
+                let _ = SVG_PATH.set(args.next().expect("--svg takes a file path"));
+            }
             "-h" | "--help" => {
                 println!(
-                    "cache-bench [--quick] [--rounds N] [--only case,case]\n  --quick   short durations (< 1 minute)\n  --rounds  interleaved rounds (default 5, quick 3)\n  --only    run only these cases: {}",
+                    "cache-bench [--quick] [--rounds N] [--only case,case] [--svg FILE]\n  --quick   short durations (< 1 minute)\n  --rounds  interleaved rounds (default 7, quick 3)\n  --svg     also write a bar chart of median ops/s (SVG)\n  --only    run only these cases: {}",
                     CASES.join(", ")
                 );
                 std::process::exit(0);
@@ -589,9 +631,9 @@ fn parse_args() -> Settings {
         }
     } else {
         Settings {
-            rounds: rounds.unwrap_or(5),
-            throughput: Duration::from_secs(3),
-            latency: Duration::from_millis(1500),
+            rounds: rounds.unwrap_or(7),
+            throughput: Duration::from_secs(2),
+            latency: Duration::from_secs(1),
             quick,
         }
     }
@@ -696,6 +738,13 @@ async fn run(s: Settings) {
         cache: redis_cache.clone(),
     });
 
+    #[cfg(feature = "cached-crate")]
+    let cc_get = {
+        let store = cached_crate::store(&url, "bench-cached").await;
+        cached_crate::fill(&store).await;
+        Arc::new(cached_crate::CachedCrateGet { store })
+    };
+
     // Warm-up: every hit op once over the hot set (checks the fills too).
     let warm = Settings {
         throughput: Duration::from_millis(200),
@@ -703,13 +752,31 @@ async fn run(s: Settings) {
         ..s
     };
     let mut scratch = Rounds::default();
-    measure(&mut scratch, &raw, warm).await;
-    measure(&mut scratch, &pooled, warm).await;
-    measure(&mut scratch, &get_redis, warm).await;
-    measure(&mut scratch, &fn_redis, warm).await;
-    measure(&mut scratch, &moka_op, warm).await;
-    measure(&mut scratch, &get_memory, warm).await;
-    measure(&mut scratch, &fn_memory, warm).await;
+    if selected("raw_redis_get") {
+        measure(&mut scratch, &raw, warm).await;
+    }
+    if selected("pool_checkout_get") {
+        measure(&mut scratch, &pooled, warm).await;
+    }
+    if selected("cache_get_redis") {
+        measure(&mut scratch, &get_redis, warm).await;
+    }
+    if selected("cached_fn_redis") {
+        measure(&mut scratch, &fn_redis, warm).await;
+    }
+    if selected("moka_get") {
+        measure(&mut scratch, &moka_op, warm).await;
+    }
+    if selected("cache_get_memory") {
+        measure(&mut scratch, &get_memory, warm).await;
+    }
+    if selected("cached_fn_memory") {
+        measure(&mut scratch, &fn_memory, warm).await;
+    }
+    #[cfg(feature = "cached-crate")]
+    if selected("cached_crate_redis_get") {
+        measure(&mut scratch, &cc_get, warm).await;
+    }
     assert_eq!(
         scratch.errors, 0,
         "warm-up: a hit case returned a wrong value or an error"
@@ -743,6 +810,14 @@ async fn run(s: Settings) {
                 "invalidate_prefix_100k" => {
                     invalidate_prefix(r, &redis_cache, &mut raw_conn).await;
                 }
+                #[cfg(feature = "cached-crate")]
+                "cached_crate_redis_get" => measure(r, &cc_get, s).await,
+                #[cfg(feature = "cached-crate")]
+                "cached_crate_flight_1000" => {
+                    cached_crate::single_flight(r, &cc_get.store).await;
+                }
+                #[cfg(feature = "cached-crate")]
+                "cached_crate_paused" => cached_crate::redis_paused(r, &mut paused_server, s).await,
                 other => unreachable!("unknown case {other}"),
             }
         }
@@ -776,10 +851,18 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         line.insert("p99_us".into(), json_num(median(&r.p99_us)));
         line.insert("errors".into(), serde_json::json!(r.errors));
         line.insert("rounds".into(), serde_json::json!(s.rounds));
-        line.insert(
-            "ops_per_s_rounds".into(),
-            serde_json::Value::Array(r.ops_per_s.iter().map(|v| json_num(*v)).collect()),
-        );
+        for (key, values) in [
+            ("ops_per_s_rounds", &r.ops_per_s),
+            ("p50_us_rounds", &r.p50_us),
+            ("p99_us_rounds", &r.p99_us),
+        ] {
+            if !values.is_empty() {
+                line.insert(
+                    key.into(),
+                    serde_json::Value::Array(values.iter().map(|v| json_num(*v)).collect()),
+                );
+            }
+        }
         for (k, v) in &r.extra {
             line.insert((*k).into(), json_num(median(v)));
             if *k == "body_runs" {
@@ -806,7 +889,7 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
             continue;
         }
         let note = match *name {
-            "single_flight_1000" => format!(
+            "single_flight_1000" | "cached_crate_flight_1000" => format!(
                 "body runs {} (max {}), wall {:.1} ms",
                 r.extra_median("body_runs").unwrap_or(f64::NAN),
                 r.extra
@@ -821,6 +904,12 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
                 r.extra_median("added_p99_vs_healthy_us")
                     .unwrap_or(f64::NAN),
                 r.extra_median("breaker_open_after_ms").unwrap_or(f64::NAN)
+            ),
+            "cached_crate_paused" => format!(
+                "{:.0} calls per round, {:.0} cut off at 2 s; healthy p99 {:.1} us",
+                r.extra_median("calls").unwrap_or(f64::NAN),
+                r.extra_median("cut_off_at_2s").unwrap_or(f64::NAN),
+                r.extra_median("healthy_p99_us").unwrap_or(f64::NAN)
             ),
             "invalidate_prefix_100k" => format!(
                 "{:.0} keys in {:.1} ms (fill {:.0} ms); ops/s = keys/s",
@@ -861,6 +950,30 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         .iter()
         .find(|(k, _)| *k == "body_runs")
         .map_or(f64::NAN, |(_, v)| v.iter().copied().fold(0.0, f64::max));
+    if cfg!(feature = "cached-crate") {
+        let i = CASES
+            .iter()
+            .position(|n| *n == "cached_crate_flight_1000")
+            .expect("case");
+        let runs = results[i].extra_median("body_runs").unwrap_or(f64::NAN);
+        println!(
+            "  cached crate (get, miss -> body -> set) body runs for 1000 cold callers = {runs} (median)"
+        );
+        let i = CASES
+            .iter()
+            .position(|n| *n == "cached_crate_paused")
+            .expect("case");
+        println!(
+            "  cached crate with Redis paused: p50 {:.0} us, errors {} of {} calls",
+            median(&results[i].p50_us),
+            results[i].errors,
+            results[i]
+                .extra
+                .iter()
+                .find(|(k, _)| *k == "calls")
+                .map_or(0.0, |(_, v)| v.iter().sum::<f64>())
+        );
+    }
     let i_paused = CASES
         .iter()
         .position(|n| *n == "redis_paused")
@@ -879,6 +992,13 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         "  cached_fn_redis p50 - raw p50            = {p50_delta:+.1} us (target <= +10 us) {}",
         verdict(p50_delta <= 10.0)
     );
+    if cfg!(feature = "cached-crate") {
+        let ratio = ops("cached_fn_redis") / ops("cached_crate_redis_get");
+        println!(
+            "  cached_fn_redis / cached_crate_redis_get = {ratio:.3} (target >= 0.95) {}",
+            verdict(ratio >= 0.95)
+        );
+    }
     println!(
         "  cached_fn_memory / moka_get ops/s        = {ratio_mem:.3} (target >= 0.8) {}",
         verdict(ratio_mem >= 0.8)
@@ -899,4 +1019,103 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         "  #[cached] hit bodies run during the measured rounds: {hit_body_runs} (0 = every measured call was a hit)"
     );
     println!("total time {elapsed:.1?}");
+
+    if let Some(path) = SVG_PATH.get() {
+        let rows: Vec<(&str, f64)> = CASES
+            .iter()
+            .zip(results)
+            .map(|(name, r)| (*name, median(&r.ops_per_s)))
+            .filter(|(name, v)| selected(name) && v.is_finite() && *v > 0.0)
+            .collect();
+        let title = format!(
+            "median ops/s, {TASKS} tasks, {} interleaved rounds{} (log scale)",
+            s.rounds,
+            if s.quick { ", --quick" } else { "" }
+        );
+        match std::fs::write(path, svg_chart(&title, &rows)) {
+            Ok(()) => eprintln!("wrote {path}"),
+            Err(e) => eprintln!("could not write {path}: {e}"),
+        }
+    }
+}
+
+/// A horizontal bar chart of `rows` on a log10 axis.
+fn svg_chart(title: &str, rows: &[(&str, f64)]) -> String {
+    use std::fmt::Write as _;
+    const LABEL_W: f64 = 210.0;
+    const BAR_W: f64 = 560.0;
+    const ROW_H: f64 = 26.0;
+    const TOP: f64 = 50.0;
+    let lo = 3.0; // 1k ops/s
+    let hi = rows
+        .iter()
+        .map(|(_, v)| v.log10().ceil())
+        .fold(lo + 1.0, f64::max);
+    let x = |v: f64| LABEL_W + ((v.log10() - lo) / (hi - lo)).clamp(0.0, 1.0) * BAR_W;
+    let height = TOP + ROW_H * rows.len() as f64 + 40.0;
+    let width = LABEL_W + BAR_W + 120.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{LABEL_W}" y="24" font-size="15">{title}</text>"#
+    );
+    let bottom = TOP + ROW_H * rows.len() as f64;
+    let mut decade = lo;
+    while decade <= hi {
+        let gx = x(10f64.powf(decade));
+        let label = match decade as i32 {
+            3 => "1k".to_owned(),
+            4 => "10k".to_owned(),
+            5 => "100k".to_owned(),
+            6 => "1M".to_owned(),
+            7 => "10M".to_owned(),
+            d => format!("1e{d}"),
+        };
+        let _ = writeln!(
+            out,
+            "<line x1=\"{gx:.1}\" y1=\"{TOP}\" x2=\"{gx:.1}\" y2=\"{bottom}\" stroke=\"#ddd\"/>\n<text x=\"{gx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{label}</text>",
+            bottom + 18.0
+        );
+        decade += 1.0;
+    }
+    for (i, (name, v)) in rows.iter().enumerate() {
+        let y = TOP + ROW_H * i as f64;
+        let ours = name.starts_with("cache") && !name.starts_with("cached_crate");
+        let ours = ours
+            || matches!(
+                *name,
+                "miss_path" | "redis_paused" | "invalidate_prefix_100k"
+            );
+        let fill = if ours { "#2b6cb0" } else { "#a0aec0" };
+        let end = x(*v);
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{name}</text>\n<rect x=\"{LABEL_W}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{fill}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            LABEL_W - 8.0,
+            y + 17.0,
+            y + 4.0,
+            end - LABEL_W,
+            ROW_H - 8.0,
+            end + 6.0,
+            y + 17.0,
+            human(*v)
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }
