@@ -128,16 +128,17 @@ trait Op: Send + Sync + 'static {
     fn call(&self, i: u64) -> impl Future<Output = bool> + Send;
 }
 
-/// redis-rs GET + bincode decode on one shared multiplexed connection.
+/// redis-rs GET + bincode decode on shared multiplexed connections (one for
+/// the floor; several round-robin to compare with cache-core's spread).
 struct RawGet {
-    conn: MultiplexedConnection,
+    conns: Vec<MultiplexedConnection>,
 }
 
 impl Op for RawGet {
     async fn call(&self, i: u64) -> bool {
         let id = hot_id(i);
         let key = format!("raw:customer:{id}");
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns[i as usize % self.conns.len()].clone();
         let bytes: Option<Vec<u8>> = match redis::cmd("GET").arg(&key).query_async(&mut conn).await
         {
             Ok(b) => b,
@@ -246,8 +247,23 @@ impl Op for MissPath {
 
 // ----- measurement ------------------------------------------------------------
 
+/// CPU time (user + system) this process has used, from `/proc/self/stat`
+/// (clock ticks, assumed 100 Hz). Excludes redis-server (another process).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Client CPU microseconds per operation of the last [`throughput`] run.
+static LAST_CPU_US_PER_OP: std::sync::Mutex<f64> = std::sync::Mutex::new(f64::NAN);
+
 /// ops/s over `dur` with `tasks` concurrent tasks, and the failed-op count.
 async fn throughput<O: Op>(op: &Arc<O>, tasks: usize, dur: Duration) -> (f64, u64) {
+    let cpu_before = process_cpu();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
@@ -285,6 +301,13 @@ async fn throughput<O: Op>(op: &Arc<O>, tasks: usize, dur: Duration) -> (f64, u6
     }
     let elapsed = start.elapsed();
     timer.join().expect("timer thread");
+    let cpu_us_per_op = match (cpu_before, process_cpu()) {
+        (Some(a), Some(b)) if ok + failed > 0 => {
+            (b.saturating_sub(a)).as_secs_f64() * 1e6 / (ok + failed) as f64
+        }
+        _ => f64::NAN,
+    };
+    *LAST_CPU_US_PER_OP.lock().unwrap_or_else(|e| e.into_inner()) = cpu_us_per_op;
     ((ok + failed) as f64 / elapsed.as_secs_f64(), failed)
 }
 
@@ -383,6 +406,8 @@ struct Settings {
 
 async fn measure<O: Op>(rounds: &mut Rounds, op: &Arc<O>, s: Settings) {
     let (ops, failed_t) = throughput(op, TASKS, s.throughput).await;
+    let cpu = *LAST_CPU_US_PER_OP.lock().unwrap_or_else(|e| e.into_inner());
+    rounds.push_extra("client_cpu_us_per_op", cpu);
     let (samples, failed_l) = latency(op, s.latency).await;
     rounds.ops_per_s.push(ops);
     rounds.p50_us.push(percentile_us(&samples, 0.50));
@@ -552,6 +577,8 @@ async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut Multipl
 static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     let mut cases = vec![
         "raw_redis_get",
+        "raw_redis_get_nodelay",
+        "raw_redis_get_nodelay_2conn",
         "pool_checkout_get",
         "cache_get_redis",
         "cached_fn_redis",
@@ -661,17 +688,33 @@ async fn run(s: Settings) {
         if s.quick { " (quick)" } else { "" }
     );
 
-    // Floor: one shared multiplexed connection, TCP_NODELAY as cache-core uses.
-    let client = redis::Client::open(
+    // Floor: one shared multiplexed connection with redis-rs defaults (Nagle
+    // on, as a user gets it and as the `cached` crate uses it) ...
+    let mut raw_conn = redis::Client::open(url.as_str())
+        .expect("redis client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    // ... and the same with TCP_NODELAY, as cache-core configures its connections.
+    let nodelay_conn = redis::Client::open(
         redis::IntoConnectionInfo::into_connection_info(url.as_str())
             .expect("url")
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)),
     )
-    .expect("redis client");
-    let mut raw_conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
+    .expect("redis client")
+    .get_multiplexed_async_connection()
+    .await
+    .expect("raw nodelay connection");
+    // cache-core spreads commands over 2 shared connections: the same, raw.
+    let nodelay_conn_2 = redis::Client::open(
+        redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .expect("url")
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)),
+    )
+    .expect("redis client")
+    .get_multiplexed_async_connection()
+    .await
+    .expect("second raw nodelay connection");
     let mut fill = redis::pipe();
     for i in 0..HOT_KEYS {
         let id = hot_id(i);
@@ -718,7 +761,13 @@ async fn run(s: Settings) {
     }
 
     let raw = Arc::new(RawGet {
-        conn: raw_conn.clone(),
+        conns: vec![raw_conn.clone()],
+    });
+    let raw_nodelay_2conn = Arc::new(RawGet {
+        conns: vec![nodelay_conn.clone(), nodelay_conn_2],
+    });
+    let raw_nodelay = Arc::new(RawGet {
+        conns: vec![nodelay_conn],
     });
     let pooled = Arc::new(PoolGet { pool });
     let get_redis = Arc::new(CacheGet {
@@ -754,6 +803,12 @@ async fn run(s: Settings) {
     let mut scratch = Rounds::default();
     if selected("raw_redis_get") {
         measure(&mut scratch, &raw, warm).await;
+    }
+    if selected("raw_redis_get_nodelay") {
+        measure(&mut scratch, &raw_nodelay, warm).await;
+    }
+    if selected("raw_redis_get_nodelay_2conn") {
+        measure(&mut scratch, &raw_nodelay_2conn, warm).await;
     }
     if selected("pool_checkout_get") {
         measure(&mut scratch, &pooled, warm).await;
@@ -798,6 +853,8 @@ async fn run(s: Settings) {
             let r = &mut results[c];
             match *name {
                 "raw_redis_get" => measure(r, &raw, s).await,
+                "raw_redis_get_nodelay" => measure(r, &raw_nodelay, s).await,
+                "raw_redis_get_nodelay_2conn" => measure(r, &raw_nodelay_2conn, s).await,
                 "pool_checkout_get" => measure(r, &pooled, s).await,
                 "cache_get_redis" => measure(r, &get_redis, s).await,
                 "cached_fn_redis" => measure(r, &fn_redis, s).await,
@@ -881,8 +938,8 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
 
     println!();
     println!(
-        "{:<24} {:>14} {:>10} {:>10} {:>7}  notes",
-        "case", "ops/s (64t)", "p50 us", "p99 us", "errors"
+        "{:<28} {:>14} {:>10} {:>10} {:>9} {:>7}  notes",
+        "case", "ops/s (64t)", "p50 us", "p99 us", "cpu us/op", "errors"
     );
     for (name, r) in CASES.iter().zip(results) {
         if !selected(name) {
@@ -927,11 +984,13 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
             }
         };
         println!(
-            "{:<24} {:>14} {:>10} {:>10} {:>7}  {note}",
+            "{:<28} {:>14} {:>10} {:>10} {:>9} {:>7}  {note}",
             name,
             fmt(median(&r.ops_per_s).round()),
             fmt(median(&r.p50_us)),
             fmt(median(&r.p99_us)),
+            r.extra_median("client_cpu_us_per_op")
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
             r.errors
         );
     }
@@ -1010,6 +1069,18 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
     println!(
         "  paused Redis p99 (breaker open)           = {paused_p99:.1} us absolute, {added:+.1} us vs cached_fn_redis p99, errors {paused_errors} (target: added <= 1000 us, 0 errors) {}",
         verdict(paused_p99.max(added) <= 1000.0 && paused_errors == 0)
+    );
+    println!(
+        "  cached_fn_redis / raw_redis_get_nodelay   = {:.3} (cache-core's own overhead, same TCP settings)",
+        ops("cached_fn_redis") / ops("raw_redis_get_nodelay")
+    );
+    println!(
+        "  raw_redis_get_nodelay_2conn / raw_..._nodelay = {:.3} (one connection vs two, as cache-core spreads)",
+        ops("raw_redis_get_nodelay_2conn") / ops("raw_redis_get_nodelay")
+    );
+    println!(
+        "  raw_redis_get_nodelay / raw_redis_get     = {:.3} (what TCP_NODELAY costs or gains at {TASKS} tasks)",
+        ops("raw_redis_get_nodelay") / ops("raw_redis_get")
     );
     println!(
         "  pool_checkout_get / raw_redis_get ops/s   = {:.3} (why the pool is not on the hit path)",
