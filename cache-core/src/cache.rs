@@ -21,6 +21,22 @@ use crate::health::{Health, HealthStatus};
 use crate::keys::glob_literal;
 use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
 
+/// Bytes read from a backend: shared with the memory store, or owned.
+pub(crate) enum RawBytes {
+    Shared(Arc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for RawBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            RawBytes::Shared(b) => b,
+            RawBytes::Owned(b) => b,
+        }
+    }
+}
+
 /// Most invalidations remembered while the backend is away; past this the
 /// whole namespace is cleared on recovery instead.
 const MAX_PENDING_INVALIDATIONS: usize = 10_000;
@@ -222,6 +238,13 @@ impl CacheBuilder {
 }
 
 static INSTALLED: RwLock<Option<Cache>> = RwLock::new(None);
+/// Bumped by every `install`; threads keep a copy of the installed cache and
+/// refresh it when this moves, so the hot path takes no shared lock.
+static INSTALL_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static INSTALLED_HERE: std::cell::RefCell<(u64, Option<Cache>)> = const { std::cell::RefCell::new((0, None)) };
+}
 
 tokio::task_local! {
     static SCOPED: Cache;
@@ -315,12 +338,25 @@ impl Cache {
     /// `#[invalidates]` (replacing any earlier one).
     pub fn install(&self) {
         *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(self.clone());
+        INSTALL_GENERATION.fetch_add(1, Ordering::AcqRel);
         tracing::info!(backend = self.inner.kind.name(), target = %self.inner.config.target_description(), "cache installed");
     }
 
     /// The installed process-wide cache, if any.
     pub fn installed() -> Option<Cache> {
-        INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let generation = INSTALL_GENERATION.load(Ordering::Acquire);
+        INSTALLED_HERE
+            .try_with(|here| {
+                let mut here = here.borrow_mut();
+                if here.0 != generation {
+                    *here = (
+                        generation,
+                        INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                    );
+                }
+                here.1.clone()
+            })
+            .unwrap_or_else(|_| INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Runs `fut` with this cache as the current one for the macros, in this
@@ -597,9 +633,9 @@ impl Cache {
 
     // ----- raw operations with fallback (storage keys) ------------------------
 
-    pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<Vec<u8>> {
+    pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<RawBytes> {
         if let Some(memory) = &self.inner.memory {
-            return memory.get_bytes(skey).await.map(|b| b.to_vec());
+            return memory.get_bytes(skey).await.map(RawBytes::Shared);
         }
         match self
             .on_primary(entry, self.inner.config.timeout, |b| async move {
@@ -607,10 +643,10 @@ impl Cache {
             })
             .await
         {
-            Ok(v) => v,
+            Ok(v) => v.map(RawBytes::Owned),
             Err(_) => {
                 let res = self.inner.resilience.as_ref()?;
-                let v = res.fallback.get_bytes(skey).await.map(|b| b.to_vec());
+                let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
                 if v.is_some() {
                     self.inner.stats.record(entry, Event::FallbackHit);
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::Serialize;
 
@@ -70,39 +70,97 @@ impl PrefixEntry {
     }
 }
 
-/// All counters of a cache.
+/// Prefixes looked up without any lock or shared write (the hot path).
+const FAST_PREFIXES: usize = 32;
+
+/// All counters of a cache. The first [`FAST_PREFIXES`] prefixes live in an
+/// append-only table read with plain loads, so a lookup on the hit path
+/// writes no shared cache line (an `RwLock` read or an `Arc` clone would,
+/// and under 64 concurrent tasks that contention costs more than the lookup
+/// itself). Totals are summed at snapshot time for the same reason.
 pub(crate) struct StatsRegistry {
-    total: Counters,
-    prefixes: RwLock<HashMap<Arc<str>, Arc<PrefixEntry>>>,
+    fast: [OnceLock<PrefixEntry>; FAST_PREFIXES],
+    insert: Mutex<()>,
+    overflow: RwLock<HashMap<Arc<str>, Arc<PrefixEntry>>>,
+}
+
+/// A prefix's entry: borrowed from the fast table, or shared from the overflow map.
+pub(crate) enum PrefixRef<'a> {
+    Fast(&'a PrefixEntry),
+    Overflow(Arc<PrefixEntry>),
+}
+
+impl std::ops::Deref for PrefixRef<'_> {
+    type Target = PrefixEntry;
+    fn deref(&self) -> &PrefixEntry {
+        match self {
+            PrefixRef::Fast(e) => e,
+            PrefixRef::Overflow(e) => e,
+        }
+    }
 }
 
 impl StatsRegistry {
     pub(crate) fn new() -> Self {
         StatsRegistry {
-            total: Counters::default(),
-            prefixes: RwLock::new(HashMap::new()),
+            fast: std::array::from_fn(|_| OnceLock::new()),
+            insert: Mutex::new(()),
+            overflow: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The entry of `prefix`, created on first use.
-    pub(crate) fn prefix(&self, prefix: &str) -> Arc<PrefixEntry> {
-        if let Some(entry) = self
-            .prefixes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(prefix)
-        {
-            return entry.clone();
+    fn find_fast(&self, prefix: &str) -> Result<&PrefixEntry, usize> {
+        for (i, slot) in self.fast.iter().enumerate() {
+            match slot.get() {
+                Some(entry) if *entry.prefix == *prefix => return Ok(entry),
+                Some(_) => {}
+                None => return Err(i),
+            }
         }
-        let mut map = self.prefixes.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(Arc::from(prefix))
-            .or_insert_with(|| Arc::new(PrefixEntry::new(prefix)))
-            .clone()
+        Err(FAST_PREFIXES)
+    }
+
+    /// The entry of `prefix`, created on first use.
+    pub(crate) fn prefix(&self, prefix: &str) -> PrefixRef<'_> {
+        if let Ok(entry) = self.find_fast(prefix) {
+            return PrefixRef::Fast(entry);
+        }
+        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        match self.find_fast(prefix) {
+            Ok(entry) => PrefixRef::Fast(entry),
+            Err(free) if free < FAST_PREFIXES => {
+                let _ = self.fast[free].set(PrefixEntry::new(prefix));
+                PrefixRef::Fast(self.fast[free].get().expect("just set"))
+            }
+            Err(_) => {
+                let mut map = self.overflow.write().unwrap_or_else(|e| e.into_inner());
+                PrefixRef::Overflow(
+                    map.entry(Arc::from(prefix))
+                        .or_insert_with(|| Arc::new(PrefixEntry::new(prefix)))
+                        .clone(),
+                )
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<PrefixRef<'_>> {
+        let mut out: Vec<PrefixRef<'_>> = self
+            .fast
+            .iter()
+            .filter_map(|s| s.get().map(PrefixRef::Fast))
+            .collect();
+        out.extend(
+            self.overflow
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|e| PrefixRef::Overflow(e.clone())),
+        );
+        out
     }
 
     pub(crate) fn record(&self, entry: &PrefixEntry, event: Event) {
         bump(&entry.counters, event);
-        bump(&self.total, event);
         match event {
             Event::Hit => entry.hits.increment(1),
             Event::Miss => entry.misses.increment(1),
@@ -123,20 +181,19 @@ impl StatsRegistry {
             .position(|k| *k == kind)
             .unwrap_or(ErrorKind::ALL.len() - 1);
         entry.counters.errors[index].fetch_add(1, Relaxed);
-        self.total.errors[index].fetch_add(1, Relaxed);
         metrics::counter!("cache_errors_total", "prefix" => entry.prefix.to_string(), "kind" => kind.as_str())
             .increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> (PrefixStats, BTreeMap<String, PrefixStats>) {
-        let prefixes = self
-            .prefixes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.to_string(), PrefixStats::from(&v.counters)))
-            .collect();
-        (PrefixStats::from(&self.total), prefixes)
+        let mut total = PrefixStats::default();
+        let mut prefixes = BTreeMap::new();
+        for entry in self.entries() {
+            let stats = PrefixStats::from(&entry.counters);
+            total.add(&stats);
+            prefixes.insert(entry.prefix.to_string(), stats);
+        }
+        (total, prefixes)
     }
 }
 
@@ -222,6 +279,29 @@ impl From<&Counters> for PrefixStats {
 }
 
 impl PrefixStats {
+    fn add(&mut self, other: &PrefixStats) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.sets += other.sets;
+        self.loads += other.loads;
+        self.coalesced += other.coalesced;
+        self.lease_waits += other.lease_waits;
+        self.stale_sets_prevented += other.stale_sets_prevented;
+        self.decode_failures += other.decode_failures;
+        self.oversized += other.oversized;
+        self.fallback_hits += other.fallback_hits;
+        self.invalidations += other.invalidations;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        let reads = self.hits + self.misses;
+        self.hit_rate = if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        };
+    }
+
     /// Sum of all error counts.
     pub fn total_errors(&self) -> u64 {
         self.errors.values().sum()
