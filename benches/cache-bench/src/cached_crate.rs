@@ -98,8 +98,11 @@ pub(crate) async fn single_flight(rounds: &mut Rounds, store: &AsyncRedisCache<u
     rounds.push_extra("wall_ms", start.elapsed().as_secs_f64() * 1000.0);
 }
 
-/// Calls timed while Redis is paused (each one waits for its answer).
-const PAUSED_CALLS: usize = 5;
+/// Calls timed per round while Redis is paused (each one waits for its
+/// answer, ~0.5 s): 5, or 3 with `--quick`.
+fn paused_calls(s: Settings) -> usize {
+    if s.quick { 3 } else { 5 }
+}
 /// How long the benchmark waits for one call before counting it as failed.
 const PAUSED_CUTOFF: Duration = Duration::from_secs(2);
 
@@ -114,9 +117,10 @@ pub(crate) async fn redis_paused(rounds: &mut Rounds, server: &mut RedisServer, 
     });
     let (healthy, _) = latency(&op, s.latency / 2).await;
     server.pause();
-    let mut samples = Vec::with_capacity(PAUSED_CALLS);
+    let calls = paused_calls(s);
+    let mut samples = Vec::with_capacity(calls);
     let (mut errors, mut cut_off) = (0u64, 0u64);
-    for i in 0..PAUSED_CALLS as u64 {
+    for i in 0..calls as u64 {
         let t = Instant::now();
         match tokio::time::timeout(PAUSED_CUTOFF, store.async_cache_get(&(BASE_ID + i))).await {
             Ok(Ok(Some(_))) => {}
@@ -133,7 +137,7 @@ pub(crate) async fn redis_paused(rounds: &mut Rounds, server: &mut RedisServer, 
     rounds.p50_us.push(percentile_us(&samples, 0.50));
     rounds.p99_us.push(percentile_us(&samples, 0.99));
     rounds.errors += errors;
-    rounds.push_extra("calls", PAUSED_CALLS as f64);
+    rounds.push_extra("calls", calls as f64);
     rounds.push_extra("cut_off_at_2s", cut_off as f64);
     rounds.push_extra("healthy_p99_us", percentile_us(&healthy, 0.99));
 }

@@ -652,8 +652,8 @@ fn parse_args() -> Settings {
     if quick {
         Settings {
             rounds: rounds.unwrap_or(3),
-            throughput: Duration::from_millis(600),
-            latency: Duration::from_millis(300),
+            throughput: Duration::from_millis(500),
+            latency: Duration::from_millis(200),
             quick,
         }
     } else {
