@@ -522,12 +522,17 @@ impl Cache {
             self.fail(entry, res, guard.take(), &e);
             return Err(e);
         }
-        let result = match tokio::time::timeout(timeout, op(self.inner.primary.clone())).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::new(
-                ErrorKind::Timeout,
-                format!("no answer within {timeout:?}"),
-            )),
+        let primary = &self.inner.primary;
+        let result = if primary.enforces_timeouts() {
+            op(primary.clone()).await
+        } else {
+            match tokio::time::timeout(timeout, op(primary.clone())).await {
+                Ok(result) => result,
+                Err(_) => Err(BackendError::new(
+                    ErrorKind::Timeout,
+                    format!("no answer within {timeout:?}"),
+                )),
+            }
         };
         let permit = guard.take();
         match &result {

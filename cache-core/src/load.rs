@@ -54,7 +54,6 @@ impl Cache {
             return body.await;
         }
         let entry = self.inner.stats.prefix(prefix);
-        let lease_deadline = Instant::now() + self.inner.config.lease_ttl;
         let mut garbage = false;
         let leader = loop {
             match self.read_stored::<M::Stored>(&entry, &skey).await {
@@ -91,6 +90,8 @@ impl Cache {
             }
         };
         self.inner.stats.record(&entry, Event::Miss);
+        // Read the clock only on a miss: the hit path needs no deadline.
+        let lease_deadline = Instant::now() + self.inner.config.lease_ttl;
 
         // Take a lease so that other processes wait for us, and so that an
         // invalidation during our load makes our store fail.

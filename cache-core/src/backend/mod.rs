@@ -92,6 +92,13 @@ pub struct BackendInfo {
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// What kind of backend this is.
     fn kind(&self) -> BackendKind;
+    /// Whether the backend bounds every call by the cache's timeout itself
+    /// (the Redis backends arm redis-rs's response and connection timeouts).
+    /// When it does, the cache skips its own per-call timer, which would be
+    /// a second timer for the same call on the hit path.
+    fn enforces_timeouts(&self) -> bool {
+        false
+    }
     /// The value at `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
     /// The values at `keys`, in order.

@@ -55,6 +55,8 @@ pub(crate) struct TrackedConnection {
 /// tell a dead multiplexed connection from a live one without a PING).
 pub(crate) struct Manager {
     inner: bb8_redis::RedisConnectionManager,
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
 }
 
 impl bb8::ManageConnection for Manager {
@@ -62,7 +64,12 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        let conn = self.inner.connect().await?;
+        // Connect with our timeouts (bb8-redis's `connect` uses redis-rs's
+        // defaults of 1 s / 500 ms); its `is_valid` is used as is.
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
         Ok(TrackedConnection {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
@@ -134,12 +141,12 @@ impl SingleNode {
             .cloned()
     }
 
-    fn mark_broken(&self, slot: usize, conn: &TrackedConnection) {
-        conn.broken.store(true, Ordering::Relaxed);
+    fn mark_broken(&self, slot: usize, broken: &Arc<AtomicBool>) {
+        broken.store(true, Ordering::Relaxed);
         let mut guard = self.shared[slot].write().unwrap_or_else(|e| e.into_inner());
         if guard
             .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(&c.broken, &conn.broken))
+            .is_some_and(|c| Arc::ptr_eq(&c.broken, broken))
         {
             *guard = None;
         }
@@ -186,8 +193,13 @@ impl RedisBackend {
                     .into_connection_info()
                     .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
                     .set_tcp_settings(tcp_settings());
+                let bounded = timeout.max(Duration::from_millis(10));
                 let manager = Manager {
-                    inner: bb8_redis::RedisConnectionManager::new(info)?,
+                    inner: bb8_redis::RedisConnectionManager::new(info.clone())?,
+                    client: redis::Client::open(info)?,
+                    config: redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(bounded))
+                        .set_response_timeout(Some(bounded)),
                 };
                 let pool = bb8::Pool::builder()
                     .max_size(pool_size.max(SHARED_CONNECTIONS as u32))
@@ -239,14 +251,13 @@ impl RedisBackend {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => {
-                let (slot, tracked) = node.connection().await?;
-                let mut conn = tracked.conn.clone();
+                let (slot, TrackedConnection { mut conn, broken }) = node.connection().await?;
                 match cmd.query_async(&mut conn).await {
                     Ok(v) => Ok(v),
                     Err(e) => {
                         let err = BackendError::from(e);
                         if matches!(err.kind, ErrorKind::Connection) {
-                            node.mark_broken(slot, &tracked);
+                            node.mark_broken(slot, &broken);
                         }
                         Err(err)
                     }
@@ -268,12 +279,11 @@ impl RedisBackend {
         }
         match &self.topology {
             Topology::Single(node) => {
-                let (slot, tracked) = node.connection().await?;
-                let mut conn = tracked.conn.clone();
+                let (slot, TrackedConnection { mut conn, broken }) = node.connection().await?;
                 invocation.invoke_async(&mut conn).await.map_err(|e| {
                     let err = BackendError::from(e);
                     if matches!(err.kind, ErrorKind::Connection) {
-                        node.mark_broken(slot, &tracked);
+                        node.mark_broken(slot, &broken);
                     }
                     err
                 })
@@ -380,6 +390,11 @@ fn px(ttl: Duration) -> u64 {
 
 #[async_trait]
 impl Backend for RedisBackend {
+    fn enforces_timeouts(&self) -> bool {
+        // A cluster call may retry on another node, so it keeps the outer bound.
+        matches!(self.topology, Topology::Single(_))
+    }
+
     fn kind(&self) -> BackendKind {
         match self.topology {
             Topology::Single(_) => BackendKind::Redis,
@@ -423,12 +438,11 @@ impl Backend for RedisBackend {
                     Topology::Single(node) => node,
                     Topology::Cluster(_) => unreachable!(),
                 };
-                let (slot, tracked) = node.connection().await?;
-                let mut conn = tracked.conn.clone();
+                let (slot, TrackedConnection { mut conn, broken }) = node.connection().await?;
                 pipe.query_async::<()>(&mut conn).await.map_err(|e| {
                     let err = BackendError::from(e);
                     if matches!(err.kind, ErrorKind::Connection) {
-                        node.mark_broken(slot, &tracked);
+                        node.mark_broken(slot, &broken);
                     }
                     err
                 })
