@@ -23,7 +23,7 @@ use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
 
 /// Bytes read from a backend: shared with the memory store, or owned.
 pub(crate) enum RawBytes {
-    Shared(Arc<[u8]>),
+    Shared(Arc<crate::backend::memory::Slot>),
     Owned(Vec<u8>),
 }
 
@@ -1020,6 +1020,7 @@ impl Cache {
                 ttl,
                 None,
                 |_| false,
+                None,
                 load(),
             )
             .await)

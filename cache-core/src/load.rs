@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::__private::Mode;
-use crate::cache::Cache;
+use crate::__private::TypedCopy;
+use crate::cache::{Cache, RawBytes};
 use crate::codec;
 use crate::flight::{self, Role, Waited};
 use crate::stats::{Event, PrefixEntry};
@@ -24,10 +25,26 @@ impl Cache {
         &self,
         entry: &PrefixEntry,
         skey: &str,
+        typed: Option<TypedCopy<S>>,
     ) -> Found<S> {
         match self.raw_get(entry, skey).await {
             None => Found::Missing { garbage: false },
             Some(bytes) if codec::is_lease(&bytes) => Found::Leased,
+            // Memory hit of a `Clone` payload: clone the decoded copy kept
+            // beside the bytes, decoding only the first time.
+            Some(RawBytes::Shared(slot)) if typed.is_some() => {
+                let typed = typed.expect("checked");
+                if let Some(value) = slot.decoded.get().and_then(|d| (typed.take)(d)) {
+                    return Found::Value(value);
+                }
+                match self.decode::<S>(entry, skey, &slot) {
+                    Some(value) => {
+                        let _ = slot.decoded.set((typed.keep)(&value));
+                        Found::Value(value)
+                    }
+                    None => Found::Missing { garbage: true },
+                }
+            }
             Some(bytes) => match self.decode::<S>(entry, skey, &bytes) {
                 Some(v) => Found::Value(v),
                 None => Found::Missing { garbage: true },
@@ -43,6 +60,7 @@ impl Cache {
         ttl: Option<Duration>,
         none_ttl: Option<Duration>,
         unless: U,
+        typed: Option<TypedCopy<M::Stored>>,
         body: F,
     ) -> R
     where
@@ -56,7 +74,7 @@ impl Cache {
         let entry = self.inner.stats.prefix(prefix);
         let mut garbage = false;
         let leader = loop {
-            match self.read_stored::<M::Stored>(&entry, &skey).await {
+            match self.read_stored::<M::Stored>(&entry, &skey, typed).await {
                 Found::Value(v) => {
                     self.inner.stats.record(&entry, Event::Hit);
                     return M::from_stored(v);
@@ -125,7 +143,7 @@ impl Cache {
                     self.inner.stats.record(&entry, Event::LeaseWait);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     leader.seal();
-                    match self.read_stored::<M::Stored>(&entry, &skey).await {
+                    match self.read_stored::<M::Stored>(&entry, &skey, typed).await {
                         Found::Value(v) => {
                             self.inner.stats.record(&entry, Event::Hit);
                             // Share the value with local followers.

@@ -141,6 +141,56 @@ fn bypassed() -> bool {
     BYPASS.try_with(|b| *b).unwrap_or(false)
 }
 
+/// How the memory backend keeps a decoded copy of a `Clone` value, so a
+/// memory hit clones it instead of decoding bytes. Built by [`ViaClone`];
+/// `None` (from [`ViaBytes`]) for payloads that are not `Clone`.
+pub struct TypedCopy<T> {
+    pub(crate) keep: fn(&T) -> crate::backend::memory::Decoded,
+    pub(crate) take: fn(&crate::backend::memory::Decoded) -> Option<T>,
+}
+
+impl<T> Clone for TypedCopy<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for TypedCopy<T> {}
+
+/// Autoref-specialization probe for [`TypedCopy`].
+pub struct Probe<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> Probe<T> {
+    /// The probe.
+    pub const NEW: Self = Probe(std::marker::PhantomData);
+}
+
+/// Chosen when the payload is `Clone + Send + Sync + 'static`.
+pub trait ViaClone<T> {
+    /// A typed copy strategy.
+    fn typed_copy(&self) -> Option<TypedCopy<T>>;
+}
+
+impl<T: Clone + Send + Sync + 'static> ViaClone<T> for Probe<T> {
+    fn typed_copy(&self) -> Option<TypedCopy<T>> {
+        Some(TypedCopy {
+            keep: |value| std::sync::Arc::new(value.clone()),
+            take: |decoded| decoded.downcast_ref::<T>().cloned(),
+        })
+    }
+}
+
+/// The fallback: decode the bytes on every hit.
+pub trait ViaBytes<T> {
+    /// No typed copy.
+    fn typed_copy(&self) -> Option<TypedCopy<T>>;
+}
+
+impl<T> ViaBytes<T> for &Probe<T> {
+    fn typed_copy(&self) -> Option<TypedCopy<T>> {
+        None
+    }
+}
+
 /// The body of every `#[cached]` function.
 #[allow(clippy::too_many_arguments)]
 pub async fn cached<R, M, F, U>(
@@ -150,6 +200,7 @@ pub async fn cached<R, M, F, U>(
     ttl: Option<Duration>,
     none_ttl: Option<Duration>,
     unless: U,
+    typed: Option<TypedCopy<M::Stored>>,
     body: F,
 ) -> R
 where
@@ -174,7 +225,7 @@ where
         s
     };
     cache
-        .load_through::<R, M, F, U>(prefix, skey, ttl, none_ttl, unless, body)
+        .load_through::<R, M, F, U>(prefix, skey, ttl, none_ttl, unless, typed, body)
         .await
 }
 

@@ -216,6 +216,13 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
             #ttl,
             #none_ttl,
             #unless,
+            {
+                // Autoref specialization: a `Clone` payload gets a typed copy
+                // kept beside the bytes in the memory backend (no decode per hit).
+                #[allow(unused_imports)]
+                use #krate::__private::{ViaBytes as _, ViaClone as _};
+                (&#krate::__private::Probe::<<#mode as #krate::__private::Mode<#ret>>::Stored>::NEW).typed_copy()
+            },
             #body,
         )
         .await

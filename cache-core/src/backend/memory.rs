@@ -11,9 +11,33 @@ use super::{Backend, BackendInfo, BackendKind};
 use crate::error::{BackendError, ErrorKind};
 use crate::keys::glob_match;
 
+/// A decoded copy of a stored value, kept beside its bytes (see
+/// `__private::TypedCopy`).
+pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
+
+/// A stored value: its bytes, and (once a typed reader asked) a decoded copy.
+pub(crate) struct Slot {
+    pub(crate) bytes: Box<[u8]>,
+    pub(crate) decoded: std::sync::OnceLock<Decoded>,
+}
+
+impl std::ops::Deref for Slot {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+fn slot(bytes: Vec<u8>) -> Arc<Slot> {
+    Arc::new(Slot {
+        bytes: bytes.into_boxed_slice(),
+        decoded: std::sync::OnceLock::new(),
+    })
+}
+
 #[derive(Clone)]
 struct Entry {
-    bytes: Arc<[u8]>,
+    bytes: Arc<Slot>,
     expires_at: Option<Instant>,
 }
 
@@ -91,7 +115,7 @@ impl MemoryBackend {
 
     fn entry(bytes: Vec<u8>, ttl: Duration) -> Entry {
         Entry {
-            bytes: bytes.into(),
+            bytes: slot(bytes),
             expires_at: Instant::now().checked_add(ttl),
         }
     }
@@ -119,7 +143,7 @@ impl MemoryBackend {
     }
 
     /// The raw bytes at `key` without the async machinery (hot path).
-    pub(crate) async fn get_bytes(&self, key: &str) -> Option<Arc<[u8]>> {
+    pub(crate) async fn get_bytes(&self, key: &str) -> Option<Arc<Slot>> {
         // moka's expiry policy never returns an expired entry from `get`, so
         // the hot path skips our own clock read.
         self.entries.get(key).await.map(|e| e.bytes)
@@ -231,7 +255,7 @@ impl Backend for MemoryBackend {
                     Some(next) => {
                         outcome = Ok(next);
                         Op::Put(Entry {
-                            bytes: next.to_string().into_bytes().into(),
+                            bytes: slot(next.to_string().into_bytes()),
                             expires_at,
                         })
                     }
@@ -301,7 +325,7 @@ impl Backend for MemoryBackend {
             .entry(Arc::from(key))
             .and_compute_with(|current| {
                 let op = match Self::live(current.map(|e| e.into_value())) {
-                    Some(e) if *e.bytes == *marker => Op::Put(Self::entry(value, ttl)),
+                    Some(e) if *e.bytes.bytes == *marker => Op::Put(Self::entry(value, ttl)),
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
@@ -318,7 +342,7 @@ impl Backend for MemoryBackend {
             .entry(Arc::from(key))
             .and_compute_with(|current| {
                 let op = match current {
-                    Some(e) if *e.value().bytes == *marker => Op::Remove,
+                    Some(e) if *e.value().bytes.bytes == *marker => Op::Remove,
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
