@@ -192,6 +192,11 @@ impl CacheBuilder {
         self.config.leases = on;
         self
     }
+    /// TCP_NODELAY on Redis connections (default on; see [`CacheConfig::tcp_nodelay`]).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.config.tcp_nodelay = on;
+        self
+    }
     /// Turns caching on or off.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.config.enabled = enabled;
@@ -212,7 +217,14 @@ impl CacheBuilder {
         let Some(target) = config.redis.clone() else {
             return Ok(Cache::memory_with(config));
         };
-        let backend = match RedisBackend::connect(&target, config.pool_size, config.timeout).await {
+        let backend = match RedisBackend::connect(
+            &target,
+            config.pool_size,
+            config.timeout,
+            config.tcp_nodelay,
+        )
+        .await
+        {
             Ok(backend) => backend,
             Err(e) => {
                 return Err(ConfigError::InvalidUrl {

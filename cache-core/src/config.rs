@@ -59,6 +59,7 @@ impl RedisTarget {
 /// | `CACHE_CB_COOLDOWN_S` | [`breaker_cooldown`](Self::breaker_cooldown) | `30` |
 /// | `CACHE_FALLBACK_TTL_S` | [`fallback_ttl_cap`](Self::fallback_ttl_cap) | `30` |
 /// | `CACHE_CODEC` | [`codec`](Self::codec) (`bincode` or `json`) | `bincode` |
+/// | `REDIS_TCP_NODELAY` | [`tcp_nodelay`](Self::tcp_nodelay) | `true` |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 ///
 /// ```
@@ -109,6 +110,12 @@ pub struct CacheConfig {
     /// that a load overtaken by an invalidation cannot store its stale value,
     /// and the cross-process stampede protection; it exists to measure them.
     pub leases: bool,
+    /// TCP_NODELAY on Redis connections (`REDIS_TCP_NODELAY`, default on):
+    /// lowest latency per call. Off lets the kernel coalesce the small
+    /// writes of many concurrent callers on a shared connection; on the
+    /// 2-core benchmark machine that gave more throughput at 64 tasks (see
+    /// docs/BENCHMARKS.md), so measure before changing it.
+    pub tcp_nodelay: bool,
 }
 
 impl Default for CacheConfig {
@@ -128,6 +135,7 @@ impl Default for CacheConfig {
             max_value_bytes: 4 * 1024 * 1024,
             lease_ttl: Duration::from_secs(3),
             leases: true,
+            tcp_nodelay: true,
         }
     }
 }
@@ -165,6 +173,9 @@ impl CacheConfig {
             } else {
                 RedisTarget::Single(urls.into_iter().next().unwrap_or_default())
             });
+        }
+        if let Some(v) = get("REDIS_TCP_NODELAY") {
+            config.tcp_nodelay = parse_bool("REDIS_TCP_NODELAY", &v)?;
         }
         if let Some(v) = get("CACHE_NAMESPACE") {
             validate_namespace("CACHE_NAMESPACE", &v)?;

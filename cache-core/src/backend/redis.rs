@@ -174,8 +174,8 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-fn tcp_settings() -> redis::io::tcp::TcpSettings {
-    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+fn tcp_settings(nodelay: bool) -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(nodelay)
 }
 
 impl RedisBackend {
@@ -185,6 +185,7 @@ impl RedisBackend {
         target: &RedisTarget,
         pool_size: u32,
         timeout: Duration,
+        nodelay: bool,
     ) -> Result<Self, BackendError> {
         let topology = match target {
             RedisTarget::Single(url) => {
@@ -192,7 +193,7 @@ impl RedisBackend {
                     .as_str()
                     .into_connection_info()
                     .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
-                    .set_tcp_settings(tcp_settings());
+                    .set_tcp_settings(tcp_settings(nodelay));
                 let bounded = timeout.max(Duration::from_millis(10));
                 let manager = Manager {
                     inner: bb8_redis::RedisConnectionManager::new(info.clone())?,
@@ -221,7 +222,7 @@ impl RedisBackend {
             RedisTarget::Cluster(urls) => {
                 let client =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                        .tcp_settings(tcp_settings())
+                        .tcp_settings(tcp_settings(nodelay))
                         .connection_timeout(timeout.max(Duration::from_millis(50)))
                         .response_timeout(timeout.max(Duration::from_millis(50)))
                         .retries(2)
