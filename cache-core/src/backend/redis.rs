@@ -6,7 +6,7 @@
 //! shared `MultiplexedConnection` serves ~190–235k GET/s, a bb8 checkout per
 //! operation 34k/s (60k/s without the check-out PING). A multiplexed
 //! connection already pipelines any number of in-flight commands, so commands
-//! run on a few shared multiplexed connections, and bb8 does what a pool is
+//! run on a shared multiplexed connection, and bb8 does what a pool is
 //! for: creating, health-checking and replacing those connections (a
 //! connection that fails is marked broken, bb8 discards it, and the next call
 //! takes a fresh one) and serving bulk work. Check-out PINGs are off and
@@ -26,8 +26,11 @@ use super::{Backend, BackendInfo, BackendKind};
 use crate::config::{RedisTarget, redact_url};
 use crate::error::{BackendError, ErrorKind};
 
-/// Number of shared multiplexed connections commands are spread over.
-const SHARED_CONNECTIONS: usize = 2;
+/// Number of shared multiplexed connections commands are spread over. One:
+/// a multiplexed connection pipelines any number of in-flight commands, and
+/// on the benchmark machine a second one cost 0.4–1.0 µs of client CPU per
+/// call (fewer commands per write) for no throughput gain (docs/BENCHMARKS.md).
+const SHARED_CONNECTIONS: usize = 1;
 /// Keys per SCAN step and per UNLINK batch.
 const SCAN_BATCH: usize = 1000;
 
@@ -94,7 +97,13 @@ struct SingleNode {
 
 impl SingleNode {
     async fn connection(&self) -> Result<(usize, TrackedConnection), BackendError> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % SHARED_CONNECTIONS;
+        // No shared counter to bump (a contended write) when there is one slot.
+        let slots = self.shared.len();
+        let slot = if slots == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % slots
+        };
         if let Some(conn) = self.current(slot) {
             return Ok((slot, conn));
         }
