@@ -582,6 +582,7 @@ static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "pool_checkout_get",
         "cache_get_redis",
         "cached_fn_redis",
+        "cached_fn_redis_nagle",
         "moka_get",
         "cache_get_memory",
         "cached_fn_memory",
@@ -744,6 +745,15 @@ async fn run(s: Settings) {
         .build()
         .await
         .expect("redis cache");
+    // The same namespace (and so the same stored values) with TCP_NODELAY off,
+    // as redis-rs and the `cached` crate connect by default.
+    let redis_cache_nagle = Cache::builder()
+        .redis_url(url.as_str())
+        .namespace("bench")
+        .tcp_nodelay(false)
+        .build()
+        .await
+        .expect("redis cache, nodelay off");
     let memory_cache = Cache::memory();
     let hot: Vec<(String, Customer)> = (0..HOT_KEYS)
         .map(|i| (format!("customer:{}", hot_id(i)), customer(hot_id(i))))
@@ -775,6 +785,9 @@ async fn run(s: Settings) {
     });
     let fn_redis = Arc::new(CachedFn {
         cache: redis_cache.clone(),
+    });
+    let fn_redis_nagle = Arc::new(CachedFn {
+        cache: redis_cache_nagle,
     });
     let moka_op = Arc::new(MokaGet { moka });
     let get_memory = Arc::new(CacheGet {
@@ -819,6 +832,9 @@ async fn run(s: Settings) {
     if selected("cached_fn_redis") {
         measure(&mut scratch, &fn_redis, warm).await;
     }
+    if selected("cached_fn_redis_nagle") {
+        measure(&mut scratch, &fn_redis_nagle, warm).await;
+    }
     if selected("moka_get") {
         measure(&mut scratch, &moka_op, warm).await;
     }
@@ -858,6 +874,7 @@ async fn run(s: Settings) {
                 "pool_checkout_get" => measure(r, &pooled, s).await,
                 "cache_get_redis" => measure(r, &get_redis, s).await,
                 "cached_fn_redis" => measure(r, &fn_redis, s).await,
+                "cached_fn_redis_nagle" => measure(r, &fn_redis_nagle, s).await,
                 "moka_get" => measure(r, &moka_op, s).await,
                 "cache_get_memory" => measure(r, &get_memory, s).await,
                 "cached_fn_memory" => measure(r, &fn_memory, s).await,
@@ -1069,6 +1086,10 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
     println!(
         "  paused Redis p99 (breaker open)           = {paused_p99:.1} us absolute, {added:+.1} us vs cached_fn_redis p99, errors {paused_errors} (target: added <= 1000 us, 0 errors) {}",
         verdict(paused_p99.max(added) <= 1000.0 && paused_errors == 0)
+    );
+    println!(
+        "  cached_fn_redis_nagle / raw_redis_get     = {:.3} (the same with CacheBuilder::tcp_nodelay(false))",
+        ops("cached_fn_redis_nagle") / ops("raw_redis_get")
     );
     println!(
         "  cached_fn_redis / raw_redis_get_nodelay   = {:.3} (cache-core's own overhead, same TCP settings)",
