@@ -504,17 +504,17 @@ impl Cache {
     // ----- resilience -------------------------------------------------------
 
     /// Runs `op` on the primary backend with timeout, breaker and recovery.
-    pub(crate) async fn on_primary<T, Fut>(
-        &self,
+    pub(crate) async fn on_primary<'s, T, Fut>(
+        &'s self,
         entry: &PrefixEntry,
         timeout: Duration,
-        op: impl FnOnce(Arc<dyn Backend>) -> Fut,
+        op: impl FnOnce(&'s dyn Backend) -> Fut,
     ) -> Result<T, BackendError>
     where
         Fut: Future<Output = Result<T, BackendError>>,
     {
         let Some(res) = &self.inner.resilience else {
-            return op(self.inner.primary.clone()).await;
+            return op(&*self.inner.primary).await;
         };
         let permit = res.breaker.allow();
         if permit == Permit::Rejected {
@@ -536,9 +536,9 @@ impl Cache {
         }
         let primary = &self.inner.primary;
         let result = if primary.enforces_timeouts() {
-            op(primary.clone()).await
+            op(&**primary).await
         } else {
-            match tokio::time::timeout(timeout, op(primary.clone())).await {
+            match tokio::time::timeout(timeout, op(&**primary)).await {
                 Ok(result) => result,
                 Err(_) => Err(BackendError::new(
                     ErrorKind::Timeout,
@@ -740,10 +740,10 @@ impl Cache {
     }
 
     /// Tries the primary, then the fallback, for the simple single-key calls.
-    async fn with_fallback<T, Fut, FFut>(
-        &self,
+    async fn with_fallback<'s, T, Fut, FFut>(
+        &'s self,
         entry: &PrefixEntry,
-        op: impl FnOnce(Arc<dyn Backend>) -> Fut,
+        op: impl FnOnce(&'s dyn Backend) -> Fut,
         fallback: impl FnOnce(MemoryBackend) -> FFut,
     ) -> Result<T, BackendError>
     where

@@ -96,7 +96,11 @@ struct SingleNode {
 }
 
 impl SingleNode {
-    async fn connection(&self) -> Result<(usize, TrackedConnection), BackendError> {
+    /// A clone of the shared connection, its slot, and an identity for
+    /// [`mark_broken`](Self::mark_broken). Only the connection itself is
+    /// cloned per call: every extra shared refcount bumped here is a
+    /// contended write on the hit path.
+    async fn connection(&self) -> Result<(usize, MultiplexedConnection, usize), BackendError> {
         // No shared counter to bump (a contended write) when there is one slot.
         let slots = self.shared.len();
         let slot = if slots == 1 {
@@ -104,21 +108,27 @@ impl SingleNode {
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % slots
         };
-        if let Some(conn) = self.current(slot) {
-            return Ok((slot, conn));
+        if let Some((conn, id)) = self.current(slot) {
+            return Ok((slot, conn, id));
         }
         let _guard = self.refresh[slot].lock().await;
-        if let Some(conn) = self.current(slot) {
-            return Ok((slot, conn));
+        if let Some((conn, id)) = self.current(slot) {
+            return Ok((slot, conn, id));
         }
+        let tracked = self.fresh_connection().await?;
+        let found = (tracked.conn.clone(), identity(&tracked));
+        *self.shared[slot].write().unwrap_or_else(|e| e.into_inner()) = Some(tracked);
+        Ok((slot, found.0, found.1))
+    }
+
+    async fn fresh_connection(&self) -> Result<TrackedConnection, BackendError> {
         // No idle connection in the pool: connect directly (a refused
         // connection fails at once instead of waiting out bb8's connection
         // timeout) and hand the new connection to bb8 to manage.
         if self.pool.state().idle_connections == 0 {
             let conn = self.pool.dedicated_connection().await?;
             let _ = self.pool.add(conn.clone());
-            *self.shared[slot].write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-            return Ok((slot, conn));
+            return Ok(conn);
         }
         // Take a healthy connection from the pool; discard broken ones.
         for _ in 0..=self.pool.state().connections + 1 {
@@ -131,10 +141,7 @@ impl SingleNode {
             if pooled.broken.load(Ordering::Relaxed) {
                 continue;
             }
-            let conn = pooled.clone();
-            drop(pooled);
-            *self.shared[slot].write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-            return Ok((slot, conn));
+            return Ok(pooled.clone());
         }
         Err(BackendError::new(
             ErrorKind::Connection,
@@ -142,24 +149,29 @@ impl SingleNode {
         ))
     }
 
-    fn current(&self, slot: usize) -> Option<TrackedConnection> {
+    fn current(&self, slot: usize) -> Option<(MultiplexedConnection, usize)> {
         let guard = self.shared[slot].read().unwrap_or_else(|e| e.into_inner());
         guard
             .as_ref()
             .filter(|c| !c.broken.load(Ordering::Relaxed))
-            .cloned()
+            .map(|c| (c.conn.clone(), identity(c)))
     }
 
-    fn mark_broken(&self, slot: usize, broken: &Arc<AtomicBool>) {
-        broken.store(true, Ordering::Relaxed);
+    /// Flags the connection `id` broken (so bb8 discards its copy) and
+    /// empties the slot if it still holds it.
+    fn mark_broken(&self, slot: usize, id: usize) {
         let mut guard = self.shared[slot].write().unwrap_or_else(|e| e.into_inner());
-        if guard
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(&c.broken, broken))
+        if let Some(current) = guard.as_ref()
+            && identity(current) == id
         {
+            current.broken.store(true, Ordering::Relaxed);
             *guard = None;
         }
     }
+}
+
+fn identity(conn: &TrackedConnection) -> usize {
+    Arc::as_ptr(&conn.broken) as usize
 }
 
 enum Topology {
@@ -261,13 +273,13 @@ impl RedisBackend {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => {
-                let (slot, TrackedConnection { mut conn, broken }) = node.connection().await?;
+                let (slot, mut conn, id) = node.connection().await?;
                 match cmd.query_async(&mut conn).await {
                     Ok(v) => Ok(v),
                     Err(e) => {
                         let err = BackendError::from(e);
                         if matches!(err.kind, ErrorKind::Connection) {
-                            node.mark_broken(slot, &broken);
+                            node.mark_broken(slot, id);
                         }
                         Err(err)
                     }
@@ -289,11 +301,11 @@ impl RedisBackend {
         }
         match &self.topology {
             Topology::Single(node) => {
-                let (slot, TrackedConnection { mut conn, broken }) = node.connection().await?;
+                let (slot, mut conn, id) = node.connection().await?;
                 invocation.invoke_async(&mut conn).await.map_err(|e| {
                     let err = BackendError::from(e);
                     if matches!(err.kind, ErrorKind::Connection) {
-                        node.mark_broken(slot, &broken);
+                        node.mark_broken(slot, id);
                     }
                     err
                 })
@@ -448,11 +460,11 @@ impl Backend for RedisBackend {
                     Topology::Single(node) => node,
                     Topology::Cluster(_) => unreachable!(),
                 };
-                let (slot, TrackedConnection { mut conn, broken }) = node.connection().await?;
+                let (slot, mut conn, id) = node.connection().await?;
                 pipe.query_async::<()>(&mut conn).await.map_err(|e| {
                     let err = BackendError::from(e);
                     if matches!(err.kind, ErrorKind::Connection) {
-                        node.mark_broken(slot, &broken);
+                        node.mark_broken(slot, id);
                     }
                     err
                 })
