@@ -82,8 +82,18 @@ pub fn stable_hash<T: serde::Serialize + ?Sized>(value: &T) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
 }
 
-/// Redis `stringmatchlen` semantics: `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
-pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+/// Whether `text` matches the Redis glob `pattern`, with Redis's
+/// `stringmatchlen` semantics: `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
+/// The memory backend's `delete_pattern` uses it, so a pattern selects the
+/// same keys in memory as on Redis; custom backends can use it too.
+///
+/// ```
+/// use cache_core::keys::glob_match;
+/// assert!(glob_match(b"cache:customer:*", b"cache:customer:42"));
+/// assert!(!glob_match(b"cache:customer:*", b"cache:customers:42"));
+/// assert!(glob_match(b"churn:[0-4]", b"churn:3"));
+/// ```
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

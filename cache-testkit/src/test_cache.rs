@@ -667,7 +667,7 @@ impl Backend for TestBackend {
         let mut doomed: Vec<String> = state
             .store
             .keys()
-            .filter(|k| glob_match(pattern.as_bytes(), k.as_bytes()))
+            .filter(|k| cache_core::keys::glob_match(pattern.as_bytes(), k.as_bytes()))
             .cloned()
             .collect();
         doomed.sort();
@@ -778,95 +778,6 @@ impl Backend for TestBackend {
         self.record(&mut state, call, Method::Info, "", Op::Info);
         Ok(info)
     }
-}
-
-/// Redis `stringmatchlen` semantics: `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`
-/// (the same matcher as cache-core's memory backend).
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    while p < pattern.len() && pattern[p] == b'*' {
-                        p += 1;
-                    }
-                    if p == pattern.len() {
-                        return true;
-                    }
-                    star = Some((p, t));
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((true, next)) = match_class(pattern, p, text[t]) {
-                        p = next;
-                        t += 1;
-                        continue;
-                    }
-                }
-                b'\\' if p + 1 < pattern.len() => {
-                    if pattern[p + 1] == text[t] {
-                        p += 2;
-                        t += 1;
-                        continue;
-                    }
-                }
-                c => {
-                    if c == text[t] {
-                        p += 1;
-                        t += 1;
-                        continue;
-                    }
-                }
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                p = sp;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    while p < pattern.len() && pattern[p] == b'*' {
-        p += 1;
-    }
-    p == pattern.len()
-}
-
-/// Matches `[...]` at `pattern[start]` against `c`; returns (matched, index after `]`).
-fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = pattern.get(i) == Some(&b'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    loop {
-        let b = *pattern.get(i)?;
-        if b == b']' {
-            break;
-        }
-        if b == b'\\' && i + 1 < pattern.len() {
-            matched |= pattern[i + 1] == c;
-            i += 2;
-        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            let (lo, hi) = (b.min(pattern[i + 2]), b.max(pattern[i + 2]));
-            matched |= (lo..=hi).contains(&c);
-            i += 3;
-        } else {
-            matched |= b == c;
-            i += 1;
-        }
-    }
-    Some((matched != negate, i + 1))
 }
 
 // ---------------------------------------------------------------------------
@@ -1452,24 +1363,6 @@ fn render(entries: &[LogEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_matches_like_redis() {
-        let m = |p: &str, t: &str| glob_match(p.as_bytes(), t.as_bytes());
-        assert!(m("a:*", "a:1"));
-        assert!(m("a:*", "a:"));
-        assert!(!m("a:*", "b:1"));
-        assert!(m("*", ""));
-        assert!(m("a?c", "abc"));
-        assert!(!m("a?c", "ac"));
-        assert!(m("a[bc]d", "acd"));
-        assert!(!m("a[^bc]d", "acd"));
-        assert!(m("a[a-z]d", "aqd"));
-        assert!(m("a\\*", "a*"));
-        assert!(!m("a\\*", "ab"));
-        assert!(m("*:x:*", "ns:x:1"));
-        assert!(!m("ns:customer:*", "ns:customers:1"));
-    }
 
     #[test]
     fn logical_keys_strip_only_the_own_namespace() {
