@@ -37,6 +37,14 @@ impl std::ops::Deref for RawBytes {
     }
 }
 
+/// Lifetime of a prefix generation key; refreshed by every invalidation. If
+/// it lapses, a new random generation hides older values (misses, never stale).
+const GENERATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn parse_generation(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 /// Most invalidations remembered while the backend is away; past this the
 /// whole namespace is cleared on recovery instead.
 const MAX_PENDING_INVALIDATIONS: usize = 10_000;
@@ -195,6 +203,12 @@ impl CacheBuilder {
     /// TCP_NODELAY on Redis connections (default on; see [`CacheConfig::tcp_nodelay`]).
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
         self.config.tcp_nodelay = on;
+        self
+    }
+    /// O(1) prefix invalidation through per-prefix generations (default
+    /// off; see [`CacheConfig::prefix_generations`]).
+    pub fn prefix_generations(mut self, on: bool) -> Self {
+        self.config.prefix_generations = on;
         self
     }
     /// Turns caching on or off.
@@ -453,13 +467,14 @@ impl Cache {
         entry: &PrefixEntry,
         key: &str,
         value: &T,
+        generation: Option<u64>,
     ) -> Result<Vec<u8>, CacheError> {
-        let bytes = codec::encode(self.inner.config.codec, value).map_err(|message| {
-            CacheError::Encode {
+        let bytes = codec::encode_labeled(self.inner.config.codec, value, generation).map_err(
+            |message| CacheError::Encode {
                 key: key.to_owned(),
                 message,
-            }
-        })?;
+            },
+        )?;
         if bytes.len() > self.inner.config.max_value_bytes {
             self.inner.stats.record(entry, Event::Oversized);
             tracing::warn!(
@@ -763,6 +778,141 @@ impl Cache {
         }
     }
 
+    // ----- prefix generations (O(1) prefix invalidation) ----------------------
+
+    fn generation_key(&self, prefix: &str) -> String {
+        format!("{}:%gen:{}", self.inner.config.namespace, prefix)
+    }
+
+    fn fresh_generation(&self) -> u64 {
+        let n = self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // splitmix64: generations must never repeat (a value labeled with an
+        // old generation would become visible again), so they are random.
+        let mut z = n ^ nanos.rotate_left(32);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The current generation of `prefix` (created when missing), or `None`
+    /// when generations are off.
+    pub(crate) async fn generation_for(&self, entry: &PrefixEntry, prefix: &str) -> Option<u64> {
+        if !self.inner.config.prefix_generations {
+            return None;
+        }
+        let gkey = self.generation_key(prefix);
+        let gkey_ref = gkey.as_str();
+        let current = self
+            .with_fallback(
+                entry,
+                |b| async move { b.get(gkey_ref).await },
+                |f| async move { f.get(gkey_ref).await },
+            )
+            .await
+            .ok()
+            .flatten();
+        match current.as_deref().and_then(parse_generation) {
+            Some(g) => Some(g),
+            None => Some(self.init_generation(entry, &gkey).await),
+        }
+    }
+
+    async fn init_generation(&self, entry: &PrefixEntry, gkey: &str) -> u64 {
+        let candidate = self.fresh_generation();
+        let bytes = candidate.to_string().into_bytes();
+        let copy = bytes.clone();
+        let won = self
+            .with_fallback(
+                entry,
+                |b| async move { b.try_lease(gkey, bytes, GENERATION_TTL).await },
+                |f| async move { f.try_lease(gkey, copy, GENERATION_TTL).await },
+            )
+            .await;
+        if let Ok(true) = won {
+            return candidate;
+        }
+        let current = self
+            .with_fallback(
+                entry,
+                |b| async move { b.get(gkey).await },
+                |f| async move { f.get(gkey).await },
+            )
+            .await
+            .ok()
+            .flatten();
+        current
+            .as_deref()
+            .and_then(parse_generation)
+            .unwrap_or(candidate)
+    }
+
+    /// Reads `skey` and, with generations on, its prefix's generation in the
+    /// same round trip (`MGET`).
+    pub(crate) async fn raw_get_current(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        prefix: &str,
+    ) -> (Option<RawBytes>, Option<u64>) {
+        if !self.inner.config.prefix_generations {
+            return (self.raw_get(entry, skey).await, None);
+        }
+        let gkey = self.generation_key(prefix);
+        let (value, generation) = if let Some(memory) = &self.inner.memory {
+            (
+                memory.get_bytes(skey).await.map(RawBytes::Shared),
+                memory.get_bytes(&gkey).await.map(|s| s.to_vec()),
+            )
+        } else {
+            let keys = [skey.to_owned(), gkey.clone()];
+            let keys_ref = &keys;
+            match self
+                .with_fallback(
+                    entry,
+                    |b| async move { b.get_many(keys_ref).await },
+                    |f| async move { f.get_many(keys_ref).await },
+                )
+                .await
+            {
+                Ok(mut pair) if pair.len() == 2 => {
+                    let generation = pair.pop().flatten();
+                    (pair.pop().flatten().map(RawBytes::Owned), generation)
+                }
+                _ => (None, None),
+            }
+        };
+        let generation = match generation.as_deref().and_then(parse_generation) {
+            Some(g) => g,
+            None => self.init_generation(entry, &gkey).await,
+        };
+        (value, Some(generation))
+    }
+
+    /// Replaces the generation of `prefix`: every value labeled with the old
+    /// one becomes invisible at once. If the backend cannot be reached, the
+    /// prefix is remembered and deleted (SCAN) before the backend is trusted again.
+    async fn bump_generation(&self, entry: &PrefixEntry, prefix: &str, pattern: &str) {
+        let gkey = self.generation_key(prefix);
+        let bytes = self.fresh_generation().to_string().into_bytes();
+        let gkey_ref = gkey.as_str();
+        let copy = bytes.clone();
+        let result = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.set(gkey_ref, copy, GENERATION_TTL).await
+            })
+            .await;
+        if let Some(res) = &self.inner.resilience {
+            let _ = res.fallback.set(&gkey, bytes, GENERATION_TTL).await;
+            if result.is_err() {
+                self.remember_invalidation(res, &[], Some(pattern));
+            }
+        }
+    }
+
     pub(crate) fn next_lease_marker(&self) -> Vec<u8> {
         codec::lease_marker(self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed))
     }
@@ -778,8 +928,14 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        let value = match self.raw_get(&entry, &skey).await {
+        let (raw, generation) = self
+            .raw_get_current(&entry, &skey, Self::prefix_of(key))
+            .await;
+        let value = match raw {
             Some(bytes) if codec::is_lease(&bytes) => None,
+            Some(bytes) if generation.is_some() && codec::generation_of(&bytes) != generation => {
+                None
+            }
             Some(bytes) => self.decode(&entry, key, &bytes),
             None => None,
         };
@@ -807,7 +963,8 @@ impl Cache {
             return Ok(());
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
-        let bytes = self.encode(&entry, key, value)?;
+        let generation = self.generation_for(&entry, Self::prefix_of(key)).await;
+        let bytes = self.encode(&entry, key, value, generation)?;
         let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
         self.raw_set(&entry, &self.storage_key(key), bytes, ttl)
             .await;
@@ -953,7 +1110,11 @@ impl Cache {
         for (key, value) in entries {
             Self::check_key(key)?;
             let entry = self.inner.stats.prefix(Self::prefix_of(key));
-            encoded.push((self.storage_key(key), self.encode(&entry, key, value)?));
+            let generation = self.generation_for(&entry, Self::prefix_of(key)).await;
+            encoded.push((
+                self.storage_key(key),
+                self.encode(&entry, key, value, generation)?,
+            ));
             self.inner.stats.record(&entry, Event::Set);
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(entries[0].0));
@@ -1066,6 +1227,10 @@ impl Cache {
             glob_literal(&self.inner.config.namespace),
             glob_literal(prefix)
         );
+        if self.inner.config.prefix_generations {
+            self.bump_generation(&entry, prefix, &full).await;
+            return Ok(0);
+        }
         Ok(self.raw_delete_pattern(&entry, &full).await)
     }
 

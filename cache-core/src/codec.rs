@@ -99,31 +99,68 @@ pub(crate) enum DecodeError {
     Payload(String),
 }
 
+/// Envelope version of values labeled with their prefix generation: the
+/// header is followed by the generation (8 bytes, little endian).
+pub(crate) const LABELED_VERSION: u8 = 2;
+
 pub(crate) fn encode<T: Serialize + ?Sized>(kind: CodecKind, value: &T) -> Result<Vec<u8>, String> {
+    encode_labeled(kind, value, None)
+}
+
+/// Encodes `value`, labeled with the prefix generation it was loaded under.
+pub(crate) fn encode_labeled<T: Serialize + ?Sized>(
+    kind: CodecKind,
+    value: &T,
+    generation: Option<u64>,
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(64);
     out.push(ENVELOPE_MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(if generation.is_some() {
+        LABELED_VERSION
+    } else {
+        FORMAT_VERSION
+    });
+    let codec_at = out.len();
+    out.push(0);
+    if let Some(generation) = generation {
+        out.extend_from_slice(&generation.to_le_bytes());
+    }
     match kind {
         CodecKind::Bincode => {
-            out.push(Bincode::ID);
+            out[codec_at] = Bincode::ID;
             Bincode::encode(value, &mut out)?;
         }
         CodecKind::Json => {
-            out.push(Json::ID);
+            out[codec_at] = Json::ID;
             Json::encode(value, &mut out)?;
         }
     }
     Ok(out)
 }
 
+/// The generation label of a stored value (`None`: unlabeled or not ours).
+pub(crate) fn generation_of(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() >= HEADER_LEN + 8 && bytes[0] == ENVELOPE_MAGIC && bytes[1] == LABELED_VERSION {
+        Some(u64::from_le_bytes(
+            bytes[HEADER_LEN..HEADER_LEN + 8].try_into().ok()?,
+        ))
+    } else {
+        None
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, DecodeError> {
     if bytes.len() > max_len.saturating_add(HEADER_LEN) {
         return Err(DecodeError::TooLarge);
     }
-    if bytes.len() < HEADER_LEN || bytes[0] != ENVELOPE_MAGIC || bytes[1] != FORMAT_VERSION {
+    if bytes.len() < HEADER_LEN || bytes[0] != ENVELOPE_MAGIC {
         return Err(DecodeError::Foreign);
     }
-    let payload = &bytes[HEADER_LEN..];
+    let payload = match bytes[1] {
+        FORMAT_VERSION => &bytes[HEADER_LEN..],
+        LABELED_VERSION if bytes.len() >= HEADER_LEN + 8 => &bytes[HEADER_LEN + 8..],
+        _ => return Err(DecodeError::Foreign),
+    };
     match bytes[2] {
         Bincode::ID => Bincode::decode(payload).map_err(DecodeError::Payload),
         Json::ID => Json::decode(payload).map_err(DecodeError::Payload),

@@ -60,6 +60,7 @@ impl RedisTarget {
 /// | `CACHE_FALLBACK_TTL_S` | [`fallback_ttl_cap`](Self::fallback_ttl_cap) | `30` |
 /// | `CACHE_CODEC` | [`codec`](Self::codec) (`bincode` or `json`) | `bincode` |
 /// | `REDIS_TCP_NODELAY` | [`tcp_nodelay`](Self::tcp_nodelay) | `true` |
+/// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | `false` |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 ///
 /// ```
@@ -116,6 +117,14 @@ pub struct CacheConfig {
     /// 2-core benchmark machine that gave more throughput at 64 tasks (see
     /// docs/BENCHMARKS.md), so measure before changing it.
     pub tcp_nodelay: bool,
+    /// O(1) prefix invalidation (`CACHE_PREFIX_GENERATIONS`, default off).
+    /// Each prefix has a generation (a random 64-bit value at
+    /// `{namespace}:%gen:{prefix}`); values are labeled with the generation
+    /// they were loaded under and read together with it (one `MGET`), and
+    /// [`invalidate_prefix`](crate::Cache::invalidate_prefix) just replaces
+    /// the generation: one round trip whatever the number of keys, with the
+    /// old values left to expire. Off, `invalidate_prefix` is SCAN + UNLINK.
+    pub prefix_generations: bool,
 }
 
 impl Default for CacheConfig {
@@ -136,6 +145,7 @@ impl Default for CacheConfig {
             lease_ttl: Duration::from_secs(3),
             leases: true,
             tcp_nodelay: true,
+            prefix_generations: false,
         }
     }
 }
@@ -176,6 +186,9 @@ impl CacheConfig {
         }
         if let Some(v) = get("REDIS_TCP_NODELAY") {
             config.tcp_nodelay = parse_bool("REDIS_TCP_NODELAY", &v)?;
+        }
+        if let Some(v) = get("CACHE_PREFIX_GENERATIONS") {
+            config.prefix_generations = parse_bool("CACHE_PREFIX_GENERATIONS", &v)?;
         }
         if let Some(v) = get("CACHE_NAMESPACE") {
             validate_namespace("CACHE_NAMESPACE", &v)?;

@@ -21,15 +21,25 @@ enum Found<S> {
 }
 
 impl Cache {
+    /// Reads the stored value; with prefix generations on, also the current
+    /// generation (written to `generation`), and a value labeled with an
+    /// older one counts as missing (it is overwritten like garbage).
     async fn read_stored<S: serde::de::DeserializeOwned>(
         &self,
         entry: &PrefixEntry,
         skey: &str,
+        prefix: &str,
         typed: Option<TypedCopy<S>>,
+        generation: &mut Option<u64>,
     ) -> Found<S> {
-        match self.raw_get(entry, skey).await {
+        let (raw, current) = self.raw_get_current(entry, skey, prefix).await;
+        *generation = current;
+        match raw {
             None => Found::Missing { garbage: false },
             Some(bytes) if codec::is_lease(&bytes) => Found::Leased,
+            Some(bytes) if current.is_some() && codec::generation_of(&bytes) != current => {
+                Found::Missing { garbage: true }
+            }
             // Memory hit of a `Clone` payload: clone the decoded copy kept
             // beside the bytes, decoding only the first time.
             Some(RawBytes::Shared(slot)) if typed.is_some() => {
@@ -73,8 +83,15 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(prefix);
         let mut garbage = false;
+        // The prefix generation seen by the last read before the load: the
+        // value is labeled with it, so a prefix invalidation during the load
+        // leaves the value invisible.
+        let mut generation = None;
         let leader = loop {
-            match self.read_stored::<M::Stored>(&entry, &skey, typed).await {
+            match self
+                .read_stored::<M::Stored>(&entry, &skey, prefix, typed, &mut generation)
+                .await
+            {
                 Found::Value(v) => {
                     self.inner.stats.record(&entry, Event::Hit);
                     return M::from_stored(v);
@@ -143,7 +160,10 @@ impl Cache {
                     self.inner.stats.record(&entry, Event::LeaseWait);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     leader.seal();
-                    match self.read_stored::<M::Stored>(&entry, &skey, typed).await {
+                    match self
+                        .read_stored::<M::Stored>(&entry, &skey, prefix, typed, &mut generation)
+                        .await
+                    {
                         Found::Value(v) => {
                             self.inner.stats.record(&entry, Event::Hit);
                             // Share the value with local followers.
@@ -170,7 +190,7 @@ impl Cache {
         leader.seal();
         let stored = M::stored(&result).filter(|s| !unless(s));
         let shared = match stored {
-            Some(value) => match self.encode(&entry, &skey, value) {
+            Some(value) => match self.encode(&entry, &skey, value, generation) {
                 Ok(bytes) => {
                     let ttl = if M::is_negative(value) {
                         none_ttl.or(ttl)
