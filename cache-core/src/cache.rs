@@ -1107,10 +1107,20 @@ impl Cache {
         }
         let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
         let mut encoded = Vec::with_capacity(entries.len());
+        // One generation read per prefix, not per entry.
+        let mut generations: Vec<(&str, Option<u64>)> = Vec::new();
         for (key, value) in entries {
             Self::check_key(key)?;
-            let entry = self.inner.stats.prefix(Self::prefix_of(key));
-            let generation = self.generation_for(&entry, Self::prefix_of(key)).await;
+            let prefix = Self::prefix_of(key);
+            let entry = self.inner.stats.prefix(prefix);
+            let generation = match generations.iter().find(|(p, _)| *p == prefix) {
+                Some((_, g)) => *g,
+                None => {
+                    let g = self.generation_for(&entry, prefix).await;
+                    generations.push((prefix, g));
+                    g
+                }
+            };
             encoded.push((
                 self.storage_key(key),
                 self.encode(&entry, key, value, generation)?,

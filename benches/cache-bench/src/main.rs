@@ -571,6 +571,52 @@ async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut Multipl
     rounds.push_extra("keys", deleted as f64);
 }
 
+/// `invalidate_prefix` with prefix generations on: one write replaces the
+/// prefix's generation; the 100k values stay until their TTL but are no
+/// longer visible (checked on a sample).
+async fn invalidate_prefix_generations(rounds: &mut Rounds, cache: &Cache) {
+    let value = customer(BASE_ID);
+    let fill_start = Instant::now();
+    let keys: Vec<String> = (0..INVALIDATE_KEYS).map(|k| format!("inv:{k}")).collect();
+    for chunk in keys.chunks(2000) {
+        let entries: Vec<(&str, &Customer)> = chunk.iter().map(|k| (k.as_str(), &value)).collect();
+        cache
+            .set_many(&entries, Some(Duration::from_secs(600)))
+            .await
+            .expect("set_many");
+    }
+    let fill_ms = fill_start.elapsed().as_secs_f64() * 1000.0;
+    let visible_before = cache.get::<Customer>("inv:0").await.expect("get").is_some();
+    let start = Instant::now();
+    cache
+        .invalidate_prefix("inv")
+        .await
+        .expect("invalidate_prefix");
+    let elapsed = start.elapsed();
+    let mut still_visible = 0;
+    for k in (0..INVALIDATE_KEYS).step_by(997) {
+        if cache
+            .get::<Customer>(&format!("inv:{k}"))
+            .await
+            .expect("get")
+            .is_some()
+        {
+            still_visible += 1;
+        }
+    }
+    if !visible_before || still_visible != 0 {
+        eprintln!(
+            "invalidate_prefix (generations): visible before {visible_before}, {still_visible} sampled keys still visible"
+        );
+        rounds.errors += 1;
+    }
+    let secs = elapsed.as_secs_f64();
+    rounds.ops_per_s.push(INVALIDATE_KEYS as f64 / secs);
+    rounds.push_extra("invalidate_ms", secs * 1000.0);
+    rounds.push_extra("fill_ms", fill_ms);
+    rounds.push_extra("keys", INVALIDATE_KEYS as f64);
+}
+
 // ----- main -------------------------------------------------------------------
 
 /// Every case, in the order each round runs them.
@@ -583,6 +629,7 @@ static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "cache_get_redis",
         "cached_fn_redis",
         "cached_fn_redis_nagle",
+        "cached_fn_redis_generations",
         "moka_get",
         "cache_get_memory",
         "cached_fn_memory",
@@ -590,6 +637,7 @@ static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "single_flight_1000",
         "redis_paused",
         "invalidate_prefix_100k",
+        "invalidate_prefix_100k_generations",
     ];
     if cfg!(feature = "cached-crate") {
         let at = |cases: &Vec<&str>, after: &str| {
@@ -754,12 +802,20 @@ async fn run(s: Settings) {
         .build()
         .await
         .expect("redis cache, nodelay off");
+    // Prefix generations on (its own namespace: values are labeled).
+    let redis_cache_gen = Cache::builder()
+        .redis_url(url.as_str())
+        .namespace("benchgen")
+        .prefix_generations(true)
+        .build()
+        .await
+        .expect("redis cache, prefix generations");
     let memory_cache = Cache::memory();
     let hot: Vec<(String, Customer)> = (0..HOT_KEYS)
         .map(|i| (format!("customer:{}", hot_id(i)), customer(hot_id(i))))
         .collect();
     let entries: Vec<(&str, &Customer)> = hot.iter().map(|(k, c)| (k.as_str(), c)).collect();
-    for cache in [&redis_cache, &memory_cache] {
+    for cache in [&redis_cache, &memory_cache, &redis_cache_gen] {
         cache
             .set_many(&entries, Some(Duration::from_secs(3600)))
             .await
@@ -788,6 +844,9 @@ async fn run(s: Settings) {
     });
     let fn_redis_nagle = Arc::new(CachedFn {
         cache: redis_cache_nagle,
+    });
+    let fn_redis_gen = Arc::new(CachedFn {
+        cache: redis_cache_gen.clone(),
     });
     let moka_op = Arc::new(MokaGet { moka });
     let get_memory = Arc::new(CacheGet {
@@ -835,6 +894,9 @@ async fn run(s: Settings) {
     if selected("cached_fn_redis_nagle") {
         measure(&mut scratch, &fn_redis_nagle, warm).await;
     }
+    if selected("cached_fn_redis_generations") {
+        measure(&mut scratch, &fn_redis_gen, warm).await;
+    }
     if selected("moka_get") {
         measure(&mut scratch, &moka_op, warm).await;
     }
@@ -875,6 +937,7 @@ async fn run(s: Settings) {
                 "cache_get_redis" => measure(r, &get_redis, s).await,
                 "cached_fn_redis" => measure(r, &fn_redis, s).await,
                 "cached_fn_redis_nagle" => measure(r, &fn_redis_nagle, s).await,
+                "cached_fn_redis_generations" => measure(r, &fn_redis_gen, s).await,
                 "moka_get" => measure(r, &moka_op, s).await,
                 "cache_get_memory" => measure(r, &get_memory, s).await,
                 "cached_fn_memory" => measure(r, &fn_memory, s).await,
@@ -883,6 +946,9 @@ async fn run(s: Settings) {
                 "redis_paused" => redis_paused(r, &mut paused_server, s).await,
                 "invalidate_prefix_100k" => {
                     invalidate_prefix(r, &redis_cache, &mut raw_conn).await;
+                }
+                "invalidate_prefix_100k_generations" => {
+                    invalidate_prefix_generations(r, &redis_cache_gen).await;
                 }
                 #[cfg(feature = "cached-crate")]
                 "cached_crate_redis_get" => measure(r, &cc_get, s).await,
@@ -985,7 +1051,7 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
                 r.extra_median("cut_off_at_2s").unwrap_or(f64::NAN),
                 r.extra_median("healthy_p99_us").unwrap_or(f64::NAN)
             ),
-            "invalidate_prefix_100k" => format!(
+            "invalidate_prefix_100k" | "invalidate_prefix_100k_generations" => format!(
                 "{:.0} keys in {:.1} ms (fill {:.0} ms); ops/s = keys/s",
                 r.extra_median("keys").unwrap_or(f64::NAN),
                 r.extra_median("invalidate_ms").unwrap_or(f64::NAN),
@@ -1181,7 +1247,10 @@ fn svg_chart(title: &str, rows: &[(&str, f64)]) -> String {
         let ours = ours
             || matches!(
                 *name,
-                "miss_path" | "redis_paused" | "invalidate_prefix_100k"
+                "miss_path"
+                    | "redis_paused"
+                    | "invalidate_prefix_100k"
+                    | "invalidate_prefix_100k_generations"
             );
         let fill = if ours { "#2b6cb0" } else { "#a0aec0" };
         let end = x(*v);
