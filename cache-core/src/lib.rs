@@ -53,7 +53,10 @@
 //!   invalidation deletes it, so a load that started before an invalidation
 //!   can never store its (stale) value after it. The same lease makes other
 //!   processes wait for one load instead of stampeding, and within a process
-//!   concurrent misses share one load (single-flight).
+//!   concurrent misses share one load (single-flight). Prefix invalidation is
+//!   SCAN + UNLINK by default, or O(1) with
+//!   [`prefix_generations`](CacheConfig::prefix_generations): values are
+//!   labeled with their prefix's generation and an invalidation replaces it.
 //! - **Observability**: [`Cache::stats`] (per prefix and total), [`Cache::health`],
 //!   `metrics` counters `cache_hits_total{prefix}`, `cache_misses_total{prefix}`,
 //!   `cache_sets_total`, `cache_loads_total`, `cache_errors_total{prefix,kind}`,
