@@ -37,7 +37,7 @@ fn slot(bytes: Vec<u8>) -> Arc<Slot> {
 
 #[derive(Clone)]
 struct Entry {
-    bytes: Arc<Slot>,
+    slot: Arc<Slot>,
     expires_at: Option<Instant>,
 }
 
@@ -115,7 +115,7 @@ impl MemoryBackend {
 
     fn entry(bytes: Vec<u8>, ttl: Duration) -> Entry {
         Entry {
-            bytes: slot(bytes),
+            slot: slot(bytes),
             expires_at: Instant::now().checked_add(ttl),
         }
     }
@@ -146,7 +146,7 @@ impl MemoryBackend {
     pub(crate) async fn get_bytes(&self, key: &str) -> Option<Arc<Slot>> {
         // moka's expiry policy never returns an expired entry from `get`, so
         // the hot path skips our own clock read.
-        self.entries.get(key).await.map(|e| e.bytes)
+        self.entries.get(key).await.map(|e| e.slot)
     }
 }
 
@@ -236,7 +236,7 @@ impl Backend for MemoryBackend {
             .and_compute_with(|current| {
                 let current = Self::live(current.map(|e| e.into_value()));
                 let (value, expires_at) = match &current {
-                    Some(e) => match std::str::from_utf8(&e.bytes)
+                    Some(e) => match std::str::from_utf8(&e.slot)
                         .ok()
                         .and_then(|s| s.parse::<i64>().ok())
                     {
@@ -255,7 +255,7 @@ impl Backend for MemoryBackend {
                     Some(next) => {
                         outcome = Ok(next);
                         Op::Put(Entry {
-                            bytes: slot(next.to_string().into_bytes()),
+                            slot: slot(next.to_string().into_bytes()),
                             expires_at,
                         })
                     }
@@ -325,7 +325,7 @@ impl Backend for MemoryBackend {
             .entry(Arc::from(key))
             .and_compute_with(|current| {
                 let op = match Self::live(current.map(|e| e.into_value())) {
-                    Some(e) if *e.bytes.bytes == *marker => Op::Put(Self::entry(value, ttl)),
+                    Some(e) if **e.slot == *marker => Op::Put(Self::entry(value, ttl)),
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
@@ -342,7 +342,7 @@ impl Backend for MemoryBackend {
             .entry(Arc::from(key))
             .and_compute_with(|current| {
                 let op = match current {
-                    Some(e) if *e.value().bytes.bytes == *marker => Op::Remove,
+                    Some(e) if **e.value().slot == *marker => Op::Remove,
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
@@ -364,7 +364,7 @@ impl Backend for MemoryBackend {
         let used: u64 = self
             .entries
             .iter()
-            .map(|(k, v)| (k.len() + v.bytes.len()) as u64 + PER_ENTRY_OVERHEAD)
+            .map(|(k, v)| (k.len() + v.slot.len()) as u64 + PER_ENTRY_OVERHEAD)
             .sum();
         Ok(BackendInfo {
             version: None,

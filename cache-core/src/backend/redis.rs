@@ -157,6 +157,16 @@ impl SingleNode {
             .map(|c| (c.conn.clone(), identity(c)))
     }
 
+    /// Classifies a command failure; a connection failure flags the
+    /// connection broken so the next call takes a fresh one.
+    fn failed(&self, slot: usize, id: usize, error: redis::RedisError) -> BackendError {
+        let error = BackendError::from(error);
+        if error.kind == ErrorKind::Connection {
+            self.mark_broken(slot, id);
+        }
+        error
+    }
+
     /// Flags the connection `id` broken (so bb8 discards its copy) and
     /// empties the slot if it still holds it.
     fn mark_broken(&self, slot: usize, id: usize) {
@@ -274,16 +284,9 @@ impl RedisBackend {
         match &self.topology {
             Topology::Single(node) => {
                 let (slot, mut conn, id) = node.connection().await?;
-                match cmd.query_async(&mut conn).await {
-                    Ok(v) => Ok(v),
-                    Err(e) => {
-                        let err = BackendError::from(e);
-                        if matches!(err.kind, ErrorKind::Connection) {
-                            node.mark_broken(slot, id);
-                        }
-                        Err(err)
-                    }
-                }
+                cmd.query_async(&mut conn)
+                    .await
+                    .map_err(|e| node.failed(slot, id, e))
             }
             Topology::Cluster(conn) => Ok(cmd.query_async(&mut conn.clone()).await?),
         }
@@ -302,13 +305,10 @@ impl RedisBackend {
         match &self.topology {
             Topology::Single(node) => {
                 let (slot, mut conn, id) = node.connection().await?;
-                invocation.invoke_async(&mut conn).await.map_err(|e| {
-                    let err = BackendError::from(e);
-                    if matches!(err.kind, ErrorKind::Connection) {
-                        node.mark_broken(slot, id);
-                    }
-                    err
-                })
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| node.failed(slot, id, e))
             }
             Topology::Cluster(conn) => Ok(invocation.invoke_async(&mut conn.clone()).await?),
         }
@@ -446,7 +446,7 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<(), BackendError> {
         match &self.topology {
-            Topology::Single(_) => {
+            Topology::Single(node) => {
                 let mut pipe = redis::pipe();
                 for (key, value) in &entries {
                     pipe.cmd("SET")
@@ -456,20 +456,12 @@ impl Backend for RedisBackend {
                         .arg(px(ttl))
                         .ignore();
                 }
-                let node = match &self.topology {
-                    Topology::Single(node) => node,
-                    Topology::Cluster(_) => unreachable!(),
-                };
                 let (slot, mut conn, id) = node.connection().await?;
-                pipe.query_async::<()>(&mut conn).await.map_err(|e| {
-                    let err = BackendError::from(e);
-                    if matches!(err.kind, ErrorKind::Connection) {
-                        node.mark_broken(slot, id);
-                    }
-                    err
-                })
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| node.failed(slot, id, e))
             }
-            Topology::Cluster(_) => {
+            Topology::Cluster(conn) => {
                 // Keys live in different slots: one SET each, concurrently.
                 let mut sets = tokio::task::JoinSet::new();
                 for (key, value) in entries {
@@ -479,9 +471,6 @@ impl Backend for RedisBackend {
                         .arg("PX")
                         .arg(px(ttl))
                         .clone();
-                    let Topology::Cluster(conn) = &self.topology else {
-                        unreachable!()
-                    };
                     let mut conn = conn.clone();
                     sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
                 }
