@@ -269,11 +269,14 @@ static INSTALLED: RwLock<Option<Cache>> = RwLock::new(None);
 static INSTALL_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    static INSTALLED_HERE: std::cell::RefCell<(u64, Option<Cache>)> = const { std::cell::RefCell::new((0, None)) };
+    // The thread's own `Arc` around its copy: cloning it on the hot path
+    // touches a reference count no other thread writes (cloning the shared
+    // `Cache` would bounce one cache line between all cores).
+    static INSTALLED_HERE: std::cell::RefCell<(u64, Option<Arc<Cache>>)> = const { std::cell::RefCell::new((0, None)) };
 }
 
 tokio::task_local! {
-    static SCOPED: Cache;
+    pub(crate) static SCOPED: Cache;
     pub(crate) static BYPASS: bool;
 }
 
@@ -370,19 +373,28 @@ impl Cache {
 
     /// The installed process-wide cache, if any.
     pub fn installed() -> Option<Cache> {
+        Self::installed_here().map(|c| Cache::clone(&c))
+    }
+
+    /// The installed cache through this thread's own `Arc` (see `INSTALLED_HERE`).
+    pub(crate) fn installed_here() -> Option<Arc<Cache>> {
         let generation = INSTALL_GENERATION.load(Ordering::Acquire);
         INSTALLED_HERE
             .try_with(|here| {
                 let mut here = here.borrow_mut();
                 if here.0 != generation {
-                    *here = (
-                        generation,
-                        INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone(),
-                    );
+                    let installed = INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    *here = (generation, installed.map(Arc::new));
                 }
                 here.1.clone()
             })
-            .unwrap_or_else(|_| INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_else(|_| {
+                INSTALLED
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .map(Arc::new)
+            })
     }
 
     /// Runs `fut` with this cache as the current one for the macros, in this

@@ -34,13 +34,18 @@ pub fn escape(value: &str) -> Cow<'_, str> {
 }
 
 pub(crate) fn push_escaped_str(out: &mut String, value: &str) {
-    for c in value.chars() {
-        if needs_escape(c) {
-            let _ = write!(out, "%{:02X}", c as u32);
-        } else {
-            out.push(c);
+    // Every escaped character is ASCII, so scan bytes and copy the runs in
+    // between whole (a byte >= 0x80 is never escaped, and an ASCII byte is
+    // always a char boundary).
+    let mut run = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        if byte.is_ascii() && needs_escape(char::from(byte)) {
+            out.push_str(&value[run..i]);
+            let _ = write!(out, "%{byte:02X}");
+            run = i + 1;
         }
     }
+    out.push_str(&value[run..]);
 }
 
 /// A `fmt::Write` adaptor that escapes everything written through it.

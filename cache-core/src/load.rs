@@ -82,18 +82,59 @@ impl Cache {
             return body.await;
         }
         let entry = self.inner.stats.prefix(prefix);
-        let mut garbage = false;
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
         let mut generation = None;
+        let first = self
+            .read_stored::<M::Stored>(&entry, &skey, prefix, typed, &mut generation)
+            .await;
+        if let Found::Value(v) = first {
+            self.inner.stats.record(&entry, Event::Hit);
+            return M::from_stored(v);
+        }
+        // The miss path is a boxed future of its own: every caller up the
+        // chain moves this future by value, and a hit should not pay for
+        // copying the (much larger) state of a load.
+        Box::pin(self.load_after_miss::<R, M, F, U>(
+            &entry, prefix, skey, ttl, none_ttl, unless, typed, body, first, generation,
+        ))
+        .await
+    }
+
+    /// [`Cache::load_through`] after its first read found no value.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_after_miss<R, M, F, U>(
+        &self,
+        entry: &PrefixEntry,
+        prefix: &str,
+        skey: String,
+        ttl: Option<Duration>,
+        none_ttl: Option<Duration>,
+        unless: U,
+        typed: Option<TypedCopy<M::Stored>>,
+        body: F,
+        first: Found<M::Stored>,
+        mut generation: Option<u64>,
+    ) -> R
+    where
+        M: Mode<R>,
+        F: Future<Output = R>,
+        U: FnOnce(&M::Stored) -> bool,
+    {
+        let mut garbage = false;
+        let mut first = Some(first);
         let leader = loop {
-            match self
-                .read_stored::<M::Stored>(&entry, &skey, prefix, typed, &mut generation)
-                .await
-            {
+            let found = match first.take() {
+                Some(found) => found,
+                None => {
+                    self.read_stored::<M::Stored>(entry, &skey, prefix, typed, &mut generation)
+                        .await
+                }
+            };
+            match found {
                 Found::Value(v) => {
-                    self.inner.stats.record(&entry, Event::Hit);
+                    self.inner.stats.record(entry, Event::Hit);
                     return M::from_stored(v);
                 }
                 Found::Missing { garbage: g } => garbage |= g,
@@ -102,36 +143,36 @@ impl Cache {
             match self.inner.flights.join(&skey) {
                 Role::Leader(leader) => break leader,
                 Role::Follower(rx) => {
-                    self.inner.stats.record(&entry, Event::Coalesced);
+                    self.inner.stats.record(entry, Event::Coalesced);
                     match flight::wait(rx).await {
                         Waited::Done(Some(bytes)) => {
-                            if let Some(v) = self.decode::<M::Stored>(&entry, &skey, &bytes) {
-                                self.inner.stats.record(&entry, Event::Hit);
+                            if let Some(v) = self.decode::<M::Stored>(entry, &skey, &bytes) {
+                                self.inner.stats.record(entry, Event::Hit);
                                 return M::from_stored(v);
                             }
                         }
                         // The leader's result was not cacheable: run our own body.
                         Waited::Done(None) => {
-                            self.inner.stats.record(&entry, Event::Miss);
+                            self.inner.stats.record(entry, Event::Miss);
                             return body.await;
                         }
                         Waited::LeaderGone => continue,
                     }
                 }
                 Role::Late(rx) => {
-                    self.inner.stats.record(&entry, Event::Coalesced);
+                    self.inner.stats.record(entry, Event::Coalesced);
                     let _ = flight::wait(rx).await;
                 }
             }
         };
-        self.inner.stats.record(&entry, Event::Miss);
+        self.inner.stats.record(entry, Event::Miss);
         // Read the clock only on a miss: the hit path needs no deadline.
         let lease_deadline = Instant::now() + self.inner.config.lease_ttl;
 
         // Take a lease so that other processes wait for us, and so that an
         // invalidation during our load makes our store fail.
         if garbage {
-            self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
+            self.raw_delete(entry, std::slice::from_ref(&skey)).await;
         }
         let mut marker = LeaseGuard(None);
         let leases = self.inner.config.leases;
@@ -142,7 +183,7 @@ impl Cache {
                 let candidate = candidate.clone();
                 let lease_ttl = self.inner.config.lease_ttl;
                 let skey = skey.as_str();
-                self.on_primary(&entry, self.inner.config.timeout, |b| async move {
+                self.on_primary(entry, self.inner.config.timeout, |b| async move {
                     b.try_lease(skey, candidate, lease_ttl).await
                 })
                 .await
@@ -157,15 +198,15 @@ impl Cache {
                     if Instant::now() >= lease_deadline {
                         break;
                     }
-                    self.inner.stats.record(&entry, Event::LeaseWait);
+                    self.inner.stats.record(entry, Event::LeaseWait);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     leader.seal();
                     match self
-                        .read_stored::<M::Stored>(&entry, &skey, prefix, typed, &mut generation)
+                        .read_stored::<M::Stored>(entry, &skey, prefix, typed, &mut generation)
                         .await
                     {
                         Found::Value(v) => {
-                            self.inner.stats.record(&entry, Event::Hit);
+                            self.inner.stats.record(entry, Event::Hit);
                             // Share the value with local followers.
                             let shared = codec::encode(self.inner.config.codec, &v)
                                 .ok()
@@ -175,7 +216,7 @@ impl Cache {
                         }
                         Found::Leased => {}
                         Found::Missing { garbage: true } => {
-                            self.raw_delete(&entry, std::slice::from_ref(&skey)).await;
+                            self.raw_delete(entry, std::slice::from_ref(&skey)).await;
                         }
                         Found::Missing { garbage: false } => {}
                     }
@@ -186,11 +227,11 @@ impl Cache {
         }
 
         let result = body.await;
-        self.inner.stats.record(&entry, Event::Load);
+        self.inner.stats.record(entry, Event::Load);
         leader.seal();
         let stored = M::stored(&result).filter(|s| !unless(s));
         let shared = match stored {
-            Some(value) => match self.encode(&entry, &skey, value, generation) {
+            Some(value) => match self.encode(entry, &skey, value, generation) {
                 Ok(bytes) => {
                     let ttl = if M::is_negative(value) {
                         none_ttl.or(ttl)
@@ -203,20 +244,20 @@ impl Cache {
                         Some(marker) => {
                             let skey_ref = skey.as_str();
                             let stored = self
-                                .on_primary(&entry, self.inner.config.timeout, |b| async move {
+                                .on_primary(entry, self.inner.config.timeout, |b| async move {
                                     b.set_if_lease(skey_ref, marker, bytes, ttl).await
                                 })
                                 .await;
                             match stored {
                                 Ok(true) => {
-                                    self.inner.stats.record(&entry, Event::Set);
+                                    self.inner.stats.record(entry, Event::Set);
                                     Some(shared)
                                 }
                                 // An invalidation removed our lease while we loaded: the
                                 // value may predate it, so it is neither stored nor
                                 // handed to callers that joined after the invalidation.
                                 Ok(false) => {
-                                    self.inner.stats.record(&entry, Event::StaleSetPrevented);
+                                    self.inner.stats.record(entry, Event::StaleSetPrevented);
                                     tracing::debug!(key = %skey, "lease lost to an invalidation; value not stored");
                                     None
                                 }
@@ -228,7 +269,7 @@ impl Cache {
                             }
                         }
                         None => {
-                            self.raw_set(&entry, &skey, bytes, ttl).await;
+                            self.raw_set(entry, &skey, bytes, ttl).await;
                             Some(shared)
                         }
                     }
@@ -240,7 +281,7 @@ impl Cache {
         if let Some(marker) = marker.take() {
             let skey_ref = skey.as_str();
             let _ = self
-                .on_primary(&entry, self.inner.config.timeout, |b| async move {
+                .on_primary(entry, self.inner.config.timeout, |b| async move {
                     b.release_lease(skey_ref, marker).await
                 })
                 .await;

@@ -137,6 +137,71 @@ pub fn resolve(explicit: Option<&Cache>) -> Option<Cache> {
     found
 }
 
+/// The cache a `#[cached]` call runs against, held for the call: borrowed
+/// from `cache = expr` where the macro can prove that is sound, else the
+/// thread's handle to the installed cache, else an owned clone. No variant
+/// writes a reference count other threads share.
+pub enum Handle<'a> {
+    /// `cache = expr`, borrowed.
+    Borrowed(&'a Cache),
+    /// The installed cache, through this thread's `Arc`.
+    Installed(std::sync::Arc<Cache>),
+    /// A clone (`cache = expr` that the body also moves, or a scoped cache).
+    Owned(Cache),
+}
+
+impl std::ops::Deref for Handle<'_> {
+    type Target = Cache;
+    fn deref(&self) -> &Cache {
+        match self {
+            Handle::Borrowed(cache) => cache,
+            Handle::Installed(cache) => cache,
+            Handle::Owned(cache) => cache,
+        }
+    }
+}
+
+/// [`resolve`] for `#[cached]`: `cache = expr` borrowed for the call.
+pub fn resolve_borrowed(explicit: &Cache) -> Option<Handle<'_>> {
+    Some(Handle::Borrowed(explicit))
+}
+
+/// [`resolve`] for `#[cached]`, as a [`Handle`]: `cache = expr` cloned (the
+/// body moves what the expression borrows), or the current cache.
+pub fn resolve_handle(explicit: Option<&Cache>) -> Option<Handle<'static>> {
+    if let Some(cache) = explicit {
+        return Some(Handle::Owned(cache.clone()));
+    }
+    if let Ok(scoped) = crate::cache::SCOPED.try_with(Cache::clone) {
+        return Some(Handle::Owned(scoped));
+    }
+    let found = Cache::installed_here().map(Handle::Installed);
+    if found.is_none() && !WARNED_NONE.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "a #[cached]/#[invalidates] function ran with no cache installed: running uncached \
+             (call `Cache::from_env().await?.install()` at start-up)"
+        );
+    }
+    found
+}
+
+/// A key buffer that already holds `{namespace}:{prefix}:`, with room for
+/// `rest` more bytes, so the storage key is built in one allocation.
+pub fn key_buffer(cache: Option<&Handle<'_>>, prefix: &str, rest: usize) -> String {
+    match cache {
+        Some(cache) => {
+            let ns = cache.namespace();
+            let mut key = String::with_capacity(ns.len() + prefix.len() + rest + 2);
+            key.push_str(ns);
+            key.push(':');
+            key.push_str(prefix);
+            key.push(':');
+            key
+        }
+        None => String::new(),
+    }
+}
+
 fn bypassed() -> bool {
     BYPASS.try_with(|b| *b).unwrap_or(false)
 }
@@ -194,9 +259,9 @@ impl<T> ViaBytes<T> for &Probe<T> {
 /// The body of every `#[cached]` function.
 #[allow(clippy::too_many_arguments)]
 pub async fn cached<R, M, F, U>(
-    cache: Option<Cache>,
+    cache: Option<Handle<'_>>,
     prefix: &'static str,
-    key: String,
+    storage_key: String,
     ttl: Option<Duration>,
     none_ttl: Option<Duration>,
     unless: U,
@@ -214,18 +279,8 @@ where
     if bypassed() {
         return body.await;
     }
-    let skey = {
-        let ns = cache.namespace();
-        let mut s = String::with_capacity(ns.len() + prefix.len() + key.len() + 2);
-        s.push_str(ns);
-        s.push(':');
-        s.push_str(prefix);
-        s.push(':');
-        s.push_str(&key);
-        s
-    };
     cache
-        .load_through::<R, M, F, U>(prefix, skey, ttl, none_ttl, unless, typed, body)
+        .load_through::<R, M, F, U>(prefix, storage_key, ttl, none_ttl, unless, typed, body)
         .await
 }
 

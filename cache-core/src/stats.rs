@@ -2,7 +2,7 @@
 //! and the `metrics` crate.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::Serialize;
@@ -42,9 +42,28 @@ pub(crate) enum Event {
     Invalidation,
 }
 
+/// Counter stripes per prefix: each thread bumps its own stripe (its own
+/// cache line), so hits counted on every core do not contend; a snapshot
+/// sums the stripes.
+const STRIPES: usize = 8;
+
+/// One stripe, alone on its cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe(Counters);
+
+/// The stripe this thread bumps, assigned round-robin at its first count.
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+    }
+    MINE.try_with(|i| *i).unwrap_or(0)
+}
+
 /// The counters of one prefix plus its `metrics` handles (registered once).
 pub(crate) struct PrefixEntry {
-    counters: Counters,
+    stripes: Box<[Stripe]>,
     hits: metrics::Counter,
     misses: metrics::Counter,
     sets: metrics::Counter,
@@ -58,7 +77,7 @@ impl PrefixEntry {
     fn new(prefix: &str) -> Self {
         let label = prefix.to_owned();
         PrefixEntry {
-            counters: Counters::default(),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             hits: metrics::counter!("cache_hits_total", "prefix" => label.clone()),
             misses: metrics::counter!("cache_misses_total", "prefix" => label.clone()),
             sets: metrics::counter!("cache_sets_total", "prefix" => label.clone()),
@@ -72,6 +91,22 @@ impl PrefixEntry {
 
 /// Prefixes looked up without any lock or shared write (the hot path).
 const FAST_PREFIXES: usize = 32;
+
+impl PrefixEntry {
+    /// This thread's stripe.
+    fn counters(&self) -> &Counters {
+        &self.stripes[stripe_index()].0
+    }
+
+    /// The figures summed over the stripes.
+    fn stats(&self) -> PrefixStats {
+        let mut stats = PrefixStats::default();
+        for stripe in &self.stripes {
+            stats.add(&PrefixStats::from(&stripe.0));
+        }
+        stats
+    }
+}
 
 /// All counters of a cache. The first [`FAST_PREFIXES`] prefixes live in an
 /// append-only table read with plain loads, so a lookup on the hit path
@@ -160,7 +195,7 @@ impl StatsRegistry {
     }
 
     pub(crate) fn record(&self, entry: &PrefixEntry, event: Event) {
-        bump(&entry.counters, event);
+        bump(entry.counters(), event);
         match event {
             Event::Hit => entry.hits.increment(1),
             Event::Miss => entry.misses.increment(1),
@@ -180,7 +215,7 @@ impl StatsRegistry {
             .iter()
             .position(|k| *k == kind)
             .unwrap_or(ErrorKind::ALL.len() - 1);
-        entry.counters.errors[index].fetch_add(1, Relaxed);
+        entry.counters().errors[index].fetch_add(1, Relaxed);
         metrics::counter!("cache_errors_total", "prefix" => entry.prefix.to_string(), "kind" => kind.as_str())
             .increment(1);
     }
@@ -189,7 +224,7 @@ impl StatsRegistry {
         let mut total = PrefixStats::default();
         let mut prefixes = BTreeMap::new();
         for entry in self.entries() {
-            let stats = PrefixStats::from(&entry.counters);
+            let stats = entry.stats();
             total.add(&stats);
             prefixes.insert(entry.prefix.to_string(), stats);
         }

@@ -1,7 +1,7 @@
 //! `#[cached(...)]`: validation and expansion.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, Ident, ItemFn, Type};
 
@@ -188,7 +188,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
         }
     };
 
-    let handle = resolve_handle(args.cache.as_ref(), krate);
+    let bind_handle = bind_cached_handle(args.cache.as_ref(), func, krate, &handle_var);
     let ttl = Ttl::to_option(args.ttl.as_ref(), krate);
     let none_ttl = Ttl::to_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
     let unless = if let Some(expr) = &args.unless {
@@ -202,12 +202,17 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let body = func.body_future();
 
     let new_body = quote! {
+        #bind_handle
+        // The whole storage key (`{namespace}:{prefix}:{rest}`), one allocation.
         let #key_var: ::std::string::String = {
-            let mut #buf = ::std::string::String::with_capacity(#capacity);
+            let mut #buf = #krate::__private::key_buffer(
+                ::core::option::Option::as_ref(&#handle_var),
+                #prefix,
+                #capacity,
+            );
             #key_stmts
             #buf
         };
-        let #handle_var = #handle;
         #assert_storable
         #krate::__private::cached::<#ret, #mode, _, _>(
             #handle_var,
@@ -235,6 +240,38 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
         Some(companion(args, func, spec))
     };
     quote!(#function #companion)
+}
+
+/// `let <handle_var> = ...;` binding the `Option<__private::Handle>` a
+/// `#[cached]` call runs against. `cache = expr` is borrowed for the call
+/// when the body cannot move what it borrows (no reference count touched),
+/// else cloned; without it, the current cache.
+fn bind_cached_handle(
+    cache: Option<&Expr>,
+    func: &Func,
+    krate: &TokenStream,
+    handle_var: &Ident,
+) -> TokenStream {
+    let Some(expr) = cache else {
+        return quote!(let #handle_var = #krate::__private::resolve_handle(::core::option::Option::None););
+    };
+    let explicit = format_ident!("__cache_explicit", span = Span::mixed_site());
+    let bind = quote_spanned! {expr.span()=>
+        let #explicit: &#krate::Cache = &(#expr);
+    };
+    if func.can_borrow_across_body(&expr.to_token_stream()) {
+        quote! {
+            #bind
+            let #handle_var = #krate::__private::resolve_borrowed(#explicit);
+        }
+    } else {
+        quote! {
+            let #handle_var = {
+                #bind
+                #krate::__private::resolve_handle(::core::option::Option::Some(#explicit))
+            };
+        }
+    }
 }
 
 /// `Option<Cache>` tokens: the explicit `cache = expr`, else the current one.

@@ -39,6 +39,12 @@ impl Arg {
             _ => None,
         }
     }
+
+    /// True for `&T` and `&self`: the body's `async move` copies the
+    /// reference, so the generated code may borrow through it meanwhile.
+    pub(crate) fn is_shared_ref(&self) -> bool {
+        matches!(&self.ty, Type::Reference(r) if r.mutability.is_none())
+    }
 }
 
 /// How the function produces its future.
@@ -129,6 +135,30 @@ impl Func {
             output,
             is_method,
         }
+    }
+
+    /// Whether the generated code can hold a borrow of `expr` while the
+    /// body's `async move` block takes the arguments: true when every
+    /// argument `expr` names is a shared reference or unused by the body.
+    /// Decided on tokens, so it errs towards "no" (the caller then clones).
+    pub(crate) fn can_borrow_across_body(&self, expr: &TokenStream) -> bool {
+        if !matches!(self.shape, Shape::Async) {
+            return false;
+        }
+        let body = self.item.block.to_token_stream();
+        idents(expr).iter().all(|name| {
+            let arg = if name == "self" {
+                self.args
+                    .iter()
+                    .find(|a| matches!(a.kind, ArgKind::Receiver))
+            } else {
+                self.find_arg(name)
+            };
+            match arg {
+                None => true,
+                Some(arg) => arg.is_shared_ref() || !idents(&body).contains(name),
+            }
+        })
     }
 
     pub(crate) fn find_arg(&self, name: &str) -> Option<&Arg> {
@@ -309,4 +339,17 @@ fn single_type_arg(args: &PathArguments) -> Option<&Type> {
         GenericArgument::Type(t) => Some(t),
         _ => None,
     })
+}
+
+/// Every identifier in `tokens`, including inside groups (macro calls too).
+fn idents(tokens: &TokenStream) -> Vec<String> {
+    let mut out = Vec::new();
+    for tt in tokens.clone() {
+        match tt {
+            proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
+            proc_macro2::TokenTree::Group(g) => out.extend(idents(&g.stream())),
+            _ => {}
+        }
+    }
+    out
 }

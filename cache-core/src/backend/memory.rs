@@ -15,8 +15,10 @@ use crate::keys::glob_match;
 /// `__private::TypedCopy`).
 pub(crate) type Decoded = Arc<dyn std::any::Any + Send + Sync>;
 
-/// A stored value: its bytes, and (once a typed reader asked) a decoded copy.
+/// A stored value: its key, its bytes, and (once a typed reader asked) a
+/// decoded copy.
 pub(crate) struct Slot {
+    key: Box<str>,
     pub(crate) bytes: Box<[u8]>,
     pub(crate) decoded: std::sync::OnceLock<Decoded>,
 }
@@ -28,8 +30,9 @@ impl std::ops::Deref for Slot {
     }
 }
 
-fn slot(bytes: Vec<u8>) -> Arc<Slot> {
+fn slot(key: &str, bytes: Vec<u8>) -> Arc<Slot> {
     Arc::new(Slot {
+        key: key.into(),
         bytes: bytes.into_boxed_slice(),
         decoded: std::sync::OnceLock::new(),
     })
@@ -41,12 +44,57 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
+impl Entry {
+    /// The entry, if it is `key`'s (not another key's with the same [`KeyId`]).
+    fn of(self, key: &str) -> Option<Entry> {
+        (*self.slot.key == *key).then_some(self)
+    }
+}
+
+/// moka's key: a seeded 128-bit hash of the storage key. Hashing the string
+/// once and letting moka work on an integer (with [`PreHashed`], no second
+/// hash) makes a lookup cost about what a `u64`-keyed moka lookup costs; a
+/// string key cost ~100 ns more per lookup here. The entry keeps its key
+/// and every read checks it, so even a collision never returns another
+/// key's value (it only evicts it).
+type KeyId = u128;
+
+/// A [`std::hash::BuildHasher`] for keys that already are uniform hashes:
+/// folds the 128 bits to 64 instead of hashing them again.
+#[derive(Clone, Copy, Default)]
+struct PreHashed;
+
+impl std::hash::BuildHasher for PreHashed {
+    type Hasher = Folded;
+    fn build_hasher(&self) -> Folded {
+        Folded(0)
+    }
+}
+
+struct Folded(u64);
+
+impl std::hash::Hasher for Folded {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u128(&mut self, id: u128) {
+        // Truncation is the point: fold the 128 bits to 64.
+        #[allow(clippy::cast_possible_truncation)]
+        let folded = (id as u64) ^ ((id >> 64) as u64);
+        self.0 ^= folded;
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u128` keys; still a fine hash for anything else.
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+}
+
 struct EntryExpiry;
 
-impl Expiry<Arc<str>, Entry> for EntryExpiry {
+impl Expiry<KeyId, Entry> for EntryExpiry {
     fn expire_after_create(
         &self,
-        _key: &Arc<str>,
+        _key: &KeyId,
         value: &Entry,
         created_at: Instant,
     ) -> Option<Duration> {
@@ -56,7 +104,7 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
     }
     fn expire_after_update(
         &self,
-        _key: &Arc<str>,
+        _key: &KeyId,
         value: &Entry,
         updated_at: Instant,
         _current: Option<Duration>,
@@ -72,7 +120,9 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
 /// fallback while Redis is away.
 #[derive(Clone)]
 pub struct MemoryBackend {
-    entries: moka::future::Cache<Arc<str>, Entry>,
+    entries: moka::future::Cache<KeyId, Entry, PreHashed>,
+    /// Random per store, so nobody can precompute colliding keys.
+    seed: u64,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -90,8 +140,21 @@ impl MemoryBackend {
             entries: moka::future::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(EntryExpiry)
-                .build(),
+                .build_with_hasher(PreHashed),
+            seed: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0u8,
+            ),
         }
+    }
+
+    fn id(&self, key: &str) -> KeyId {
+        xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), self.seed)
+    }
+
+    /// The live entry of `key`, if any.
+    async fn current(&self, key: &str) -> Option<Entry> {
+        self.entries.get(&self.id(key)).await?.of(key)
     }
 
     /// Drops every entry.
@@ -113,9 +176,9 @@ impl MemoryBackend {
         entry.filter(|e| e.expires_at.is_none_or(|at| at > Instant::now()))
     }
 
-    fn entry(bytes: Vec<u8>, ttl: Duration) -> Entry {
+    fn entry(key: &str, bytes: Vec<u8>, ttl: Duration) -> Entry {
         Entry {
-            slot: slot(bytes),
+            slot: slot(key, bytes),
             expires_at: Instant::now().checked_add(ttl),
         }
     }
@@ -123,12 +186,12 @@ impl MemoryBackend {
     /// Removes `key` through moka's per-key compute lock, so a delete is
     /// ordered with the compare-and-set of a lease (a plain `remove` is not,
     /// and could let a loader's stale value land after an invalidation).
-    async fn remove_serialized(&self, key: Arc<str>) -> bool {
+    async fn remove_serialized(&self, key: &str) -> bool {
         let result = self
             .entries
-            .entry(key)
+            .entry(self.id(key))
             .and_compute_with(|current| {
-                std::future::ready(match current {
+                std::future::ready(match current.and_then(|e| e.into_value().of(key)) {
                     Some(_) => Op::Remove,
                     None => Op::Nop,
                 })
@@ -146,7 +209,7 @@ impl MemoryBackend {
     pub(crate) async fn get_bytes(&self, key: &str) -> Option<Arc<Slot>> {
         // moka's expiry policy never returns an expired entry from `get`, so
         // the hot path skips our own clock read.
-        self.entries.get(key).await.map(|e| e.slot)
+        self.current(key).await.map(|e| e.slot)
     }
 }
 
@@ -170,7 +233,7 @@ impl Backend for MemoryBackend {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), BackendError> {
         self.entries
-            .insert(Arc::from(key), Self::entry(value, ttl))
+            .insert(self.id(key), Self::entry(key, value, ttl))
             .await;
         Ok(())
     }
@@ -182,7 +245,7 @@ impl Backend for MemoryBackend {
     ) -> Result<(), BackendError> {
         for (key, value) in entries {
             self.entries
-                .insert(Arc::from(key), Self::entry(value, ttl))
+                .insert(self.id(&key), Self::entry(&key, value, ttl))
                 .await;
         }
         Ok(())
@@ -191,7 +254,7 @@ impl Backend for MemoryBackend {
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
         let mut deleted = 0;
         for key in keys {
-            if self.remove_serialized(Arc::from(key.as_str())).await {
+            if self.remove_serialized(key).await {
                 deleted += 1;
             }
         }
@@ -205,9 +268,9 @@ impl Backend for MemoryBackend {
     async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let result = self
             .entries
-            .entry(Arc::from(key))
+            .entry(self.id(key))
             .and_compute_with(|current| {
-                let op = match Self::live(current.map(|e| e.into_value())) {
+                let op = match Self::live(current.and_then(|e| e.into_value().of(key))) {
                     Some(mut e) => {
                         e.expires_at = Instant::now().checked_add(ttl);
                         Op::Put(e)
@@ -224,7 +287,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, BackendError> {
-        Ok(Self::live(self.entries.get(key).await)
+        Ok(Self::live(self.current(key).await)
             .and_then(|e| e.expires_at)
             .map(|at| at.saturating_duration_since(Instant::now())))
     }
@@ -232,9 +295,9 @@ impl Backend for MemoryBackend {
     async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
         let mut outcome: Result<i64, BackendError> = Ok(0);
         self.entries
-            .entry(Arc::from(key))
+            .entry(self.id(key))
             .and_compute_with(|current| {
-                let current = Self::live(current.map(|e| e.into_value()));
+                let current = Self::live(current.and_then(|e| e.into_value().of(key)));
                 let (value, expires_at) = match &current {
                     Some(e) => match std::str::from_utf8(&e.slot)
                         .ok()
@@ -255,7 +318,7 @@ impl Backend for MemoryBackend {
                     Some(next) => {
                         outcome = Ok(next);
                         Op::Put(Entry {
-                            slot: slot(next.to_string().into_bytes()),
+                            slot: slot(key, next.to_string().into_bytes()),
                             expires_at,
                         })
                     }
@@ -274,15 +337,15 @@ impl Backend for MemoryBackend {
     }
 
     async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        let doomed: Vec<Arc<str>> = self
+        let doomed: Vec<Arc<Slot>> = self
             .entries
             .iter()
-            .filter(|(k, _)| glob_match(pattern.as_bytes(), k.as_bytes()))
-            .map(|(k, _)| Arc::clone(&*k))
+            .filter(|(_, e)| glob_match(pattern.as_bytes(), e.slot.key.as_bytes()))
+            .map(|(_, e)| e.slot)
             .collect();
         let mut deleted = 0;
-        for key in doomed {
-            if self.remove_serialized(key).await {
+        for slot in doomed {
+            if self.remove_serialized(&slot.key).await {
                 deleted += 1;
             }
         }
@@ -297,11 +360,11 @@ impl Backend for MemoryBackend {
     ) -> Result<bool, BackendError> {
         let result = self
             .entries
-            .entry(Arc::from(key))
+            .entry(self.id(key))
             .and_compute_with(|current| {
-                let op = match Self::live(current.map(|e| e.into_value())) {
+                let op = match Self::live(current.and_then(|e| e.into_value().of(key))) {
                     Some(_) => Op::Nop,
-                    None => Op::Put(Self::entry(marker, ttl)),
+                    None => Op::Put(Self::entry(key, marker, ttl)),
                 };
                 std::future::ready(op)
             })
@@ -322,10 +385,10 @@ impl Backend for MemoryBackend {
     ) -> Result<bool, BackendError> {
         let result = self
             .entries
-            .entry(Arc::from(key))
+            .entry(self.id(key))
             .and_compute_with(|current| {
-                let op = match Self::live(current.map(|e| e.into_value())) {
-                    Some(e) if **e.slot == *marker => Op::Put(Self::entry(value, ttl)),
+                let op = match Self::live(current.and_then(|e| e.into_value().of(key))) {
+                    Some(e) if **e.slot == *marker => Op::Put(Self::entry(key, value, ttl)),
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
@@ -339,10 +402,10 @@ impl Backend for MemoryBackend {
 
     async fn release_lease(&self, key: &str, marker: Vec<u8>) -> Result<(), BackendError> {
         self.entries
-            .entry(Arc::from(key))
+            .entry(self.id(key))
             .and_compute_with(|current| {
-                let op = match current {
-                    Some(e) if **e.value().slot == *marker => Op::Remove,
+                let op = match current.and_then(|e| e.into_value().of(key)) {
+                    Some(e) if **e.slot == *marker => Op::Remove,
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
@@ -364,7 +427,7 @@ impl Backend for MemoryBackend {
         let used: u64 = self
             .entries
             .iter()
-            .map(|(k, v)| (k.len() + v.slot.len()) as u64 + PER_ENTRY_OVERHEAD)
+            .map(|(_, v)| (v.slot.key.len() + v.slot.len()) as u64 + PER_ENTRY_OVERHEAD)
             .sum();
         Ok(BackendInfo {
             version: None,
@@ -372,5 +435,31 @@ impl Backend for MemoryBackend {
             connected_clients: None,
             total_keys: Some(self.entries.entry_count()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_entry_is_only_returned_for_its_own_key() {
+        // Plant `b`'s entry where `a` would live, as a hash collision would.
+        let store = MemoryBackend::new(100);
+        let ttl = Duration::from_secs(60);
+        store
+            .entries
+            .insert(
+                store.id("a"),
+                MemoryBackend::entry("b", b"b's".to_vec(), ttl),
+            )
+            .await;
+        assert!(store.get_bytes("a").await.is_none());
+        assert!(!store.exists("a").await.unwrap());
+        assert_eq!(store.ttl("a").await.unwrap(), None);
+        assert_eq!(store.delete(&["a".to_owned()]).await.unwrap(), 0);
+        assert!(store.try_lease("a", b"m".to_vec(), ttl).await.unwrap());
+        assert_eq!(&*store.get_bytes("a").await.unwrap().bytes, b"m");
+        assert_eq!(store.delete_pattern("b").await.unwrap(), 0);
     }
 }
