@@ -63,7 +63,11 @@ impl Breaker {
 
     /// Returns true when this success closed an open breaker.
     pub(crate) fn on_success(&self) -> bool {
-        self.consecutive.store(0, Relaxed);
+        // Write only when there is something to reset: a store on every
+        // success would bounce this line between cores on the hit path.
+        if self.consecutive.load(Relaxed) != 0 {
+            self.consecutive.store(0, Relaxed);
+        }
         if self.opened_at.load(Acquire) != 0 {
             self.opened_at.store(0, Release);
             self.probing.store(false, Release);

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) primary: Arc<dyn Backend>,
     /// Set when the primary is the built-in memory backend (no dynamic dispatch, no resilience).
     pub(crate) memory: Option<MemoryBackend>,
+    /// Set when the primary is the built-in Redis backend: the hit path calls
+    /// it directly (no boxed `async_trait` future per GET).
+    pub(crate) redis: Option<Arc<RedisBackend>>,
     pub(crate) resilience: Option<Resilience>,
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
@@ -248,7 +251,11 @@ impl CacheBuilder {
                 });
             }
         };
-        let cache = Cache::with_backend(Arc::new(backend), config);
+        let backend = Arc::new(backend);
+        let mut cache = Cache::with_backend(backend.clone(), config);
+        if let Some(inner) = Arc::get_mut(&mut cache.inner) {
+            inner.redis = Some(backend);
+        }
         match tokio::time::timeout(cache.inner.config.timeout * 4, cache.inner.primary.ping()).await
         {
             Ok(Ok(())) => tracing::info!(target = %target.redacted(), "cache connected to Redis"),
@@ -355,6 +362,7 @@ impl Cache {
                 kind,
                 primary,
                 memory: None,
+                redis: None,
                 resilience,
                 stats: StatsRegistry::new(),
                 flights: Flights::default(),
@@ -681,12 +689,19 @@ impl Cache {
         if let Some(memory) = &self.inner.memory {
             return memory.get_bytes(skey).await.map(RawBytes::Shared);
         }
-        match self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.get(skey).await
-            })
-            .await
-        {
+        let read = match &self.inner.redis {
+            Some(redis) => {
+                self.on_primary(entry, self.inner.config.timeout, |_| redis.get_direct(skey))
+                    .await
+            }
+            None => {
+                self.on_primary(entry, self.inner.config.timeout, |b| async move {
+                    b.get(skey).await
+                })
+                .await
+            }
+        };
+        match read {
             Ok(v) => v.map(RawBytes::Owned),
             Err(_) => {
                 let res = self.inner.resilience.as_ref()?;

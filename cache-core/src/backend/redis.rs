@@ -12,8 +12,10 @@
 //! takes a fresh one) and serving bulk work. Check-out PINGs are off and
 //! TCP_NODELAY is on.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -90,7 +92,10 @@ impl bb8::ManageConnection for Manager {
 
 struct SingleNode {
     pool: bb8::Pool<Manager>,
-    shared: Vec<RwLock<Option<TrackedConnection>>>,
+    /// The shared connections. `ArcSwap`: a read on the hit path writes no
+    /// line other threads share (an `RwLock` read is an atomic read-modify-write
+    /// on one, contended by every core).
+    shared: Vec<ArcSwapOption<TrackedConnection>>,
     refresh: Vec<tokio::sync::Mutex<()>>,
     next: AtomicUsize,
 }
@@ -117,7 +122,7 @@ impl SingleNode {
         }
         let tracked = self.fresh_connection().await?;
         let found = (tracked.conn.clone(), identity(&tracked));
-        *self.shared[slot].write().unwrap_or_else(|e| e.into_inner()) = Some(tracked);
+        self.shared[slot].store(Some(Arc::new(tracked)));
         Ok((slot, found.0, found.1))
     }
 
@@ -150,9 +155,9 @@ impl SingleNode {
     }
 
     fn current(&self, slot: usize) -> Option<(MultiplexedConnection, usize)> {
-        let guard = self.shared[slot].read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.shared[slot].load();
         guard
-            .as_ref()
+            .as_deref()
             .filter(|c| !c.broken.load(Ordering::Relaxed))
             .map(|c| (c.conn.clone(), identity(c)))
     }
@@ -170,12 +175,13 @@ impl SingleNode {
     /// Flags the connection `id` broken (so bb8 discards its copy) and
     /// empties the slot if it still holds it.
     fn mark_broken(&self, slot: usize, id: usize) {
-        let mut guard = self.shared[slot].write().unwrap_or_else(|e| e.into_inner());
-        if let Some(current) = guard.as_ref()
-            && identity(current) == id
+        let current = self.shared[slot].load_full();
+        if let Some(conn) = &current
+            && identity(conn) == id
         {
-            current.broken.store(true, Ordering::Relaxed);
-            *guard = None;
+            conn.broken.store(true, Ordering::Relaxed);
+            // Only if it still holds that connection (a fresh one may be in).
+            let _ = self.shared[slot].compare_and_swap(&current, None);
         }
     }
 }
@@ -243,7 +249,9 @@ impl RedisBackend {
                     .build_unchecked(manager);
                 Topology::Single(SingleNode {
                     pool,
-                    shared: (0..SHARED_CONNECTIONS).map(|_| RwLock::new(None)).collect(),
+                    shared: (0..SHARED_CONNECTIONS)
+                        .map(|_| ArcSwapOption::empty())
+                        .collect(),
                     refresh: (0..SHARED_CONNECTIONS)
                         .map(|_| tokio::sync::Mutex::new(()))
                         .collect(),
@@ -290,6 +298,11 @@ impl RedisBackend {
             }
             Topology::Cluster(conn) => Ok(cmd.query_async(&mut conn.clone()).await?),
         }
+    }
+
+    /// GET, for the hit path (an inherent method: no boxed future).
+    pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.query(redis::cmd("GET").arg(key)).await
     }
 
     async fn invoke(
@@ -425,7 +438,7 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.query(redis::cmd("GET").arg(key)).await
+        self.get_direct(key).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
