@@ -111,11 +111,19 @@ pub struct CacheConfig {
     /// that a load overtaken by an invalidation cannot store its stale value,
     /// and the cross-process stampede protection; it exists to measure them.
     pub leases: bool,
-    /// TCP_NODELAY on Redis connections (`REDIS_TCP_NODELAY`, default on):
-    /// lowest latency per call. Off lets the kernel coalesce the small
-    /// writes of many concurrent callers on a shared connection; on the
-    /// 2-core benchmark machine that gave more throughput at 64 tasks (see
-    /// docs/BENCHMARKS.md), so measure before changing it.
+    /// TCP_NODELAY on Redis connections (`REDIS_TCP_NODELAY`, default on).
+    ///
+    /// Off (Nagle's algorithm, redis-rs's own default) lets the kernel
+    /// coalesce the small writes of many concurrent callers on the shared
+    /// connection: on the 2-core benchmark machine, over loopback, that cost
+    /// less client CPU per call at 64 tasks (docs/BENCHMARKS.md). It stays
+    /// on by default because over a real network Nagle holds the tail of
+    /// any command longer than one segment (a value over ~1.4 KB) until the
+    /// server acknowledges the first part, and the server delays that
+    /// acknowledgement by up to 40 ms: a latency cliff no cache should hide
+    /// in its defaults (redis-py, ioredis, Jedis and Lettuce all set
+    /// NODELAY for the same reason). Turn it off only for small values on
+    /// a fast link, after measuring.
     pub tcp_nodelay: bool,
     /// O(1) prefix invalidation (`CACHE_PREFIX_GENERATIONS`, default off).
     /// Each prefix has a generation (a random 64-bit value at

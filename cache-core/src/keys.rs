@@ -48,19 +48,19 @@ pub(crate) fn push_escaped_str(out: &mut String, value: &str) {
     out.push_str(&value[run..]);
 }
 
-/// A `fmt::Write` adaptor that escapes everything written through it.
-pub(crate) struct EscapingWriter<'a>(pub(crate) &'a mut String);
-
-impl fmt::Write for EscapingWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        push_escaped_str(self.0, s);
-        Ok(())
-    }
-}
-
 /// Appends the `Display` form of `value` to `buf`, escaped.
 pub(crate) fn push_escaped_display<T: fmt::Display + ?Sized>(buf: &mut String, value: &T) {
-    let _ = write!(EscapingWriter(buf), "{value}");
+    // Format straight into the key, then escape only if needed (rare: ids
+    // and names seldom hold `* ? [ ] : \ %` or control characters).
+    let start = buf.len();
+    let _ = write!(buf, "{value}");
+    if buf.as_bytes()[start..]
+        .iter()
+        .any(|b| b.is_ascii() && needs_escape(char::from(*b)))
+    {
+        let raw = buf.split_off(start);
+        push_escaped_str(buf, &raw);
+    }
 }
 
 /// A stable 128-bit hash of `value`'s serde serialization, as 32 lowercase hex
@@ -218,6 +218,15 @@ mod tests {
         assert!(m("*:x:*", "ns:x:1"));
         assert!(m("ns:customer:*", "ns:customer:1%2A"));
         assert!(!m("ns:customer:*", "ns:customers:1"));
+    }
+
+    #[test]
+    fn display_values_are_escaped_after_what_the_buffer_holds() {
+        let mut key = String::from("ns:p:");
+        push_escaped_display(&mut key, &42u64);
+        push_escaped_display(&mut key, "é*ü:\n%");
+        push_escaped_display(&mut key, &'\u{7f}');
+        assert_eq!(key, "ns:p:42é%2Aü%3A%0A%25%7F");
     }
 
     #[test]
