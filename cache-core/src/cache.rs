@@ -1024,7 +1024,11 @@ impl Cache {
         Ok(self.raw_delete(&entry, &skeys).await)
     }
 
-    /// Whether `key` holds a value.
+    /// Whether `key` holds a value that [`get`](Self::get) could return: a
+    /// load in progress (its lease marker) is not one, nor, with prefix
+    /// generations, a value its prefix's invalidation left behind. With
+    /// leases or generations on this reads the key (a `GET`), not `EXISTS`.
+    /// [`ttl`](Self::ttl) and [`expire`](Self::expire) apply the same test.
     pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
         Self::check_key(key)?;
         if !self.is_enabled() {
@@ -1032,6 +1036,9 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
+        if self.inner.config.prefix_generations || self.inner.config.leases {
+            return Ok(self.visible(&entry, key, &skey).await);
+        }
         let skey = skey.as_str();
         Ok(self
             .with_fallback(
@@ -1043,6 +1050,25 @@ impl Cache {
             .unwrap_or(false))
     }
 
+    /// Whether `skey` holds what a read would return: not a lease marker
+    /// (a load in progress), and with prefix generations not a value
+    /// labeled with an older generation (invalidated). Bytes that are not
+    /// ours (a counter, a foreign value) count as present, as `EXISTS` says.
+    async fn visible(&self, entry: &PrefixEntry, key: &str, skey: &str) -> bool {
+        let (raw, current) = self
+            .raw_get_current(entry, skey, Self::prefix_of(key))
+            .await;
+        match raw {
+            None => false,
+            Some(bytes) if codec::is_lease(&bytes) => false,
+            Some(bytes) => {
+                current.is_none()
+                    || !codec::is_envelope(&bytes)
+                    || codec::generation_of(&bytes) == current
+            }
+        }
+    }
+
     /// Sets a new TTL on `key`; `false` when it does not exist.
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
         Self::check_key(key)?;
@@ -1051,6 +1077,11 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
+        if (self.inner.config.prefix_generations || self.inner.config.leases)
+            && !self.visible(&entry, key, &skey).await
+        {
+            return Ok(false);
+        }
         let skey = skey.as_str();
         let cap = self.fallback_ttl(ttl);
         Ok(self
@@ -1071,6 +1102,11 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
+        if (self.inner.config.prefix_generations || self.inner.config.leases)
+            && !self.visible(&entry, key, &skey).await
+        {
+            return Ok(None);
+        }
         let skey = skey.as_str();
         Ok(self
             .with_fallback(

@@ -154,6 +154,33 @@ async fn macros_honour_generations(kind: Kind) {
         .await;
 }
 
+/// `exists`, `ttl` and `expire` agree with `get` after a prefix
+/// invalidation: the old values are still stored (they expire by TTL) but
+/// must not be reported.
+async fn direct_api_sees_through_old_generations(kind: Kind) {
+    let cache = cache(kind, true).await;
+    cache.set("search:1", &1u64, None).await.unwrap();
+    cache.incr("search:hits", 1).await.unwrap();
+    assert!(cache.exists("search:1").await.unwrap());
+    assert!(cache.ttl("search:1").await.unwrap().is_some());
+
+    cache.invalidate_prefix("search").await.unwrap();
+    assert_eq!(cache.get::<u64>("search:1").await.unwrap(), None);
+    assert!(!cache.exists("search:1").await.unwrap());
+    assert_eq!(cache.ttl("search:1").await.unwrap(), None);
+    assert!(
+        !cache
+            .expire("search:1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    // Counters are plain integers, not labeled values: still reported.
+    assert!(cache.exists("search:hits").await.unwrap());
+
+    cache.set("search:1", &2u64, None).await.unwrap();
+    assert!(cache.exists("search:1").await.unwrap());
+}
+
 macro_rules! on_every_backend {
     ($($kind:ident => $module:ident),*) => {$(
         mod $module {
@@ -167,6 +194,11 @@ macro_rules! on_every_backend {
             #[tokio::test]
             async fn a_load_racing_the_prefix_invalidation_is_not_served() {
                 assert_eq!(load_racing_a_prefix_invalidation_is_not_served(Kind::$kind, true).await, None);
+            }
+
+            #[tokio::test]
+            async fn exists_ttl_and_expire_see_through_old_generations() {
+                direct_api_sees_through_old_generations(Kind::$kind).await;
             }
 
             #[tokio::test]
