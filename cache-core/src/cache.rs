@@ -1024,11 +1024,13 @@ impl Cache {
         Ok(self.raw_delete(&entry, &skeys).await)
     }
 
-    /// Whether `key` holds a value that [`get`](Self::get) could return: a
-    /// load in progress (its lease marker) is not one, nor, with prefix
-    /// generations, a value its prefix's invalidation left behind. With
-    /// leases or generations on this reads the key (a `GET`), not `EXISTS`.
-    /// [`ttl`](Self::ttl) and [`expire`](Self::expire) apply the same test.
+    /// Whether `key` holds a value. With prefix generations on, a value its
+    /// prefix's invalidation left behind (stored until its TTL ends) does not
+    /// count, nor does a load's lease marker: this then reads the key (a
+    /// `GET`) rather than asking `EXISTS`, and [`ttl`](Self::ttl) and
+    /// [`expire`](Self::expire) apply the same test. Without generations,
+    /// a key whose value is being loaded right now reports the load's
+    /// lease marker as present (for at most the lease TTL).
     pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
         Self::check_key(key)?;
         if !self.is_enabled() {
@@ -1036,7 +1038,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        if self.inner.config.prefix_generations || self.inner.config.leases {
+        if self.inner.config.prefix_generations {
             return Ok(self.visible(&entry, key, &skey).await);
         }
         let skey = skey.as_str();
@@ -1077,9 +1079,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        if (self.inner.config.prefix_generations || self.inner.config.leases)
-            && !self.visible(&entry, key, &skey).await
-        {
+        if self.inner.config.prefix_generations && !self.visible(&entry, key, &skey).await {
             return Ok(false);
         }
         let skey = skey.as_str();
@@ -1102,9 +1102,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        if (self.inner.config.prefix_generations || self.inner.config.leases)
-            && !self.visible(&entry, key, &skey).await
-        {
+        if self.inner.config.prefix_generations && !self.visible(&entry, key, &skey).await {
             return Ok(None);
         }
         let skey = skey.as_str();

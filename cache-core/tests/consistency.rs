@@ -77,9 +77,6 @@ async fn stale_set_race_with(kind: Kind, leases: bool, by_prefix: bool) -> Optio
         })
     };
     loaded.notified().await;
-    // The load holds a lease marker at the key: not a value.
-    assert!(!cache.exists("customer:1").await.unwrap());
-    assert_eq!(cache.ttl("customer:1").await.unwrap(), None);
     db.store(2, Ordering::SeqCst);
     if by_prefix {
         cache.invalidate_prefix("customer").await.unwrap();
