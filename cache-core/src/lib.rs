@@ -88,9 +88,11 @@
 //!
 //! # What a hit costs
 //! A Redis hit is one `GET` on a shared multiplexed connection; a memory hit
-//! is one moka lookup. On the way, the hit path writes no memory that
-//! another core also writes, because on a busy multi-core service such shared
-//! writes cost more than the lookup itself:
+//! is one moka lookup. Around that, cache-core's own code avoids writing
+//! memory that other cores also write (on a busy multi-core service such
+//! writes cost more than the lookup itself); what remains are the reference
+//! counts of the connection handle redis-rs needs per command and of the
+//! stored value moka hands out:
 //! - `cache = expr` is borrowed for the call when the macro can see the body
 //!   does not move what it names, and the installed cache is reached
 //!   through a per-thread `Arc` (no shared reference count);
