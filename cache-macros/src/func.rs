@@ -146,6 +146,12 @@ impl Func {
             return false;
         }
         let body = self.item.block.to_token_stream();
+        let used = idents(&body);
+        // `format!("{name}")` captures `name` from inside a string literal.
+        let literals = literals(&body);
+        let mentions = |name: &str| {
+            used.iter().any(|u| u == name) || literals.iter().any(|l| l.contains(name))
+        };
         idents(expr).iter().all(|name| {
             let arg = if name == "self" {
                 self.args
@@ -156,7 +162,7 @@ impl Func {
             };
             match arg {
                 None => true,
-                Some(arg) => arg.is_shared_ref() || !idents(&body).contains(name),
+                Some(arg) => arg.is_shared_ref() || !mentions(name),
             }
         })
     }
@@ -348,6 +354,19 @@ fn idents(tokens: &TokenStream) -> Vec<String> {
         match tt {
             proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
             proc_macro2::TokenTree::Group(g) => out.extend(idents(&g.stream())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The text of every literal in `tokens`, including inside groups.
+fn literals(tokens: &TokenStream) -> Vec<String> {
+    let mut out = Vec::new();
+    for tt in tokens.clone() {
+        match tt {
+            proc_macro2::TokenTree::Literal(l) => out.push(l.to_string()),
+            proc_macro2::TokenTree::Group(g) => out.extend(literals(&g.stream())),
             _ => {}
         }
     }

@@ -18,6 +18,12 @@ async fn moved(cache: Cache, id: u64) -> u64 {
     id
 }
 
+// A by-value `Cache` the body names only inside a format string: cloned.
+#[cached(prefix = "in_format", key = "{id}", cache = cache)]
+async fn in_format(cache: Cache, id: u64) -> String {
+    format!("{id} from {cache:?}")
+}
+
 // A `&Cache` the body also uses: borrowed (the body copies the reference).
 #[cached(prefix = "by_ref", key = "{id}", cache = cache)]
 async fn by_ref(cache: &Cache, id: u64) -> u64 {
@@ -48,11 +54,12 @@ async fn main() {
         assert_eq!(moved(cache.clone(), 1).await, 1);
         assert_eq!(by_ref(&cache, 2).await, 2);
         assert_eq!(unused(cache.clone(), 3).await, 3);
+        assert!(in_format(cache.clone(), 6).await.starts_with("6 from"));
         assert_eq!(from_static(4).await, 4);
         assert_eq!(from_call(5).await, 5);
     }
     let stats = cache.stats();
-    for prefix in ["moved", "by_ref", "unused"] {
+    for prefix in ["moved", "by_ref", "unused", "in_format"] {
         assert_eq!(stats.prefixes[prefix].hits, 1, "{prefix}");
     }
     let shared_stats = SHARED.stats();
