@@ -139,8 +139,9 @@ pub fn resolve(explicit: Option<&Cache>) -> Option<Cache> {
 
 /// The cache a `#[cached]` call runs against, held for the call: borrowed
 /// from `cache = expr` where the macro can prove that is sound, else the
-/// thread's handle to the installed cache, else an owned clone. No variant
-/// writes a reference count other threads share.
+/// thread's handle to the installed cache, else an owned clone. Only the
+/// clone writes the reference count every thread shares (the common cases,
+/// `cache = &..` and the installed cache, do not).
 pub enum Handle<'a> {
     /// `cache = expr`, borrowed.
     Borrowed(&'a Cache),
