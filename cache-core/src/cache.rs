@@ -449,11 +449,17 @@ impl Cache {
     /// assert_eq!(cache.storage_key("customer:42"), "cache:customer:42");
     /// ```
     pub fn storage_key(&self, key: &str) -> String {
+        let mut out = self.key_in_namespace(key.len());
+        out.push_str(key);
+        out
+    }
+
+    /// `"{namespace}:"`, with room for `rest` more bytes.
+    pub(crate) fn key_in_namespace(&self, rest: usize) -> String {
         let ns = &self.inner.config.namespace;
-        let mut out = String::with_capacity(ns.len() + 1 + key.len());
+        let mut out = String::with_capacity(ns.len() + 1 + rest);
         out.push_str(ns);
         out.push(':');
-        out.push_str(key);
         out
     }
 

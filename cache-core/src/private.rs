@@ -124,17 +124,7 @@ static WARNED_NONE: AtomicBool = AtomicBool::new(false);
 /// The cache a generated function uses: `cache = expr`, else the task's
 /// scoped cache, else the installed one; `None` runs uncached (warned once).
 pub fn resolve(explicit: Option<&Cache>) -> Option<Cache> {
-    if let Some(cache) = explicit {
-        return Some(cache.clone());
-    }
-    let found = Cache::current();
-    if found.is_none() && !WARNED_NONE.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            "a #[cached]/#[invalidates] function ran with no cache installed: running uncached \
-             (call `Cache::from_env().await?.install()` at start-up)"
-        );
-    }
-    found
+    resolve_handle(explicit).map(|handle| Cache::clone(&handle))
 }
 
 /// The cache a `#[cached]` call runs against, held for the call: borrowed
@@ -191,10 +181,7 @@ pub fn resolve_handle(explicit: Option<&Cache>) -> Option<Handle<'static>> {
 pub fn key_buffer(cache: Option<&Handle<'_>>, prefix: &str, rest: usize) -> String {
     match cache {
         Some(cache) => {
-            let ns = cache.namespace();
-            let mut key = String::with_capacity(ns.len() + prefix.len() + rest + 2);
-            key.push_str(ns);
-            key.push(':');
+            let mut key = cache.key_in_namespace(prefix.len() + 1 + rest);
             key.push_str(prefix);
             key.push(':');
             key

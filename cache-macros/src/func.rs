@@ -145,14 +145,13 @@ impl Func {
         if !matches!(self.shape, Shape::Async) {
             return false;
         }
-        let body = self.item.block.to_token_stream();
-        let used = idents(&body);
-        // `format!("{name}")` captures `name` from inside a string literal.
-        let literals = literals(&body);
+        // An identifier, or inside a literal: `format!("{name}")` captures
+        // `name` from inside a string.
+        let (body_idents, body_literals) = words(&self.item.block.to_token_stream());
         let mentions = |name: &str| {
-            used.iter().any(|u| u == name) || literals.iter().any(|l| l.contains(name))
+            body_idents.iter().any(|i| i == name) || body_literals.iter().any(|l| l.contains(name))
         };
-        idents(expr).iter().all(|name| {
+        words(expr).0.iter().all(|name| {
             let arg = if name == "self" {
                 self.args
                     .iter()
@@ -347,28 +346,20 @@ fn single_type_arg(args: &PathArguments) -> Option<&Type> {
     })
 }
 
-/// Every identifier in `tokens`, including inside groups (macro calls too).
-fn idents(tokens: &TokenStream) -> Vec<String> {
-    let mut out = Vec::new();
-    for tt in tokens.clone() {
-        match tt {
-            proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
-            proc_macro2::TokenTree::Group(g) => out.extend(idents(&g.stream())),
-            _ => {}
+/// The text of every identifier and of every literal in `tokens`,
+/// including inside groups (macro calls too).
+fn words(tokens: &TokenStream) -> (Vec<String>, Vec<String>) {
+    fn walk(tokens: &TokenStream, idents: &mut Vec<String>, literals: &mut Vec<String>) {
+        for tt in tokens.clone() {
+            match tt {
+                proc_macro2::TokenTree::Ident(i) => idents.push(i.to_string()),
+                proc_macro2::TokenTree::Literal(l) => literals.push(l.to_string()),
+                proc_macro2::TokenTree::Group(g) => walk(&g.stream(), idents, literals),
+                proc_macro2::TokenTree::Punct(_) => {}
+            }
         }
     }
-    out
-}
-
-/// The text of every literal in `tokens`, including inside groups.
-fn literals(tokens: &TokenStream) -> Vec<String> {
-    let mut out = Vec::new();
-    for tt in tokens.clone() {
-        match tt {
-            proc_macro2::TokenTree::Literal(l) => out.push(l.to_string()),
-            proc_macro2::TokenTree::Group(g) => out.extend(literals(&g.stream())),
-            _ => {}
-        }
-    }
-    out
+    let (mut idents, mut literals) = (Vec::new(), Vec::new());
+    walk(tokens, &mut idents, &mut literals);
+    (idents, literals)
 }
