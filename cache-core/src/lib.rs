@@ -107,10 +107,10 @@
 //!   its own, so a hit does not move the state of a load around.
 //!
 //! docs/BENCHMARKS.md has the figures, against raw redis-rs, moka and the
-//! `cached` crate. A memory hit costs about what moka itself costs when it
-//! is keyed the way this cache must key it (a `{namespace}:{prefix}:{key}`
-//! string built per call, a TTL per entry); that key, not the layer around
-//! it, is most of the distance to a `u64`-keyed moka `get`.
+//! `cached` crate. Of the distance between a memory hit and a `u64`-keyed
+//! moka `get`, about half is the key and TTL this cache must use (a
+//! `{namespace}:{prefix}:{key}` string built per call, a TTL per entry; moka
+//! keyed that way pays it too) and half is the layer around moka.
 #![warn(missing_docs)]
 
 /// The `#[cached]` and `#[invalidates]` guide: every argument with a runnable example.

@@ -1307,7 +1307,7 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         per_round("cached_fn_redis", "raw_redis_get_nodelay")
     );
     println!(
-        "  raw_redis_get_nodelay_2conn / raw_..._nodelay = {:.3} (one connection vs two, as cache-core spreads)",
+        "  raw_redis_get_nodelay_2conn / raw_..._nodelay = {:.3} (what a second connection costs; cache-core uses one)",
         ops("raw_redis_get_nodelay_2conn") / ops("raw_redis_get_nodelay")
     );
     println!(
