@@ -19,6 +19,7 @@ use crate::error::{BackendError, CacheError, ConfigError, ErrorKind};
 use crate::flight::Flights;
 use crate::health::{Health, HealthStatus};
 use crate::keys::glob_literal;
+use crate::load::ReadThrough;
 use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
 
 /// Bytes read from a backend: shared with the memory store, or owned.
@@ -229,7 +230,13 @@ impl CacheBuilder {
         }
         let config = self.config;
         if !config.enabled {
-            return Ok(Cache::from_parts(config, BackendKind::Disabled, None));
+            return Ok(Cache::from_parts(
+                config,
+                BackendKind::Disabled,
+                None,
+                None,
+                None,
+            ));
         }
         let Some(target) = config.redis.clone() else {
             return Ok(Cache::memory_with(config));
@@ -252,10 +259,13 @@ impl CacheBuilder {
             }
         };
         let backend = Arc::new(backend);
-        let mut cache = Cache::with_backend(backend.clone(), config);
-        if let Some(inner) = Arc::get_mut(&mut cache.inner) {
-            inner.redis = Some(backend);
-        }
+        let cache = Cache::from_parts(
+            config,
+            backend.kind(),
+            Some(backend.clone()),
+            None,
+            Some(backend),
+        );
         match tokio::time::timeout(cache.inner.config.timeout * 4, cache.inner.primary.ping()).await
         {
             Ok(Ok(())) => tracing::info!(target = %target.redacted(), "cache connected to Redis"),
@@ -329,10 +339,13 @@ impl Cache {
     /// An in-memory cache with `config` (its `redis` field is ignored).
     pub fn memory_with(config: CacheConfig) -> Cache {
         let backend = MemoryBackend::new(config.memory_capacity);
-        let mut cache =
-            Cache::from_parts(config, BackendKind::Memory, Some(Arc::new(backend.clone())));
-        Arc::get_mut(&mut cache.inner).expect("fresh").memory = Some(backend);
-        cache
+        Cache::from_parts(
+            config,
+            BackendKind::Memory,
+            Some(Arc::new(backend.clone())),
+            Some(backend),
+            None,
+        )
     }
 
     /// A cache over any [`Backend`] (for example `cache-testkit`'s
@@ -340,13 +353,17 @@ impl Cache {
     /// timeout, circuit breaker and in-memory fallback of `config`.
     pub fn with_backend(backend: Arc<dyn Backend>, config: CacheConfig) -> Cache {
         let kind = backend.kind();
-        Cache::from_parts(config, kind, Some(backend))
+        Cache::from_parts(config, kind, Some(backend), None, None)
     }
 
+    /// `memory` / `redis`: the primary again, typed, when it is one of the
+    /// built-in backends (the hit path calls it without dynamic dispatch).
     fn from_parts(
         config: CacheConfig,
         kind: BackendKind,
         backend: Option<Arc<dyn Backend>>,
+        memory: Option<MemoryBackend>,
+        redis: Option<Arc<RedisBackend>>,
     ) -> Cache {
         let resilience = kind.is_remote().then(|| Resilience {
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
@@ -361,8 +378,8 @@ impl Cache {
                 config,
                 kind,
                 primary,
-                memory: None,
-                redis: None,
+                memory,
+                redis,
                 resilience,
                 stats: StatsRegistry::new(),
                 flights: Flights::default(),
@@ -424,7 +441,7 @@ impl Cache {
     /// The cache the macros would use here: the [`scope`](Self::scope)d one,
     /// else the [installed](Self::install) one.
     pub fn current() -> Option<Cache> {
-        SCOPED.try_with(Cache::clone).ok().or_else(Cache::installed)
+        crate::__private::current_handle().map(|handle| Cache::clone(&handle))
     }
 
     /// Namespace of this cache's keys.
@@ -838,20 +855,24 @@ impl Cache {
             return None;
         }
         let gkey = self.generation_key(prefix);
-        let gkey_ref = gkey.as_str();
-        let current = self
+        match self.read_generation(entry, &gkey).await {
+            Some(g) => Some(g),
+            None => Some(self.init_generation(entry, &gkey).await),
+        }
+    }
+
+    /// The generation stored at `gkey`, if it holds one.
+    async fn read_generation(&self, entry: &PrefixEntry, gkey: &str) -> Option<u64> {
+        let stored = self
             .with_fallback(
                 entry,
-                |b| async move { b.get(gkey_ref).await },
-                |f| async move { f.get(gkey_ref).await },
+                |b| async move { b.get(gkey).await },
+                |f| async move { f.get(gkey).await },
             )
             .await
             .ok()
             .flatten();
-        match current.as_deref().and_then(parse_generation) {
-            Some(g) => Some(g),
-            None => Some(self.init_generation(entry, &gkey).await),
-        }
+        stored.as_deref().and_then(parse_generation)
     }
 
     async fn init_generation(&self, entry: &PrefixEntry, gkey: &str) -> u64 {
@@ -868,19 +889,7 @@ impl Cache {
         if let Ok(true) = won {
             return candidate;
         }
-        let current = self
-            .with_fallback(
-                entry,
-                |b| async move { b.get(gkey).await },
-                |f| async move { f.get(gkey).await },
-            )
-            .await
-            .ok()
-            .flatten();
-        current
-            .as_deref()
-            .and_then(parse_generation)
-            .unwrap_or(candidate)
+        self.read_generation(entry, gkey).await.unwrap_or(candidate)
     }
 
     /// Reads `skey` and, with generations on, its prefix's generation in the
@@ -1264,15 +1273,15 @@ impl Cache {
         Self::check_key(key)?;
         let prefix = Self::prefix_of(key);
         Ok(self
-            .load_through::<T, crate::__private::PlainMode, _, _>(
+            .load_through::<T, crate::__private::PlainMode, _, _>(ReadThrough {
                 prefix,
-                self.storage_key(key),
+                skey: self.storage_key(key),
                 ttl,
-                None,
-                |_| false,
-                None,
-                load(),
-            )
+                none_ttl: None,
+                unless: |_: &T| false,
+                typed: None,
+                body: load(),
+            })
             .await)
     }
 

@@ -176,12 +176,12 @@ pub(crate) fn lease_marker(token: u64) -> Vec<u8> {
     out
 }
 
-/// Whether `bytes` is a lease marker (some loader is filling this key).
 /// Whether `bytes` start with this crate's envelope (any version).
 pub(crate) fn is_envelope(bytes: &[u8]) -> bool {
     bytes.len() >= HEADER_LEN && bytes[0] == ENVELOPE_MAGIC
 }
 
+/// Whether `bytes` is a lease marker (some loader is filling this key).
 pub(crate) fn is_lease(bytes: &[u8]) -> bool {
     bytes.len() == HEADER_LEN + 8
         && bytes[0] == ENVELOPE_MAGIC

@@ -13,6 +13,23 @@ use crate::codec;
 use crate::flight::{self, Role, Waited};
 use crate::stats::{Event, PrefixEntry};
 
+/// One read-through call: the key, how long to keep a loaded value, and
+/// what to run on a miss.
+pub(crate) struct ReadThrough<'p, S, F, U> {
+    /// The key's prefix (stats, generations).
+    pub(crate) prefix: &'p str,
+    /// The storage key, `{namespace}:{prefix}:{rest}`.
+    pub(crate) skey: String,
+    pub(crate) ttl: Option<Duration>,
+    /// TTL of a negative entry (`None` under `cache_none`).
+    pub(crate) none_ttl: Option<Duration>,
+    /// A loaded value this returns `true` for is not stored.
+    pub(crate) unless: U,
+    pub(crate) typed: Option<TypedCopy<S>>,
+    /// The load.
+    pub(crate) body: F,
+}
+
 /// What the first read found.
 enum Found<S> {
     Value(S),
@@ -62,32 +79,22 @@ impl Cache {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn load_through<R, M, F, U>(
-        &self,
-        prefix: &str,
-        skey: String,
-        ttl: Option<Duration>,
-        none_ttl: Option<Duration>,
-        unless: U,
-        typed: Option<TypedCopy<M::Stored>>,
-        body: F,
-    ) -> R
+    pub(crate) async fn load_through<R, M, F, U>(&self, call: ReadThrough<'_, M::Stored, F, U>) -> R
     where
         M: Mode<R>,
         F: Future<Output = R>,
         U: FnOnce(&M::Stored) -> bool,
     {
         if self.backend_kind() == crate::BackendKind::Disabled {
-            return body.await;
+            return call.body.await;
         }
-        let entry = self.inner.stats.prefix(prefix);
+        let entry = self.inner.stats.prefix(call.prefix);
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
         let mut generation = None;
         let first = self
-            .read_stored::<M::Stored>(&entry, &skey, prefix, typed, &mut generation)
+            .read_stored::<M::Stored>(&entry, &call.skey, call.prefix, call.typed, &mut generation)
             .await;
         if let Found::Value(v) = first {
             self.inner.stats.record(&entry, Event::Hit);
@@ -96,24 +103,14 @@ impl Cache {
         // The miss path is a boxed future of its own: every caller up the
         // chain moves this future by value, and a hit should not pay for
         // copying the (much larger) state of a load.
-        Box::pin(self.load_after_miss::<R, M, F, U>(
-            &entry, prefix, skey, ttl, none_ttl, unless, typed, body, first, generation,
-        ))
-        .await
+        Box::pin(self.load_after_miss::<R, M, F, U>(&entry, call, first, generation)).await
     }
 
     /// [`Cache::load_through`] after its first read found no value.
-    #[allow(clippy::too_many_arguments)]
     async fn load_after_miss<R, M, F, U>(
         &self,
         entry: &PrefixEntry,
-        prefix: &str,
-        skey: String,
-        ttl: Option<Duration>,
-        none_ttl: Option<Duration>,
-        unless: U,
-        typed: Option<TypedCopy<M::Stored>>,
-        body: F,
+        call: ReadThrough<'_, M::Stored, F, U>,
         first: Found<M::Stored>,
         mut generation: Option<u64>,
     ) -> R
@@ -122,6 +119,15 @@ impl Cache {
         F: Future<Output = R>,
         U: FnOnce(&M::Stored) -> bool,
     {
+        let ReadThrough {
+            prefix,
+            skey,
+            ttl,
+            none_ttl,
+            unless,
+            typed,
+            body,
+        } = call;
         let mut garbage = false;
         let mut first = Some(first);
         let leader = loop {

@@ -163,10 +163,7 @@ pub fn resolve_handle(explicit: Option<&Cache>) -> Option<Handle<'static>> {
     if let Some(cache) = explicit {
         return Some(Handle::Owned(cache.clone()));
     }
-    if let Ok(scoped) = crate::cache::SCOPED.try_with(Cache::clone) {
-        return Some(Handle::Owned(scoped));
-    }
-    let found = Cache::installed_here().map(Handle::Installed);
+    let found = current_handle();
     if found.is_none() && !WARNED_NONE.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             "a #[cached]/#[invalidates] function ran with no cache installed: running uncached \
@@ -174,6 +171,15 @@ pub fn resolve_handle(explicit: Option<&Cache>) -> Option<Handle<'static>> {
         );
     }
     found
+}
+
+/// [`Cache::current`] as a [`Handle`]: the task's scoped cache, else the
+/// installed one through this thread's `Arc`.
+pub(crate) fn current_handle() -> Option<Handle<'static>> {
+    if let Ok(scoped) = crate::cache::SCOPED.try_with(Cache::clone) {
+        return Some(Handle::Owned(scoped));
+    }
+    Cache::installed_here().map(Handle::Installed)
 }
 
 /// A key buffer that already holds `{namespace}:{prefix}:`, with room for
@@ -268,7 +274,15 @@ where
         return body.await;
     }
     cache
-        .load_through::<R, M, F, U>(prefix, storage_key, ttl, none_ttl, unless, typed, body)
+        .load_through::<R, M, F, U>(crate::load::ReadThrough {
+            prefix,
+            skey: storage_key,
+            ttl,
+            none_ttl,
+            unless,
+            typed,
+            body,
+        })
         .await
 }
 

@@ -87,12 +87,7 @@ impl PrefixEntry {
             prefix: Arc::from(prefix),
         }
     }
-}
 
-/// Prefixes looked up without any lock or shared write (the hot path).
-const FAST_PREFIXES: usize = 32;
-
-impl PrefixEntry {
     /// This thread's stripe.
     fn counters(&self) -> &Counters {
         &self.stripes[stripe_index()].0
@@ -107,6 +102,9 @@ impl PrefixEntry {
         stats
     }
 }
+
+/// Prefixes looked up without any lock or shared write (the hot path).
+const FAST_PREFIXES: usize = 32;
 
 /// All counters of a cache. The first [`FAST_PREFIXES`] prefixes live in an
 /// append-only table read with plain loads, so a lookup on the hit path

@@ -1,12 +1,13 @@
 //! The direct API, run as the same test bodies against every backend:
 //! memory, a real redis-server and a real 3-master Redis Cluster.
 
-use std::sync::OnceLock;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_core::{Cache, keys::escape};
-use cache_testkit::{RedisCluster, RedisServer};
+use common::{Kind, on};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,16 +25,7 @@ fn customer(id: u64) -> Customer {
     }
 }
 
-static SERVER: OnceLock<RedisServer> = OnceLock::new();
-static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
 static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-    Cluster,
-}
 
 /// A fresh cache in a namespace of its own; for memory, `sibling` shares nothing
 /// (so cross-namespace checks only run where a store is shared).
@@ -43,16 +35,7 @@ async fn cache_in(kind: Kind, namespace: &str) -> Cache {
         .timeout(Duration::from_secs(2));
     match kind {
         Kind::Memory => Cache::memory_with(cache_core::CacheConfig::default()),
-        Kind::Redis => builder
-            .redis_url(SERVER.get_or_init(RedisServer::start).url())
-            .build()
-            .await
-            .unwrap(),
-        Kind::Cluster => builder
-            .redis_cluster(CLUSTER.get_or_init(|| RedisCluster::start(3)).urls())
-            .build()
-            .await
-            .unwrap(),
+        remote => on(remote, builder).build().await.unwrap(),
     }
 }
 

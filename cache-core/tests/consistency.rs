@@ -4,24 +4,16 @@
 //! and the race tests also run with leases switched off to show they detect
 //! the failure the mechanism prevents.
 
+mod common;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cache_core::Cache;
-use cache_testkit::{RedisCluster, RedisServer};
-use tokio::sync::Notify;
+use common::{Kind, load_racing_invalidation, on};
 
-static SERVER: OnceLock<RedisServer> = OnceLock::new();
-static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
 static NS: AtomicUsize = AtomicUsize::new(0);
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-    Cluster,
-}
 
 /// `n` independent caches (own connections, own single-flight) over one store.
 async fn caches(kind: Kind, n: usize, leases: bool) -> Vec<Cache> {
@@ -39,11 +31,7 @@ async fn caches(kind: Kind, n: usize, leases: bool) -> Vec<Cache> {
                     .namespace(&ns)
                     .leases(leases)
                     .timeout(Duration::from_secs(2));
-                let b = match kind {
-                    Kind::Redis => b.redis_url(SERVER.get_or_init(RedisServer::start).url()),
-                    _ => b.redis_cluster(CLUSTER.get_or_init(|| RedisCluster::start(3)).urls()),
-                };
-                out.push(b.build().await.unwrap());
+                out.push(on(kind, b).build().await.unwrap());
             }
         }
     }
@@ -58,38 +46,16 @@ async fn stale_set_race(kind: Kind, leases: bool) -> Option<u64> {
 
 async fn stale_set_race_with(kind: Kind, leases: bool, by_prefix: bool) -> Option<u64> {
     let cache = caches(kind, 1, leases).await.remove(0);
-    let db = Arc::new(AtomicU64::new(1));
-    let loaded = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let reader = {
-        let (cache, db, loaded, release) =
-            (cache.clone(), db.clone(), loaded.clone(), release.clone());
-        tokio::spawn(async move {
-            cache
-                .get_or_set("customer:1", None, || async move {
-                    let v = db.load(Ordering::SeqCst); // reads the old value
-                    loaded.notify_one();
-                    release.notified().await;
-                    v
-                })
-                .await
-                .unwrap()
-        })
-    };
-    loaded.notified().await;
-    db.store(2, Ordering::SeqCst);
-    if by_prefix {
-        cache.invalidate_prefix("customer").await.unwrap();
-    } else {
-        cache.delete("customer:1").await.unwrap(); // the invalidation returns here
-    }
-    release.notify_one();
-    assert_eq!(
-        reader.await.unwrap(),
-        1,
-        "the racing reader itself saw the old value"
-    );
-    cache.get::<u64>("customer:1").await.unwrap()
+    let (raced, served) = load_racing_invalidation(&cache, "customer:1", |cache| async move {
+        if by_prefix {
+            cache.invalidate_prefix("customer").await.unwrap();
+        } else {
+            cache.delete("customer:1").await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(raced, 1, "the racing reader itself saw the old value");
+    served
 }
 
 /// `processes` independent caches × `callers` concurrent callers on one cold key.

@@ -3,24 +3,16 @@
 //! from a load that raced the invalidation. On memory, a redis-server and a
 //! 3-master cluster.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_core::{Cache, cached};
-use cache_testkit::{RedisCluster, RedisServer};
-use tokio::sync::Notify;
+use cache_testkit::RedisServer;
+use common::{CLUSTER, Kind, SERVER, load_racing_invalidation, on};
 
-static SERVER: OnceLock<RedisServer> = OnceLock::new();
-static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
 static NS: AtomicUsize = AtomicUsize::new(0);
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-    Cluster,
-}
 
 async fn cache(kind: Kind, generations: bool) -> Cache {
     let ns = format!("g{}", NS.fetch_add(1, Ordering::Relaxed));
@@ -28,19 +20,7 @@ async fn cache(kind: Kind, generations: bool) -> Cache {
         .namespace(&ns)
         .prefix_generations(generations)
         .timeout(Duration::from_secs(2));
-    match kind {
-        Kind::Memory => b.build().await.unwrap(),
-        Kind::Redis => b
-            .redis_url(SERVER.get_or_init(RedisServer::start).url())
-            .build()
-            .await
-            .unwrap(),
-        Kind::Cluster => b
-            .redis_cluster(CLUSTER.get_or_init(|| RedisCluster::start(3)).urls())
-            .build()
-            .await
-            .unwrap(),
-    }
+    on(kind, b).build().await.unwrap()
 }
 
 /// SCAN calls the server(s) have answered so far.
@@ -103,29 +83,12 @@ async fn load_racing_a_prefix_invalidation_is_not_served(
     generations: bool,
 ) -> Option<u64> {
     let cache = cache(kind, generations).await;
-    let db = Arc::new(AtomicU64::new(1));
-    let (loaded, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let reader = {
-        let (cache, db, loaded, release) =
-            (cache.clone(), db.clone(), loaded.clone(), release.clone());
-        tokio::spawn(async move {
-            cache
-                .get_or_set("search:q", None, || async move {
-                    let v = db.load(Ordering::SeqCst);
-                    loaded.notify_one();
-                    release.notified().await;
-                    v
-                })
-                .await
-                .unwrap()
-        })
-    };
-    loaded.notified().await;
-    db.store(2, Ordering::SeqCst);
-    cache.invalidate_prefix("search").await.unwrap();
-    release.notify_one();
-    assert_eq!(reader.await.unwrap(), 1);
-    cache.get::<u64>("search:q").await.unwrap()
+    let (raced, served) = load_racing_invalidation(&cache, "search:q", |cache| async move {
+        cache.invalidate_prefix("search").await.unwrap();
+    })
+    .await;
+    assert_eq!(raced, 1);
+    served
 }
 
 #[cached(prefix = "report", key = "{id}")]

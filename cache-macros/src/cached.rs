@@ -255,10 +255,7 @@ fn bind_cached_handle(
     let Some(expr) = cache else {
         return quote!(let #handle_var = #krate::__private::resolve_handle(::core::option::Option::None););
     };
-    let explicit = format_ident!("__cache_explicit", span = Span::mixed_site());
-    let bind = quote_spanned! {expr.span()=>
-        let #explicit: &#krate::Cache = &(#expr);
-    };
+    let (explicit, bind) = bind_explicit(expr, krate);
     if func.can_borrow_across_body(&expr.to_token_stream()) {
         quote! {
             #bind
@@ -274,15 +271,22 @@ fn bind_cached_handle(
     }
 }
 
+/// `let __cache_explicit: &Cache = &(expr);`, spanned at `expr` so a type
+/// error points at the user's expression; returns the name and the statement.
+fn bind_explicit(expr: &Expr, krate: &TokenStream) -> (Ident, TokenStream) {
+    let explicit = format_ident!("__cache_explicit", span = Span::mixed_site());
+    let bind = quote_spanned! {expr.span()=>
+        let #explicit: &#krate::Cache = &(#expr);
+    };
+    (explicit, bind)
+}
+
 /// `Option<Cache>` tokens: the explicit `cache = expr`, else the current one.
 pub(crate) fn resolve_handle(cache: Option<&Expr>, krate: &TokenStream) -> TokenStream {
     match cache {
         None => quote!(#krate::__private::resolve(::core::option::Option::None)),
         Some(expr) => {
-            let explicit = format_ident!("__cache_explicit", span = Span::mixed_site());
-            let bind = quote_spanned! {expr.span()=>
-                let #explicit: &#krate::Cache = &(#expr);
-            };
+            let (explicit, bind) = bind_explicit(expr, krate);
             quote!({
                 #bind
                 #krate::__private::resolve(::core::option::Option::Some(#explicit))

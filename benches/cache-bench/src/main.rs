@@ -596,9 +596,9 @@ async fn redis_paused(rounds: &mut Rounds, server: &mut RedisServer, s: Settings
     rounds.push_extra("breaker_stayed_open", f64::from(u8::from(still_open)));
 }
 
-/// Fills 100k keys under one prefix (set_many batches), then times
-/// `invalidate_prefix` (SCAN + UNLINK).
-async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut MultiplexedConnection) {
+/// Stores [`INVALIDATE_KEYS`] values under the prefix `inv` (`set_many`
+/// batches); returns how long that took, in milliseconds.
+async fn fill_invalidate_keys(cache: &Cache) -> f64 {
     let value = customer(BASE_ID);
     let fill_start = Instant::now();
     let keys: Vec<String> = (0..INVALIDATE_KEYS).map(|k| format!("inv:{k}")).collect();
@@ -609,7 +609,13 @@ async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut Multipl
             .await
             .expect("set_many");
     }
-    let fill_ms = fill_start.elapsed().as_secs_f64() * 1000.0;
+    fill_start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Fills 100k keys under one prefix (set_many batches), then times
+/// `invalidate_prefix` (SCAN + UNLINK).
+async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut MultiplexedConnection) {
+    let fill_ms = fill_invalidate_keys(cache).await;
     let start = Instant::now();
     let deleted = cache
         .invalidate_prefix("inv")
@@ -642,28 +648,23 @@ async fn invalidate_prefix(rounds: &mut Rounds, cache: &Cache, raw: &mut Multipl
         );
         rounds.errors += 1;
     }
+    record_invalidation(rounds, deleted as f64, elapsed, fill_ms);
+}
+
+/// One round of an invalidation case: keys per second, and the times.
+fn record_invalidation(rounds: &mut Rounds, keys: f64, elapsed: Duration, fill_ms: f64) {
     let secs = elapsed.as_secs_f64();
-    rounds.ops_per_s.push(deleted as f64 / secs);
+    rounds.ops_per_s.push(keys / secs);
     rounds.push_extra("invalidate_ms", secs * 1000.0);
     rounds.push_extra("fill_ms", fill_ms);
-    rounds.push_extra("keys", deleted as f64);
+    rounds.push_extra("keys", keys);
 }
 
 /// `invalidate_prefix` with prefix generations on: one write replaces the
 /// prefix's generation; the 100k values stay until their TTL but are no
 /// longer visible (checked on a sample).
 async fn invalidate_prefix_generations(rounds: &mut Rounds, cache: &Cache) {
-    let value = customer(BASE_ID);
-    let fill_start = Instant::now();
-    let keys: Vec<String> = (0..INVALIDATE_KEYS).map(|k| format!("inv:{k}")).collect();
-    for chunk in keys.chunks(2000) {
-        let entries: Vec<(&str, &Customer)> = chunk.iter().map(|k| (k.as_str(), &value)).collect();
-        cache
-            .set_many(&entries, Some(Duration::from_secs(600)))
-            .await
-            .expect("set_many");
-    }
-    let fill_ms = fill_start.elapsed().as_secs_f64() * 1000.0;
+    let fill_ms = fill_invalidate_keys(cache).await;
     let visible_before = cache.get::<Customer>("inv:0").await.expect("get").is_some();
     let start = Instant::now();
     cache
@@ -688,11 +689,7 @@ async fn invalidate_prefix_generations(rounds: &mut Rounds, cache: &Cache) {
         );
         rounds.errors += 1;
     }
-    let secs = elapsed.as_secs_f64();
-    rounds.ops_per_s.push(INVALIDATE_KEYS as f64 / secs);
-    rounds.push_extra("invalidate_ms", secs * 1000.0);
-    rounds.push_extra("fill_ms", fill_ms);
-    rounds.push_extra("keys", INVALIDATE_KEYS as f64);
+    record_invalidation(rounds, INVALIDATE_KEYS as f64, elapsed, fill_ms);
 }
 
 // ----- main -------------------------------------------------------------------

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::Expiry;
-use moka::ops::compute::Op;
+use moka::ops::compute::{CompResult, Op};
 
 use super::{Backend, BackendInfo, BackendKind};
 use crate::error::{BackendError, ErrorKind};
@@ -157,6 +157,22 @@ impl MemoryBackend {
         self.entries.get(&self.id(key)).await?.of(key)
     }
 
+    /// moka's per-key compute, given `key`'s own entry (`None` when absent,
+    /// or when the entry at its id is another key's: a collision is replaced,
+    /// never read).
+    async fn compute_own(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<Entry>) -> Op<Entry>,
+    ) -> CompResult<KeyId, Entry> {
+        self.entries
+            .entry(self.id(key))
+            .and_compute_with(|current| {
+                std::future::ready(decide(current.and_then(|e| e.into_value().of(key))))
+            })
+            .await
+    }
+
     /// Drops every entry.
     pub fn clear(&self) {
         self.entries.invalidate_all();
@@ -188,19 +204,13 @@ impl MemoryBackend {
     /// and could let a loader's stale value land after an invalidation).
     async fn remove_serialized(&self, key: &str) -> bool {
         let result = self
-            .entries
-            .entry(self.id(key))
-            .and_compute_with(|current| {
-                std::future::ready(match current.and_then(|e| e.into_value().of(key)) {
-                    Some(_) => Op::Remove,
-                    None => Op::Nop,
-                })
+            .compute_own(key, |own| match own {
+                Some(_) => Op::Remove,
+                None => Op::Nop,
             })
             .await;
         match result {
-            moka::ops::compute::CompResult::Removed(e) => {
-                Self::live(Some(e.into_value())).is_some()
-            }
+            CompResult::Removed(e) => Self::live(Some(e.into_value())).is_some(),
             _ => false,
         }
     }
@@ -267,23 +277,15 @@ impl Backend for MemoryBackend {
 
     async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let result = self
-            .entries
-            .entry(self.id(key))
-            .and_compute_with(|current| {
-                let op = match Self::live(current.and_then(|e| e.into_value().of(key))) {
-                    Some(mut e) => {
-                        e.expires_at = Instant::now().checked_add(ttl);
-                        Op::Put(e)
-                    }
-                    None => Op::Nop,
-                };
-                std::future::ready(op)
+            .compute_own(key, |own| match Self::live(own) {
+                Some(mut e) => {
+                    e.expires_at = Instant::now().checked_add(ttl);
+                    Op::Put(e)
+                }
+                None => Op::Nop,
             })
             .await;
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, BackendError> {
@@ -294,45 +296,42 @@ impl Backend for MemoryBackend {
 
     async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
         let mut outcome: Result<i64, BackendError> = Ok(0);
-        self.entries
-            .entry(self.id(key))
-            .and_compute_with(|current| {
-                let current = Self::live(current.and_then(|e| e.into_value().of(key)));
-                let (value, expires_at) = match &current {
-                    Some(e) => match std::str::from_utf8(&e.slot)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                    {
-                        Some(v) => (v, e.expires_at),
-                        None => {
-                            outcome = Err(BackendError::new(
-                                ErrorKind::WrongType,
-                                "value is not an integer",
-                            ));
-                            return std::future::ready(Op::Nop);
-                        }
-                    },
-                    None => (0, None),
-                };
-                let op = match value.checked_add(delta) {
-                    Some(next) => {
-                        outcome = Ok(next);
-                        Op::Put(Entry {
-                            slot: slot(key, next.to_string().into_bytes()),
-                            expires_at,
-                        })
-                    }
+        self.compute_own(key, |own| {
+            let current = Self::live(own);
+            let (value, expires_at) = match &current {
+                Some(e) => match std::str::from_utf8(&e.slot)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    Some(v) => (v, e.expires_at),
                     None => {
                         outcome = Err(BackendError::new(
                             ErrorKind::WrongType,
-                            "increment would overflow",
+                            "value is not an integer",
                         ));
-                        Op::Nop
+                        return Op::Nop;
                     }
-                };
-                std::future::ready(op)
-            })
-            .await;
+                },
+                None => (0, None),
+            };
+            match value.checked_add(delta) {
+                Some(next) => {
+                    outcome = Ok(next);
+                    Op::Put(Entry {
+                        slot: slot(key, next.to_string().into_bytes()),
+                        expires_at,
+                    })
+                }
+                None => {
+                    outcome = Err(BackendError::new(
+                        ErrorKind::WrongType,
+                        "increment would overflow",
+                    ));
+                    Op::Nop
+                }
+            }
+        })
+        .await;
         outcome
     }
 
@@ -359,20 +358,14 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let result = self
-            .entries
-            .entry(self.id(key))
-            .and_compute_with(|current| {
-                let op = match Self::live(current.and_then(|e| e.into_value().of(key))) {
-                    Some(_) => Op::Nop,
-                    None => Op::Put(Self::entry(key, marker, ttl)),
-                };
-                std::future::ready(op)
+            .compute_own(key, |own| match Self::live(own) {
+                Some(_) => Op::Nop,
+                None => Op::Put(Self::entry(key, marker, ttl)),
             })
             .await;
         Ok(matches!(
             result,
-            moka::ops::compute::CompResult::Inserted(_)
-                | moka::ops::compute::CompResult::ReplacedWith(_)
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         ))
     }
 
@@ -384,33 +377,20 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let result = self
-            .entries
-            .entry(self.id(key))
-            .and_compute_with(|current| {
-                let op = match Self::live(current.and_then(|e| e.into_value().of(key))) {
-                    Some(e) if **e.slot == *marker => Op::Put(Self::entry(key, value, ttl)),
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
+            .compute_own(key, |own| match Self::live(own) {
+                Some(e) if **e.slot == *marker => Op::Put(Self::entry(key, value, ttl)),
+                _ => Op::Nop,
             })
             .await;
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
     async fn release_lease(&self, key: &str, marker: Vec<u8>) -> Result<(), BackendError> {
-        self.entries
-            .entry(self.id(key))
-            .and_compute_with(|current| {
-                let op = match current.and_then(|e| e.into_value().of(key)) {
-                    Some(e) if **e.slot == *marker => Op::Remove,
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+        self.compute_own(key, |own| match own {
+            Some(e) if **e.slot == *marker => Op::Remove,
+            _ => Op::Nop,
+        })
+        .await;
         Ok(())
     }
 

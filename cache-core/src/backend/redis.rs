@@ -13,7 +13,7 @@
 //! TCP_NODELAY is on.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -27,11 +27,6 @@ use super::{Backend, BackendInfo, BackendKind};
 use crate::config::{RedisTarget, redact_url};
 use crate::error::{BackendError, ErrorKind};
 
-/// Number of shared multiplexed connections commands are spread over. One:
-/// a multiplexed connection pipelines any number of in-flight commands, and
-/// on the benchmark machine a second one cost 0.4–1.0 µs of client CPU per
-/// call (fewer commands per write) for no throughput gain (docs/BENCHMARKS.md).
-const SHARED_CONNECTIONS: usize = 1;
 /// Keys per SCAN step and per UNLINK batch.
 const SCAN_BATCH: usize = 1000;
 
@@ -91,38 +86,35 @@ impl bb8::ManageConnection for Manager {
 
 struct SingleNode {
     pool: bb8::Pool<Manager>,
-    /// The shared connections. `ArcSwap`: a read on the hit path writes no
-    /// line other threads share (an `RwLock` read is an atomic read-modify-write
-    /// on one, contended by every core).
-    shared: Vec<ArcSwapOption<TrackedConnection>>,
-    refresh: Vec<tokio::sync::Mutex<()>>,
-    next: AtomicUsize,
+    /// The one shared connection every command runs on. One: a multiplexed
+    /// connection pipelines any number of in-flight commands, and on the
+    /// benchmark machine a second one cost 0.4–1.0 µs of client CPU per call
+    /// (fewer commands per write) for no throughput gain (docs/BENCHMARKS.md).
+    /// `ArcSwap`: a read on the hit path writes no line other threads share
+    /// (an `RwLock` read is an atomic read-modify-write on one, contended by
+    /// every core).
+    shared: ArcSwapOption<TrackedConnection>,
+    /// Held while a fresh connection replaces a missing or broken one.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl SingleNode {
-    /// A clone of the shared connection, its slot, and an identity for
+    /// A clone of the shared connection and an identity for
     /// [`mark_broken`](Self::mark_broken). Only the connection itself is
     /// cloned per call: every extra shared refcount bumped here is a
     /// contended write on the hit path.
-    async fn connection(&self) -> Result<(usize, MultiplexedConnection, usize), BackendError> {
-        // No shared counter to bump (a contended write) when there is one slot.
-        let slots = self.shared.len();
-        let slot = if slots == 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % slots
-        };
-        if let Some((conn, id)) = self.current(slot) {
-            return Ok((slot, conn, id));
+    async fn connection(&self) -> Result<(MultiplexedConnection, usize), BackendError> {
+        if let Some(found) = self.current() {
+            return Ok(found);
         }
-        let _guard = self.refresh[slot].lock().await;
-        if let Some((conn, id)) = self.current(slot) {
-            return Ok((slot, conn, id));
+        let _guard = self.refresh.lock().await;
+        if let Some(found) = self.current() {
+            return Ok(found);
         }
         let tracked = self.fresh_connection().await?;
         let found = (tracked.conn.clone(), identity(&tracked));
-        self.shared[slot].store(Some(Arc::new(tracked)));
-        Ok((slot, found.0, found.1))
+        self.shared.store(Some(Arc::new(tracked)));
+        Ok(found)
     }
 
     async fn fresh_connection(&self) -> Result<TrackedConnection, BackendError> {
@@ -153,8 +145,8 @@ impl SingleNode {
         ))
     }
 
-    fn current(&self, slot: usize) -> Option<(MultiplexedConnection, usize)> {
-        let guard = self.shared[slot].load();
+    fn current(&self) -> Option<(MultiplexedConnection, usize)> {
+        let guard = self.shared.load();
         guard
             .as_deref()
             .filter(|c| !c.broken.load(Ordering::Relaxed))
@@ -163,24 +155,24 @@ impl SingleNode {
 
     /// Classifies a command failure; a connection failure flags the
     /// connection broken so the next call takes a fresh one.
-    fn failed(&self, slot: usize, id: usize, error: redis::RedisError) -> BackendError {
+    fn failed(&self, id: usize, error: redis::RedisError) -> BackendError {
         let error = BackendError::from(error);
         if error.kind == ErrorKind::Connection {
-            self.mark_broken(slot, id);
+            self.mark_broken(id);
         }
         error
     }
 
     /// Flags the connection `id` broken (so bb8 discards its copy) and
-    /// empties the slot if it still holds it.
-    fn mark_broken(&self, slot: usize, id: usize) {
-        let current = self.shared[slot].load_full();
+    /// empties the shared slot if it still holds it.
+    fn mark_broken(&self, id: usize) {
+        let current = self.shared.load_full();
         if let Some(conn) = &current
             && identity(conn) == id
         {
             conn.broken.store(true, Ordering::Relaxed);
             // Only if it still holds that connection (a fresh one may be in).
-            let _ = self.shared[slot].compare_and_swap(&current, None);
+            let _ = self.shared.compare_and_swap(&current, None);
         }
     }
 }
@@ -239,7 +231,7 @@ impl RedisBackend {
                         .set_response_timeout(Some(bounded)),
                 };
                 let pool = bb8::Pool::builder()
-                    .max_size(pool_size.max(SHARED_CONNECTIONS as u32))
+                    .max_size(pool_size.max(1))
                     .min_idle(Some(0))
                     .test_on_check_out(false)
                     .connection_timeout(timeout.max(Duration::from_millis(50)))
@@ -248,13 +240,8 @@ impl RedisBackend {
                     .build_unchecked(manager);
                 Topology::Single(SingleNode {
                     pool,
-                    shared: (0..SHARED_CONNECTIONS)
-                        .map(|_| ArcSwapOption::empty())
-                        .collect(),
-                    refresh: (0..SHARED_CONNECTIONS)
-                        .map(|_| tokio::sync::Mutex::new(()))
-                        .collect(),
-                    next: AtomicUsize::new(0),
+                    shared: ArcSwapOption::empty(),
+                    refresh: tokio::sync::Mutex::new(()),
                 })
             }
             RedisTarget::Cluster(urls) => {
@@ -290,10 +277,10 @@ impl RedisBackend {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => {
-                let (slot, mut conn, id) = node.connection().await?;
+                let (mut conn, id) = node.connection().await?;
                 cmd.query_async(&mut conn)
                     .await
-                    .map_err(|e| node.failed(slot, id, e))
+                    .map_err(|e| node.failed(id, e))
             }
             Topology::Cluster(conn) => Ok(cmd.query_async(&mut conn.clone()).await?),
         }
@@ -316,11 +303,11 @@ impl RedisBackend {
         }
         match &self.topology {
             Topology::Single(node) => {
-                let (slot, mut conn, id) = node.connection().await?;
+                let (mut conn, id) = node.connection().await?;
                 invocation
                     .invoke_async(&mut conn)
                     .await
-                    .map_err(|e| node.failed(slot, id, e))
+                    .map_err(|e| node.failed(id, e))
             }
             Topology::Cluster(conn) => Ok(invocation.invoke_async(&mut conn.clone()).await?),
         }
@@ -468,10 +455,10 @@ impl Backend for RedisBackend {
                         .arg(px(ttl))
                         .ignore();
                 }
-                let (slot, mut conn, id) = node.connection().await?;
+                let (mut conn, id) = node.connection().await?;
                 pipe.query_async::<()>(&mut conn)
                     .await
-                    .map_err(|e| node.failed(slot, id, e))
+                    .map_err(|e| node.failed(id, e))
             }
             Topology::Cluster(conn) => {
                 // Keys live in different slots: one SET each, concurrently.

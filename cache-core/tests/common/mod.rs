@@ -1,0 +1,71 @@
+//! Shared by the integration tests that run one body on every backend: one
+//! redis-server and one 3-master cluster per test binary, started on first
+//! use, and the stale-set race.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use cache_core::{Cache, CacheBuilder};
+use cache_testkit::{RedisCluster, RedisServer};
+use tokio::sync::Notify;
+
+pub(crate) static SERVER: OnceLock<RedisServer> = OnceLock::new();
+pub(crate) static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Memory,
+    Redis,
+    Cluster,
+}
+
+/// `builder` pointed at this binary's redis-server or cluster (memory: as is).
+pub(crate) fn on(kind: Kind, builder: CacheBuilder) -> CacheBuilder {
+    match kind {
+        Kind::Memory => builder,
+        Kind::Redis => builder.redis_url(SERVER.get_or_init(RedisServer::start).url()),
+        Kind::Cluster => {
+            builder.redis_cluster(CLUSTER.get_or_init(|| RedisCluster::start(3)).urls())
+        }
+    }
+}
+
+/// A load of `key` reads the database (1) and stalls; meanwhile the database
+/// becomes 2 and `invalidate` runs; then the load finishes. Returns what the
+/// racing load itself returned and what the cache serves afterwards.
+pub(crate) async fn load_racing_invalidation<Fut>(
+    cache: &Cache,
+    key: &'static str,
+    invalidate: impl FnOnce(Cache) -> Fut,
+) -> (u64, Option<u64>)
+where
+    Fut: Future<Output = ()>,
+{
+    let db = Arc::new(AtomicU64::new(1));
+    let (loaded, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let reader = {
+        let (cache, db, loaded, release) =
+            (cache.clone(), db.clone(), loaded.clone(), release.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_set(key, None, || async move {
+                    let v = db.load(Ordering::SeqCst); // reads the old value
+                    loaded.notify_one();
+                    release.notified().await;
+                    v
+                })
+                .await
+                .unwrap()
+        })
+    };
+    loaded.notified().await;
+    db.store(2, Ordering::SeqCst);
+    invalidate(cache.clone()).await; // the invalidation returns here
+    release.notify_one();
+    let raced = reader.await.unwrap();
+    (raced, cache.get::<u64>(key).await.unwrap())
+}
