@@ -467,6 +467,47 @@ impl Rounds {
 /// Where `--svg` writes the ops/s chart.
 static SVG_PATH: OnceLock<String> = OnceLock::new();
 
+/// `--count N`: run each selected hit case for exactly N sequential calls
+/// between [`count_start`] and [`count_end`], for instruction counting.
+static COUNT: OnceLock<u64> = OnceLock::new();
+
+/// Marks where a `--count` loop starts: run under
+/// `valgrind --tool=callgrind --zero-before='*count_start*' --dump-before='*count_end*'`
+/// and the dump holds only the counted calls (every thread: the caller, the
+/// runtime's workers, redis-rs's connection driver). This VM exposes no
+/// hardware counters to `perf stat`, and instruction counts are what its
+/// noise does not move.
+#[inline(never)]
+fn count_start(case: &str, calls: u64) {
+    eprintln!("counting {calls} calls of {case}");
+    std::hint::black_box(case);
+}
+
+/// Marks where a `--count` loop ends (see [`count_start`]).
+#[inline(never)]
+fn count_end(case: &str, elapsed: Duration) {
+    std::hint::black_box(case);
+    eprintln!("counted {case} in {elapsed:.2?}");
+}
+
+/// One `--count` measurement: 1,000 warm-up calls, then `calls` sequential
+/// calls from one task between the two markers.
+async fn count_calls<O: Op>(case: &str, op: &Arc<O>, calls: u64) {
+    for i in 0..1000 {
+        assert!(op.call(i).await, "{case}: warm-up call failed");
+    }
+    let started = Instant::now();
+    count_start(case, calls);
+    let mut failed = 0u64;
+    for i in 0..calls {
+        if !std::hint::black_box(op.call(i).await) {
+            failed += 1;
+        }
+    }
+    count_end(case, started.elapsed());
+    assert_eq!(failed, 0, "{case}: {failed} counted calls failed");
+}
+
 /// Cases selected with `--only` (all when unset).
 static ONLY: OnceLock<Vec<String>> = OnceLock::new();
 
@@ -759,12 +800,19 @@ fn parse_args() -> Settings {
                 }
                 let _ = ONLY.set(list);
             }
+            "--count" => {
+                let calls = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--count takes a number of calls");
+                let _ = COUNT.set(calls);
+            }
             "--svg" => {
                 let _ = SVG_PATH.set(args.next().expect("--svg takes a file path"));
             }
             "-h" | "--help" => {
                 println!(
-                    "cache-bench [--quick] [--rounds N] [--only case,case] [--svg FILE]\n  --quick   short durations (< 1 minute)\n  --rounds  interleaved rounds (default 7, quick 3)\n  --svg     also write a bar chart of median ops/s (SVG)\n  --only    run only these cases: {}",
+                    "cache-bench [--quick] [--rounds N] [--only case,case] [--svg FILE] [--count N]\n  --quick   short durations (< 1 minute)\n  --rounds  interleaved rounds (default 7, quick 3)\n  --svg     also write a bar chart of median ops/s (SVG)\n  --count   instead of timing, run each selected hit case N times in one task\n            between two marker functions, for callgrind (see count_start)\n  --only    run only these cases: {}",
                     CASES.join(", ")
                 );
                 std::process::exit(0);
@@ -958,6 +1006,41 @@ async fn run(s: Settings) {
         Arc::new(cached_crate::CachedCrateGet { store })
     };
 
+    // The cases measured by `measure` (one `Op` each), by name: `$body` runs
+    // with `$op` bound to the case's op; `None` for the other cases.
+    #[rustfmt::skip]
+    macro_rules! with_op {
+        ($name:expr, $op:ident => $body:expr) => {
+            match $name {
+                "raw_redis_get" => { let $op = &raw; Some($body) }
+                "raw_redis_get_nodelay" => { let $op = &raw_nodelay; Some($body) }
+                "raw_redis_get_nodelay_2conn" => { let $op = &raw_nodelay_2conn; Some($body) }
+                "pool_checkout_get" => { let $op = &pooled; Some($body) }
+                "cache_get_redis" => { let $op = &get_redis; Some($body) }
+                "cached_fn_redis" => { let $op = &fn_redis; Some($body) }
+                "cached_fn_redis_nagle" => { let $op = &fn_redis_nagle; Some($body) }
+                "cached_fn_redis_generations" => { let $op = &fn_redis_gen; Some($body) }
+                "moka_get" => { let $op = &moka_op; Some($body) }
+                "moka_get_string_key_ttl" => { let $op = &moka_keyed_op; Some($body) }
+                "cache_get_memory" => { let $op = &get_memory; Some($body) }
+                "cached_fn_memory" => { let $op = &fn_memory; Some($body) }
+                "miss_path" => { let $op = &miss; Some($body) }
+                #[cfg(feature = "cached-crate")]
+                "cached_crate_redis_get" => { let $op = &cc_get; Some($body) }
+                _ => None,
+            }
+        };
+    }
+
+    if let Some(&calls) = COUNT.get() {
+        for name in CASES.iter().filter(|c| selected(c)) {
+            if with_op!(*name, op => count_calls(name, op, calls).await).is_none() {
+                eprintln!("--count: {name} is not a single-call case; skipped");
+            }
+        }
+        return;
+    }
+
     // Warm-up: every hit op once over the hot set (checks the fills too).
     let warm = Settings {
         throughput: Duration::from_millis(200),
@@ -965,45 +1048,8 @@ async fn run(s: Settings) {
         ..s
     };
     let mut scratch = Rounds::default();
-    if selected("raw_redis_get") {
-        measure(&mut scratch, &raw, warm).await;
-    }
-    if selected("raw_redis_get_nodelay") {
-        measure(&mut scratch, &raw_nodelay, warm).await;
-    }
-    if selected("raw_redis_get_nodelay_2conn") {
-        measure(&mut scratch, &raw_nodelay_2conn, warm).await;
-    }
-    if selected("pool_checkout_get") {
-        measure(&mut scratch, &pooled, warm).await;
-    }
-    if selected("cache_get_redis") {
-        measure(&mut scratch, &get_redis, warm).await;
-    }
-    if selected("cached_fn_redis") {
-        measure(&mut scratch, &fn_redis, warm).await;
-    }
-    if selected("cached_fn_redis_nagle") {
-        measure(&mut scratch, &fn_redis_nagle, warm).await;
-    }
-    if selected("cached_fn_redis_generations") {
-        measure(&mut scratch, &fn_redis_gen, warm).await;
-    }
-    if selected("moka_get") {
-        measure(&mut scratch, &moka_op, warm).await;
-    }
-    if selected("moka_get_string_key_ttl") {
-        measure(&mut scratch, &moka_keyed_op, warm).await;
-    }
-    if selected("cache_get_memory") {
-        measure(&mut scratch, &get_memory, warm).await;
-    }
-    if selected("cached_fn_memory") {
-        measure(&mut scratch, &fn_memory, warm).await;
-    }
-    #[cfg(feature = "cached-crate")]
-    if selected("cached_crate_redis_get") {
-        measure(&mut scratch, &cc_get, warm).await;
+    for name in CASES.iter().filter(|c| selected(c) && **c != "miss_path") {
+        with_op!(*name, op => measure(&mut scratch, op, warm).await);
     }
     assert_eq!(
         scratch.errors, 0,
@@ -1024,15 +1070,10 @@ async fn run(s: Settings) {
                 continue;
             }
             let r = &mut results[c];
+            if with_op!(*name, op => measure(r, op, s).await).is_some() {
+                continue;
+            }
             match *name {
-                "raw_redis_get" => measure(r, &raw, s).await,
-                "raw_redis_get_nodelay" => measure(r, &raw_nodelay, s).await,
-                "raw_redis_get_nodelay_2conn" => measure(r, &raw_nodelay_2conn, s).await,
-                "pool_checkout_get" => measure(r, &pooled, s).await,
-                "cache_get_redis" => measure(r, &get_redis, s).await,
-                "cached_fn_redis" => measure(r, &fn_redis, s).await,
-                "cached_fn_redis_nagle" => measure(r, &fn_redis_nagle, s).await,
-                "cached_fn_redis_generations" => measure(r, &fn_redis_gen, s).await,
                 "p50_paired_redis" => {
                     let (raw_ns, cached_ns, diff_ns, failed) =
                         paired_latency(&raw, &fn_redis, s.latency * 2).await;
@@ -1046,11 +1087,6 @@ async fn run(s: Settings) {
                     r.push_extra("paired_diff_median_us", mid as f64 / 1000.0);
                     r.errors += failed;
                 }
-                "moka_get" => measure(r, &moka_op, s).await,
-                "moka_get_string_key_ttl" => measure(r, &moka_keyed_op, s).await,
-                "cache_get_memory" => measure(r, &get_memory, s).await,
-                "cached_fn_memory" => measure(r, &fn_memory, s).await,
-                "miss_path" => measure(r, &miss, s).await,
                 "single_flight_1000" => single_flight(r, &redis_cache).await,
                 "redis_paused" => redis_paused(r, &mut paused_server, s).await,
                 "invalidate_prefix_100k" => {
@@ -1059,8 +1095,6 @@ async fn run(s: Settings) {
                 "invalidate_prefix_100k_generations" => {
                     invalidate_prefix_generations(r, &redis_cache_gen).await;
                 }
-                #[cfg(feature = "cached-crate")]
-                "cached_crate_redis_get" => measure(r, &cc_get, s).await,
                 #[cfg(feature = "cached-crate")]
                 "cached_crate_flight_1000" => {
                     cached_crate::single_flight(r, &cc_get.store).await;
