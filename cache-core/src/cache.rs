@@ -1275,7 +1275,7 @@ impl Cache {
         Ok(self
             .load_through::<T, crate::__private::PlainMode, _, _>(ReadThrough {
                 prefix,
-                skey: self.storage_key(key),
+                skey: crate::__private::KeyString::from(self.storage_key(key)),
                 ttl,
                 none_ttl: None,
                 unless: |_: &T| false,

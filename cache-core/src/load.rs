@@ -19,7 +19,7 @@ pub(crate) struct ReadThrough<'p, S, F, U> {
     /// The key's prefix (stats, generations).
     pub(crate) prefix: &'p str,
     /// The storage key, `{namespace}:{prefix}:{rest}`.
-    pub(crate) skey: String,
+    pub(crate) skey: crate::__private::KeyString,
     pub(crate) ttl: Option<Duration>,
     /// TTL of a negative entry (`None` under `cache_none`).
     pub(crate) none_ttl: Option<Duration>,
@@ -196,7 +196,7 @@ impl Cache {
             };
             match attempt {
                 Ok(true) => {
-                    marker = LeaseGuard(Some((self.clone(), skey.clone(), candidate)));
+                    marker = LeaseGuard(Some((self.clone(), skey.to_string(), candidate)));
                     break;
                 }
                 Ok(false) => {
@@ -264,7 +264,7 @@ impl Cache {
                                 // handed to callers that joined after the invalidation.
                                 Ok(false) => {
                                     self.inner.stats.record(entry, Event::StaleSetPrevented);
-                                    tracing::debug!(key = %skey, "lease lost to an invalidation; value not stored");
+                                    tracing::debug!(key = %*skey, "lease lost to an invalidation; value not stored");
                                     None
                                 }
                                 Err(_) => {

@@ -386,6 +386,100 @@ async fn templates_use_field_paths_and_escape_values() {
     assert_eq!(braces_fn_cache_key(&5), "t_braces:{5}");
 }
 
+/// Every type with a `core::fmt`-free path (`__private::FastPart`), at its
+/// extremes, and strings that need escaping. (The `allow` also covers the
+/// generated `fast_parts_fn_cache_key`, which takes the same 14 arguments.)
+#[allow(clippy::too_many_arguments)]
+#[cached(
+    prefix = "t_fast",
+    key = "{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}/{j}/{k}/{l}/{m}/{n}"
+)]
+async fn fast_parts_fn(
+    a: u8,
+    b: u16,
+    c: u32,
+    d: u64,
+    e: usize,
+    f: i8,
+    g: i16,
+    h: i32,
+    i: i64,
+    j: isize,
+    k: &str,
+    l: String,
+    m: &String,
+    n: &u64,
+) -> u8 {
+    a
+}
+
+#[tokio::test]
+async fn integer_and_string_placeholders_key_like_display() {
+    let words = "a*b:c%".to_owned();
+    let cache = Cache::memory();
+    let stored = cache
+        .scope(fast_parts_fn(
+            u8::MAX,
+            0,
+            u32::MAX,
+            u64::MAX,
+            usize::MAX,
+            i8::MIN,
+            -1,
+            i32::MIN,
+            i64::MIN,
+            isize::MAX,
+            "x?[y]",
+            "\\t\u{7}".to_owned(),
+            &words,
+            &42,
+        ))
+        .await;
+    assert_eq!(stored, u8::MAX);
+    let key = fast_parts_fn_cache_key(
+        &u8::MAX,
+        &0,
+        &u32::MAX,
+        &u64::MAX,
+        &usize::MAX,
+        &i8::MIN,
+        &-1,
+        &i32::MIN,
+        &i64::MIN,
+        &isize::MAX,
+        "x?[y]",
+        &"\\t\u{7}".to_owned(),
+        // `m: &String` and `n: &u64` are taken as they are.
+        &words,
+        &42,
+    );
+    // What `Display` plus escaping gives for the same values.
+    let expected = [
+        u8::MAX.to_string(),
+        0u16.to_string(),
+        u32::MAX.to_string(),
+        u64::MAX.to_string(),
+        usize::MAX.to_string(),
+        i8::MIN.to_string(),
+        (-1i16).to_string(),
+        i32::MIN.to_string(),
+        i64::MIN.to_string(),
+        isize::MAX.to_string(),
+        cache_core::keys::escape("x?[y]").into_owned(),
+        cache_core::keys::escape("\\t\u{7}").into_owned(),
+        cache_core::keys::escape(&words).into_owned(),
+        "42".to_owned(),
+    ]
+    .join("/");
+    assert_eq!(key, format!("t_fast:{expected}"));
+    assert!(
+        key.ends_with("/x%3F%5By%5D/%5Ct%07/a%2Ab%3Ac%25/42"),
+        "{key}"
+    );
+    // The function stored its value under that same key.
+    assert_eq!(cache.get::<u8>(&key).await.unwrap(), Some(u8::MAX));
+}
+
 // ---------------------------------------------------------------- single flight
 
 static FLIGHT_RUNS: AtomicUsize = AtomicUsize::new(0);

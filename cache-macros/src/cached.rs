@@ -203,8 +203,8 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
 
     let new_body = quote! {
         #bind_handle
-        // The whole storage key (`{namespace}:{prefix}:{rest}`), one allocation.
-        let #key_var: ::std::string::String = {
+        // The whole storage key (`{namespace}:{prefix}:{rest}`), in a reused buffer.
+        let #key_var: #krate::__private::KeyString = {
             let mut #buf = #krate::__private::key_buffer(
                 ::core::option::Option::as_ref(&#handle_var),
                 #prefix,
@@ -307,6 +307,18 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         .attrs
         .iter()
         .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
+    // The function's lint allowances cover its companion too (it repeats the
+    // key arguments: `#[allow(clippy::too_many_arguments)]` must reach it).
+    // `expect` becomes `allow`: the companion may not trip the lint.
+    let allows = item.attrs.iter().filter_map(|a| {
+        let lints = match &a.meta {
+            syn::Meta::List(list) if a.path().is_ident("allow") || a.path().is_ident("expect") => {
+                &list.tokens
+            }
+            _ => return None,
+        };
+        Some(quote!(#[allow(#lints)]))
+    });
     let (_, _, where_clause) = item.sig.generics.split_for_impl();
     let generics = &item.sig.generics;
 
@@ -355,6 +367,7 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         #(#cfgs)*
         #[doc = #doc]
         #[must_use]
+        #(#allows)*
         #[allow(dead_code, unreachable_pub, clippy::trivially_copy_pass_by_ref, clippy::ref_option_ref)]
         #vis fn #companion_name #generics (#(#params),*) -> ::std::string::String #where_clause {
             let mut #buf = ::std::string::String::with_capacity(#capacity);

@@ -51,7 +51,8 @@ impl Template {
     }
 
     /// Statements appending this template to the `String` named `buf`:
-    /// literals with `push_str`, placeholders with `push_escaped`.
+    /// literals with `push_str`, placeholders with `FastPart::push_to` or
+    /// `push_escaped`.
     /// `root` maps an argument name (and the placeholder's span) to the
     /// expression that names it.
     pub(crate) fn push_stmts(
@@ -66,8 +67,19 @@ impl Template {
                 let root = root(ph);
                 let fields = ph.fields.iter().map(|f| field_tokens(f, ph.span));
                 let krate = crate::key::respan(krate, ph.span);
+                // Integers and strings skip `core::fmt` (`FastPart`); any
+                // other type formats through `Display`, whose bound reports a
+                // non-`Display` placeholder at the placeholder.
                 quote_spanned! {ph.span=>
-                    #krate::__private::push_escaped(&mut #buf, &(#root #(.#fields)*));
+                    {
+                        #[allow(unused_imports)]
+                        use #krate::__private::{ViaDisplay as _, ViaFastPart as _};
+                        let __part = &(#root #(.#fields)*);
+                        match (&#krate::__private::PartProbe(__part)).fast_part() {
+                            ::core::option::Option::Some(fast) => fast.push_to(&mut #buf),
+                            ::core::option::Option::None => #krate::__private::push_escaped(&mut #buf, __part),
+                        }
+                    }
                 }
             }
         });

@@ -288,7 +288,11 @@ impl RedisBackend {
 
     /// GET, for the hit path (an inherent method: no boxed future).
     pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.query(redis::cmd("GET").arg(key)).await
+        // Sized up front: `cmd("GET").arg(key)` grows the buffer once more
+        // (a realloc, ~200 instructions of a ~20k-instruction hit).
+        let mut get = Cmd::with_capacity(2, 3 + key.len());
+        get.arg("GET").arg(key);
+        self.query(&get).await
     }
 
     async fn invoke(
