@@ -7,6 +7,16 @@
 //! cargo run -p cache-bench --release              # full run, < 10 minutes
 //! ```
 //!
+//! Instruction counts per call (what a noisy shared machine does not move):
+//!
+//! ```text
+//! cargo build -p cache-bench --release
+//! TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
+//!     --zero-before='*count_start*' --dump-before='*count_end*' \
+//!     target/release/cache-bench --count 200000 --only cached_fn_memory
+//! # instructions per call = the dump's `totals:` / 200000
+//! ```
+//!
 //! Every throughput figure is ops/s with 64 concurrent tasks; every latency
 //! figure is single-task p50/p99. Cases are interleaved (A B C … A B C …) for
 //! several rounds and the median over rounds is reported. One JSON line per
