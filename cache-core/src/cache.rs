@@ -473,11 +473,20 @@ impl Cache {
 
     /// `"{namespace}:"`, with room for `rest` more bytes.
     pub(crate) fn key_in_namespace(&self, rest: usize) -> String {
-        let ns = &self.inner.config.namespace;
-        let mut out = String::with_capacity(ns.len() + 1 + rest);
-        out.push_str(ns);
-        out.push(':');
+        let mut out = String::with_capacity(self.key_head_len() + rest);
+        self.push_key_head(&mut out);
         out
+    }
+
+    /// The length of `"{namespace}:"`.
+    pub(crate) fn key_head_len(&self) -> usize {
+        self.inner.config.namespace.len() + 1
+    }
+
+    /// Appends `"{namespace}:"`, the start of every storage key.
+    pub(crate) fn push_key_head(&self, out: &mut String) {
+        out.push_str(&self.inner.config.namespace);
+        out.push(':');
     }
 
     fn is_enabled(&self) -> bool {

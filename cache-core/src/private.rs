@@ -272,16 +272,13 @@ pub(crate) fn current_handle() -> Option<Handle<'static>> {
 /// `rest` more bytes, so the storage key is built in one allocation (or none:
 /// see [`KeyString`]).
 pub fn key_buffer(cache: Option<&Handle<'_>>, prefix: &str, rest: usize) -> KeyString {
-    let mut key = KeyString::with_capacity(match cache {
-        Some(cache) => cache.inner.config.namespace.len() + prefix.len() + 2 + rest,
-        None => return KeyString(String::new()),
-    });
-    if let Some(cache) = cache {
-        key.push_str(&cache.inner.config.namespace);
-        key.push(':');
-        key.push_str(prefix);
-        key.push(':');
-    }
+    let Some(cache) = cache else {
+        return KeyString(String::new());
+    };
+    let mut key = KeyString::with_capacity(cache.key_head_len() + prefix.len() + 1 + rest);
+    cache.push_key_head(&mut key);
+    key.push_str(prefix);
+    key.push(':');
     key
 }
 
@@ -312,7 +309,9 @@ impl Drop for KeyString {
         /// Longer buffers are freed, not kept for the next key.
         const MAX_SPARE: usize = 256;
         let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() <= MAX_SPARE {
+        // An unallocated buffer (no cache: the key was never built) would
+        // only replace a real spare.
+        if buf.capacity() != 0 && buf.capacity() <= MAX_SPARE {
             buf.clear();
             let _ = SPARE_KEY.try_with(|spare| spare.set(buf));
         }
@@ -498,7 +497,7 @@ impl Drop for InvalidationGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::KeyString;
+    use super::{KeyString, SPARE_KEY};
 
     #[test]
     fn a_reused_key_buffer_starts_empty_and_long_ones_are_not_kept() {
@@ -522,5 +521,19 @@ mod tests {
         drop(long);
         let next = KeyString::with_capacity(0);
         assert!(next.capacity() <= 256, "a long buffer is freed, not kept");
+        drop(next);
+
+        // An uncached call's empty key does not displace the spare.
+        let mut kept = KeyString::with_capacity(16);
+        kept.push_str("ns:customer:7");
+        drop(kept);
+        drop(KeyString(String::new()));
+        let spare_capacity = SPARE_KEY.with(|spare| {
+            let buffer = spare.take();
+            let capacity = buffer.capacity();
+            spare.set(buffer);
+            capacity
+        });
+        assert!(spare_capacity >= 16, "the spare was replaced: {spare_capacity}");
     }
 }
