@@ -435,7 +435,13 @@ impl Backend for RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.query(redis::cmd("MGET").arg(keys)).await
+        // Sized up front, like `get_direct` (the generations hit path is an MGET).
+        let mut mget = Cmd::with_capacity(
+            1 + keys.len(),
+            4 + keys.iter().map(String::len).sum::<usize>(),
+        );
+        mget.arg("MGET").arg(keys);
+        self.query(&mget).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), BackendError> {
