@@ -534,6 +534,9 @@ mod tests {
             spare.set(buffer);
             capacity
         });
-        assert!(spare_capacity >= 16, "the spare was replaced: {spare_capacity}");
+        assert!(
+            spare_capacity >= 16,
+            "the spare was replaced: {spare_capacity}"
+        );
     }
 }
