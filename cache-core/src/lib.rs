@@ -85,6 +85,12 @@
 //!   64 tasks over loopback in the benchmark; see
 //!   [`CacheConfig::tcp_nodelay`] for the latency cliff Nagle brings on a
 //!   real network.
+//! - The memory backend keeps the card's `{namespace}:{prefix}:{key}` string
+//!   keys and moka's per-entry expiry, although a `u64`-keyed moka without
+//!   expiry does a lookup in ~0.7× the instructions: one key space for both
+//!   backends, `delete_pattern`, `invalidate_prefix` and the `_cache_key`
+//!   companions, and expired entries that free their memory, are worth more
+//!   than that difference (figures in docs/BENCHMARKS.md).
 //!
 //! # What a hit costs
 //! A Redis hit is one `GET` on a shared multiplexed connection; a memory hit
