@@ -466,15 +466,9 @@ impl Cache {
     /// assert_eq!(cache.storage_key("customer:42"), "cache:customer:42");
     /// ```
     pub fn storage_key(&self, key: &str) -> String {
-        let mut out = self.key_in_namespace(key.len());
-        out.push_str(key);
-        out
-    }
-
-    /// `"{namespace}:"`, with room for `rest` more bytes.
-    pub(crate) fn key_in_namespace(&self, rest: usize) -> String {
-        let mut out = String::with_capacity(self.key_head_len() + rest);
+        let mut out = String::with_capacity(self.key_head_len() + key.len());
         self.push_key_head(&mut out);
+        out.push_str(key);
         out
     }
 

@@ -466,11 +466,18 @@ impl Rounds {
         }
     }
 
+    fn extra_values(&self, name: &str) -> Option<&Vec<f64>> {
+        self.extra.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
     fn extra_median(&self, name: &str) -> Option<f64> {
-        self.extra
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| median(v))
+        self.extra_values(name).map(|v| median(v))
+    }
+
+    /// The largest value over rounds (NaN when never recorded).
+    fn extra_max(&self, name: &str) -> f64 {
+        self.extra_values(name)
+            .map_or(f64::NAN, |v| v.iter().copied().fold(0.0, f64::max))
     }
 }
 
@@ -1129,10 +1136,8 @@ fn json_num(v: f64) -> serde_json::Value {
 }
 
 fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration) {
-    let med = |c: &str, f: fn(&Rounds) -> &Vec<f64>| {
-        let i = CASES.iter().position(|n| *n == c).expect("case");
-        median(f(&results[i]))
-    };
+    let case = |c: &str| &results[CASES.iter().position(|n| *n == c).expect("case")];
+    let med = |c: &str, f: fn(&Rounds) -> &Vec<f64>| median(f(case(c)));
     for (name, r) in CASES.iter().zip(results) {
         if !selected(name) {
             continue;
@@ -1159,8 +1164,7 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         for (k, v) in &r.extra {
             line.insert((*k).into(), json_num(median(v)));
             if *k == "body_runs" {
-                let max = v.iter().copied().fold(0.0, f64::max);
-                line.insert("body_runs_max".into(), json_num(max));
+                line.insert("body_runs_max".into(), json_num(r.extra_max("body_runs")));
             }
         }
         if name.starts_with("cached_fn") {
@@ -1185,10 +1189,7 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
             "single_flight_1000" | "cached_crate_flight_1000" => format!(
                 "body runs {} (max {}), wall {:.1} ms",
                 r.extra_median("body_runs").unwrap_or(f64::NAN),
-                r.extra
-                    .iter()
-                    .find(|(k, _)| *k == "body_runs")
-                    .map_or(f64::NAN, |(_, v)| v.iter().copied().fold(0.0, f64::max)),
+                r.extra_max("body_runs"),
                 r.extra_median("wall_ms").unwrap_or(f64::NAN)
             ),
             "p50_paired_redis" => format!(
@@ -1237,12 +1238,12 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         );
     }
 
-    let ops = |c| med(c, |r| &r.ops_per_s);
-    let p50 = |c| med(c, |r| &r.p50_us);
+    let ops = |c: &str| med(c, |r| &r.ops_per_s);
+    let p50 = |c: &str| med(c, |r| &r.p50_us);
     // The same ratio taken within each round (both cases ran back to back),
     // as "median [min-max]": steadier than a ratio of medians on a busy machine.
     let per_round = |a: &str, b: &str| {
-        let at = |c: &str| &results[CASES.iter().position(|n| *n == c).expect("case")].ops_per_s;
+        let at = |c: &str| &case(c).ops_per_s;
         let mut r: Vec<f64> = at(a).iter().zip(at(b)).map(|(x, y)| x / y).collect();
         r.retain(|v| v.is_finite());
         r.sort_by(f64::total_cmp);
@@ -1254,46 +1255,27 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
     let ratio_redis = ops("cached_fn_redis") / ops("raw_redis_get");
     let p50_delta = p50("cached_fn_redis") - p50("raw_redis_get");
     let ratio_mem = ops("cached_fn_memory") / ops("moka_get");
-    let i_flight = CASES
-        .iter()
-        .position(|n| *n == "single_flight_1000")
-        .expect("case");
-    let flight_max = results[i_flight]
-        .extra
-        .iter()
-        .find(|(k, _)| *k == "body_runs")
-        .map_or(f64::NAN, |(_, v)| v.iter().copied().fold(0.0, f64::max));
+    let flight_max = case("single_flight_1000").extra_max("body_runs");
     if cfg!(feature = "cached-crate") {
-        let i = CASES
-            .iter()
-            .position(|n| *n == "cached_crate_flight_1000")
-            .expect("case");
-        let runs = results[i].extra_median("body_runs").unwrap_or(f64::NAN);
+        let runs = case("cached_crate_flight_1000")
+            .extra_median("body_runs")
+            .unwrap_or(f64::NAN);
         println!(
             "  cached crate (get, miss -> body -> set) body runs for 1000 cold callers = {runs} (median)"
         );
-        let i = CASES
-            .iter()
-            .position(|n| *n == "cached_crate_paused")
-            .expect("case");
+        let paused = case("cached_crate_paused");
         println!(
             "  cached crate with Redis paused: p50 {:.0} us, errors {} of {} calls",
-            median(&results[i].p50_us),
-            results[i].errors,
-            results[i]
-                .extra
-                .iter()
-                .find(|(k, _)| *k == "calls")
-                .map_or(0.0, |(_, v)| v.iter().sum::<f64>())
+            median(&paused.p50_us),
+            paused.errors,
+            paused
+                .extra_values("calls")
+                .map_or(0.0, |v| v.iter().sum::<f64>())
         );
     }
-    let i_paused = CASES
-        .iter()
-        .position(|n| *n == "redis_paused")
-        .expect("case");
-    let paused_p99 = median(&results[i_paused].p99_us);
+    let paused_p99 = med("redis_paused", |r| &r.p99_us);
     let added = paused_p99 - med("cached_fn_redis", |r| &r.p99_us);
-    let paused_errors = results[i_paused].errors;
+    let paused_errors = case("redis_paused").errors;
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED (or not run)" };
     println!();
     println!("targets (medians of {} interleaved rounds):", s.rounds);
@@ -1305,11 +1287,7 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
     println!(
         "  cached_fn_redis p50 - raw p50            = {p50_delta:+.1} us (separate phases; informational)"
     );
-    let i_paired = CASES
-        .iter()
-        .position(|n| *n == "p50_paired_redis")
-        .expect("case");
-    let paired_delta = results[i_paired]
+    let paired_delta = case("p50_paired_redis")
         .extra_median("p50_delta_us")
         .unwrap_or(f64::NAN);
     println!(
@@ -1337,37 +1315,60 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
         "  paused Redis p99 (breaker open)           = {paused_p99:.1} us absolute, {added:+.1} us vs cached_fn_redis p99, errors {paused_errors} (target: added <= 1000 us, 0 errors) {}",
         verdict(paused_p99.max(added) <= 1000.0 && paused_errors == 0)
     );
-    println!(
-        "  cached_fn_redis_nagle / raw_redis_get     = {:.3} (the same with CacheBuilder::tcp_nodelay(false)){}",
-        ops("cached_fn_redis_nagle") / ops("raw_redis_get"),
-        per_round("cached_fn_redis_nagle", "raw_redis_get")
+    // Informational ratios: what each difference between cases costs.
+    let info = |a: &str, b: &str, note: &str, rounds: bool| {
+        println!(
+            "  {:<40} = {:.3} ({note}){}",
+            format!("{a} / {b}"),
+            ops(a) / ops(b),
+            if rounds {
+                per_round(a, b)
+            } else {
+                String::new()
+            }
+        );
+    };
+    info(
+        "cached_fn_redis_nagle",
+        "raw_redis_get",
+        "the same with CacheBuilder::tcp_nodelay(false)",
+        true,
     );
-    println!(
-        "  cached_fn_redis / raw_redis_get_nodelay   = {:.3} (cache-core's own overhead, same TCP settings){}",
-        ops("cached_fn_redis") / ops("raw_redis_get_nodelay"),
-        per_round("cached_fn_redis", "raw_redis_get_nodelay")
+    info(
+        "cached_fn_redis",
+        "raw_redis_get_nodelay",
+        "cache-core's own overhead, same TCP settings",
+        true,
     );
-    println!(
-        "  raw_redis_get_nodelay_2conn / raw_..._nodelay = {:.3} (what a second connection costs; cache-core uses one)",
-        ops("raw_redis_get_nodelay_2conn") / ops("raw_redis_get_nodelay")
+    info(
+        "raw_redis_get_nodelay_2conn",
+        "raw_redis_get_nodelay",
+        "what a second connection costs; cache-core uses one",
+        false,
     );
-    println!(
-        "  raw_redis_get_nodelay / raw_redis_get     = {:.3} (what TCP_NODELAY costs or gains at {TASKS} tasks)",
-        ops("raw_redis_get_nodelay") / ops("raw_redis_get")
+    info(
+        "raw_redis_get_nodelay",
+        "raw_redis_get",
+        &format!("what TCP_NODELAY costs or gains at {TASKS} tasks"),
+        false,
     );
-    println!(
-        "  moka_get_string_key_ttl / moka_get        = {:.3} (what a string key and a TTL per entry cost moka itself){}",
-        ops("moka_get_string_key_ttl") / ops("moka_get"),
-        per_round("moka_get_string_key_ttl", "moka_get")
+    info(
+        "moka_get_string_key_ttl",
+        "moka_get",
+        "what a string key and a TTL per entry cost moka itself",
+        true,
     );
-    println!(
-        "  cached_fn_memory / moka_get_string_key_ttl = {:.3} (cache-core's own overhead over moka used that way){}",
-        ops("cached_fn_memory") / ops("moka_get_string_key_ttl"),
-        per_round("cached_fn_memory", "moka_get_string_key_ttl")
+    info(
+        "cached_fn_memory",
+        "moka_get_string_key_ttl",
+        "cache-core's own overhead over moka used that way",
+        true,
     );
-    println!(
-        "  pool_checkout_get / raw_redis_get ops/s   = {:.3} (why the pool is not on the hit path)",
-        ops("pool_checkout_get") / ops("raw_redis_get")
+    info(
+        "pool_checkout_get",
+        "raw_redis_get",
+        "why the pool is not on the hit path",
+        false,
     );
     println!(
         "  #[cached] hit bodies run during the measured rounds: {hit_body_runs} (0 = every measured call was a hit)"
