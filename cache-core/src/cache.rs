@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use crate::backend::redis::RedisBackend;
 use crate::backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
 use crate::breaker::{Breaker, Permit};
+use crate::builder::CacheBuilder;
 use crate::codec::{self, DecodeError};
-use crate::config::{CacheConfig, RedisTarget, validate_namespace, validate_url};
+use crate::config::CacheConfig;
 use crate::error::{BackendError, CacheError, ConfigError, ErrorKind};
 use crate::flight::Flights;
 use crate::health::{Health, HealthStatus};
@@ -111,192 +112,6 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Builds a [`Cache`]; see [`Cache::builder`].
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct CacheBuilder {
-    config: CacheConfig,
-    error: Option<ConfigError>,
-}
-
-impl CacheBuilder {
-    /// Starts from an existing configuration (for example [`CacheConfig::from_env`]).
-    pub fn config(mut self, config: CacheConfig) -> Self {
-        self.config = config;
-        self
-    }
-    /// Uses the Redis server at `url` (`redis://[user:password@]host:port[/db]`).
-    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        let url = url.into();
-        if let Err(e) = validate_url("redis_url", &url) {
-            self.error.get_or_insert(e);
-        }
-        self.config.redis = Some(RedisTarget::Single(url));
-        self
-    }
-    /// Uses the Redis Cluster reachable through these seed nodes.
-    pub fn redis_cluster<I, S>(mut self, urls: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
-        for url in &urls {
-            if let Err(e) = validate_url("redis_cluster", url) {
-                self.error.get_or_insert(e);
-            }
-        }
-        self.config.redis = Some(RedisTarget::Cluster(urls));
-        self
-    }
-    /// First segment of every key (default `cache`).
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        let namespace = namespace.into();
-        if let Err(e) = validate_namespace("namespace", &namespace) {
-            self.error.get_or_insert(e);
-        }
-        self.config.namespace = namespace;
-        self
-    }
-    /// TTL used when a call names none (default 300 s).
-    pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.config.default_ttl = ttl;
-        self
-    }
-    /// Bound on every backend call (default 250 ms).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
-        self
-    }
-    /// Consecutive failures that open the breaker, and how long it stays open.
-    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.config.breaker_failures = failures;
-        self.config.breaker_cooldown = cooldown;
-        self
-    }
-    /// Longest TTL in the in-memory fallback (default 30 s).
-    pub fn fallback_ttl_cap(mut self, cap: Duration) -> Self {
-        self.config.fallback_ttl_cap = cap;
-        self
-    }
-    /// Size of the bb8 connection pool (default 16).
-    pub fn pool_size(mut self, size: u32) -> Self {
-        self.config.pool_size = size;
-        self
-    }
-    /// Codec for written values (default bincode).
-    pub fn codec(mut self, codec: crate::CodecKind) -> Self {
-        self.config.codec = codec;
-        self
-    }
-    /// Largest encoded value stored or read (default 4 MiB).
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_value_bytes = bytes;
-        self
-    }
-    /// How long a loader's lease lasts (default 3 s).
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.config.lease_ttl = ttl;
-        self
-    }
-    /// Turns leases on misses on or off (default on; see [`CacheConfig::leases`]).
-    pub fn leases(mut self, on: bool) -> Self {
-        self.config.leases = on;
-        self
-    }
-    /// TCP_NODELAY on Redis connections (default on; see [`CacheConfig::tcp_nodelay`]).
-    pub fn tcp_nodelay(mut self, on: bool) -> Self {
-        self.config.tcp_nodelay = on;
-        self
-    }
-    /// O(1) prefix invalidation through per-prefix generations (default
-    /// off; see [`CacheConfig::prefix_generations`]).
-    pub fn prefix_generations(mut self, on: bool) -> Self {
-        self.config.prefix_generations = on;
-        self
-    }
-    /// Turns caching on or off.
-    pub fn enabled(mut self, enabled: bool) -> Self {
-        self.config.enabled = enabled;
-        self
-    }
-
-    /// Builds the cache. Redis being down is not an error: the cache starts
-    /// degraded (fallback serving) and switches to Redis when it answers.
-    /// A malformed URL or setting is.
-    pub async fn build(self) -> Result<Cache, ConfigError> {
-        if let Some(error) = self.error {
-            return Err(error);
-        }
-        let config = self.config;
-        if !config.enabled {
-            return Ok(Cache::from_parts(
-                config,
-                BackendKind::Disabled,
-                None,
-                None,
-                None,
-            ));
-        }
-        let Some(target) = config.redis.clone() else {
-            return Ok(Cache::memory_with(config));
-        };
-        let backend = match RedisBackend::connect(
-            &target,
-            config.pool_size,
-            config.timeout,
-            config.tcp_nodelay,
-        )
-        .await
-        {
-            Ok(backend) => backend,
-            Err(e) => {
-                return Err(ConfigError::InvalidUrl {
-                    variable: "REDIS_URL",
-                    url: target.redacted(),
-                    reason: e.message,
-                });
-            }
-        };
-        let backend = Arc::new(backend);
-        let cache = Cache::from_parts(
-            config,
-            backend.kind(),
-            Some(backend.clone()),
-            None,
-            Some(backend),
-        );
-        match tokio::time::timeout(cache.inner.config.timeout * 4, cache.inner.primary.ping()).await
-        {
-            Ok(Ok(())) => tracing::info!(target = %target.redacted(), "cache connected to Redis"),
-            Ok(Err(e)) => {
-                tracing::warn!(target = %target.redacted(), error = %e, "Redis unreachable at start; running degraded on the in-memory fallback")
-            }
-            Err(_) => {
-                tracing::warn!(target = %target.redacted(), "Redis did not answer at start; running degraded on the in-memory fallback")
-            }
-        }
-        Ok(cache)
-    }
-}
-
-static INSTALLED: RwLock<Option<Cache>> = RwLock::new(None);
-/// Bumped by every `install`; threads keep a copy of the installed cache and
-/// refresh it when this moves, so the hot path takes no shared lock.
-static INSTALL_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    // The thread's own `Arc` around its copy: cloning it on the hot path
-    // touches a reference count no other thread writes (cloning the shared
-    // `Cache` would bounce one cache line between all cores).
-    static INSTALLED_HERE: std::cell::RefCell<(u64, Option<Arc<Cache>>)> = const { std::cell::RefCell::new((0, None)) };
-}
-
-tokio::task_local! {
-    pub(crate) static SCOPED: Cache;
-    pub(crate) static BYPASS: bool;
-}
-
 impl Cache {
     /// Reads [`CacheConfig::from_env`] and builds: `REDIS_URL` set means
     /// Redis (degraded, not failed, if it is down), unset means in-memory.
@@ -358,7 +173,7 @@ impl Cache {
 
     /// `memory` / `redis`: the primary again, typed, when it is one of the
     /// built-in backends (the hit path calls it without dynamic dispatch).
-    fn from_parts(
+    pub(crate) fn from_parts(
         config: CacheConfig,
         kind: BackendKind,
         backend: Option<Arc<dyn Backend>>,
@@ -386,62 +201,6 @@ impl Cache {
                 lease_tokens: AtomicU64::new(seed()),
             }),
         }
-    }
-
-    /// Makes this cache the process-wide default used by `#[cached]` and
-    /// `#[invalidates]` (replacing any earlier one).
-    pub fn install(&self) {
-        *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(self.clone());
-        INSTALL_GENERATION.fetch_add(1, Ordering::AcqRel);
-        tracing::info!(backend = self.inner.kind.name(), target = %self.inner.config.target_description(), "cache installed");
-    }
-
-    /// The installed process-wide cache, if any.
-    pub fn installed() -> Option<Cache> {
-        Self::installed_here().map(|c| Cache::clone(&c))
-    }
-
-    /// The installed cache through this thread's own `Arc` (see `INSTALLED_HERE`).
-    pub(crate) fn installed_here() -> Option<Arc<Cache>> {
-        let generation = INSTALL_GENERATION.load(Ordering::Acquire);
-        INSTALLED_HERE
-            .try_with(|here| {
-                let mut here = here.borrow_mut();
-                if here.0 != generation {
-                    let installed = INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone();
-                    *here = (generation, installed.map(Arc::new));
-                }
-                here.1.clone()
-            })
-            .unwrap_or_else(|_| {
-                INSTALLED
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .map(Arc::new)
-            })
-    }
-
-    /// Runs `fut` with this cache as the current one for the macros, in this
-    /// task only (tasks spawned inside do not inherit it). Tests use it to run
-    /// in parallel, each with its own cache.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache = cache_core::Cache::memory();
-    /// let seen = cache.scope(async { cache_core::Cache::current().is_some() }).await;
-    /// assert!(seen);
-    /// # }
-    /// ```
-    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
-        SCOPED.scope(self.clone(), fut).await
-    }
-
-    /// The cache the macros would use here: the [`scope`](Self::scope)d one,
-    /// else the [installed](Self::install) one.
-    pub fn current() -> Option<Cache> {
-        crate::__private::current_handle().map(|handle| Cache::clone(&handle))
     }
 
     /// Namespace of this cache's keys.
@@ -829,6 +588,48 @@ impl Cache {
                 _ => Err(e),
             },
         }
+    }
+
+    // ----- leases (the lease protocol's three backend steps) -----------------
+
+    /// Tries to take the lease on `skey` with `marker`: `Ok(false)` when
+    /// another loader holds it or a value is stored.
+    pub(crate) async fn lease_try(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        marker: Vec<u8>,
+    ) -> Result<bool, BackendError> {
+        let lease_ttl = self.inner.config.lease_ttl;
+        self.on_primary(entry, self.inner.config.timeout, |b| async move {
+            b.try_lease(skey, marker, lease_ttl).await
+        })
+        .await
+    }
+
+    /// Stores `bytes` only if `marker` still holds the lease: `Ok(false)`
+    /// when an invalidation removed it during the load.
+    pub(crate) async fn lease_store(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        marker: Vec<u8>,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.on_primary(entry, self.inner.config.timeout, |b| async move {
+            b.set_if_lease(skey, marker, bytes, ttl).await
+        })
+        .await
+    }
+
+    /// Gives the lease back (nothing was stored).
+    pub(crate) async fn lease_release(&self, entry: &PrefixEntry, skey: &str, marker: Vec<u8>) {
+        let _ = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.release_lease(skey, marker).await
+            })
+            .await;
     }
 
     // ----- prefix generations (O(1) prefix invalidation) ----------------------

@@ -131,12 +131,14 @@ pub mod macros_guide {}
 
 mod backend;
 mod breaker;
+mod builder;
 mod cache;
 pub mod codec;
 mod config;
 mod error;
 mod flight;
 mod health;
+mod install;
 pub mod keys;
 mod load;
 mod stats;
@@ -146,7 +148,8 @@ mod stats;
 pub mod __private;
 
 pub use backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
-pub use cache::{Cache, CacheBuilder};
+pub use builder::CacheBuilder;
+pub use cache::Cache;
 pub use codec::{Codec, CodecKind};
 pub use config::{CacheConfig, RedisTarget, redact_url};
 pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
@@ -179,5 +182,5 @@ pub use async_trait::async_trait;
 /// # }
 /// ```
 pub async fn uncached<F: std::future::Future>(fut: F) -> F::Output {
-    cache::BYPASS.scope(true, fut).await
+    install::BYPASS.scope(true, fut).await
 }

@@ -185,15 +185,7 @@ impl Cache {
         #[allow(clippy::while_immutable_condition)] // left by break or return
         while leases {
             let candidate = self.next_lease_marker();
-            let attempt = {
-                let candidate = candidate.clone();
-                let lease_ttl = self.inner.config.lease_ttl;
-                let skey = skey.as_str();
-                self.on_primary(entry, self.inner.config.timeout, |b| async move {
-                    b.try_lease(skey, candidate, lease_ttl).await
-                })
-                .await
-            };
+            let attempt = self.lease_try(entry, &skey, candidate.clone()).await;
             match attempt {
                 Ok(true) => {
                     marker = LeaseGuard(Some((self.clone(), skey.to_string(), candidate)));
@@ -248,12 +240,7 @@ impl Cache {
                     let shared: Arc<[u8]> = Arc::from(bytes.as_slice());
                     match marker.take() {
                         Some(marker) => {
-                            let skey_ref = skey.as_str();
-                            let stored = self
-                                .on_primary(entry, self.inner.config.timeout, |b| async move {
-                                    b.set_if_lease(skey_ref, marker, bytes, ttl).await
-                                })
-                                .await;
+                            let stored = self.lease_store(entry, &skey, marker, bytes, ttl).await;
                             match stored {
                                 Ok(true) => {
                                     self.inner.stats.record(entry, Event::Set);
@@ -285,12 +272,7 @@ impl Cache {
             None => None,
         };
         if let Some(marker) = marker.take() {
-            let skey_ref = skey.as_str();
-            let _ = self
-                .on_primary(entry, self.inner.config.timeout, |b| async move {
-                    b.release_lease(skey_ref, marker).await
-                })
-                .await;
+            self.lease_release(entry, &skey, marker).await;
         }
         leader.finish(shared);
         result
@@ -301,11 +283,7 @@ impl Cache {
             .inner
             .stats
             .prefix(skey.split(':').nth(1).unwrap_or(""));
-        let _ = self
-            .on_primary(&entry, self.inner.config.timeout, |b| async move {
-                b.release_lease(skey, marker).await
-            })
-            .await;
+        self.lease_release(&entry, skey, marker).await;
     }
 
     async fn raw_set_fallback_only(&self, skey: &str, bytes: Vec<u8>, ttl: Duration) {

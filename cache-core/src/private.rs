@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{BYPASS, Cache};
+use crate::cache::Cache;
+use crate::install::BYPASS;
 use crate::stats::Event;
 
 pub use core::time::Duration;
@@ -262,7 +263,7 @@ pub fn resolve_handle(explicit: Option<&Cache>) -> Option<Handle<'static>> {
 /// [`Cache::current`] as a [`Handle`]: the task's scoped cache, else the
 /// installed one through this thread's `Arc`.
 pub(crate) fn current_handle() -> Option<Handle<'static>> {
-    if let Ok(scoped) = crate::cache::SCOPED.try_with(Cache::clone) {
+    if let Ok(scoped) = crate::install::SCOPED.try_with(Cache::clone) {
         return Some(Handle::Owned(scoped));
     }
     Cache::installed_here().map(Handle::Installed)
