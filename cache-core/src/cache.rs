@@ -3,8 +3,8 @@
 //! invalidations missed during an outage).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -12,15 +12,16 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::redis::RedisBackend;
 use crate::backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
-use crate::breaker::{Breaker, Permit};
+use crate::breaker::Breaker;
 use crate::builder::CacheBuilder;
 use crate::codec::{self, DecodeError};
 use crate::config::CacheConfig;
-use crate::error::{BackendError, CacheError, ConfigError, ErrorKind};
+use crate::error::{CacheError, ConfigError};
 use crate::flight::Flights;
 use crate::health::{Health, HealthStatus};
 use crate::keys::glob_literal;
 use crate::load::ReadThrough;
+use crate::resilience::{Missed, Resilience};
 use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
 
 /// Bytes read from a backend: shared with the memory store, or owned.
@@ -41,15 +42,11 @@ impl std::ops::Deref for RawBytes {
 
 /// Lifetime of a prefix generation key; refreshed by every invalidation. If
 /// it lapses, a new random generation hides older values (misses, never stale).
-const GENERATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const GENERATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn parse_generation(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
-
-/// Most invalidations remembered while the backend is away; past this the
-/// whole namespace is cleared on recovery instead.
-const MAX_PENDING_INVALIDATIONS: usize = 10_000;
 
 /// A handle to a cache: cheap to clone (one `Arc`), safe to share.
 ///
@@ -82,23 +79,6 @@ pub(crate) struct Inner {
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
     pub(crate) lease_tokens: AtomicU64,
-}
-
-pub(crate) struct Resilience {
-    breaker: Breaker,
-    pub(crate) fallback: MemoryBackend,
-    /// The fallback holds data or invalidations are pending: reconcile before
-    /// trusting the backend again.
-    needs_recovery: AtomicBool,
-    pending: Mutex<Pending>,
-    recovery: tokio::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct Pending {
-    keys: Vec<String>,
-    patterns: Vec<String>,
-    overflowed: bool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -180,12 +160,11 @@ impl Cache {
         memory: Option<MemoryBackend>,
         redis: Option<Arc<RedisBackend>>,
     ) -> Cache {
-        let resilience = kind.is_remote().then(|| Resilience {
-            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
-            fallback: MemoryBackend::new(config.memory_capacity),
-            needs_recovery: AtomicBool::new(false),
-            pending: Mutex::new(Pending::default()),
-            recovery: tokio::sync::Mutex::new(()),
+        let resilience = kind.is_remote().then(|| {
+            Resilience::new(
+                Breaker::new(config.breaker_failures, config.breaker_cooldown),
+                MemoryBackend::new(config.memory_capacity),
+            )
         });
         let primary = backend.unwrap_or_else(|| Arc::new(MemoryBackend::new(1)));
         Cache {
@@ -321,324 +300,13 @@ impl Cache {
         }
     }
 
-    // ----- resilience -------------------------------------------------------
-
-    /// Runs `op` on the primary backend with timeout, breaker and recovery.
-    pub(crate) async fn on_primary<'s, T, Fut>(
-        &'s self,
-        entry: &PrefixEntry,
-        timeout: Duration,
-        op: impl FnOnce(&'s dyn Backend) -> Fut,
-    ) -> Result<T, BackendError>
-    where
-        Fut: Future<Output = Result<T, BackendError>>,
-    {
-        let Some(res) = &self.inner.resilience else {
-            return op(&*self.inner.primary).await;
-        };
-        let permit = res.breaker.allow();
-        if permit == Permit::Rejected {
-            self.inner.stats.record_error(entry, ErrorKind::CircuitOpen);
-            return Err(BackendError::new(
-                ErrorKind::CircuitOpen,
-                "circuit breaker open",
-            ));
-        }
-        let mut guard = ProbeGuard {
-            breaker: &res.breaker,
-            permit: Some(permit),
-        };
-        if res.needs_recovery.load(Ordering::Acquire)
-            && let Err(e) = self.recover(res).await
-        {
-            self.fail(entry, res, guard.take(), &e);
-            return Err(e);
-        }
-        let primary = &self.inner.primary;
-        let result = if primary.enforces_timeouts() {
-            op(&**primary).await
-        } else {
-            match tokio::time::timeout(timeout, op(&**primary)).await {
-                Ok(result) => result,
-                Err(_) => Err(BackendError::new(
-                    ErrorKind::Timeout,
-                    format!("no answer within {timeout:?}"),
-                )),
-            }
-        };
-        let permit = guard.take();
-        match &result {
-            Ok(_) => {
-                res.breaker.on_success();
-            }
-            Err(e) if e.kind.is_availability() => self.fail(entry, res, permit, e),
-            Err(e) => {
-                res.breaker.on_success();
-                self.inner.stats.record_error(entry, e.kind);
-            }
-        }
-        result
-    }
-
-    fn fail(&self, entry: &PrefixEntry, res: &Resilience, permit: Permit, error: &BackendError) {
-        res.breaker.on_failure(permit);
-        self.inner.stats.record_error(entry, error.kind);
-        tracing::debug!(error = %error, "cache backend call failed; using the in-memory fallback");
-    }
-
-    /// Replays invalidations missed during an outage, then drops the fallback.
-    async fn recover(&self, res: &Resilience) -> Result<(), BackendError> {
-        let _lock = res.recovery.lock().await;
-        if !res.needs_recovery.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut *res.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let bulk_timeout = self.bulk_timeout();
-        let primary = self.inner.primary.clone();
-        let replay = async {
-            // Nothing is reconciled until the backend really answers.
-            primary.ping().await?;
-            if pending.overflowed {
-                let all = format!("{}:*", glob_literal(&self.inner.config.namespace));
-                primary.delete_pattern(&all).await?;
-            } else {
-                for chunk in pending.keys.chunks(500) {
-                    primary.delete(chunk).await?;
-                }
-                for pattern in &pending.patterns {
-                    primary.delete_pattern(pattern).await?;
-                }
-            }
-            Ok::<(), BackendError>(())
-        };
-        let outcome = match tokio::time::timeout(bulk_timeout, replay).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::new(
-                ErrorKind::Timeout,
-                "replaying invalidations timed out",
-            )),
-        };
-        match outcome {
-            Ok(()) => {
-                res.fallback.clear();
-                res.needs_recovery.store(false, Ordering::Release);
-                tracing::info!(
-                    keys = pending.keys.len(),
-                    patterns = pending.patterns.len(),
-                    "cache backend recovered: missed invalidations replayed, fallback cleared"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                // Put them back for the next attempt.
-                let mut current = res.pending.lock().unwrap_or_else(|e| e.into_inner());
-                current.keys.extend(pending.keys);
-                current.patterns.extend(pending.patterns);
-                current.overflowed |= pending.overflowed;
-                Err(e)
-            }
-        }
-    }
-
-    fn remember_invalidation(&self, res: &Resilience, keys: &[String], pattern: Option<&str>) {
-        let mut pending = res.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.keys.extend_from_slice(keys);
-        if let Some(p) = pattern {
-            pending.patterns.push(p.to_owned());
-        }
-        if pending.keys.len() + pending.patterns.len() > MAX_PENDING_INVALIDATIONS {
-            pending.keys.clear();
-            pending.patterns.clear();
-            pending.overflowed = true;
-        }
-        res.needs_recovery.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn mark_fallback_written(&self) {
-        if let Some(res) = &self.inner.resilience {
-            res.needs_recovery.store(true, Ordering::Release);
-        }
-    }
-
-    fn bulk_timeout(&self) -> Duration {
-        (self.inner.config.timeout * 40).max(Duration::from_secs(10))
-    }
-
-    fn fallback_ttl(&self, ttl: Duration) -> Duration {
-        ttl.min(self.inner.config.fallback_ttl_cap)
-    }
-
-    // ----- raw operations with fallback (storage keys) ------------------------
-
-    pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<RawBytes> {
-        if let Some(memory) = &self.inner.memory {
-            return memory.get_bytes(skey).await.map(RawBytes::Shared);
-        }
-        let read = match &self.inner.redis {
-            Some(redis) => {
-                self.on_primary(entry, self.inner.config.timeout, |_| redis.get_direct(skey))
-                    .await
-            }
-            None => {
-                self.on_primary(entry, self.inner.config.timeout, |b| async move {
-                    b.get(skey).await
-                })
-                .await
-            }
-        };
-        match read {
-            Ok(v) => v.map(RawBytes::Owned),
-            Err(_) => {
-                let res = self.inner.resilience.as_ref()?;
-                let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
-                if v.is_some() {
-                    self.inner.stats.record(entry, Event::FallbackHit);
-                }
-                v
-            }
-        }
-    }
-
-    pub(crate) async fn raw_set(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        bytes: Vec<u8>,
-        ttl: Duration,
-    ) {
-        if let Some(memory) = &self.inner.memory {
-            let _ = memory.set(skey, bytes, ttl).await;
-            self.inner.stats.record(entry, Event::Set);
-            return;
-        }
-        let copy = self.inner.resilience.as_ref().map(|_| bytes.clone());
-        let result = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.set(skey, bytes, ttl).await
-            })
-            .await;
-        self.inner.stats.record(entry, Event::Set);
-        if let (Err(_), Some(res), Some(copy)) = (result, &self.inner.resilience, copy) {
-            let _ = res.fallback.set(skey, copy, self.fallback_ttl(ttl)).await;
-            res.needs_recovery.store(true, Ordering::Release);
-        }
-    }
-
-    pub(crate) async fn raw_delete(&self, entry: &PrefixEntry, skeys: &[String]) -> u64 {
-        let mut fallback_deleted = 0;
-        if let Some(res) = &self.inner.resilience {
-            fallback_deleted = res.fallback.delete(skeys).await.unwrap_or(0);
-        }
-        match self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.delete(skeys).await
-            })
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => {
-                if let Some(res) = &self.inner.resilience {
-                    self.remember_invalidation(res, skeys, None);
-                }
-                fallback_deleted
-            }
-        }
-    }
-
-    pub(crate) async fn raw_delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
-        let mut fallback_deleted = 0;
-        if let Some(res) = &self.inner.resilience {
-            fallback_deleted = res.fallback.delete_pattern(pattern).await.unwrap_or(0);
-        }
-        match self
-            .on_primary(entry, self.bulk_timeout(), |b| async move {
-                b.delete_pattern(pattern).await
-            })
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => {
-                if let Some(res) = &self.inner.resilience {
-                    self.remember_invalidation(res, &[], Some(pattern));
-                }
-                fallback_deleted
-            }
-        }
-    }
-
-    /// Tries the primary, then the fallback, for the simple single-key calls.
-    async fn with_fallback<'s, T, Fut, FFut>(
-        &'s self,
-        entry: &PrefixEntry,
-        op: impl FnOnce(&'s dyn Backend) -> Fut,
-        fallback: impl FnOnce(MemoryBackend) -> FFut,
-    ) -> Result<T, BackendError>
-    where
-        Fut: Future<Output = Result<T, BackendError>>,
-        FFut: Future<Output = Result<T, BackendError>>,
-    {
-        match self.on_primary(entry, self.inner.config.timeout, op).await {
-            Ok(v) => Ok(v),
-            Err(e) => match &self.inner.resilience {
-                Some(res) if e.kind.is_availability() || e.kind == ErrorKind::CircuitOpen => {
-                    // Whatever the fallback now holds must be reconciled on recovery.
-                    self.mark_fallback_written();
-                    fallback(res.fallback.clone()).await
-                }
-                _ => Err(e),
-            },
-        }
-    }
-
-    // ----- leases (the lease protocol's three backend steps) -----------------
-
-    /// Tries to take the lease on `skey` with `marker`: `Ok(false)` when
-    /// another loader holds it or a value is stored.
-    pub(crate) async fn lease_try(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        marker: Vec<u8>,
-    ) -> Result<bool, BackendError> {
-        let lease_ttl = self.inner.config.lease_ttl;
-        self.on_primary(entry, self.inner.config.timeout, |b| async move {
-            b.try_lease(skey, marker, lease_ttl).await
-        })
-        .await
-    }
-
-    /// Stores `bytes` only if `marker` still holds the lease: `Ok(false)`
-    /// when an invalidation removed it during the load.
-    pub(crate) async fn lease_store(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        marker: Vec<u8>,
-        bytes: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        self.on_primary(entry, self.inner.config.timeout, |b| async move {
-            b.set_if_lease(skey, marker, bytes, ttl).await
-        })
-        .await
-    }
-
-    /// Gives the lease back (nothing was stored).
-    pub(crate) async fn lease_release(&self, entry: &PrefixEntry, skey: &str, marker: Vec<u8>) {
-        let _ = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.release_lease(skey, marker).await
-            })
-            .await;
-    }
-
     // ----- prefix generations (O(1) prefix invalidation) ----------------------
 
-    fn generation_key(&self, prefix: &str) -> String {
+    pub(crate) fn generation_key(&self, prefix: &str) -> String {
         format!("{}:%gen:{}", self.inner.config.namespace, prefix)
     }
 
-    fn fresh_generation(&self) -> u64 {
+    pub(crate) fn fresh_generation(&self) -> u64 {
         let n = self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -740,8 +408,9 @@ impl Cache {
 
     /// Replaces the generation of `prefix`: every value labeled with the old
     /// one becomes invisible at once. If the backend cannot be reached, the
-    /// prefix is remembered and deleted (SCAN) before the backend is trusted again.
-    async fn bump_generation(&self, entry: &PrefixEntry, prefix: &str, pattern: &str) {
+    /// prefix is remembered and its generation replaced before the backend is
+    /// trusted again.
+    async fn bump_generation(&self, entry: &PrefixEntry, prefix: &str) {
         let gkey = self.generation_key(prefix);
         let bytes = self.fresh_generation().to_string().into_bytes();
         let gkey_ref = gkey.as_str();
@@ -754,7 +423,7 @@ impl Cache {
         if let Some(res) = &self.inner.resilience {
             let _ = res.fallback.set(&gkey, bytes, GENERATION_TTL).await;
             if result.is_err() {
-                self.remember_invalidation(res, &[], Some(pattern));
+                self.remember_invalidation(res, Missed::Prefix(prefix));
             }
         }
     }
@@ -1112,15 +781,15 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(prefix);
         self.inner.stats.record(&entry, Event::Invalidation);
+        if self.inner.config.prefix_generations {
+            self.bump_generation(&entry, prefix).await;
+            return Ok(0);
+        }
         let full = format!(
             "{}:{}:*",
             glob_literal(&self.inner.config.namespace),
             glob_literal(prefix)
         );
-        if self.inner.config.prefix_generations {
-            self.bump_generation(&entry, prefix, &full).await;
-            return Ok(0);
-        }
         Ok(self.raw_delete_pattern(&entry, &full).await)
     }
 
@@ -1138,10 +807,7 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let (total, prefixes) = self.inner.stats.snapshot();
         let (circuit, fallback_active) = match &self.inner.resilience {
-            Some(res) => (
-                res.breaker.state(),
-                res.needs_recovery.load(Ordering::Acquire),
-            ),
+            Some(res) => (res.breaker.state(), res.fallback_active()),
             None => (CircuitState::NotApplicable, false),
         };
         CacheStats {
@@ -1193,6 +859,16 @@ impl Cache {
                 if circuit == CircuitState::Open {
                     health.status = HealthStatus::Degraded;
                     health.error = Some("circuit breaker open; recovering".to_owned());
+                } else if let Some(failure) = self
+                    .inner
+                    .resilience
+                    .as_ref()
+                    .and_then(|res| res.write_failure())
+                {
+                    // Reads answer but values cannot be stored (for example
+                    // Redis at maxmemory with noeviction): every call is a miss.
+                    health.status = HealthStatus::Degraded;
+                    health.error = Some(failure);
                 }
             }
             Ok(Err(e)) => {
@@ -1205,25 +881,6 @@ impl Cache {
             }
         }
         health
-    }
-}
-
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    permit: Option<Permit>,
-}
-
-impl ProbeGuard<'_> {
-    fn take(&mut self) -> Permit {
-        self.permit.take().unwrap_or(Permit::Allowed)
-    }
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.breaker.abandon(permit);
-        }
     }
 }
 

@@ -43,11 +43,19 @@
 //! - **Codec**: bincode 2 by default, JSON on request, in a small envelope;
 //!   undecodable bytes are a counted miss, never an error ([`codec`]).
 //! - **Resilience**: every Redis call is bounded by a timeout (250 ms), a
-//!   circuit breaker (5 failures, 30 s cooldown) skips a dead Redis, an
-//!   in-memory fallback with TTLs capped at 30 s serves meanwhile, and
-//!   invalidations that could not reach Redis are replayed before Redis is
-//!   trusted again (then the fallback is cleared). Redis down at start is not
-//!   an error.
+//!   circuit breaker (5 failures) skips a dead Redis, an in-memory fallback
+//!   with TTLs capped at 30 s serves meanwhile, and invalidations that could
+//!   not reach Redis are remembered (each once, bounded: past 10,000 they
+//!   fold into whole-prefix invalidations) and replayed before Redis is
+//!   trusted again, including those made while the replay runs; then the
+//!   fallback is cleared. While the breaker is open a background probe pings
+//!   Redis (250 ms, backing off to 1 s), so the cache is back on Redis about
+//!   a second after Redis answers; without it, a call after the 30 s
+//!   cooldown probes. Loads during an outage take their lease in the
+//!   fallback, so an invalidation wins over a slow loader there too. A write
+//!   Redis refuses while answering (out of memory) makes
+//!   [`Cache::health`] report degraded with Redis' reason until a write
+//!   succeeds. Redis down at start is not an error.
 //! - **Consistency**: misses take a lease (a marker stored at the key with
 //!   `SET NX`); the store is a compare-and-set on that lease, and an
 //!   invalidation deletes it, so a load that started before an invalidation
@@ -71,7 +79,7 @@
 //! `#[invalidates]`, with a runnable example each, and `cache-testkit` for
 //! testing cached code without Redis.
 //!
-//! # Choices that differ from the design card, and why
+//! # Design decisions
 //! - The direct API returns `Result` only for caller mistakes (encoding,
 //!   oversized values, empty keys). Backend failures are absorbed by the
 //!   fallback and counted in [`Cache::stats`]: a cache outage must not become
@@ -81,11 +89,11 @@
 //!   the mapping stays injective.
 //! - Counters ([`Cache::incr`]) are stored as plain integers (Redis `INCRBY`
 //!   needs that), not in the envelope.
-//! - TCP_NODELAY stays on (as the card asks) although Nagle was cheaper at
+//! - TCP_NODELAY stays on although Nagle was cheaper at
 //!   64 tasks over loopback in the benchmark; see
 //!   [`CacheConfig::tcp_nodelay`] for the latency cliff Nagle brings on a
 //!   real network.
-//! - The memory backend keeps the card's `{namespace}:{prefix}:{key}` string
+//! - The memory backend keeps `{namespace}:{prefix}:{key}` string
 //!   keys and moka's per-entry expiry, although a `u64`-keyed moka without
 //!   expiry does a lookup in ~0.7× the instructions: one key space for both
 //!   backends, `delete_pattern`, `invalidate_prefix` and the `_cache_key`
@@ -141,6 +149,7 @@ mod health;
 mod install;
 pub mod keys;
 mod load;
+mod resilience;
 mod stats;
 
 #[doc(hidden)]

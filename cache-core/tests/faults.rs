@@ -223,6 +223,25 @@ async fn out_of_memory_is_counted_and_the_value_still_returned() {
         CircuitState::Closed,
         "OOM proves Redis is up: breaker stays closed"
     );
+    let health = cache.health().await;
+    assert_eq!(
+        health.status,
+        HealthStatus::Degraded,
+        "every write fails: not healthy ({health:?})"
+    );
+    assert!(
+        health.error.as_deref().unwrap_or("").contains("OOM"),
+        "the reason is Redis' own: {health:?}"
+    );
+    // Memory limit lifted: the next write succeeds and health recovers.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    cache.set("blob:small", &1u8, None).await.unwrap();
+    assert_eq!(cache.health().await.status, HealthStatus::Healthy);
 }
 
 #[tokio::test]

@@ -301,8 +301,10 @@ async fn an_injected_failure_does_not_reach_the_caller() {
         assert_eq!(repo.get_customer(1).await.unwrap().id, 1);
         assert_eq!(loads(&repo.db.customer_loads), 1);
 
-        // The read and the lease of a miss fail: the value still comes back
-        // (and is stored without a lease).
+        // The read and the lease of a miss fail: the value still comes back.
+        // The lease was taken in the in-memory fallback, so the store, which
+        // reaches the backend again, finds no lease there and is skipped:
+        // one more miss later, never a value an invalidation missed.
         test.fail_next(2);
         assert_eq!(repo.get_customer(2).await.unwrap().id, 2);
 
@@ -315,7 +317,7 @@ async fn an_injected_failure_does_not_reach_the_caller() {
     test.assert_failures("customer:1", 1);
     test.assert_hits("customer:1", 1);
     test.assert_failures("customer:2", 2);
-    test.assert_sets("customer:2", 1);
+    test.assert_sets("customer:2", 0);
     test.assert_failures("customer:3", 1);
     let stats = test.stats();
     assert_eq!(stats.total.errors["timeout"], 1);

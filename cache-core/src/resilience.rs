@@ -1,0 +1,644 @@
+//! The resilience layer between the cache and a remote backend: a timeout
+//! on every call, a circuit breaker with a background recovery probe, an
+//! in-memory fallback with the same lease semantics as the backend, and the
+//! replay of invalidations the backend missed while it was away.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::breaker::{Breaker, Permit};
+use crate::cache::{Cache, Inner, RawBytes};
+use crate::error::{BackendError, ErrorKind};
+use crate::keys::glob_literal;
+use crate::stats::{CircuitState, Event, PrefixEntry};
+
+/// Most distinct invalidations remembered while the backend is away. Past
+/// this, remembered keys are folded into whole-prefix invalidations of their
+/// prefixes, and past that again into one invalidation of the namespace.
+const MAX_PENDING_INVALIDATIONS: usize = 10_000;
+
+/// First delay of the background recovery probe after the breaker opens; it
+/// doubles up to [`MAX_PROBE_INTERVAL`] (or the cooldown, if shorter).
+const FIRST_PROBE_DELAY: Duration = Duration::from_millis(250);
+/// Longest pause between two background probes, so that the cache is back on
+/// the backend within about a second of the backend answering again.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a failed write keeps `health()` degraded without another write.
+const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(60);
+
+pub(crate) struct Resilience {
+    pub(crate) breaker: Breaker,
+    pub(crate) fallback: MemoryBackend,
+    /// The fallback holds data or invalidations are pending: reconcile before
+    /// trusting the backend again. Set and cleared only under `pending`'s lock.
+    needs_recovery: AtomicBool,
+    pending: Mutex<Pending>,
+    recovery: tokio::sync::Mutex<()>,
+    /// A background recovery probe is running.
+    prober: AtomicBool,
+    /// The last write the backend refused for a reason of its own (out of
+    /// memory, read-only replica, ...) while answering reads: health reports it.
+    write_failure: Mutex<Option<(Instant, String)>>,
+}
+
+impl Resilience {
+    pub(crate) fn new(breaker: Breaker, fallback: MemoryBackend) -> Self {
+        Resilience {
+            breaker,
+            fallback,
+            needs_recovery: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            recovery: tokio::sync::Mutex::new(()),
+            prober: AtomicBool::new(false),
+            write_failure: Mutex::new(None),
+        }
+    }
+
+    /// Whether the fallback may hold data or invalidations await replay.
+    pub(crate) fn fallback_active(&self) -> bool {
+        self.needs_recovery.load(Ordering::Acquire)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write failure health should report, if a recent write failed.
+    pub(crate) fn write_failure(&self) -> Option<String> {
+        let failure = self.write_failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < WRITE_FAILURE_MEMORY)
+            .map(|(_, what)| what.clone())
+    }
+
+    fn note_write(&self, outcome: Result<(), &BackendError>) {
+        let mut failure = self.write_failure.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => {
+                if failure.is_some() {
+                    *failure = None;
+                }
+            }
+            Err(e) => *failure = Some((Instant::now(), format!("writes are failing: {e}"))),
+        }
+    }
+}
+
+/// Invalidations the backend missed, replayed before it is trusted again.
+/// Sets, so that an invalidation repeated during an outage is replayed once.
+#[derive(Default)]
+struct Pending {
+    /// Storage keys to delete.
+    keys: HashSet<String>,
+    /// Glob patterns to delete (`delete_pattern`, prefix invalidations
+    /// without generations).
+    patterns: HashSet<String>,
+    /// Prefixes to invalidate whole: a generation bump with prefix
+    /// generations on, a pattern delete otherwise.
+    prefixes: HashSet<String>,
+    /// Too much to remember: invalidate the whole namespace.
+    everything: bool,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.keys.len() + self.patterns.len() + self.prefixes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0 && !self.everything
+    }
+
+    fn merge(&mut self, other: Pending) {
+        self.keys.extend(other.keys);
+        self.patterns.extend(other.patterns);
+        self.prefixes.extend(other.prefixes);
+        self.everything |= other.everything;
+    }
+
+    /// Keeps the set bounded: keys fold into their prefixes, and if that is
+    /// not enough, everything folds into the namespace.
+    fn bound(&mut self, namespace: &str) {
+        if self.len() <= MAX_PENDING_INVALIDATIONS {
+            return;
+        }
+        let head = format!("{namespace}:");
+        for key in std::mem::take(&mut self.keys) {
+            let rest = key.strip_prefix(&head).unwrap_or(&key);
+            let prefix = rest.split(':').next().unwrap_or(rest);
+            self.prefixes.insert(prefix.to_owned());
+        }
+        if self.len() > MAX_PENDING_INVALIDATIONS {
+            *self = Pending {
+                everything: true,
+                ..Pending::default()
+            };
+        }
+    }
+}
+
+/// What a missed invalidation was.
+pub(crate) enum Missed<'a> {
+    Keys(&'a [String]),
+    Pattern(&'a str),
+    Prefix(&'a str),
+}
+
+impl Cache {
+    /// Runs `op` on the primary backend with timeout, breaker and recovery.
+    pub(crate) async fn on_primary<'s, T, Fut>(
+        &'s self,
+        entry: &PrefixEntry,
+        timeout: Duration,
+        op: impl FnOnce(&'s dyn Backend) -> Fut,
+    ) -> Result<T, BackendError>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let Some(res) = &self.inner.resilience else {
+            return op(&*self.inner.primary).await;
+        };
+        let permit = res.breaker.allow();
+        if permit == Permit::Rejected {
+            self.inner.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(BackendError::new(
+                ErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
+        }
+        let mut guard = ProbeGuard {
+            breaker: &res.breaker,
+            permit: Some(permit),
+        };
+        if res.needs_recovery.load(Ordering::Acquire)
+            && let Err(e) = self.recover(res).await
+        {
+            self.fail(entry, res, guard.take(), &e);
+            return Err(e);
+        }
+        let primary = &self.inner.primary;
+        let result = if primary.enforces_timeouts() {
+            op(&**primary).await
+        } else {
+            match tokio::time::timeout(timeout, op(&**primary)).await {
+                Ok(result) => result,
+                Err(_) => Err(BackendError::new(
+                    ErrorKind::Timeout,
+                    format!("no answer within {timeout:?}"),
+                )),
+            }
+        };
+        let permit = guard.take();
+        match &result {
+            Ok(_) => {
+                res.breaker.on_success();
+            }
+            Err(e) if e.kind.is_availability() => self.fail(entry, res, permit, e),
+            Err(e) => {
+                res.breaker.on_success();
+                self.inner.stats.record_error(entry, e.kind);
+            }
+        }
+        result
+    }
+
+    fn fail(&self, entry: &PrefixEntry, res: &Resilience, permit: Permit, error: &BackendError) {
+        res.breaker.on_failure(permit);
+        self.inner.stats.record_error(entry, error.kind);
+        tracing::debug!(error = %error, "cache backend call failed; using the in-memory fallback");
+        if res.breaker.state() != CircuitState::Closed {
+            self.spawn_recovery_probe(res);
+        }
+    }
+
+    /// While the breaker is open, pings the backend in the background (250 ms,
+    /// then doubling up to a second) and closes the breaker as soon as the
+    /// backend answers and the missed invalidations are replayed, instead of
+    /// waiting for a call after the cooldown.
+    fn spawn_recovery_probe(&self, res: &Resilience) {
+        if res.prober.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            res.prober.store(false, Ordering::Release);
+            return;
+        };
+        let guard = ProberGuard(Arc::downgrade(&self.inner));
+        let cap = MAX_PROBE_INTERVAL.min(self.inner.config.breaker_cooldown.max(FIRST_PROBE_DELAY));
+        runtime.spawn(async move {
+            let mut delay = FIRST_PROBE_DELAY;
+            loop {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(cap);
+                // Hold the cache only while probing: a dropped cache ends the probe.
+                let Some(inner) = guard.0.upgrade() else {
+                    return;
+                };
+                let cache = Cache { inner };
+                let Some(res) = &cache.inner.resilience else {
+                    return;
+                };
+                if res.breaker.state() == CircuitState::Closed {
+                    return;
+                }
+                let answered = matches!(
+                    tokio::time::timeout(
+                        cache.inner.config.timeout * 4,
+                        cache.inner.primary.ping()
+                    )
+                    .await,
+                    Ok(Ok(()))
+                );
+                if answered && cache.recover(res).await.is_ok() {
+                    res.breaker.on_success();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Replays invalidations missed during an outage, then drops the fallback.
+    ///
+    /// Invalidations remembered while a replay runs (calls the breaker turned
+    /// away meanwhile) are replayed by the same recovery: it ends only when
+    /// the set is empty, and it clears the flag under the lock that
+    /// remembering takes, so none can slip between the last replay and the
+    /// flag.
+    pub(crate) async fn recover(&self, res: &Resilience) -> Result<(), BackendError> {
+        let _lock = res.recovery.lock().await;
+        if !res.needs_recovery.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let primary = self.inner.primary.clone();
+        // Nothing is reconciled until the backend really answers.
+        self.bounded(primary.ping()).await?;
+        let mut replayed = 0;
+        loop {
+            let batch = {
+                let mut pending = res.pending();
+                if pending.is_empty() {
+                    res.fallback.clear();
+                    res.needs_recovery.store(false, Ordering::Release);
+                    break;
+                }
+                std::mem::take(&mut *pending)
+            };
+            replayed += batch.len().max(usize::from(batch.everything));
+            if let Err(e) = self.bounded(self.replay(&*primary, &batch)).await {
+                // Keep them for the next attempt.
+                res.pending().merge(batch);
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            replayed,
+            "cache backend recovered: missed invalidations replayed, fallback cleared"
+        );
+        Ok(())
+    }
+
+    async fn replay(&self, primary: &dyn Backend, batch: &Pending) -> Result<(), BackendError> {
+        let namespace = &self.inner.config.namespace;
+        if batch.everything {
+            let all = format!("{}:*", glob_literal(namespace));
+            primary.delete_pattern(&all).await?;
+            return Ok(());
+        }
+        let keys: Vec<String> = batch.keys.iter().cloned().collect();
+        for chunk in keys.chunks(500) {
+            primary.delete(chunk).await?;
+        }
+        for pattern in &batch.patterns {
+            primary.delete_pattern(pattern).await?;
+        }
+        for prefix in &batch.prefixes {
+            if self.inner.config.prefix_generations {
+                let fresh = self.fresh_generation().to_string().into_bytes();
+                primary
+                    .set(
+                        &self.generation_key(prefix),
+                        fresh,
+                        crate::cache::GENERATION_TTL,
+                    )
+                    .await?;
+            } else {
+                let pattern = format!("{}:{}:*", glob_literal(namespace), glob_literal(prefix));
+                primary.delete_pattern(&pattern).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds a recovery step by the bulk timeout.
+    async fn bounded<T>(
+        &self,
+        step: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.bulk_timeout(), step).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::new(
+                ErrorKind::Timeout,
+                "replaying invalidations timed out",
+            )),
+        }
+    }
+
+    /// Remembers an invalidation the backend did not receive.
+    pub(crate) fn remember_invalidation(&self, res: &Resilience, missed: Missed<'_>) {
+        let mut pending = res.pending();
+        match missed {
+            Missed::Keys(keys) => pending.keys.extend(keys.iter().cloned()),
+            Missed::Pattern(pattern) => {
+                pending.patterns.insert(pattern.to_owned());
+            }
+            Missed::Prefix(prefix) => {
+                pending.prefixes.insert(prefix.to_owned());
+            }
+        }
+        pending.bound(&self.inner.config.namespace);
+        res.needs_recovery.store(true, Ordering::Release);
+    }
+
+    /// The fallback was written: it must be dropped before the backend is
+    /// trusted again (under the pending lock, see [`Cache::recover`]).
+    pub(crate) fn mark_fallback_written(&self) {
+        if let Some(res) = &self.inner.resilience {
+            let _pending = res.pending();
+            res.needs_recovery.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn bulk_timeout(&self) -> Duration {
+        (self.inner.config.timeout * 40).max(Duration::from_secs(10))
+    }
+
+    pub(crate) fn fallback_ttl(&self, ttl: Duration) -> Duration {
+        ttl.min(self.inner.config.fallback_ttl_cap)
+    }
+
+    // ----- raw operations with fallback (storage keys) ------------------------
+
+    pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<RawBytes> {
+        if let Some(memory) = &self.inner.memory {
+            return memory.get_bytes(skey).await.map(RawBytes::Shared);
+        }
+        let read = match &self.inner.redis {
+            Some(redis) => {
+                self.on_primary(entry, self.inner.config.timeout, |_| redis.get_direct(skey))
+                    .await
+            }
+            None => {
+                self.on_primary(entry, self.inner.config.timeout, |b| async move {
+                    b.get(skey).await
+                })
+                .await
+            }
+        };
+        match read {
+            Ok(v) => v.map(RawBytes::Owned),
+            Err(_) => {
+                let res = self.inner.resilience.as_ref()?;
+                let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
+                if v.is_some() {
+                    self.inner.stats.record(entry, Event::FallbackHit);
+                }
+                v
+            }
+        }
+    }
+
+    pub(crate) async fn raw_set(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) {
+        if let Some(memory) = &self.inner.memory {
+            let _ = memory.set(skey, bytes, ttl).await;
+            self.inner.stats.record(entry, Event::Set);
+            return;
+        }
+        let copy = self.inner.resilience.as_ref().map(|_| bytes.clone());
+        let result = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.set(skey, bytes, ttl).await
+            })
+            .await;
+        self.inner.stats.record(entry, Event::Set);
+        let Some(res) = &self.inner.resilience else {
+            return;
+        };
+        match result {
+            Ok(()) => res.note_write(Ok(())),
+            // The backend answers but refuses the write (out of memory,
+            // wrong type): reads still go to it, so a fallback copy would
+            // never be read.
+            Err(e) if !Self::unavailable(&e) => res.note_write(Err(&e)),
+            Err(_) => {
+                if let Some(copy) = copy {
+                    let _ = res.fallback.set(skey, copy, self.fallback_ttl(ttl)).await;
+                    self.mark_fallback_written();
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn raw_delete(&self, entry: &PrefixEntry, skeys: &[String]) -> u64 {
+        let mut fallback_deleted = 0;
+        if let Some(res) = &self.inner.resilience {
+            fallback_deleted = res.fallback.delete(skeys).await.unwrap_or(0);
+        }
+        match self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.delete(skeys).await
+            })
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                if let Some(res) = &self.inner.resilience {
+                    self.remember_invalidation(res, Missed::Keys(skeys));
+                }
+                fallback_deleted
+            }
+        }
+    }
+
+    pub(crate) async fn raw_delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
+        let mut fallback_deleted = 0;
+        if let Some(res) = &self.inner.resilience {
+            fallback_deleted = res.fallback.delete_pattern(pattern).await.unwrap_or(0);
+        }
+        match self
+            .on_primary(entry, self.bulk_timeout(), |b| async move {
+                b.delete_pattern(pattern).await
+            })
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                if let Some(res) = &self.inner.resilience {
+                    self.remember_invalidation(res, Missed::Pattern(pattern));
+                }
+                fallback_deleted
+            }
+        }
+    }
+
+    /// Tries the primary, then the fallback, for the simple single-key calls.
+    pub(crate) async fn with_fallback<'s, T, Fut, FFut>(
+        &'s self,
+        entry: &PrefixEntry,
+        op: impl FnOnce(&'s dyn Backend) -> Fut,
+        fallback: impl FnOnce(MemoryBackend) -> FFut,
+    ) -> Result<T, BackendError>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+        FFut: Future<Output = Result<T, BackendError>>,
+    {
+        match self.on_primary(entry, self.inner.config.timeout, op).await {
+            Ok(v) => Ok(v),
+            Err(e) => match &self.inner.resilience {
+                Some(res) if e.kind.is_availability() || e.kind == ErrorKind::CircuitOpen => {
+                    // Whatever the fallback now holds must be reconciled on recovery.
+                    self.mark_fallback_written();
+                    fallback(res.fallback.clone()).await
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    // ----- leases ---------------------------------------------------------------
+    //
+    // The lease protocol's three steps, with the same semantics on the
+    // fallback: while the backend is away a loader leases the key in the
+    // fallback, and an invalidation (which always deletes from the fallback
+    // too) removes that lease, so a load older than the invalidation is never
+    // stored there either. A store goes where the lease can still be found:
+    // a lease taken on one side and looked for on the other is not found,
+    // and the value is simply not stored (one more miss, never a stale value).
+
+    /// Tries to take the lease on `skey` with `marker`: `Ok(false)` when
+    /// another loader holds it or a value is stored.
+    pub(crate) async fn lease_try(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        marker: Vec<u8>,
+    ) -> Result<bool, BackendError> {
+        let lease_ttl = self.inner.config.lease_ttl;
+        let copy = self.inner.resilience.as_ref().map(|_| marker.clone());
+        let result = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.try_lease(skey, marker, lease_ttl).await
+            })
+            .await;
+        match (result, &self.inner.resilience, copy) {
+            (Err(e), Some(res), Some(marker)) if Self::unavailable(&e) => {
+                res.fallback.try_lease(skey, marker, lease_ttl).await
+            }
+            (result, _, _) => result,
+        }
+    }
+
+    /// Stores `bytes` only if `marker` still holds the lease: `Ok(false)`
+    /// when an invalidation removed it during the load.
+    pub(crate) async fn lease_store(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        marker: Vec<u8>,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let copy = self
+            .inner
+            .resilience
+            .as_ref()
+            .map(|_| (marker.clone(), bytes.clone()));
+        let result = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.set_if_lease(skey, marker, bytes, ttl).await
+            })
+            .await;
+        match (result, &self.inner.resilience, copy) {
+            (Err(e), Some(res), Some((marker, bytes))) if Self::unavailable(&e) => {
+                let stored = res
+                    .fallback
+                    .set_if_lease(skey, marker, bytes, self.fallback_ttl(ttl))
+                    .await;
+                if matches!(stored, Ok(true)) {
+                    self.mark_fallback_written();
+                }
+                stored
+            }
+            (Ok(stored), Some(res), _) => {
+                res.note_write(Ok(()));
+                Ok(stored)
+            }
+            (Err(e), Some(res), _) => {
+                res.note_write(Err(&e));
+                Err(e)
+            }
+            (result, None, _) => result,
+        }
+    }
+
+    /// Gives the lease back (nothing was stored), wherever it was taken.
+    pub(crate) async fn lease_release(&self, entry: &PrefixEntry, skey: &str, marker: Vec<u8>) {
+        if let Some(res) = &self.inner.resilience {
+            let _ = res.fallback.release_lease(skey, marker.clone()).await;
+        }
+        let _ = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.release_lease(skey, marker).await
+            })
+            .await;
+    }
+
+    /// The backend could not be asked (down, slow, or the breaker is open).
+    fn unavailable(error: &BackendError) -> bool {
+        error.kind.is_availability() || error.kind == ErrorKind::CircuitOpen
+    }
+}
+
+/// Lets the next outage start a new background probe when this one ends
+/// (also when its runtime shuts down and drops it).
+struct ProberGuard(Weak<Inner>);
+
+impl Drop for ProberGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade()
+            && let Some(res) = &inner.resilience
+        {
+            res.prober.store(false, Ordering::Release);
+        }
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Option<Permit>,
+}
+
+impl ProbeGuard<'_> {
+    fn take(&mut self) -> Permit {
+        self.permit.take().unwrap_or(Permit::Allowed)
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit);
+        }
+    }
+}
