@@ -107,10 +107,11 @@ impl CacheBuilder {
         self.config.tcp_nodelay = on;
         self
     }
-    /// O(1) prefix invalidation through per-prefix generations (default
-    /// off; see [`CacheConfig::prefix_generations`]).
+    /// O(1) prefix invalidation through per-prefix generations (default on
+    /// for Redis and Redis Cluster, off for memory; see
+    /// [`CacheConfig::prefix_generations`]).
     pub fn prefix_generations(mut self, on: bool) -> Self {
-        self.config.prefix_generations = on;
+        self.config.prefix_generations = Some(on);
         self
     }
     /// Turns caching on or off.

@@ -15,13 +15,14 @@ use crate::backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
 use crate::breaker::Breaker;
 use crate::builder::CacheBuilder;
 use crate::codec::{self, DecodeError};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, RedisTarget};
 use crate::error::{CacheError, ConfigError};
 use crate::flight::Flights;
+use crate::generations::Tracker;
 use crate::health::{Health, HealthStatus};
 use crate::keys::glob_literal;
 use crate::load::ReadThrough;
-use crate::resilience::{Missed, Resilience};
+use crate::resilience::Resilience;
 use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
 
 /// Bytes read from a backend: shared with the memory store, or owned.
@@ -38,14 +39,6 @@ impl std::ops::Deref for RawBytes {
             RawBytes::Owned(b) => b,
         }
     }
-}
-
-/// Lifetime of a prefix generation key; refreshed by every invalidation. If
-/// it lapses, a new random generation hides older values (misses, never stale).
-pub(crate) const GENERATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-fn parse_generation(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// A handle to a cache: cheap to clone (one `Arc`), safe to share.
@@ -79,6 +72,10 @@ pub(crate) struct Inner {
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
     pub(crate) lease_tokens: AtomicU64,
+    /// Prefix generations are in use (see [`CacheConfig::prefix_generations`]).
+    pub(crate) generations: bool,
+    /// Holds generations under Redis client tracking (single Redis server).
+    pub(crate) tracker: Option<Tracker>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -167,7 +164,17 @@ impl Cache {
             )
         });
         let primary = backend.unwrap_or_else(|| Arc::new(MemoryBackend::new(1)));
-        Cache {
+        let generations = config.prefix_generations.unwrap_or(matches!(
+            kind,
+            BackendKind::Redis | BackendKind::RedisCluster
+        ));
+        let tracker = match (&config.redis, kind) {
+            (Some(RedisTarget::Single(url)), BackendKind::Redis) if generations => {
+                Tracker::new(url, &config.namespace, config.timeout)
+            }
+            _ => None,
+        };
+        let cache = Cache {
             inner: Arc::new(Inner {
                 config,
                 kind,
@@ -178,8 +185,12 @@ impl Cache {
                 stats: StatsRegistry::new(),
                 flights: Flights::default(),
                 lease_tokens: AtomicU64::new(seed()),
+                generations,
+                tracker,
             }),
-        }
+        };
+        cache.start_tracking();
+        cache
     }
 
     /// Namespace of this cache's keys.
@@ -300,134 +311,6 @@ impl Cache {
         }
     }
 
-    // ----- prefix generations (O(1) prefix invalidation) ----------------------
-
-    pub(crate) fn generation_key(&self, prefix: &str) -> String {
-        format!("{}:%gen:{}", self.inner.config.namespace, prefix)
-    }
-
-    pub(crate) fn fresh_generation(&self) -> u64 {
-        let n = self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        // splitmix64: generations must never repeat (a value labeled with an
-        // old generation would become visible again), so they are random.
-        let mut z = n ^ nanos.rotate_left(32);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// The current generation of `prefix` (created when missing), or `None`
-    /// when generations are off.
-    pub(crate) async fn generation_for(&self, entry: &PrefixEntry, prefix: &str) -> Option<u64> {
-        if !self.inner.config.prefix_generations {
-            return None;
-        }
-        let gkey = self.generation_key(prefix);
-        match self.read_generation(entry, &gkey).await {
-            Some(g) => Some(g),
-            None => Some(self.init_generation(entry, &gkey).await),
-        }
-    }
-
-    /// The generation stored at `gkey`, if it holds one.
-    async fn read_generation(&self, entry: &PrefixEntry, gkey: &str) -> Option<u64> {
-        let stored = self
-            .with_fallback(
-                entry,
-                |b| async move { b.get(gkey).await },
-                |f| async move { f.get(gkey).await },
-            )
-            .await
-            .ok()
-            .flatten();
-        stored.as_deref().and_then(parse_generation)
-    }
-
-    async fn init_generation(&self, entry: &PrefixEntry, gkey: &str) -> u64 {
-        let candidate = self.fresh_generation();
-        let bytes = candidate.to_string().into_bytes();
-        let copy = bytes.clone();
-        let won = self
-            .with_fallback(
-                entry,
-                |b| async move { b.try_lease(gkey, bytes, GENERATION_TTL).await },
-                |f| async move { f.try_lease(gkey, copy, GENERATION_TTL).await },
-            )
-            .await;
-        if let Ok(true) = won {
-            return candidate;
-        }
-        self.read_generation(entry, gkey).await.unwrap_or(candidate)
-    }
-
-    /// Reads `skey` and, with generations on, its prefix's generation in the
-    /// same round trip (`MGET`).
-    pub(crate) async fn raw_get_current(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        prefix: &str,
-    ) -> (Option<RawBytes>, Option<u64>) {
-        if !self.inner.config.prefix_generations {
-            return (self.raw_get(entry, skey).await, None);
-        }
-        let gkey = self.generation_key(prefix);
-        let (value, generation) = if let Some(memory) = &self.inner.memory {
-            (
-                memory.get_bytes(skey).await.map(RawBytes::Shared),
-                memory.get_bytes(&gkey).await.map(|s| s.to_vec()),
-            )
-        } else {
-            let keys = [skey.to_owned(), gkey.clone()];
-            let keys_ref = &keys;
-            match self
-                .with_fallback(
-                    entry,
-                    |b| async move { b.get_many(keys_ref).await },
-                    |f| async move { f.get_many(keys_ref).await },
-                )
-                .await
-            {
-                Ok(mut pair) if pair.len() == 2 => {
-                    let generation = pair.pop().flatten();
-                    (pair.pop().flatten().map(RawBytes::Owned), generation)
-                }
-                _ => (None, None),
-            }
-        };
-        let generation = match generation.as_deref().and_then(parse_generation) {
-            Some(g) => g,
-            None => self.init_generation(entry, &gkey).await,
-        };
-        (value, Some(generation))
-    }
-
-    /// Replaces the generation of `prefix`: every value labeled with the old
-    /// one becomes invisible at once. If the backend cannot be reached, the
-    /// prefix is remembered and its generation replaced before the backend is
-    /// trusted again.
-    async fn bump_generation(&self, entry: &PrefixEntry, prefix: &str) {
-        let gkey = self.generation_key(prefix);
-        let bytes = self.fresh_generation().to_string().into_bytes();
-        let gkey_ref = gkey.as_str();
-        let copy = bytes.clone();
-        let result = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.set(gkey_ref, copy, GENERATION_TTL).await
-            })
-            .await;
-        if let Some(res) = &self.inner.resilience {
-            let _ = res.fallback.set(&gkey, bytes, GENERATION_TTL).await;
-            if result.is_err() {
-                self.remember_invalidation(res, Missed::Prefix(prefix));
-            }
-        }
-    }
-
     pub(crate) fn next_lease_marker(&self) -> Vec<u8> {
         codec::lease_marker(self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed))
     }
@@ -448,10 +331,12 @@ impl Cache {
             .await;
         let value = match raw {
             Some(bytes) if codec::is_lease(&bytes) => None,
-            Some(bytes) if generation.is_some() && codec::generation_of(&bytes) != generation => {
-                None
-            }
-            Some(bytes) => self.decode(&entry, key, &bytes),
+            Some(bytes) => match codec::label(&bytes, generation) {
+                codec::Label::Current => self.decode(&entry, key, &bytes),
+                codec::Label::Other => None,
+                // Decoded only to count foreign or corrupt bytes.
+                codec::Label::Unlabeled => self.decode::<T>(&entry, key, &bytes).and(None),
+            },
             None => None,
         };
         self.inner.stats.record(
@@ -526,7 +411,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        if self.inner.config.prefix_generations {
+        if self.generations_on() {
             return Ok(self.visible(&entry, key, &skey).await);
         }
         let skey = skey.as_str();
@@ -567,7 +452,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        if self.inner.config.prefix_generations && !self.visible(&entry, key, &skey).await {
+        if self.generations_on() && !self.visible(&entry, key, &skey).await {
             return Ok(false);
         }
         let skey = skey.as_str();
@@ -590,7 +475,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
-        if self.inner.config.prefix_generations && !self.visible(&entry, key, &skey).await {
+        if self.generations_on() && !self.visible(&entry, key, &skey).await {
             return Ok(None);
         }
         let skey = skey.as_str();
@@ -772,8 +657,12 @@ impl Cache {
         Ok(self.raw_delete_pattern(&entry, &full).await)
     }
 
-    /// Deletes every key of `prefix` (`"customer"` → `customer:*`); glob
-    /// characters in `prefix` are taken literally.
+    /// Invalidates every key of `prefix` (`"customer"` → `customer:*`); glob
+    /// characters in `prefix` are taken literally. With prefix generations
+    /// (the default on Redis) this replaces the prefix's generation in one
+    /// write and returns 0: the old values become invisible at once and
+    /// expire by their TTL. Without, it deletes them (SCAN + UNLINK) and
+    /// returns how many it deleted.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
         Self::check_key(prefix)?;
         if !self.is_enabled() {
@@ -781,7 +670,7 @@ impl Cache {
         }
         let entry = self.inner.stats.prefix(prefix);
         self.inner.stats.record(&entry, Event::Invalidation);
-        if self.inner.config.prefix_generations {
+        if self.generations_on() {
             self.bump_generation(&entry, prefix).await;
             return Ok(0);
         }

@@ -149,6 +149,30 @@ pub(crate) fn generation_of(bytes: &[u8]) -> Option<u64> {
     }
 }
 
+/// How a stored value stands against the prefix generation `current`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Label {
+    /// Generations are off, or the value carries the current one: read it.
+    Current,
+    /// Labeled with another generation: invalidated, a miss (not a decode
+    /// failure).
+    Other,
+    /// No generation label although generations are on: decode it to tell
+    /// a value written without generations (a miss) from foreign or corrupt
+    /// bytes (a counted decode failure), then treat it as a miss.
+    Unlabeled,
+}
+
+/// See [`Label`].
+pub(crate) fn label(bytes: &[u8], current: Option<u64>) -> Label {
+    match (current, generation_of(bytes)) {
+        (None, _) => Label::Current,
+        (Some(g), Some(l)) if g == l => Label::Current,
+        (Some(_), Some(_)) => Label::Other,
+        (Some(_), None) => Label::Unlabeled,
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, DecodeError> {
     if bytes.len() > max_len.saturating_add(HEADER_LEN) {
         return Err(DecodeError::TooLarge);

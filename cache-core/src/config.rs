@@ -60,7 +60,7 @@ impl RedisTarget {
 /// | `CACHE_FALLBACK_TTL_S` | [`fallback_ttl_cap`](Self::fallback_ttl_cap) | `30` |
 /// | `CACHE_CODEC` | [`codec`](Self::codec) (`bincode` or `json`) | `bincode` |
 /// | `REDIS_TCP_NODELAY` | [`tcp_nodelay`](Self::tcp_nodelay) | `true` |
-/// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | `false` |
+/// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | on for Redis, off for memory |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 ///
 /// ```
@@ -125,14 +125,20 @@ pub struct CacheConfig {
     /// NODELAY for the same reason). Turn it off only for small values on
     /// a fast link, after measuring.
     pub tcp_nodelay: bool,
-    /// O(1) prefix invalidation (`CACHE_PREFIX_GENERATIONS`, default off).
-    /// Each prefix has a generation (a random 64-bit value at
-    /// `{namespace}:%gen:{prefix}`); values are labeled with the generation
-    /// they were loaded under and read together with it (one `MGET`), and
+    /// O(1) prefix invalidation (`CACHE_PREFIX_GENERATIONS`; `None`, the
+    /// default, means on for Redis and Redis Cluster, off for the memory
+    /// and custom backends). Each prefix has a generation (a random 64-bit
+    /// value at `{namespace}:%gen:{prefix}`); values are labeled with the
+    /// generation they were loaded under, and
     /// [`invalidate_prefix`](crate::Cache::invalidate_prefix) just replaces
-    /// the generation: one round trip whatever the number of keys, with the
-    /// old values left to expire. Off, `invalidate_prefix` is SCAN + UNLINK.
-    pub prefix_generations: bool,
+    /// the generation: one write whatever the number of keys and whatever
+    /// else the database holds, with the old values left to expire. On a
+    /// single Redis server each process holds the generations it has read
+    /// and Redis tells it when one changes (RESP3 client tracking), so a hit
+    /// stays one `GET`; elsewhere a hit reads the value and the generation in
+    /// one `MGET`. Off, `invalidate_prefix` is SCAN + UNLINK, whose cost is
+    /// the size of the whole database, not of the prefix.
+    pub prefix_generations: Option<bool>,
 }
 
 impl Default for CacheConfig {
@@ -153,7 +159,7 @@ impl Default for CacheConfig {
             lease_ttl: Duration::from_secs(3),
             leases: true,
             tcp_nodelay: true,
-            prefix_generations: false,
+            prefix_generations: None,
         }
     }
 }
@@ -196,7 +202,7 @@ impl CacheConfig {
             config.tcp_nodelay = parse_bool("REDIS_TCP_NODELAY", &v)?;
         }
         if let Some(v) = get("CACHE_PREFIX_GENERATIONS") {
-            config.prefix_generations = parse_bool("CACHE_PREFIX_GENERATIONS", &v)?;
+            config.prefix_generations = Some(parse_bool("CACHE_PREFIX_GENERATIONS", &v)?);
         }
         if let Some(v) = get("CACHE_NAMESPACE") {
             validate_namespace("CACHE_NAMESPACE", &v)?;

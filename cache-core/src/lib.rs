@@ -145,6 +145,7 @@ pub mod codec;
 mod config;
 mod error;
 mod flight;
+mod generations;
 mod health;
 mod install;
 pub mod keys;

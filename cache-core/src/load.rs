@@ -54,12 +54,30 @@ impl Cache {
         match raw {
             None => Found::Missing { garbage: false },
             Some(bytes) if codec::is_lease(&bytes) => Found::Leased,
-            Some(bytes) if current.is_some() && codec::generation_of(&bytes) != current => {
-                Found::Missing { garbage: true }
-            }
+            Some(bytes) => match codec::label(&bytes, current) {
+                codec::Label::Current => self.decode_found(entry, skey, bytes, typed),
+                codec::Label::Other => Found::Missing { garbage: true },
+                // Decoded only to count foreign or corrupt bytes.
+                codec::Label::Unlabeled => {
+                    let _ = self.decode::<S>(entry, skey, &bytes);
+                    Found::Missing { garbage: true }
+                }
+            },
+        }
+    }
+
+    /// Decodes a value found with the current generation.
+    fn decode_found<S: serde::de::DeserializeOwned>(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        bytes: RawBytes,
+        typed: Option<TypedCopy<S>>,
+    ) -> Found<S> {
+        match bytes {
             // Memory hit of a `Clone` payload: clone the decoded copy kept
             // beside the bytes, decoding only the first time.
-            Some(RawBytes::Shared(slot)) if typed.is_some() => {
+            RawBytes::Shared(slot) if typed.is_some() => {
                 let typed = typed.expect("checked");
                 if let Some(value) = slot.decoded.get().and_then(|d| (typed.take)(d)) {
                     return Found::Value(value);
@@ -72,7 +90,7 @@ impl Cache {
                     None => Found::Missing { garbage: true },
                 }
             }
-            Some(bytes) => match self.decode::<S>(entry, skey, &bytes) {
+            bytes => match self.decode::<S>(entry, skey, &bytes) {
                 Some(v) => Found::Value(v),
                 None => Found::Missing { garbage: true },
             },

@@ -318,13 +318,13 @@ impl Cache {
             primary.delete_pattern(pattern).await?;
         }
         for prefix in &batch.prefixes {
-            if self.inner.config.prefix_generations {
+            if self.generations_on() {
                 let fresh = self.fresh_generation().to_string().into_bytes();
                 primary
                     .set(
                         &self.generation_key(prefix),
                         fresh,
-                        crate::cache::GENERATION_TTL,
+                        crate::generations::GENERATION_TTL,
                     )
                     .await?;
             } else {

@@ -71,6 +71,9 @@ pub(crate) struct PrefixEntry {
     decode_failures: metrics::Counter,
     invalidations: metrics::Counter,
     prefix: Arc<str>,
+    /// The prefix's generation as this process last saw it (prefix
+    /// generations with server-assisted tracking).
+    pub(crate) generation: crate::generations::HeldGeneration,
 }
 
 impl PrefixEntry {
@@ -85,6 +88,7 @@ impl PrefixEntry {
             decode_failures: metrics::counter!("cache_decode_failures_total", "prefix" => label.clone()),
             invalidations: metrics::counter!("cache_invalidations_total", "prefix" => label),
             prefix: Arc::from(prefix),
+            generation: crate::generations::HeldGeneration::default(),
         }
     }
 
@@ -176,7 +180,8 @@ impl StatsRegistry {
         }
     }
 
-    fn entries(&self) -> Vec<PrefixRef<'_>> {
+    /// Every prefix seen so far.
+    pub(crate) fn entries(&self) -> Vec<PrefixRef<'_>> {
         let mut out: Vec<PrefixRef<'_>> = self
             .fast
             .iter()

@@ -30,9 +30,17 @@ static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
 /// A fresh cache in a namespace of its own; for memory, `sibling` shares nothing
 /// (so cross-namespace checks only run where a store is shared).
 async fn cache_in(kind: Kind, namespace: &str) -> Cache {
-    let builder = Cache::builder()
+    cache_with(kind, namespace, None).await
+}
+
+/// `generations`: `None` for the default, `Some(false)` for the SCAN path.
+async fn cache_with(kind: Kind, namespace: &str, generations: Option<bool>) -> Cache {
+    let mut builder = Cache::builder()
         .namespace(namespace)
         .timeout(Duration::from_secs(2));
+    if let Some(on) = generations {
+        builder = builder.prefix_generations(on);
+    }
     match kind {
         Kind::Memory => Cache::memory_with(cache_core::CacheConfig::default()),
         remote => on(remote, builder).build().await.unwrap(),
@@ -170,8 +178,10 @@ async fn many_and_counters(kind: Kind) {
 
 async fn patterns_prefixes_and_namespaces(kind: Kind) {
     let ns = fresh_namespace();
-    let cache = cache_in(kind, &ns).await;
-    let other = cache_in(kind, &format!("{ns}other")).await;
+    // Prefix invalidation by SCAN + UNLINK (generations off), which counts
+    // what it deleted.
+    let cache = cache_with(kind, &ns, Some(false)).await;
+    let other = cache_with(kind, &format!("{ns}other"), Some(false)).await;
     for i in 0..1500u64 {
         cache.set(&format!("customer:{i}"), &i, None).await.unwrap();
     }

@@ -182,3 +182,234 @@ async fn without_generations_prefix_invalidation_scans() {
     cache.invalidate_prefix("search").await.unwrap();
     assert!(scans(Kind::Redis) > before, "the SCAN + UNLINK baseline");
 }
+
+// ----- generations on by default, held under Redis client tracking ---------
+
+/// Calls of `command` the server has answered so far.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    let head = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A cache with default settings on `server`.
+async fn default_cache(server: &RedisServer, namespace: &str) -> Cache {
+    Cache::builder()
+        .redis_url(server.url())
+        .namespace(namespace)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Reads `key` until it returns `want`, bounded; returns how long it took.
+async fn until_reads(cache: &Cache, key: &str, want: Option<u64>, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if cache.get::<u64>(key).await.unwrap() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{key} still not {want:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads until a hit is one GET (tracking is established in the background).
+async fn until_hits_are_one_get(server: &RedisServer, cache: &Cache, key: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let mget = calls(server, "mget");
+        cache.get::<u64>(key).await.unwrap();
+        if calls(server, "mget") == mget {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "tracking never established"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn by_default_prefix_invalidation_on_redis_does_not_scan_the_database() {
+    let server = RedisServer::start();
+    // A shared database: 50,000 keys of other applications.
+    let mut raw = server.client().get_connection().unwrap();
+    for chunk in 0..50 {
+        let mut pipe = ::redis::pipe();
+        for i in 0..1000 {
+            pipe.set(format!("other-app:{chunk}:{i}"), i).ignore();
+        }
+        let () = pipe.query(&mut raw).unwrap();
+    }
+    let cache = default_cache(&server, "app").await;
+    cache.set("search:1", &1u64, None).await.unwrap();
+    let scans = calls(&server, "scan");
+    cache.invalidate_prefix("search").await.unwrap();
+    assert_eq!(calls(&server, "scan"), scans, "no SCAN over the database");
+    assert_eq!(cache.get::<u64>("search:1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_hit_with_generations_held_under_tracking_is_one_get() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server, "app").await;
+    cache.set("search:1", &1u64, None).await.unwrap();
+    until_hits_are_one_get(&server, &cache, "search:1").await;
+    let (gets, mgets) = (calls(&server, "get"), calls(&server, "mget"));
+    for _ in 0..100 {
+        assert_eq!(cache.get::<u64>("search:1").await.unwrap(), Some(1));
+    }
+    assert_eq!(calls(&server, "mget"), mgets);
+    assert_eq!(calls(&server, "get"), gets + 100, "one GET per hit");
+}
+
+#[tokio::test]
+async fn a_prefix_invalidation_reaches_another_instance_through_tracking() {
+    let server = RedisServer::start();
+    let writer = default_cache(&server, "app").await;
+    let reader = default_cache(&server, "app").await;
+    writer.set("search:1", &1u64, None).await.unwrap();
+    until_hits_are_one_get(&server, &reader, "search:1").await;
+    until_hits_are_one_get(&server, &writer, "search:1").await;
+
+    writer.invalidate_prefix("search").await.unwrap();
+    assert_eq!(
+        writer.get::<u64>("search:1").await.unwrap(),
+        None,
+        "the invalidating instance sees it at once"
+    );
+    let window = until_reads(&reader, "search:1", None, Duration::from_secs(1)).await;
+    eprintln!("the other instance saw the invalidation after {window:?}");
+
+    writer.set("search:1", &2u64, None).await.unwrap();
+    until_reads(&reader, "search:1", Some(2), Duration::from_secs(1)).await;
+}
+
+/// IDs of the clients with tracking on (`flags` holds `t`).
+fn tracking_clients(server: &RedisServer) -> Vec<String> {
+    let list: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')))
+        })
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn losing_the_tracking_connection_drops_held_generations() {
+    let server = RedisServer::start();
+    let writer = default_cache(&server, "app").await;
+    let reader = default_cache(&server, "app").await;
+    writer.set("search:1", &1u64, None).await.unwrap();
+    until_hits_are_one_get(&server, &reader, "search:1").await;
+
+    let ids = tracking_clients(&server);
+    assert_eq!(ids.len(), 2, "one tracking connection per instance");
+    for id in ids {
+        let _: () = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(&id)
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+    }
+    // Redis no longer tells the reader about changes: it must not keep
+    // trusting the generation it holds.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.invalidate_prefix("search").await.unwrap();
+    assert_eq!(reader.get::<u64>("search:1").await.unwrap(), None);
+    // Tracking comes back and hits are one GET again.
+    writer.set("search:1", &3u64, None).await.unwrap();
+    until_reads(&reader, "search:1", Some(3), Duration::from_secs(1)).await;
+    until_hits_are_one_get(&server, &reader, "search:1").await;
+}
+
+#[tokio::test]
+async fn a_flush_drops_held_generations() {
+    let server = RedisServer::start();
+    let writer = default_cache(&server, "app").await;
+    let reader = default_cache(&server, "app").await;
+    writer.set("search:1", &1u64, None).await.unwrap();
+    until_hits_are_one_get(&server, &reader, "search:1").await;
+    let _: () = ::redis::cmd("FLUSHALL")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    // A new generation is created with the next value; the reader must read
+    // it, not keep the one the flush removed.
+    writer.set("search:1", &5u64, None).await.unwrap();
+    until_reads(&reader, "search:1", Some(5), Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_restarted_redis_does_not_leave_generations_held() {
+    let mut server = RedisServer::start();
+    let writer = default_cache(&server, "app").await;
+    let reader = default_cache(&server, "app").await;
+    writer.set("search:1", &1u64, None).await.unwrap();
+    until_hits_are_one_get(&server, &reader, "search:1").await;
+    server.restart();
+    let started = std::time::Instant::now();
+    loop {
+        writer.set("search:1", &7u64, None).await.unwrap();
+        if reader.get::<u64>("search:1").await.unwrap() == Some(7) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never converged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_reads_racing_invalidations_never_leave_a_stale_one_held() {
+    let server = RedisServer::start();
+    let writer = default_cache(&server, "app").await;
+    let reader = default_cache(&server, "app").await;
+    writer.set("search:0", &0u64, None).await.unwrap();
+    until_hits_are_one_get(&server, &reader, "search:0").await;
+    // The reader reads the generation again and again, so that its reads
+    // race the invalidations' pushes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (reader, stop) = (reader.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = reader.get::<u64>("search:0").await;
+            }
+        })
+    };
+    let trials = 2000;
+    for i in 1..=trials {
+        writer.invalidate_prefix("search").await.unwrap();
+        writer.set("search:0", &i, None).await.unwrap();
+        // Converges: a generation held after the invalidation's push was
+        // processed would hide the new value forever.
+        until_reads(&reader, "search:0", Some(i), Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    hammer.await.unwrap();
+}

@@ -31,6 +31,8 @@ async fn redis_cache() -> Cache {
 }
 
 /// Keys in Redis matching `pattern`, sorted.
+/// The value keys matching `pattern` (prefix generation keys,
+/// `{namespace}:%gen:{prefix}`, left out).
 async fn redis_keys(pattern: &str) -> Vec<String> {
     let mut conn = server()
         .client()
@@ -42,6 +44,7 @@ async fn redis_keys(pattern: &str) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap();
+    keys.retain(|k| !k.contains(":%gen:"));
     keys.sort();
     keys
 }
