@@ -1,22 +1,25 @@
 //! Routes, handlers and the JSON error mapping. Handlers call the
 //! repository only; caching happens in its annotations.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, middleware};
 use cache_core::HealthStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::repo::{CustomerUpdate, MAX_LIST_LIMIT, NewCustomer, RepoError, Segment};
+use crate::server::BodyTimedOut;
 
 /// Largest request body accepted (64 KiB); larger ones get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -37,8 +40,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn(refuse_oversized_bodies))
         .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(record_request))
         .with_state(state)
 }
 
@@ -90,6 +95,9 @@ impl From<RepoError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if let Some(timeout) = find_source::<BodyTimedOut>(&r) {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string());
+        }
         let status = r.status();
         let message = match status {
             StatusCode::PAYLOAD_TOO_LARGE => {
@@ -113,19 +121,39 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Parses a customer id: a non-negative integer that fits in `i64`.
+/// The first error of type `E` in the `source()` chain of `error`.
+fn find_source<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Parses a customer id written in canonical decimal: ASCII digits, no sign,
+/// no leading zero (except `0` itself), fitting in `i64`. `+42` and `042`
+/// are not other spellings of 42 (they would name the same cache key while
+/// looking like different resources).
 fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
     let Path(raw) = path?;
-    match raw.parse::<i64>() {
-        Ok(id) if id >= 0 => Ok(id),
-        Ok(_) => Err(ApiError::bad_request(format!(
-            "invalid customer id `{raw}`: ids are non-negative integers"
-        ))),
-        Err(_) => Err(ApiError::bad_request(format!(
-            "invalid customer id `{}`: ids are non-negative integers",
-            raw.chars().take(64).collect::<String>()
-        ))),
-    }
+    parse_canonical_id(&raw).ok_or_else(|| {
+        let shown: String = raw.chars().take(64).flat_map(char::escape_debug).collect();
+        ApiError::bad_request(format!(
+            "invalid customer id `{shown}`: ids are non-negative decimal integers without sign or leading zeros"
+        ))
+    })
+}
+
+fn parse_canonical_id(raw: &str) -> Option<i64> {
+    let canonical = !raw.is_empty()
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && (raw == "0" || !raw.starts_with('0'));
+    if canonical { raw.parse().ok() } else { None }
 }
 
 async fn get_customer(
@@ -172,6 +200,7 @@ async fn create_customer(
     body: Result<Json<NewCustomer>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(new) = body?;
+    new.check_characters().map_err(ApiError::bad_request)?;
     new.validate().map_err(ApiError::unprocessable)?;
     let customer = state.repo.create_customer(&new).await?;
     let location = HeaderValue::from_str(&format!("/api/customers/{}", customer.id))
@@ -191,6 +220,12 @@ async fn update_customer(
 ) -> Result<Response, ApiError> {
     let id = parse_id(path)?;
     let Json(update) = body?;
+    if let Some(body_id) = update.id.filter(|&body_id| body_id != id) {
+        return Err(ApiError::bad_request(format!(
+            "the body's `id` ({body_id}) differs from the path's ({id}); ids cannot be changed"
+        )));
+    }
+    update.check_characters().map_err(ApiError::bad_request)?;
     update.validate().map_err(ApiError::unprocessable)?;
     let customer = state.repo.update_customer(id, &update).await?;
     Ok(Json(customer).into_response())
@@ -231,9 +266,17 @@ struct InvalidateRequest {
     pattern: String,
 }
 
-/// Compares without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` equals `expected`, in time independent of where they
+/// differ and of their lengths: both sides are hashed to 32 bytes first, and
+/// the digests are compared without an early exit.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let given = Sha256::digest(given);
+    let expected = Sha256::digest(expected);
+    let diff = given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Why an admin request was refused.
@@ -272,13 +315,13 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AdminRefusal
     let Some(expected) = &state.admin_token else {
         return Err(AdminRefusal::Disabled);
     };
+    // Exactly `Bearer <token>`: no trimming, so `Bearer  token` or a token
+    // with a stray space is refused, not silently accepted.
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(token) if token_matches(token, expected.as_bytes()) => Ok(()),
         _ => Err(AdminRefusal::Unauthorized),
     }
 }
@@ -342,6 +385,46 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Refuses a body announced larger than [`BODY_LIMIT`] before reading any
+/// of it, so a client announcing gigabytes does not hold the connection.
+async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        let mut response = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Counts requests and times them, by method, route template (never the raw
+/// path: one series per route, not per id) and status.
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn not_found() -> ApiError {
