@@ -6,6 +6,7 @@
 //! | `HTTP_HEADER_TIMEOUT_MS` | `10000` | time to receive a request's line and headers: from accept for the first request, from its first byte for later ones on a kept-alive connection; then the connection is closed |
 //! | `HTTP_BODY_TIMEOUT_MS` | `30000` | time to receive a request body, from the end of the headers; then 408 and the connection is closed |
 //! | `HTTP_IDLE_TIMEOUT_MS` | `60000` | time a kept-alive connection may wait for its next request |
+//! | `HTTP_WRITE_TIMEOUT_MS` | `30000` | time a response write may make no progress (a client that stopped reading); then the connection is closed |
 //! | `HTTP_MAX_CONNECTIONS` | `512` | open connections; further clients wait in the listen backlog (no descriptor is taken for them) until one closes |
 //! | `HTTP_MAX_HEADER_BYTES` | `16384` | request line and headers (431); at most 100 header fields |
 //!
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// Time a kept-alive connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// Time a response write may make no progress.
+    pub write_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
     /// Bytes of request line plus headers.
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             max_connections: 512,
             max_header_bytes: 16 * 1024,
         }
@@ -137,7 +141,11 @@ impl ServerConfig {
         }
         if let Some(v) = get("HTTP_IDLE_TIMEOUT_MS") {
             config.idle_timeout =
-                Duration::from_millis(parse_number("HTTP_IDLE_TIMEOUT_MS", &v, millis)?);
+                Duration::from_millis(parse_number("HTTP_IDLE_TIMEOUT_MS", &v, millis.clone())?);
+        }
+        if let Some(v) = get("HTTP_WRITE_TIMEOUT_MS") {
+            config.write_timeout =
+                Duration::from_millis(parse_number("HTTP_WRITE_TIMEOUT_MS", &v, millis)?);
         }
         if let Some(v) = get("HTTP_MAX_CONNECTIONS") {
             config.max_connections =
@@ -168,6 +176,12 @@ impl ServerConfig {
     /// Sets [`idle_timeout`](Self::idle_timeout).
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`write_timeout`](Self::write_timeout).
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
         self
     }
 
@@ -352,11 +366,7 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let clock = Arc::new(Clock::new(&config));
-    let io = TokioIo::new(GuardedIo::new(
-        stream,
-        Arc::clone(&clock),
-        config.max_header_bytes,
-    ));
+    let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&clock), &config));
     let body_timeout = config.body_timeout;
     let service = {
         let clock = Arc::clone(&clock);
@@ -490,33 +500,64 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The socket as hyper sees it: reads move the connection's clock, and the
-/// bare error responses hyper writes for requests it cannot parse are
-/// replaced by JSON ones.
+/// The socket as hyper sees it: reads move the connection's clock, a write
+/// that makes no progress for `write_timeout` fails, and the bare error
+/// responses hyper writes for requests it cannot parse are replaced by JSON
+/// ones.
 struct GuardedIo {
     inner: TcpStream,
     clock: Arc<Clock>,
     max_header_bytes: usize,
+    write_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    stalled: Option<Pin<Box<Sleep>>>,
     /// A replacement response still to be written, and how much of it is.
     pending: Vec<u8>,
     written: usize,
 }
 
 impl GuardedIo {
-    fn new(inner: TcpStream, clock: Arc<Clock>, max_header_bytes: usize) -> Self {
+    fn new(inner: TcpStream, clock: Arc<Clock>, config: &ServerConfig) -> Self {
         GuardedIo {
             inner,
             clock,
-            max_header_bytes,
+            max_header_bytes: config.max_header_bytes,
+            write_timeout: config.write_timeout,
+            stalled: None,
             pending: Vec::new(),
             written: 0,
         }
     }
 
+    /// Writes to the socket; fails once no progress was made for `write_timeout`.
+    fn poll_write_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client stopped reading (HTTP_WRITE_TIMEOUT_MS)",
+                    )));
+                }
+                Poll::Pending
+            }
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
-            let n =
-                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..]))?;
+            let pending = std::mem::take(&mut self.pending);
+            let result = self.poll_write_inner(cx, &pending[self.written..]);
+            self.pending = pending;
+            let n = ready!(result)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -599,7 +640,7 @@ impl AsyncWrite for GuardedIo {
             }
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        this.poll_write_inner(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 /// Variables the tests control; removed from the child's environment unless
 /// a test sets them, so the developer's shell can't change the outcome.
-const CONTROLLED: [&str; 12] = [
+const CONTROLLED: [&str; 13] = [
     "PORT",
     "DATABASE_URL",
     "REDIS_URL",
@@ -25,6 +25,7 @@ const CONTROLLED: [&str; 12] = [
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_BODY_TIMEOUT_MS",
     "HTTP_IDLE_TIMEOUT_MS",
+    "HTTP_WRITE_TIMEOUT_MS",
     "HTTP_MAX_CONNECTIONS",
     "HTTP_MAX_HEADER_BYTES",
     "RUST_LOG",
@@ -367,6 +368,42 @@ async fn slow_and_oversized_bodies_are_answered() {
     )
     .await;
     assert_eq!(created.status, 201, "{}", created.text());
+}
+
+#[tokio::test]
+async fn clients_that_stop_reading_are_disconnected() {
+    let service = Service::start(&[
+        ("HTTP_WRITE_TIMEOUT_MS", "500"),
+        ("HTTP_IDLE_TIMEOUT_MS", "20000"),
+    ])
+    .await;
+    // ~200 KB per answer, 100 pipelined requests, nothing read: the socket
+    // buffers fill and the server's writes stop making progress.
+    let mut stream = TcpStream::connect(service.addr).await.expect("connect");
+    let one = b"GET /api/customers?limit=1000 HTTP/1.1\r\nhost: x\r\n\r\n";
+    stream.write_all(&one.repeat(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Now read: a server that gave up sends what it had buffered, then closes;
+    // one that is still waiting sends all 100 answers and keeps the
+    // connection open (idle timeout 20 s).
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received += n,
+        }
+    };
+    assert!(
+        closed,
+        "a client that stopped reading kept its connection ({received} bytes sent)"
+    );
+    assert!(
+        received < 100 * 150_000,
+        "{received} bytes: every answer was sent"
+    );
 }
 
 /// Open descriptors of a process (Linux).
