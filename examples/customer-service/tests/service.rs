@@ -700,6 +700,7 @@ async fn request_metrics_by_route_and_status() {
     get(addr, "/api/customers/2").await;
     get(addr, "/api/customers/abc").await;
     get(addr, "/no/such/path").await;
+    request(addr, "FROBNICATE", "/api/customers/1", &[], b"").await;
     let text = get(addr, "/metrics").await.text();
     let line = |needles: &[&str]| {
         text.lines()
@@ -732,6 +733,12 @@ async fn request_metrics_by_route_and_status() {
         "{text}"
     );
     assert!(!text.contains("/no/such/path"), "{text}");
+    // Extension methods share one label value too.
+    assert!(!text.contains("FROBNICATE"), "{text}");
+    assert!(
+        line(&["http_requests_total{", "method=\"other\""]).is_some(),
+        "{text}"
+    );
     let bucket = line(&[
         "http_request_duration_seconds_bucket{",
         "route=\"/api/customers/{id}\"",
