@@ -10,7 +10,7 @@
 //! | `ADMIN_TOKEN` | unset: admin invalidation refused | bearer token of `POST /admin/cache/invalidate` |
 //! | `CACHE_NAMESPACE` | `customer-service` | first segment of every cache key |
 //! | `CACHE_DEFAULT_TTL`, `CACHE_TIMEOUT_MS`, ... | see `cache_core::CacheConfig` | cache settings |
-//! | `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES` | see [`customer_service::server`] | connection limits |
+//! | `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`, `HTTP_WRITE_TIMEOUT_MS`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES` | see [`customer_service::server`] | connection limits |
 //! | `RUST_LOG` | `info` | log filter |
 
 use std::io::IsTerminal as _;
@@ -110,6 +110,7 @@ async fn run() -> anyhow::Result<()> {
         header_timeout_ms = server_config.header_timeout.as_millis() as u64,
         body_timeout_ms = server_config.body_timeout.as_millis() as u64,
         idle_timeout_ms = server_config.idle_timeout.as_millis() as u64,
+        write_timeout_ms = server_config.write_timeout.as_millis() as u64,
         max_connections = server_config.max_connections,
         max_header_bytes = server_config.max_header_bytes,
         "listening on http://{addr} (try: curl http://{addr}/api/customers/42)"
