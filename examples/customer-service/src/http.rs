@@ -476,3 +476,47 @@ async fn json_errors(response: Response) -> Response {
     );
     Response::from_parts(parts, Body::from(json!({ "error": text }).to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(token_matches(b"t0ken", b"t0ken"));
+        for given in [
+            &b""[..],
+            b"t0ke",
+            b"t0kenn",
+            b"t0ken ",
+            b" t0ken",
+            b"T0KEN",
+            b"t0ke\0",
+        ] {
+            assert!(!token_matches(given, b"t0ken"), "{given:?}");
+        }
+    }
+
+    #[test]
+    fn only_canonical_decimal_ids() {
+        assert_eq!(parse_canonical_id("0"), Some(0));
+        assert_eq!(parse_canonical_id("42"), Some(42));
+        assert_eq!(parse_canonical_id("9223372036854775807"), Some(i64::MAX));
+        for raw in [
+            "",
+            "+42",
+            "042",
+            "00",
+            "-0",
+            "-1",
+            " 42",
+            "42 ",
+            "4_2",
+            "0x2a",
+            "\u{664}\u{662}",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_canonical_id(raw), None, "{raw:?}");
+        }
+    }
+}

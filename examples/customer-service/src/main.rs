@@ -137,7 +137,7 @@ fn cache_config() -> anyhow::Result<CacheConfig> {
 fn listen_error(port: u16, e: &std::io::Error) -> anyhow::Error {
     let hint = match e.kind() {
         std::io::ErrorKind::AddrInUse => format!(
-            "port {port} is already in use by another process; set PORT to a free port (for example PORT={})",
+            "another process holds it; set PORT to a free port (for example PORT={})",
             port.wrapping_add(1).max(1024)
         ),
         std::io::ErrorKind::PermissionDenied => {
