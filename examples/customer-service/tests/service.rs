@@ -406,6 +406,44 @@ async fn clients_that_stop_reading_are_disconnected() {
     );
 }
 
+#[tokio::test]
+async fn sigterm_closes_idle_connections_and_exits() {
+    let mut service = Service::start(&[]).await;
+    // One kept-alive connection between requests, one that sent nothing.
+    let mut kept = TcpStream::connect(service.addr).await.expect("connect");
+    kept.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut kept, Duration::from_secs(5))
+            .await
+            .expect("reply")
+            .status,
+        200
+    );
+    let mut silent = TcpStream::connect(service.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &service.pid().to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), service.child.wait())
+        .await
+        .expect("exits within 5 s of SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status:?}: {}", service.output());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(closed_within(&mut kept, Duration::from_secs(1)).await);
+    assert!(closed_within(&mut silent, Duration::from_secs(1)).await);
+    assert!(
+        TcpStream::connect(service.addr).await.is_err(),
+        "still accepting"
+    );
+}
+
 /// Open descriptors of a process (Linux).
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
