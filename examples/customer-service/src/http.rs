@@ -266,15 +266,31 @@ struct InvalidateRequest {
     pattern: String,
 }
 
-/// Whether `given` equals `expected`, in time independent of where they
-/// differ and of their lengths: both sides are hashed to 32 bytes first, and
-/// the digests are compared without an early exit.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    let given = Sha256::digest(given);
-    let expected = Sha256::digest(expected);
+/// SHA-256 of a bearer token; `Debug` shows neither the token nor the digest.
+#[derive(Clone, Copy)]
+pub(crate) struct TokenDigest([u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(<redacted>)")
+    }
+}
+
+pub(crate) fn token_digest(token: &[u8]) -> TokenDigest {
+    TokenDigest(Sha256::digest(token).into())
+}
+
+/// Whether `given` is the token whose digest is `expected`. The presented
+/// token is hashed and the two digests are compared without an early exit,
+/// so the time taken depends neither on where the tokens differ nor on
+/// whether their lengths match (only on the length of `given`, which the
+/// caller knows).
+fn token_matches(given: &[u8], expected: &TokenDigest) -> bool {
+    let given = token_digest(given);
     let diff = given
+        .0
         .iter()
-        .zip(expected.iter())
+        .zip(&expected.0)
         .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
@@ -321,7 +337,7 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AdminRefusal
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     match given {
-        Some(token) if token_matches(token, expected.as_bytes()) => Ok(()),
+        Some(token) if token_matches(token, expected) => Ok(()),
         _ => Err(AdminRefusal::Unauthorized),
     }
 }
@@ -483,7 +499,8 @@ mod tests {
 
     #[test]
     fn token_comparison_is_exact() {
-        assert!(token_matches(b"t0ken", b"t0ken"));
+        let expected = token_digest(b"t0ken");
+        assert!(token_matches(b"t0ken", &expected));
         for given in [
             &b""[..],
             b"t0ke",
@@ -493,8 +510,18 @@ mod tests {
             b"T0KEN",
             b"t0ke\0",
         ] {
-            assert!(!token_matches(given, b"t0ken"), "{given:?}");
+            assert!(!token_matches(given, &expected), "{given:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_admin_token_is_not_in_debug_output() {
+        let pool = crate::db::connect("sqlite::memory:").await.unwrap();
+        let state = AppState::new(pool, cache_core::Cache::memory())
+            .with_admin_token(Some("s3cret-token".into()));
+        let shown = format!("{state:?}");
+        assert!(!shown.contains("s3cret-token"), "{shown}");
+        assert!(shown.contains("TokenDigest(<redacted>)"), "{shown}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod http;
 pub mod repo;
 pub mod server;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use cache_core::Cache;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -48,7 +48,9 @@ pub const DEFAULT_NAMESPACE: &str = "customer-service";
 #[derive(Debug, Clone)]
 pub struct AppState {
     repo: Repo,
-    admin_token: Option<Arc<str>>,
+    /// SHA-256 of the admin token: the secret itself is not kept, and a
+    /// comparison hashes only the presented token.
+    admin_token: Option<http::TokenDigest>,
     metrics: PrometheusHandle,
 }
 
@@ -67,7 +69,9 @@ impl AppState {
     /// Sets the bearer token of the admin endpoints; `None` or an empty
     /// token disables them.
     pub fn with_admin_token(mut self, token: Option<String>) -> Self {
-        self.admin_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self.admin_token = token
+            .filter(|t| !t.is_empty())
+            .map(|t| http::token_digest(t.as_bytes()));
         self
     }
 
