@@ -12,6 +12,10 @@
 //!
 //! The parse errors hyper answers by itself (400 for a malformed request,
 //! 414, 431) get the same `{"error": "..."}` JSON body as every other error.
+//!
+//! Metrics: `http_open_connections` (gauge),
+//! `http_connections_closed_total{reason}` (`header_timeout`, `idle_timeout`,
+//! `write_timeout`) and `http_parse_errors_total{status}` (`400`, `414`, `431`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -335,6 +339,16 @@ impl Clock {
         RequestGuard(Arc::clone(self))
     }
 
+    /// Which timeout has passed, if one has.
+    fn expired(&self) -> Option<&'static str> {
+        let now = Instant::now();
+        match *self.phase.lock().unwrap_or_else(PoisonError::into_inner) {
+            Phase::Head { deadline } if deadline <= now => Some("header_timeout"),
+            Phase::Idle { deadline } if deadline <= now => Some("idle_timeout"),
+            _ => None,
+        }
+    }
+
     fn deadline(&self) -> Option<Instant> {
         match *self.phase.lock().unwrap_or_else(PoisonError::into_inner) {
             Phase::Head { deadline } | Phase::Idle { deadline } => Some(deadline),
@@ -365,6 +379,8 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    metrics::gauge!("http_open_connections").increment(1.0);
+    let _open = OpenConnection;
     let clock = Arc::new(Clock::new(&config));
     let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&clock), &config));
     let body_timeout = config.body_timeout;
@@ -405,8 +421,10 @@ async fn connection(
                 return;
             }
             () = sleep_until(deadline) => {
-                if clock.deadline().is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!("closing a connection: header or idle timeout");
+                if let Some(reason) = clock.expired() {
+                    tracing::debug!(reason, "closing a connection");
+                    metrics::counter!("http_connections_closed_total", "reason" => reason)
+                        .increment(1);
                     return;
                 }
             }
@@ -416,6 +434,15 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// Counts an open connection in `http_open_connections` while alive.
+struct OpenConnection;
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("http_open_connections").decrement(1.0);
     }
 }
 
@@ -538,6 +565,8 @@ impl GuardedIo {
                     .stalled
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if stalled.as_mut().poll(cx).is_ready() {
+                    metrics::counter!("http_connections_closed_total", "reason" => "write_timeout")
+                        .increment(1);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the client stopped reading (HTTP_WRITE_TIMEOUT_MS)",
@@ -570,20 +599,26 @@ impl GuardedIo {
 }
 
 /// If `buf` is exactly one of hyper's automatic parse-error responses (a
-/// 400, 414 or 431 head with an empty body and no content type), the JSON
-/// response to send instead.
-fn json_parse_error(buf: &[u8], max_header_bytes: usize) -> Option<Vec<u8>> {
+/// 400, 414 or 431 head with an empty body and no content type), its status
+/// and the JSON response to send instead.
+fn json_parse_error(buf: &[u8], max_header_bytes: usize) -> Option<(&'static str, Vec<u8>)> {
     let status = buf
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?
         .get(..4)?;
-    let (status, message) = match status {
-        b"400 " => ("400 Bad Request", "malformed HTTP request".to_owned()),
+    let (code, status, message) = match status {
+        b"400 " => (
+            "400",
+            "400 Bad Request",
+            "malformed HTTP request".to_owned(),
+        ),
         b"414 " => (
+            "414",
             "414 URI Too Long",
             "the request target is too long".to_owned(),
         ),
         b"431 " => (
+            "431",
             "431 Request Header Fields Too Large",
             format!(
                 "request line and headers exceed {max_header_bytes} bytes (HTTP_MAX_HEADER_BYTES) or {MAX_HEADER_FIELDS} fields"
@@ -600,13 +635,11 @@ fn json_parse_error(buf: &[u8], max_header_bytes: usize) -> Option<Vec<u8>> {
         return None;
     }
     let body = serde_json::json!({ "error": message }).to_string();
-    Some(
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Some((code, response.into_bytes()))
 }
 
 impl AsyncRead for GuardedIo {
@@ -632,7 +665,8 @@ impl AsyncWrite for GuardedIo {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        if let Some(replacement) = json_parse_error(buf, this.max_header_bytes) {
+        if let Some((status, replacement)) = json_parse_error(buf, this.max_header_bytes) {
+            metrics::counter!("http_parse_errors_total", "status" => status).increment(1);
             this.pending = replacement;
             // hyper flushes next, which writes the rest.
             if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
@@ -694,7 +728,9 @@ mod tests {
     #[test]
     fn only_bare_parse_error_heads_are_replaced() {
         let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 15:00:00 GMT\r\n\r\n";
-        let json = String::from_utf8(json_parse_error(bare, 16384).unwrap()).unwrap();
+        let (status, json) = json_parse_error(bare, 16384).unwrap();
+        assert_eq!(status, "431");
+        let json = String::from_utf8(json).unwrap();
         assert!(json.starts_with("HTTP/1.1 431 "), "{json}");
         assert!(json.contains("content-type: application/json"), "{json}");
         assert!(json.ends_with('}'), "{json}");

@@ -732,8 +732,19 @@ async fn the_default_namespace_is_the_service_name() {
 
 #[tokio::test]
 async fn request_metrics_by_route_and_status() {
-    let service = Service::start(&[]).await;
+    let service = Service::start(&[("HTTP_HEADER_TIMEOUT_MS", "300")]).await;
     let addr = service.addr;
+    // Connections cut off and heads refused are counted too.
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    let big = format!(
+        "GET /health HTTP/1.1\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    raw(addr, big.as_bytes())
+        .await
+        .expect("reply")
+        .assert_error(431);
     get(addr, "/api/customers/1").await;
     get(addr, "/api/customers/2").await;
     get(addr, "/api/customers/abc").await;
@@ -785,5 +796,15 @@ async fn request_metrics_by_route_and_status() {
     ])
     .unwrap_or_else(|| panic!("no latency histogram: {text}"));
     assert!(bucket.ends_with(" 2"), "{bucket}");
+    let closed = line(&[
+        "http_connections_closed_total{",
+        "reason=\"header_timeout\"",
+    ])
+    .unwrap_or_else(|| panic!("no closed-connection counter: {text}"));
+    assert!(closed.ends_with(" 1"), "{closed}");
+    let refused = line(&["http_parse_errors_total{", "status=\"431\""])
+        .unwrap_or_else(|| panic!("no parse-error counter: {text}"));
+    assert!(refused.ends_with(" 1"), "{refused}");
+    assert!(line(&["http_open_connections "]).is_some(), "{text}");
     let _ = service.output();
 }
