@@ -12,6 +12,12 @@
 //!
 //! The parse errors hyper answers by itself (400 for a malformed request,
 //! 414, 431) get the same `{"error": "..."}` JSON body as every other error.
+//! hyper writes those answers before any service runs and offers no hook for
+//! them, so the socket wrapper recognises them on the way out (an exact bare
+//! head: that status, `content-length: 0`, no content type, which no route
+//! of this service produces) and sends the JSON answer instead. The
+//! service's tests send such requests, so a hyper upgrade that changes
+//! these heads fails them rather than going unnoticed.
 //!
 //! Metrics: `http_open_connections` (gauge),
 //! `http_connections_closed_total{reason}` (`header_timeout`, `idle_timeout`,

@@ -806,5 +806,4 @@ async fn request_metrics_by_route_and_status() {
         .unwrap_or_else(|| panic!("no parse-error counter: {text}"));
     assert!(refused.ends_with(" 1"), "{refused}");
     assert!(line(&["http_open_connections "]).is_some(), "{text}");
-    let _ = service.output();
 }
