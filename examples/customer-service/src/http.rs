@@ -1,22 +1,25 @@
 //! Routes, handlers and the JSON error mapping. Handlers call the
 //! repository only; caching happens in its annotations.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, middleware};
 use cache_core::HealthStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::repo::{CustomerUpdate, MAX_LIST_LIMIT, NewCustomer, RepoError, Segment};
+use crate::server::BodyTimedOut;
 
 /// Largest request body accepted (64 KiB); larger ones get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -37,8 +40,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn(refuse_oversized_bodies))
         .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(record_request))
         .with_state(state)
 }
 
@@ -90,6 +95,9 @@ impl From<RepoError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if let Some(timeout) = find_source::<BodyTimedOut>(&r) {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string());
+        }
         let status = r.status();
         let message = match status {
             StatusCode::PAYLOAD_TOO_LARGE => {
@@ -113,19 +121,39 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Parses a customer id: a non-negative integer that fits in `i64`.
+/// The first error of type `E` in the `source()` chain of `error`.
+fn find_source<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Parses a customer id written in canonical decimal: ASCII digits, no sign,
+/// no leading zero (except `0` itself), fitting in `i64`. `+42` and `042`
+/// are not other spellings of 42 (they would name the same cache key while
+/// looking like different resources).
 fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
     let Path(raw) = path?;
-    match raw.parse::<i64>() {
-        Ok(id) if id >= 0 => Ok(id),
-        Ok(_) => Err(ApiError::bad_request(format!(
-            "invalid customer id `{raw}`: ids are non-negative integers"
-        ))),
-        Err(_) => Err(ApiError::bad_request(format!(
-            "invalid customer id `{}`: ids are non-negative integers",
-            raw.chars().take(64).collect::<String>()
-        ))),
-    }
+    parse_canonical_id(&raw).ok_or_else(|| {
+        let shown: String = raw.chars().take(64).flat_map(char::escape_debug).collect();
+        ApiError::bad_request(format!(
+            "invalid customer id `{shown}`: ids are non-negative decimal integers without sign or leading zeros"
+        ))
+    })
+}
+
+fn parse_canonical_id(raw: &str) -> Option<i64> {
+    let canonical = !raw.is_empty()
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && (raw == "0" || !raw.starts_with('0'));
+    if canonical { raw.parse().ok() } else { None }
 }
 
 async fn get_customer(
@@ -172,6 +200,7 @@ async fn create_customer(
     body: Result<Json<NewCustomer>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(new) = body?;
+    new.check_characters().map_err(ApiError::bad_request)?;
     new.validate().map_err(ApiError::unprocessable)?;
     let customer = state.repo.create_customer(&new).await?;
     let location = HeaderValue::from_str(&format!("/api/customers/{}", customer.id))
@@ -191,6 +220,12 @@ async fn update_customer(
 ) -> Result<Response, ApiError> {
     let id = parse_id(path)?;
     let Json(update) = body?;
+    if let Some(body_id) = update.id.filter(|&body_id| body_id != id) {
+        return Err(ApiError::bad_request(format!(
+            "the body's `id` ({body_id}) differs from the path's ({id}); ids cannot be changed"
+        )));
+    }
+    update.check_characters().map_err(ApiError::bad_request)?;
     update.validate().map_err(ApiError::unprocessable)?;
     let customer = state.repo.update_customer(id, &update).await?;
     Ok(Json(customer).into_response())
@@ -231,9 +266,33 @@ struct InvalidateRequest {
     pattern: String,
 }
 
-/// Compares without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// SHA-256 of a bearer token; `Debug` shows neither the token nor the digest.
+#[derive(Clone, Copy)]
+pub(crate) struct TokenDigest([u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(<redacted>)")
+    }
+}
+
+pub(crate) fn token_digest(token: &[u8]) -> TokenDigest {
+    TokenDigest(Sha256::digest(token).into())
+}
+
+/// Whether `given` is the token whose digest is `expected`. The presented
+/// token is hashed and the two digests are compared without an early exit,
+/// so the time taken depends neither on where the tokens differ nor on
+/// whether their lengths match (only on the length of `given`, which the
+/// caller knows).
+fn token_matches(given: &[u8], expected: &TokenDigest) -> bool {
+    let given = token_digest(given);
+    let diff = given
+        .0
+        .iter()
+        .zip(&expected.0)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Why an admin request was refused.
@@ -272,13 +331,13 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AdminRefusal
     let Some(expected) = &state.admin_token else {
         return Err(AdminRefusal::Disabled);
     };
+    // Exactly `Bearer <token>`: no trimming, so `Bearer  token` or a token
+    // with a stray space is refused, not silently accepted.
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(token) if token_matches(token, expected) => Ok(()),
         _ => Err(AdminRefusal::Unauthorized),
     }
 }
@@ -344,6 +403,57 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Refuses a body announced larger than [`BODY_LIMIT`] before reading any
+/// of it, so a client announcing gigabytes does not hold the connection.
+async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        let mut response = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Counts requests and times them, by method, route template (never the raw
+/// path: one series per route, not per id; `unmatched` for unknown paths)
+/// and status, so the number of series stays bounded whatever clients send.
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // Extension methods (any token is one) would each open a new series.
+    let method = match *request.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS => request.method().as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -381,4 +491,59 @@ async fn json_errors(response: Response) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(json!({ "error": text }).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_is_exact() {
+        let expected = token_digest(b"t0ken");
+        assert!(token_matches(b"t0ken", &expected));
+        for given in [
+            &b""[..],
+            b"t0ke",
+            b"t0kenn",
+            b"t0ken ",
+            b" t0ken",
+            b"T0KEN",
+            b"t0ke\0",
+        ] {
+            assert!(!token_matches(given, &expected), "{given:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_admin_token_is_not_in_debug_output() {
+        let pool = crate::db::connect("sqlite::memory:").await.unwrap();
+        let state = AppState::new(pool, cache_core::Cache::memory())
+            .with_admin_token(Some("s3cret-token".into()));
+        let shown = format!("{state:?}");
+        assert!(!shown.contains("s3cret-token"), "{shown}");
+        assert!(shown.contains("TokenDigest(<redacted>)"), "{shown}");
+    }
+
+    #[test]
+    fn only_canonical_decimal_ids() {
+        assert_eq!(parse_canonical_id("0"), Some(0));
+        assert_eq!(parse_canonical_id("42"), Some(42));
+        assert_eq!(parse_canonical_id("9223372036854775807"), Some(i64::MAX));
+        for raw in [
+            "",
+            "+42",
+            "042",
+            "00",
+            "-0",
+            "-1",
+            " 42",
+            "42 ",
+            "4_2",
+            "0x2a",
+            "\u{664}\u{662}",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_canonical_id(raw), None, "{raw:?}");
+        }
+    }
 }

@@ -6,17 +6,20 @@
 //!
 //! | method and path | behaviour |
 //! |---|---|
-//! | `GET /api/customers/{id}` | a customer (`customer:{id}`, 1 h); 400 for a non-numeric or negative id, 404 for an unknown one |
+//! | `GET /api/customers/{id}` | a customer (`customer:{id}`, 1 h); 400 for an id that is not a canonical non-negative decimal (`42`, not `+42` or `042`), 404 for an unknown one |
 //! | `GET /api/customers/{id}/churn-risk` | a slow (~50 ms) score (`churn:{id}`, 30 min) |
 //! | `GET /api/customers?segment=S&limit=N` | a JSON array of customers (`query:<hash>`, 10 min) |
 //! | `POST /api/customers` | create (201); drops prefix `query` |
-//! | `PUT /api/customers/{id}` | update; drops `customer:{id}`, `churn:{id}`, prefix `query` |
+//! | `PUT /api/customers/{id}` | update (some fields, or the whole representation `GET` returns; its `id` must match); drops `customer:{id}`, `churn:{id}`, prefix `query` |
 //! | `GET /admin/cache/stats` | hits, misses, hit rate, keys, memory, per prefix |
 //! | `POST /admin/cache/invalidate` | `{"pattern": "customer:*"}` with `Authorization: Bearer $ADMIN_TOKEN` |
 //! | `GET /health` | always 200: `status` and the `cache` health object |
-//! | `GET /metrics` | Prometheus text (`cache_hits_total{prefix=..}`, ...) |
+//! | `GET /metrics` | Prometheus text: `cache_hits_total{prefix=..}`, ..., and `http_requests_total` / `http_request_duration_seconds` by method, route and status |
 //!
-//! Every error response is JSON: `{"error": "..."}`.
+//! Every error response is JSON: `{"error": "..."}`, including the 400, 414
+//! and 431 answers to requests that cannot be parsed. [`serve`] runs the
+//! router with header, body and idle timeouts and caps on connections and
+//! header size ([`ServerConfig`]).
 //!
 //! Tests build the router with [`app`] over their own database and cache
 //! ([`AppState::new`]); the repository uses the cache of its state
@@ -25,21 +28,29 @@
 pub mod db;
 mod http;
 pub mod repo;
+pub mod server;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use cache_core::Cache;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::SqlitePool;
 
 pub use http::BODY_LIMIT;
 pub use repo::Repo;
+pub use server::{ServerConfig, serve};
+
+/// The cache key namespace when `CACHE_NAMESPACE` is unset: the service's
+/// own name, so services sharing a Redis keep apart by default.
+pub const DEFAULT_NAMESPACE: &str = "customer-service";
 
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     repo: Repo,
-    admin_token: Option<Arc<str>>,
+    /// SHA-256 of the admin token: the secret itself is not kept, and a
+    /// comparison hashes only the presented token.
+    admin_token: Option<http::TokenDigest>,
     metrics: PrometheusHandle,
 }
 
@@ -58,7 +69,9 @@ impl AppState {
     /// Sets the bearer token of the admin endpoints; `None` or an empty
     /// token disables them.
     pub fn with_admin_token(mut self, token: Option<String>) -> Self {
-        self.admin_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self.admin_token = token
+            .filter(|t| !t.is_empty())
+            .map(|t| http::token_digest(t.as_bytes()));
         self
     }
 
@@ -78,13 +91,31 @@ pub async fn app(state: AppState) -> axum::Router {
     http::router(state)
 }
 
+/// Buckets (seconds) of `http_request_duration_seconds`: from a cache hit
+/// (~1 ms) to a slow miss.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+fn prometheus_builder() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new();
+    match builder.set_buckets_for_metric(
+        Matcher::Full("http_request_duration_seconds".into()),
+        &LATENCY_BUCKETS,
+    ) {
+        Ok(builder) => builder,
+        // Only an empty bucket list fails; keep the summary then.
+        Err(_) => PrometheusBuilder::new(),
+    }
+}
+
 /// The process-wide Prometheus recorder, installed on first call. Call it
 /// before any cache is used so the cache's counters register with it.
 /// If another recorder was installed first, the handle renders nothing.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match prometheus_builder().install_recorder() {
             Ok(handle) => handle,
             Err(e) => {
                 tracing::warn!(error = %e, "could not install the Prometheus recorder; /metrics will be empty");

@@ -8,7 +8,9 @@
 //! | `DATABASE_URL` | `sqlite://customer-service.db?mode=rwc` | SQLite database (`sqlite::memory:` for a throw-away one); seeded with 1,000 demo customers when empty |
 //! | `REDIS_URL` | unset: in-memory cache | Redis to cache in (`redis://[user:password@]host:port[/db]`) |
 //! | `ADMIN_TOKEN` | unset: admin invalidation refused | bearer token of `POST /admin/cache/invalidate` |
-//! | `CACHE_NAMESPACE`, `CACHE_DEFAULT_TTL`, `CACHE_TIMEOUT_MS`, ... | see `cache_core::CacheConfig` | cache settings |
+//! | `CACHE_NAMESPACE` | `customer-service` | first segment of every cache key |
+//! | `CACHE_DEFAULT_TTL`, `CACHE_TIMEOUT_MS`, ... | see `cache_core::CacheConfig` | cache settings |
+//! | `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`, `HTTP_WRITE_TIMEOUT_MS`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES` | see [`customer_service::server`] | connection limits |
 //! | `RUST_LOG` | `info` | log filter |
 
 use std::io::IsTerminal as _;
@@ -16,8 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cache_core::Cache;
-use customer_service::{AppState, app, db, metrics_handle};
+use cache_core::{Cache, CacheConfig};
+use customer_service::server::{self, ServerConfig};
+use customer_service::{AppState, DEFAULT_NAMESPACE, app, db, metrics_handle};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -52,10 +55,19 @@ async fn run() -> anyhow::Result<()> {
             .parse()
             .map_err(|_| anyhow::anyhow!("PORT must be a port number (0-65535), got `{raw}`"))?,
     };
+    let server_config = ServerConfig::from_env()?;
+    // Bind before anything else starts, so a taken port fails fast and
+    // says so before the log claims the cache or database is ready.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| listen_error(port, &e))?;
+
     // Before any cache exists, so the cache's counters register with it.
     let metrics = metrics_handle();
 
-    let cache = Cache::from_env()
+    let cache = Cache::builder()
+        .config(cache_config()?)
+        .build()
         .await
         .context("invalid cache configuration")?;
     cache.install();
@@ -93,16 +105,47 @@ async fn run() -> anyhow::Result<()> {
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr} (try: curl http://{addr}/api/customers/42)");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+    tracing::info!(
+        header_timeout_ms = server_config.header_timeout.as_millis() as u64,
+        body_timeout_ms = server_config.body_timeout.as_millis() as u64,
+        idle_timeout_ms = server_config.idle_timeout.as_millis() as u64,
+        write_timeout_ms = server_config.write_timeout.as_millis() as u64,
+        max_connections = server_config.max_connections,
+        max_header_bytes = server_config.max_header_bytes,
+        "listening on http://{addr} (try: curl http://{addr}/api/customers/42)"
+    );
+    server::serve(listener, router, server_config, shutdown_signal()).await;
     Ok(())
+}
+
+/// The cache configuration from the environment, with this service's own
+/// name as the key namespace when `CACHE_NAMESPACE` is unset or empty, so
+/// two services on one Redis don't share keys by accident.
+fn cache_config() -> anyhow::Result<CacheConfig> {
+    CacheConfig::from_lookup(|name| {
+        let value = std::env::var(name).ok();
+        if name == "CACHE_NAMESPACE" && value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+            return Some(DEFAULT_NAMESPACE.to_owned());
+        }
+        value
+    })
+    .context("invalid cache configuration")
+}
+
+/// Why the listening socket could not be opened, with what to change.
+fn listen_error(port: u16, e: &std::io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another process holds it; set PORT to a free port (for example PORT={})",
+            port.wrapping_add(1).max(1024)
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("port {port} needs privileges; set PORT to a port above 1023")
+        }
+        _ => "set PORT to choose another port".to_owned(),
+    };
+    anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {e}; {hint}")
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM where there is one.

@@ -128,10 +128,14 @@ pub struct NewCustomer {
     pub days_since_login: i64,
 }
 
-/// The body of `PUT /api/customers/{id}`: the fields to change (at least one).
+/// The body of `PUT /api/customers/{id}`: the fields to change (at least
+/// one). The full representation `GET` returns is accepted, so a client can
+/// read, modify and write back a customer; its `id` must then be the path's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerUpdate {
+    /// The customer's id, if the body carries it; never changed.
+    pub id: Option<i64>,
     /// New display name.
     pub name: Option<String>,
     /// New contact address.
@@ -177,7 +181,24 @@ fn check_count(field: &str, value: i64) -> Result<(), String> {
     }
 }
 
+/// Refuses control characters (NUL, newlines, escapes, C1 controls) in a
+/// text field: they are never part of a name or an address, and they break
+/// logs, CSV exports and terminals downstream.
+fn check_no_controls(field: &str, value: &str) -> Result<(), String> {
+    if value.chars().any(char::is_control) {
+        Err(format!("`{field}` must not contain control characters"))
+    } else {
+        Ok(())
+    }
+}
+
 impl NewCustomer {
+    /// Checks that the text fields hold no control characters.
+    pub fn check_characters(&self) -> Result<(), String> {
+        check_no_controls("name", &self.name)?;
+        check_no_controls("email", &self.email)
+    }
+
     /// Checks the fields' ranges and formats.
     pub fn validate(&self) -> Result<(), String> {
         check_name(&self.name)?;
@@ -190,9 +211,24 @@ impl NewCustomer {
 }
 
 impl CustomerUpdate {
+    /// Checks that the text fields given hold no control characters.
+    pub fn check_characters(&self) -> Result<(), String> {
+        if let Some(name) = &self.name {
+            check_no_controls("name", name)?;
+        }
+        if let Some(email) = &self.email {
+            check_no_controls("email", email)?;
+        }
+        Ok(())
+    }
+
     /// Checks that something changes and that the given fields are valid.
     pub fn validate(&self) -> Result<(), String> {
-        if *self == CustomerUpdate::default() {
+        let changes = CustomerUpdate {
+            id: None,
+            ..self.clone()
+        };
+        if changes == CustomerUpdate::default() {
             return Err("the body must set at least one field".into());
         }
         if let Some(name) = &self.name {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cache_core::Cache;
 use cache_testkit::RedisServer;
-use customer_service::{AppState, app, db};
+use customer_service::{AppState, ServerConfig, app, db, serve as serve_router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -150,7 +150,12 @@ async fn serve(state: AppState) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let router = app(state).await;
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(serve_router(
+        listener,
+        router,
+        ServerConfig::default(),
+        std::future::pending(),
+    ));
     addr
 }
 
