@@ -402,6 +402,10 @@ impl Cache {
         };
         match read {
             Ok(v) => v.map(RawBytes::Owned),
+            // Something other than a string sits at the key: unreadable
+            // bytes, so the caller counts it, deletes it and stores anew
+            // (instead of waiting on a lease it can never take).
+            Err(e) if e.kind == ErrorKind::WrongType => Some(RawBytes::Owned(Vec::new())),
             Err(_) => {
                 let res = self.inner.resilience.as_ref()?;
                 let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
@@ -536,17 +540,65 @@ impl Cache {
     ) -> Result<bool, BackendError> {
         let lease_ttl = self.inner.config.lease_ttl;
         let copy = self.inner.resilience.as_ref().map(|_| marker.clone());
-        let result = self
+        let retry = marker.clone();
+        let mut result = self
             .on_primary(entry, self.inner.config.timeout, |b| async move {
                 b.try_lease(skey, marker, lease_ttl).await
             })
             .await;
+        if matches!(result, Ok(false)) && self.remove_orphaned_lease(entry, skey).await {
+            result = self
+                .on_primary(entry, self.inner.config.timeout, |b| async move {
+                    b.try_lease(skey, retry, lease_ttl).await
+                })
+                .await;
+        }
         match (result, &self.inner.resilience, copy) {
             (Err(e), Some(res), Some(marker)) if Self::unavailable(&e) => {
                 res.fallback.try_lease(skey, marker, lease_ttl).await
             }
             (result, _, _) => result,
         }
+    }
+
+    /// What refused a lease can be something no loader will ever clear: a
+    /// lease marker without expiry (its TTL removed, for example by a
+    /// `PERSIST` or a restore without TTLs), or a value of another type
+    /// (a list, a set). Each would make every loader wait out its lease
+    /// deadline: remove it (a marker only if it is still that marker) and
+    /// say so. Costs a `GET` when a lease is refused, which only happens on
+    /// misses contended across processes.
+    async fn remove_orphaned_lease(&self, entry: &PrefixEntry, skey: &str) -> bool {
+        let timeout = self.inner.config.timeout;
+        let stored = match self
+            .on_primary(entry, timeout, |b| async move { b.get(skey).await })
+            .await
+        {
+            Ok(Some(stored)) if crate::codec::is_lease(&stored) => stored,
+            Err(e) if e.kind == ErrorKind::WrongType => {
+                tracing::warn!(key = skey, "replacing a value of another type");
+                let keys = [skey.to_owned()];
+                let keys = &keys;
+                return self
+                    .on_primary(entry, timeout, |b| async move { b.delete(keys).await })
+                    .await
+                    .is_ok();
+            }
+            _ => return false,
+        };
+        match self
+            .on_primary(entry, timeout, |b| async move { b.ttl(skey).await })
+            .await
+        {
+            Ok(None) => {}
+            _ => return false,
+        }
+        tracing::warn!(key = skey, "removing a lease marker without expiry");
+        self.on_primary(entry, timeout, |b| async move {
+            b.release_lease(skey, stored).await
+        })
+        .await
+        .is_ok()
     }
 
     /// Stores `bytes` only if `marker` still holds the lease: `Ok(false)`

@@ -335,3 +335,43 @@ async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
     assert_eq!(cache.health().await.status, HealthStatus::Disabled);
     let _ = ErrorKind::ALL;
 }
+
+/// A lease marker as another process would have left it (envelope header,
+/// codec id 0, an 8-byte token).
+fn foreign_lease_marker() -> Vec<u8> {
+    let mut marker = vec![0xC4, 1, 0];
+    marker.extend_from_slice(&42u64.to_be_bytes());
+    marker
+}
+
+#[tokio::test]
+async fn orphaned_lease_markers_and_other_types_do_not_stall_loads() {
+    let server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    let mut conn = server.client().get_connection().unwrap();
+    // A marker whose TTL is gone, and values of other types, with and
+    // without a TTL.
+    let _: () = conn.set("f:customer:1", foreign_lease_marker()).unwrap();
+    let _: () = conn.sadd("f:customer:2", "a set").unwrap();
+    let _: () = conn.rpush("f:customer:3", "a list").unwrap();
+    let _: () = conn.expire("f:customer:3", 600).unwrap();
+    for id in 1..=3u64 {
+        let started = Instant::now();
+        let v: u64 = cache
+            .get_or_set(&format!("customer:{id}"), None, || async move { id * 10 })
+            .await
+            .unwrap();
+        assert_eq!(v, id * 10);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "customer:{id} waited {:?} (the lease TTL is 3 s)",
+            started.elapsed()
+        );
+        assert_eq!(
+            cache.get::<u64>(&format!("customer:{id}")).await.unwrap(),
+            Some(id * 10),
+            "repaired and stored"
+        );
+    }
+    assert_eq!(cache.stats().circuit, CircuitState::Closed);
+}
