@@ -28,6 +28,9 @@ const FIRST_PROBE_DELAY: Duration = Duration::from_millis(250);
 /// the backend within about a second of the backend answering again.
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most keys remembered as suspect (see `Resilience::suspects`).
+const MAX_SUSPECT_KEYS: usize = 1024;
+
 /// How long a failed write keeps `health()` degraded without another write.
 const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
@@ -44,6 +47,11 @@ pub(crate) struct Resilience {
     /// The last write the backend refused for a reason of its own (out of
     /// memory, read-only replica, ...) while answering reads: health reports it.
     write_failure: Mutex<Option<(Instant, String)>>,
+    /// Keys whose last read timed out while the backend kept answering
+    /// (typically a value far too large to read): their size is checked
+    /// before they are read again.
+    suspects: Mutex<HashSet<String>>,
+    any_suspects: AtomicBool,
 }
 
 impl Resilience {
@@ -56,6 +64,8 @@ impl Resilience {
             recovery: tokio::sync::Mutex::new(()),
             prober: AtomicBool::new(false),
             write_failure: Mutex::new(None),
+            suspects: Mutex::new(HashSet::new()),
+            any_suspects: AtomicBool::new(false),
         }
     }
 
@@ -75,6 +85,31 @@ impl Resilience {
             .as_ref()
             .filter(|(at, _)| at.elapsed() < WRITE_FAILURE_MEMORY)
             .map(|(_, what)| what.clone())
+    }
+
+    fn suspects(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.suspects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn suspect(&self, key: &str) {
+        let mut suspects = self.suspects();
+        if suspects.len() < MAX_SUSPECT_KEYS {
+            suspects.insert(key.to_owned());
+            self.any_suspects.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether `key` is suspect; the check is one atomic load while none is.
+    fn is_suspect(&self, key: &str) -> bool {
+        self.any_suspects.load(Ordering::Acquire) && self.suspects().contains(key)
+    }
+
+    fn clear_suspect(&self, key: &str) {
+        let mut suspects = self.suspects();
+        suspects.remove(key);
+        if suspects.is_empty() {
+            self.any_suspects.store(false, Ordering::Release);
+        }
     }
 
     fn note_write(&self, outcome: Result<(), &BackendError>) {
@@ -161,6 +196,24 @@ impl Cache {
     where
         Fut: Future<Output = Result<T, BackendError>>,
     {
+        self.on_primary_for(entry, timeout, None, op).await
+    }
+
+    /// [`on_primary`](Self::on_primary) for a call that reads one `key`: a
+    /// timeout is not held against the backend if it answers a `PING` at
+    /// once (the key is at fault, for example a value far too large to
+    /// read in time); the key becomes suspect instead. One bad key must not
+    /// open the breaker for every key.
+    async fn on_primary_for<'s, T, Fut>(
+        &'s self,
+        entry: &PrefixEntry,
+        timeout: Duration,
+        key: Option<&str>,
+        op: impl FnOnce(&'s dyn Backend) -> Fut,
+    ) -> Result<T, BackendError>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
         let Some(res) = &self.inner.resilience else {
             return op(&*self.inner.primary).await;
         };
@@ -194,18 +247,79 @@ impl Cache {
                 )),
             }
         };
-        let permit = guard.take();
         match &result {
             Ok(_) => {
+                guard.take();
                 res.breaker.on_success();
             }
-            Err(e) if e.kind.is_availability() => self.fail(entry, res, permit, e),
+            Err(e)
+                if e.kind == ErrorKind::Timeout
+                    && let Some(key) = key
+                    && self.answers_at_once(&**primary).await =>
+            {
+                guard.take();
+                res.breaker.on_success();
+                self.inner.stats.record_error(entry, e.kind);
+                res.suspect(key);
+                tracing::warn!(
+                    key,
+                    "reading this key timed out while Redis kept answering; its size is checked before the next read"
+                );
+            }
+            Err(e) if e.kind.is_availability() => self.fail(entry, res, guard.take(), e),
             Err(e) => {
+                guard.take();
                 res.breaker.on_success();
                 self.inner.stats.record_error(entry, e.kind);
             }
         }
         result
+    }
+
+    /// Whether the backend answers a `PING` within the call timeout.
+    async fn answers_at_once(&self, primary: &dyn Backend) -> bool {
+        matches!(
+            tokio::time::timeout(self.inner.config.timeout, primary.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Before reading a suspect key: its size, and if it is too large to
+    /// be a value of ours, it is deleted and read as missing.
+    async fn oversized(&self, entry: &PrefixEntry, res: &Resilience, skey: &str) -> bool {
+        let len = self
+            .on_primary(entry, self.inner.config.timeout, |b| async move {
+                b.value_len(skey).await
+            })
+            .await;
+        let limit = self.inner.config.max_value_bytes as u64 + 64;
+        match len {
+            Ok(Some(len)) if len > limit => {
+                self.inner.stats.record(entry, Event::Oversized);
+                tracing::warn!(
+                    key = skey,
+                    bytes = len,
+                    "deleting a value too large to read"
+                );
+                let keys = [skey.to_owned()];
+                let keys = &keys;
+                if self
+                    .on_primary(entry, self.inner.config.timeout, |b| async move {
+                        b.delete(keys).await
+                    })
+                    .await
+                    .is_ok()
+                {
+                    res.clear_suspect(skey);
+                }
+                true
+            }
+            Ok(_) => {
+                res.clear_suspect(skey);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     fn fail(&self, entry: &PrefixEntry, res: &Resilience, permit: Permit, error: &BackendError) {
@@ -388,15 +502,25 @@ impl Cache {
         if let Some(memory) = &self.inner.memory {
             return memory.get_bytes(skey).await.map(RawBytes::Shared);
         }
+        if let Some(res) = &self.inner.resilience
+            && res.is_suspect(skey)
+            && self.oversized(entry, res, skey).await
+        {
+            return None;
+        }
+        let timeout = self.inner.config.timeout;
         let read = match &self.inner.redis {
             Some(redis) => {
-                self.on_primary(entry, self.inner.config.timeout, |_| redis.get_direct(skey))
+                self.on_primary_for(entry, timeout, Some(skey), |_| redis.get_direct(skey))
                     .await
             }
             None => {
-                self.on_primary(entry, self.inner.config.timeout, |b| async move {
-                    b.get(skey).await
-                })
+                self.on_primary_for(
+                    entry,
+                    timeout,
+                    Some(skey),
+                    |b| async move { b.get(skey).await },
+                )
                 .await
             }
         };
@@ -566,10 +690,19 @@ impl Cache {
     /// `PERSIST` or a restore without TTLs), or a value of another type
     /// (a list, a set). Each would make every loader wait out its lease
     /// deadline: remove it (a marker only if it is still that marker) and
-    /// say so. Costs a `GET` when a lease is refused, which only happens on
-    /// misses contended across processes.
+    /// say so. Costs a `PTTL` when a lease is refused, which only happens
+    /// on misses contended across processes.
     async fn remove_orphaned_lease(&self, entry: &PrefixEntry, skey: &str) -> bool {
         let timeout = self.inner.config.timeout;
+        // Everything this cache writes expires: only a key without expiry
+        // can be an orphan.
+        match self
+            .on_primary(entry, timeout, |b| async move { b.ttl(skey).await })
+            .await
+        {
+            Ok(None) => {}
+            _ => return false,
+        }
         let stored = match self
             .on_primary(entry, timeout, |b| async move { b.get(skey).await })
             .await
@@ -586,13 +719,6 @@ impl Cache {
             }
             _ => return false,
         };
-        match self
-            .on_primary(entry, timeout, |b| async move { b.ttl(skey).await })
-            .await
-        {
-            Ok(None) => {}
-            _ => return false,
-        }
         tracing::warn!(key = skey, "removing a lease marker without expiry");
         self.on_primary(entry, timeout, |b| async move {
             b.release_lease(skey, stored).await

@@ -140,6 +140,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool, BackendError>;
     /// Deletes `key` only if it still holds `marker`.
     async fn release_lease(&self, key: &str, marker: Vec<u8>) -> Result<(), BackendError>;
+    /// Size in bytes of the value at `key`, without fetching it (`None`:
+    /// no such key, or the backend cannot tell). The cache asks before
+    /// reading a key whose last read failed on its own, so that a value too
+    /// large to read is not fetched again.
+    async fn value_len(&self, key: &str) -> Result<Option<u64>, BackendError> {
+        let _ = key;
+        Ok(None)
+    }
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), BackendError>;
     /// Server facts for health and stats.

@@ -173,7 +173,9 @@ impl SingleNode {
     /// connection broken so the next call takes a fresh one.
     fn failed(&self, id: usize, error: redis::RedisError) -> BackendError {
         let error = BackendError::from(error);
-        if error.kind == ErrorKind::Connection {
+        // A timed-out reply may still be on its way (a huge value): every
+        // command queued behind it on this connection would wait for it.
+        if matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
             self.mark_broken(id);
         }
         error
@@ -581,6 +583,11 @@ impl Backend for RedisBackend {
         self.invoke(&self.release_lease, key, &[&marker])
             .await
             .map(|_| ())
+    }
+
+    async fn value_len(&self, key: &str) -> Result<Option<u64>, BackendError> {
+        let len: u64 = self.query(&keyed_cmd("STRLEN", [key])).await?;
+        Ok((len > 0).then_some(len))
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
