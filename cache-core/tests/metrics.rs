@@ -156,8 +156,11 @@ impl Recorder for ArcRecorder {
     }
 }
 
+/// Reads one figure of a `PrefixStats`.
+type Figure = fn(&PrefixStats) -> u64;
+
 /// Each per-prefix counter with the `PrefixStats` figure it mirrors.
-const COUNTERS: [(&str, fn(&PrefixStats) -> u64); 11] = [
+const COUNTERS: [(&str, Figure); 11] = [
     ("cache_hits_total", |s| s.hits),
     ("cache_misses_total", |s| s.misses),
     ("cache_sets_total", |s| s.sets),

@@ -104,9 +104,12 @@ impl Service {
     }
 }
 
-/// The series of a Prometheus text exposition: name -> label sets.
+/// The labels of one series.
+type Labels = BTreeMap<String, String>;
+
+/// The series of a Prometheus text exposition: name -> (labels, value).
 #[derive(Debug, Default)]
-struct Exported(BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>);
+struct Exported(BTreeMap<String, Vec<(Labels, f64)>>);
 
 impl Exported {
     fn parse(text: &str) -> Exported {
@@ -139,7 +142,7 @@ impl Exported {
 
     /// The value of the series `name` with exactly `labels`.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
+        let want: Labels = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
@@ -152,7 +155,7 @@ impl Exported {
 }
 
 /// Parses `a="x",b="y"}` (after the `{`); the labels and what follows `}`.
-fn parse_labels(mut s: &str) -> Option<(BTreeMap<String, String>, &str)> {
+fn parse_labels(mut s: &str) -> Option<(Labels, &str)> {
     let mut labels = BTreeMap::new();
     loop {
         s = s.trim_start_matches([',', ' ']);
