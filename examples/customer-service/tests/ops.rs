@@ -2,13 +2,15 @@
 //! Grafana dashboard and the Prometheus alert rules query is one that
 //! `/metrics` exports (with the labels they select on), and the cache's
 //! series exist from start-up, before any request, so `rate()` and absence
-//! alerts work.
+//! alerts work; with Redis, an outage moves the breaker and fallback
+//! gauges the alerts read, and recovery moves them back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use cache_testkit::RedisServer;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -27,6 +29,10 @@ struct Service {
 
 impl Service {
     async fn start() -> Service {
+        Service::start_with(&[]).await
+    }
+
+    async fn start_with(env: &[(&str, &str)]) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_customer-service"));
         for var in [
             "REDIS_URL",
@@ -42,6 +48,7 @@ impl Service {
             .env("RUST_LOG", "info")
             // Short, so that the test can have a connection cut off quickly.
             .env("HTTP_HEADER_TIMEOUT_MS", "200")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -477,6 +484,65 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
             used.contains(name),
             "neither the dashboard nor the alerts use {name}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_shows_on_metrics_and_recovery_clears_it() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let service = Service::start_with(&[
+        ("REDIS_URL", url.as_str()),
+        ("CACHE_TIMEOUT_MS", "100"),
+        ("CACHE_CB_FAILURES", "1"),
+    ])
+    .await;
+    assert_eq!(service.get("/api/customers/1").await.0, 200);
+    let metrics = service.scrape().await;
+    assert_eq!(metrics.value("cache_circuit_state", &[]), Some(0.0));
+    assert_eq!(metrics.value("cache_fallback_active", &[]), Some(0.0));
+
+    // Redis goes away: the request still answers, from the database; the
+    // breaker opens and the value lands in the in-memory fallback.
+    redis.stop();
+    assert_eq!(service.get("/api/customers/2").await.0, 200);
+    let metrics = service.scrape().await;
+    assert_eq!(
+        metrics.value("cache_circuit_state", &[]),
+        Some(2.0),
+        "{metrics:?}"
+    );
+    assert_eq!(metrics.value("cache_fallback_active", &[]), Some(1.0));
+    let errors = metrics
+        .value(
+            "cache_errors_total",
+            &[("prefix", "customer"), ("kind", "connection")],
+        )
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "no connection error counted: {metrics:?}");
+    // Served from the fallback meanwhile.
+    assert_eq!(service.get("/api/customers/2").await.0, 200);
+    let metrics = service.scrape().await;
+    assert_eq!(
+        metrics.value("cache_fallback_hits_total", &[("prefix", "customer")]),
+        Some(1.0)
+    );
+
+    // Back: the breaker closes and the fallback is emptied.
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = service.scrape().await;
+        if metrics.value("cache_circuit_state", &[]) == Some(0.0)
+            && metrics.value("cache_fallback_active", &[]) == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gauges did not recover: {metrics:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
