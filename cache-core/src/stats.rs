@@ -263,7 +263,7 @@ impl StatsRegistry {
 
     pub(crate) fn record(&self, entry: &PrefixEntry, event: Event) {
         bump(entry.counters(), event);
-        // `Event as usize` is its index in `Event::ALL` (checked in a test).
+        // `Event as usize` is its index in `Event::ALL` (checked at compile time).
         entry.metrics.events[event as usize].increment(1);
         if matches!(event, Event::Hit | Event::Miss) {
             tracing::trace!(prefix = %entry.prefix, hit = event == Event::Hit, "cache lookup");
