@@ -66,10 +66,11 @@
 //!   [`prefix_generations`](CacheConfig::prefix_generations): values are
 //!   labeled with their prefix's generation and an invalidation replaces it.
 //! - **Observability**: [`Cache::stats`] (per prefix and total), [`Cache::health`],
-//!   `metrics` counters `cache_hits_total{prefix}`, `cache_misses_total{prefix}`,
-//!   `cache_sets_total`, `cache_loads_total`, `cache_errors_total{prefix,kind}`,
-//!   `cache_decode_failures_total`, `cache_invalidations_total`; `tracing`
-//!   events. Passwords in URLs are redacted everywhere.
+//!   `metrics` counters per prefix (`cache_hits_total{prefix}`, ...,
+//!   `cache_errors_total{prefix,kind}`) and gauges (`cache_hit_ratio{prefix}`,
+//!   `cache_circuit_state`, `cache_fallback_active`), each listed with its
+//!   labels in [`metrics_guide`]; `tracing` events. Passwords in URLs are
+//!   redacted everywhere.
 //!
 //! # Configuration
 //! See [`CacheConfig`] for the environment variables and their defaults.
@@ -136,6 +137,10 @@
 /// The `#[cached]` and `#[invalidates]` guide: every argument with a runnable example.
 #[doc = include_str!("../../cache-macros/MACROS.md")]
 pub mod macros_guide {}
+
+/// Every `metrics` series the cache exports: name, type, labels, meaning.
+#[doc = include_str!("metrics_doc.md")]
+pub mod metrics_guide {}
 
 mod backend;
 mod breaker;

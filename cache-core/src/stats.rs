@@ -1,5 +1,6 @@
 //! Hit/miss accounting per prefix, exported through [`Cache::stats`](crate::Cache::stats)
-//! and the `metrics` crate.
+//! and the `metrics` crate (every series is listed in
+//! [`metrics_guide`](crate::metrics_guide)).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -42,6 +43,49 @@ pub(crate) enum Event {
     Invalidation,
 }
 
+// `Event as usize` indexes `Event::ALL` and `PrefixMetrics::events`.
+const _: () = {
+    let mut i = 0;
+    while i < Event::ALL.len() {
+        assert!(Event::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+impl Event {
+    /// Every event, in the order of [`PrefixMetrics::events`].
+    const ALL: [Event; 11] = [
+        Event::Hit,
+        Event::Miss,
+        Event::Set,
+        Event::Load,
+        Event::Coalesced,
+        Event::LeaseWait,
+        Event::StaleSetPrevented,
+        Event::DecodeFailure,
+        Event::Oversized,
+        Event::FallbackHit,
+        Event::Invalidation,
+    ];
+
+    /// The name of the counter that counts this event (label `prefix`).
+    const fn metric(self) -> &'static str {
+        match self {
+            Event::Hit => "cache_hits_total",
+            Event::Miss => "cache_misses_total",
+            Event::Set => "cache_sets_total",
+            Event::Load => "cache_loads_total",
+            Event::Coalesced => "cache_coalesced_total",
+            Event::LeaseWait => "cache_lease_waits_total",
+            Event::StaleSetPrevented => "cache_stale_sets_prevented_total",
+            Event::DecodeFailure => "cache_decode_failures_total",
+            Event::Oversized => "cache_oversized_total",
+            Event::FallbackHit => "cache_fallback_hits_total",
+            Event::Invalidation => "cache_invalidations_total",
+        }
+    }
+}
+
 /// Counter stripes per prefix: each thread bumps its own stripe (its own
 /// cache line), so hits counted on every core do not contend; a snapshot
 /// sums the stripes.
@@ -61,15 +105,41 @@ fn stripe_index() -> usize {
     MINE.try_with(|i| *i).unwrap_or(0)
 }
 
+/// The `metrics` counters of one prefix, one per [`Event`] and per
+/// [`ErrorKind`], all registered when the prefix is first seen so that
+/// every series exists (at 0) before anything happens: `rate()` and
+/// absence alerts need the series, not just its first increment.
+struct PrefixMetrics {
+    events: [metrics::Counter; Event::ALL.len()],
+    errors: [metrics::Counter; ErrorKind::ALL.len()],
+}
+
+impl PrefixMetrics {
+    fn new(prefix: &str) -> Self {
+        let label = || prefix.to_owned();
+        let metrics = PrefixMetrics {
+            events: Event::ALL.map(|event| metrics::counter!(event.metric(), "prefix" => label())),
+            errors: ErrorKind::ALL.map(|kind| {
+                metrics::counter!("cache_errors_total", "prefix" => label(), "kind" => kind.as_str())
+            }),
+        };
+        // Registered at 0; set from a snapshot by `CacheStats::export_gauges`.
+        let _ = metrics::gauge!(HIT_RATIO, "prefix" => label());
+        metrics
+    }
+}
+
+/// The per-prefix hit ratio gauge.
+const HIT_RATIO: &str = "cache_hit_ratio";
+/// The circuit breaker state gauge.
+const CIRCUIT_STATE: &str = "cache_circuit_state";
+/// The fallback-active gauge.
+const FALLBACK_ACTIVE: &str = "cache_fallback_active";
+
 /// The counters of one prefix plus its `metrics` handles (registered once).
 pub(crate) struct PrefixEntry {
     stripes: Box<[Stripe]>,
-    hits: metrics::Counter,
-    misses: metrics::Counter,
-    sets: metrics::Counter,
-    loads: metrics::Counter,
-    decode_failures: metrics::Counter,
-    invalidations: metrics::Counter,
+    metrics: PrefixMetrics,
     prefix: Arc<str>,
     /// The prefix's generation as this process last saw it (prefix
     /// generations with server-assisted tracking).
@@ -78,15 +148,9 @@ pub(crate) struct PrefixEntry {
 
 impl PrefixEntry {
     fn new(prefix: &str) -> Self {
-        let label = prefix.to_owned();
         PrefixEntry {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            hits: metrics::counter!("cache_hits_total", "prefix" => label.clone()),
-            misses: metrics::counter!("cache_misses_total", "prefix" => label.clone()),
-            sets: metrics::counter!("cache_sets_total", "prefix" => label.clone()),
-            loads: metrics::counter!("cache_loads_total", "prefix" => label.clone()),
-            decode_failures: metrics::counter!("cache_decode_failures_total", "prefix" => label.clone()),
-            invalidations: metrics::counter!("cache_invalidations_total", "prefix" => label),
+            metrics: PrefixMetrics::new(prefix),
             prefix: Arc::from(prefix),
             generation: crate::generations::HeldGeneration::default(),
         }
@@ -199,15 +263,8 @@ impl StatsRegistry {
 
     pub(crate) fn record(&self, entry: &PrefixEntry, event: Event) {
         bump(entry.counters(), event);
-        match event {
-            Event::Hit => entry.hits.increment(1),
-            Event::Miss => entry.misses.increment(1),
-            Event::Set => entry.sets.increment(1),
-            Event::Load => entry.loads.increment(1),
-            Event::DecodeFailure => entry.decode_failures.increment(1),
-            Event::Invalidation => entry.invalidations.increment(1),
-            _ => {}
-        }
+        // `Event as usize` is its index in `Event::ALL` (checked at compile time).
+        entry.metrics.events[event as usize].increment(1);
         if matches!(event, Event::Hit | Event::Miss) {
             tracing::trace!(prefix = %entry.prefix, hit = event == Event::Hit, "cache lookup");
         }
@@ -219,8 +276,7 @@ impl StatsRegistry {
             .position(|k| *k == kind)
             .unwrap_or(ErrorKind::ALL.len() - 1);
         entry.counters().errors[index].fetch_add(1, Relaxed);
-        metrics::counter!("cache_errors_total", "prefix" => entry.prefix.to_string(), "kind" => kind.as_str())
-            .increment(1);
+        entry.metrics.errors[index].increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> (PrefixStats, BTreeMap<String, PrefixStats>) {
@@ -381,4 +437,71 @@ pub struct CacheStats {
     pub total: PrefixStats,
     /// Figures per prefix.
     pub prefixes: BTreeMap<String, PrefixStats>,
+}
+
+impl CircuitState {
+    /// The value of the `cache_circuit_state` gauge: 0 closed (or no
+    /// breaker), 1 half-open, 2 open.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            CircuitState::Closed | CircuitState::NotApplicable => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        }
+    }
+}
+
+impl CacheStats {
+    /// Sets the `metrics` gauges from this snapshot: `cache_circuit_state`,
+    /// `cache_fallback_active` and `cache_hit_ratio{prefix}` for every
+    /// prefix. Counters move by themselves; gauges are computed, so call
+    /// this just before the metrics are rendered (for example in the
+    /// `/metrics` handler):
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::memory();
+    /// cache.register_prefixes(["customer", "query"]);
+    /// // in the /metrics handler, before rendering:
+    /// cache.stats().export_gauges();
+    /// ```
+    ///
+    /// The gauges carry no cache label: with several caches in a process,
+    /// export the one the service depends on. Every name and label is
+    /// listed in [`metrics_guide`](crate::metrics_guide).
+    pub fn export_gauges(&self) {
+        metrics::gauge!(CIRCUIT_STATE).set(self.circuit.gauge_value());
+        metrics::gauge!(FALLBACK_ACTIVE).set(if self.fallback_active { 1.0 } else { 0.0 });
+        for (prefix, figures) in &self.prefixes {
+            metrics::gauge!(HIT_RATIO, "prefix" => prefix.clone()).set(figures.hit_rate);
+        }
+    }
+}
+
+impl crate::Cache {
+    /// Creates the figures of `prefixes` now, at zero, instead of at their
+    /// first use: every per-prefix `metrics` series
+    /// ([`metrics_guide`](crate::metrics_guide)) exists from start-up,
+    /// so `rate()` and absence alerts work before the first request, and
+    /// [`stats`](Self::stats) lists the prefixes. Call it once after the
+    /// metrics recorder is installed, with the prefixes of your
+    /// `#[cached]` functions. A name is taken up to its first `:`
+    /// (`"customer:"` is `customer`); empty names and repeats are ignored.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::memory();
+    /// cache.register_prefixes(["customer", "churn", "query"]);
+    /// assert_eq!(cache.stats().prefixes["churn"].hits, 0);
+    /// ```
+    pub fn register_prefixes<I, S>(&self, prefixes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for prefix in prefixes {
+            let prefix = prefix.as_ref().split(':').next().unwrap_or_default();
+            if !prefix.is_empty() {
+                let _ = self.inner.stats.prefix(prefix);
+            }
+        }
+    }
 }

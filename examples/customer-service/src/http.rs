@@ -390,9 +390,8 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    for (prefix, figures) in state.cache().stats().prefixes {
-        metrics::gauge!("cache_hit_ratio", "prefix" => prefix).set(figures.hit_rate);
-    }
+    // Gauges (breaker, fallback, hit ratio) are computed from a snapshot.
+    state.cache().stats().export_gauges();
     (
         [(
             header::CONTENT_TYPE,

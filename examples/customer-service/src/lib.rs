@@ -44,6 +44,10 @@ pub use server::{ServerConfig, serve};
 /// own name, so services sharing a Redis keep apart by default.
 pub const DEFAULT_NAMESPACE: &str = "customer-service";
 
+/// The prefixes of the repository's `#[cached]` functions, registered at
+/// start-up so that their metrics exist before the first request.
+pub const CACHE_PREFIXES: [&str; 3] = ["customer", "churn", "query"];
+
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -57,12 +61,16 @@ pub struct AppState {
 impl AppState {
     /// State over `db`, caching in `cache`, with the admin endpoints' token
     /// unset (so `POST /admin/cache/invalidate` is refused) and the
-    /// process-wide Prometheus recorder ([`metrics_handle`]).
+    /// process-wide Prometheus recorder ([`metrics_handle`]); registers
+    /// [`CACHE_PREFIXES`] with the cache.
     pub fn new(db: SqlitePool, cache: Cache) -> Self {
+        let metrics = metrics_handle();
+        // Every per-prefix series exists from start-up, at 0.
+        cache.register_prefixes(CACHE_PREFIXES);
         AppState {
             repo: Repo::new(db, cache),
             admin_token: None,
-            metrics: metrics_handle(),
+            metrics,
         }
     }
 
