@@ -759,7 +759,11 @@ async fn write_with_foreign_keys(
                 .await
                 .expect("SCAN");
             if !keys.is_empty() {
-                let () = redis::cmd("UNLINK").arg(&keys).query_async(raw).await.expect("UNLINK");
+                let () = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(raw)
+                    .await
+                    .expect("UNLINK");
             }
             cursor = next;
             if cursor == 0 {
@@ -1179,8 +1183,7 @@ async fn run(s: Settings) {
                     invalidate_prefix(r, &redis_cache_gen, &mut raw_conn).await;
                 }
                 "write_with_300k_foreign_keys" => {
-                    write_with_foreign_keys(r, &redis_cache, &redis_cache_gen, &mut raw_conn)
-                        .await;
+                    write_with_foreign_keys(r, &redis_cache, &redis_cache_gen, &mut raw_conn).await;
                 }
                 "invalidate_prefix_100k_generations" => {
                     invalidate_prefix_generations(r, &redis_cache).await;
@@ -1286,7 +1289,8 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
             ),
             "write_with_300k_foreign_keys" => format!(
                 "p50 {:.1} us with 300k foreign keys vs {:.1} us empty (x{:.2}, target <= 2); with SCAN: {:.0} us vs {:.0} us",
-                r.extra_median("ratio_300k_vs_empty").unwrap_or(f64::NAN) * r.extra_median("empty_p50_us").unwrap_or(f64::NAN),
+                r.extra_median("ratio_300k_vs_empty").unwrap_or(f64::NAN)
+                    * r.extra_median("empty_p50_us").unwrap_or(f64::NAN),
                 r.extra_median("empty_p50_us").unwrap_or(f64::NAN),
                 r.extra_median("ratio_300k_vs_empty").unwrap_or(f64::NAN),
                 r.extra_median("scan_300k_p50_us").unwrap_or(f64::NAN),
