@@ -114,6 +114,22 @@ impl CacheBuilder {
         self.config.prefix_generations = Some(on);
         self
     }
+    /// A near cache of `capacity` entries in front of a single Redis server
+    /// (see [`CacheConfig::near_capacity`]).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .near_cache(10_000)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn near_cache(mut self, capacity: u64) -> Self {
+        self.config.near_capacity = Some(capacity.max(1));
+        self
+    }
     /// Turns caching on or off.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.config.enabled = enabled;

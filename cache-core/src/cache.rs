@@ -22,6 +22,7 @@ use crate::generations::Tracker;
 use crate::health::{Health, HealthStatus};
 use crate::keys::glob_literal;
 use crate::load::ReadThrough;
+use crate::near::NearCache;
 use crate::resilience::Resilience;
 use crate::stats::{CacheStats, CircuitState, Event, PrefixEntry, StatsRegistry};
 
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     pub(crate) generations: bool,
     /// Holds generations under Redis client tracking (single Redis server).
     pub(crate) tracker: Option<Tracker>,
+    /// The near level (single Redis server, `near_capacity` set).
+    pub(crate) near: Option<NearCache>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -168,12 +171,24 @@ impl Cache {
             kind,
             BackendKind::Redis | BackendKind::RedisCluster
         ));
-        let tracker = match (&config.redis, kind) {
-            (Some(RedisTarget::Single(url)), BackendKind::Redis) if generations => {
-                Tracker::new(url, &config.namespace, config.timeout)
-            }
+        let single_redis = match (&config.redis, kind) {
+            (Some(RedisTarget::Single(url)), BackendKind::Redis) => Some(url.as_str()),
             _ => None,
         };
+        let near_capacity = config.near_capacity.filter(|_| single_redis.is_some());
+        let tracker = single_redis
+            .filter(|_| generations || near_capacity.is_some())
+            .and_then(|url| {
+                Tracker::new(
+                    url,
+                    &config.namespace,
+                    config.timeout,
+                    near_capacity.is_some(),
+                )
+            });
+        let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {
+            NearCache::new(capacity, config.default_ttl.max(Duration::from_secs(1)))
+        });
         let cache = Cache {
             inner: Arc::new(Inner {
                 config,
@@ -187,6 +202,7 @@ impl Cache {
                 lease_tokens: AtomicU64::new(seed()),
                 generations,
                 tracker,
+                near,
             }),
         };
         cache.start_tracking();
@@ -562,6 +578,11 @@ impl Cache {
             self.inner.stats.record(&entry, Event::Set);
         }
         let entry = self.inner.stats.prefix(Self::prefix_of(entries[0].0));
+        let written: Vec<String> = if self.inner.near.is_some() {
+            encoded.iter().map(|(k, _)| k.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let copy = encoded.clone();
         let cap = self.fallback_ttl(ttl);
         let result = self
@@ -571,6 +592,7 @@ impl Cache {
                 |f| async move { f.set_many(copy, cap).await },
             )
             .await;
+        self.near_evict(&written);
         if result.is_err() {
             tracing::debug!("set_many failed on the backend and the fallback");
         }
@@ -595,6 +617,7 @@ impl Cache {
                 |f| async move { f.incr_by(skey, delta).await },
             )
             .await;
+        self.near_evict_one(skey);
         Ok(result?)
     }
 
@@ -708,6 +731,7 @@ impl Cache {
             fallback_active,
             total,
             prefixes,
+            near: self.inner.near.as_ref().map(|near| near.stats()),
         }
     }
 

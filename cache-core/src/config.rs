@@ -61,6 +61,7 @@ impl RedisTarget {
 /// | `CACHE_CODEC` | [`codec`](Self::codec) (`bincode` or `json`) | `bincode` |
 /// | `REDIS_TCP_NODELAY` | [`tcp_nodelay`](Self::tcp_nodelay) | `true` |
 /// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | on for Redis, off for memory |
+/// | `CACHE_NEAR_CAPACITY` | [`near_capacity`](Self::near_capacity) | unset: no near cache |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 ///
 /// ```
@@ -139,6 +140,13 @@ pub struct CacheConfig {
     /// one `MGET`. Off, `invalidate_prefix` is SCAN + UNLINK, whose cost is
     /// the size of the whole database, not of the prefix.
     pub prefix_generations: Option<bool>,
+    /// Entries of the near cache (`CACHE_NEAR_CAPACITY`; `None`, the
+    /// default, means no near cache): a process-local level of decoded
+    /// values in front of a single Redis server, kept correct by Redis
+    /// client tracking in broadcast mode. A near hit costs no round trip;
+    /// another instance's write or delete reaches it once Redis' message
+    /// about it arrives (see the crate docs for the measured window).
+    pub near_capacity: Option<u64>,
 }
 
 impl Default for CacheConfig {
@@ -160,6 +168,7 @@ impl Default for CacheConfig {
             leases: true,
             tcp_nodelay: true,
             prefix_generations: None,
+            near_capacity: None,
         }
     }
 }
@@ -203,6 +212,9 @@ impl CacheConfig {
         }
         if let Some(v) = get("CACHE_PREFIX_GENERATIONS") {
             config.prefix_generations = Some(parse_bool("CACHE_PREFIX_GENERATIONS", &v)?);
+        }
+        if let Some(v) = get("CACHE_NEAR_CAPACITY") {
+            config.near_capacity = Some(parse_num("CACHE_NEAR_CAPACITY", &v, 1, 100_000_000)?);
         }
         if let Some(v) = get("CACHE_NAMESPACE") {
             validate_namespace("CACHE_NAMESPACE", &v)?;

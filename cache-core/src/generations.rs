@@ -110,11 +110,19 @@ pub(crate) struct Tracker {
     started: std::time::Instant,
     /// `{namespace}:%gen:`, to map a key Redis names back to its prefix.
     key_head: String,
+    /// Broadcast mode on `{namespace}:` (every key, for the near cache)
+    /// instead of tracking only the generation keys read here.
+    broadcast: Option<String>,
 }
 
 impl Tracker {
     /// A tracker for `url` (nothing connects yet).
-    pub(crate) fn new(url: &str, namespace: &str, timeout: Duration) -> Option<Tracker> {
+    pub(crate) fn new(
+        url: &str,
+        namespace: &str,
+        timeout: Duration,
+        broadcast: bool,
+    ) -> Option<Tracker> {
         let info = url.into_connection_info().ok()?;
         let settings = info
             .redis_settings()
@@ -130,6 +138,7 @@ impl Tracker {
             last_attempt_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
             key_head: format!("{namespace}:%gen:"),
+            broadcast: broadcast.then(|| format!("{namespace}:")),
         })
     }
 
@@ -138,16 +147,24 @@ impl Tracker {
     }
 
     /// Whether tracking is established.
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         self.connection.load().is_some()
     }
 
     /// Tracking is lost: nothing held can be trusted any more.
     fn lose(&self, inner: &Inner) {
         self.connection.store(None);
+        self.drop_everything(inner);
+    }
+
+    /// Nothing held can be trusted: generations and the near level.
+    fn drop_everything(&self, inner: &Inner) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         for entry in inner.stats.entries() {
             entry.generation.invalidate();
+        }
+        if let Some(near) = &inner.near {
+            near.flush();
         }
     }
 
@@ -163,21 +180,21 @@ impl Tracker {
                             Value::SimpleString(s) => s.as_bytes(),
                             _ => continue,
                         };
-                        if let Some(prefix) = std::str::from_utf8(name)
+                        match std::str::from_utf8(name)
                             .ok()
                             .and_then(|k| k.strip_prefix(&self.key_head))
                         {
-                            inner.stats.prefix(prefix).generation.invalidate();
+                            Some(prefix) => inner.stats.prefix(prefix).generation.invalidate(),
+                            None => {
+                                if let Some(near) = &inner.near {
+                                    near.invalidate(name);
+                                }
+                            }
                         }
                     }
                 }
                 // FLUSHDB / FLUSHALL: everything changed.
-                _ => {
-                    self.epoch.fetch_add(1, Ordering::AcqRel);
-                    for entry in inner.stats.entries() {
-                        entry.generation.invalidate();
-                    }
-                }
+                _ => self.drop_everything(inner),
             },
             PushKind::Disconnection => self.lose(inner),
             _ => {}
@@ -241,11 +258,12 @@ impl Tracker {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let () = redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .query_async(&mut connection)
-            .await?;
+        let mut tracking = redis::cmd("CLIENT");
+        tracking.arg("TRACKING").arg("ON");
+        if let Some(prefix) = &self.broadcast {
+            tracking.arg("BCAST").arg("PREFIX").arg(prefix);
+        }
+        let () = tracking.query_async(&mut connection).await?;
         // Whatever was held before this connection is not tracked by it.
         if let Some(inner) = inner.upgrade() {
             self.lose(&inner);
@@ -384,12 +402,12 @@ impl Cache {
         prefix: &str,
     ) -> (Option<RawBytes>, Option<u64>) {
         if !self.generations_on() {
-            return (self.raw_get(entry, skey).await, None);
+            return (self.near_or_raw_get(entry, skey, None).await, None);
         }
         // The generation is read before the value: a value read after a
         // prefix invalidation this process saw is checked against the new one.
         if let Some(g) = self.tracked_generation(entry, prefix).await {
-            return (self.raw_get(entry, skey).await, Some(g));
+            return (self.near_or_raw_get(entry, skey, Some(g)).await, Some(g));
         }
         let gkey = self.generation_key(prefix);
         let (value, generation) = if let Some(memory) = &self.inner.memory {
@@ -475,6 +493,62 @@ impl Cache {
             if result.is_err() {
                 self.remember_invalidation(res, Missed::Prefix(prefix));
             }
+        }
+    }
+
+    /// Reads `skey` through the near level when there is one and tracking
+    /// is established (`current`: the generation the value must carry).
+    async fn near_or_raw_get(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        current: Option<u64>,
+    ) -> Option<RawBytes> {
+        let (Some(near), Some(tracker)) = (&self.inner.near, &self.inner.tracker) else {
+            return self.raw_get(entry, skey).await;
+        };
+        if !tracker.live() {
+            tracker.ensure_connecting(&self.inner);
+            return self.raw_get(entry, skey).await;
+        }
+        if let Some(slot) = near.get(skey)
+            && crate::codec::label(&slot, current) == crate::codec::Label::Current
+        {
+            self.inner.stats.record(entry, Event::NearHit);
+            return Some(RawBytes::Shared(slot));
+        }
+        let ticket = near.ticket(skey);
+        match self.raw_get(entry, skey).await {
+            Some(RawBytes::Owned(bytes))
+                if !bytes.is_empty() && !crate::codec::is_lease(&bytes) && tracker.live() =>
+            {
+                Some(RawBytes::Shared(near.install(ticket, skey, bytes)))
+            }
+            other => other,
+        }
+    }
+
+    /// This process changed `skeys`: its near level must not serve them
+    /// again (Redis' own message about the change arrives later).
+    pub(crate) fn near_evict(&self, skeys: &[String]) {
+        if let Some(near) = &self.inner.near {
+            for skey in skeys {
+                near.invalidate(skey.as_bytes());
+            }
+        }
+    }
+
+    /// [`near_evict`](Self::near_evict) for one key.
+    pub(crate) fn near_evict_one(&self, skey: &str) {
+        if let Some(near) = &self.inner.near {
+            near.invalidate(skey.as_bytes());
+        }
+    }
+
+    /// This process changed keys it cannot list (a pattern delete).
+    pub(crate) fn near_flush(&self) {
+        if let Some(near) = &self.inner.near {
+            near.flush();
         }
     }
 

@@ -155,6 +155,7 @@ mod health;
 mod install;
 pub mod keys;
 mod load;
+mod near;
 mod resilience;
 mod stats;
 
@@ -169,6 +170,7 @@ pub use codec::{Codec, CodecKind};
 pub use config::{CacheConfig, RedisTarget, redact_url};
 pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
 pub use health::{Health, HealthStatus};
+pub use near::NearStats;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 
 pub use cache_macros::{cached, invalidates};

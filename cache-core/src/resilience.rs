@@ -559,6 +559,7 @@ impl Cache {
                 b.set(skey, bytes, ttl).await
             })
             .await;
+        self.near_evict_one(skey);
         self.inner.stats.record(entry, Event::Set);
         let Some(res) = &self.inner.resilience else {
             return;
@@ -579,6 +580,10 @@ impl Cache {
     }
 
     pub(crate) async fn raw_delete(&self, entry: &PrefixEntry, skeys: &[String]) -> u64 {
+        // Evicted again after the delete: a read between the two could
+        // have installed the old value.
+        self.near_evict(skeys);
+        let _evict_after = NearEvictOnDrop(self, skeys);
         let mut fallback_deleted = 0;
         if let Some(res) = &self.inner.resilience {
             fallback_deleted = res.fallback.delete(skeys).await.unwrap_or(0);
@@ -600,6 +605,8 @@ impl Cache {
     }
 
     pub(crate) async fn raw_delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
+        self.near_flush();
+        let _flush_after = NearFlushOnDrop(self);
         let mut fallback_deleted = 0;
         if let Some(res) = &self.inner.resilience {
             fallback_deleted = res.fallback.delete_pattern(pattern).await.unwrap_or(0);
@@ -747,6 +754,7 @@ impl Cache {
                 b.set_if_lease(skey, marker, bytes, ttl).await
             })
             .await;
+        self.near_evict_one(skey);
         match (result, &self.inner.resilience, copy) {
             (Err(e), Some(res), Some((marker, bytes))) if Self::unavailable(&e) => {
                 let stored = res
@@ -785,6 +793,25 @@ impl Cache {
     /// The backend could not be asked (down, slow, or the breaker is open).
     fn unavailable(error: &BackendError) -> bool {
         error.kind.is_availability() || error.kind == ErrorKind::CircuitOpen
+    }
+}
+
+/// Evicts keys from the near level when the delete that changed them ends
+/// (also if its future is dropped).
+struct NearEvictOnDrop<'a>(&'a Cache, &'a [String]);
+
+impl Drop for NearEvictOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.near_evict(self.1);
+    }
+}
+
+/// Drops the near level when the pattern delete ends.
+struct NearFlushOnDrop<'a>(&'a Cache);
+
+impl Drop for NearFlushOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.near_flush();
     }
 }
 

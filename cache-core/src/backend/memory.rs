@@ -30,7 +30,7 @@ impl std::ops::Deref for Slot {
     }
 }
 
-fn slot(key: &str, bytes: Vec<u8>) -> Arc<Slot> {
+pub(crate) fn slot(key: &str, bytes: Vec<u8>) -> Arc<Slot> {
     Arc::new(Slot {
         key: key.into(),
         bytes: bytes.into_boxed_slice(),

@@ -1,0 +1,181 @@
+//! The near cache: a process-local level in front of Redis, kept correct by
+//! Redis server-assisted client tracking in broadcast mode.
+//!
+//! The tracking connection subscribes to every key of the namespace
+//! (`CLIENT TRACKING ON BCAST PREFIX {namespace}:`), so any write, delete,
+//! expiry or eviction of one of our keys by any client evicts it here.
+//! Entries hold the stored bytes and, once a typed reader asked, the decoded
+//! value, so a near hit of a `Clone` payload clones it and never decodes.
+//!
+//! A read that is in flight when the invalidation of its key arrives must
+//! not install its (possibly older) reply: the read takes a ticket (the
+//! tracker's epoch and a counter of the key's stripe) before it is sent, and
+//! installs only if neither moved. The push handler bumps the counter and
+//! evicts under the stripe's lock, and installs check under the same lock,
+//! so an invalidation processed at any point either refuses the install or
+//! evicts what it installed. This process's own writes and deletes evict
+//! before they return, so it reads its own invalidations at once; other
+//! instances see them once the push is processed. When tracking is lost
+//! (disconnect, Redis away, `FLUSHALL`) the whole level is dropped and not
+//! used again until tracking is back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::backend::memory::{Slot, slot};
+
+/// Key stripes for tickets: enough that unrelated keys rarely refuse each
+/// other's installs.
+const STRIPES: usize = 1024;
+
+/// Largest value kept in the near level (larger ones are read from Redis
+/// every time): bounds its memory at about capacity × this.
+pub(crate) const NEAR_MAX_VALUE_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+struct KeyStripe {
+    changes: AtomicU64,
+    lock: Mutex<()>,
+}
+
+#[derive(Clone)]
+struct NearEntry {
+    slot: Arc<Slot>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, NearEntry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &NearEntry,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// What a read must show to install its reply: taken before the read.
+#[derive(Clone, Copy)]
+pub(crate) struct NearTicket {
+    epoch: u64,
+    stripe: usize,
+    changes: u64,
+}
+
+/// The near level.
+pub(crate) struct NearCache {
+    entries: moka::sync::Cache<String, NearEntry>,
+    stripes: Box<[KeyStripe]>,
+    /// Bumped when the whole level is dropped.
+    epoch: AtomicU64,
+    ttl: Duration,
+    evictions: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// Near-cache figures of a [`CacheStats`](crate::CacheStats).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NearStats {
+    /// Entries held now.
+    pub entries: u64,
+    /// Entries evicted because Redis reported their key changed (or this
+    /// process changed it).
+    pub evictions: u64,
+    /// Times the whole level was dropped (tracking lost, flush).
+    pub flushes: u64,
+}
+
+impl NearCache {
+    /// A near level of at most `capacity` entries, each kept at most `ttl`
+    /// (Redis' own expiry of the key evicts it sooner).
+    pub(crate) fn new(capacity: u64, ttl: Duration) -> Self {
+        NearCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(PerEntryTtl)
+                .build(),
+            stripes: (0..STRIPES).map(|_| KeyStripe::default()).collect(),
+            epoch: AtomicU64::new(0),
+            ttl,
+            evictions: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    fn stripe_of(key: &[u8]) -> usize {
+        (xxh3_64(key) as usize) % STRIPES
+    }
+
+    /// The entry at `skey`, if held.
+    pub(crate) fn get(&self, skey: &str) -> Option<Arc<Slot>> {
+        self.entries.get(skey).map(|e| e.slot)
+    }
+
+    /// Taken before reading `skey` from Redis.
+    pub(crate) fn ticket(&self, skey: &str) -> NearTicket {
+        let stripe = Self::stripe_of(skey.as_bytes());
+        NearTicket {
+            epoch: self.epoch.load(Ordering::Acquire),
+            stripe,
+            changes: self.stripes[stripe].changes.load(Ordering::Acquire),
+        }
+    }
+
+    /// Keeps `bytes` (read with `ticket`) at `skey` unless an invalidation
+    /// of it (or of everything) was processed since the ticket was taken.
+    /// Returns the slot to read through, installed or not.
+    pub(crate) fn install(&self, ticket: NearTicket, skey: &str, bytes: Vec<u8>) -> Arc<Slot> {
+        let slot = slot(skey, bytes);
+        if slot.bytes.len() > NEAR_MAX_VALUE_BYTES {
+            return slot;
+        }
+        let stripe = &self.stripes[ticket.stripe];
+        let _lock = stripe.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if stripe.changes.load(Ordering::Acquire) == ticket.changes
+            && self.epoch.load(Ordering::Acquire) == ticket.epoch
+        {
+            self.entries.insert(
+                skey.to_owned(),
+                NearEntry {
+                    slot: slot.clone(),
+                    ttl: self.ttl,
+                },
+            );
+        }
+        slot
+    }
+
+    /// `key` changed (a push from Redis, or this process wrote it).
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        let stripe = &self.stripes[Self::stripe_of(key)];
+        let _lock = stripe.lock.lock().unwrap_or_else(|e| e.into_inner());
+        stripe.changes.fetch_add(1, Ordering::AcqRel);
+        if let Ok(key) = std::str::from_utf8(key)
+            && self.entries.remove(key).is_some()
+        {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops everything, and refuses every install begun before.
+    pub(crate) fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> NearStats {
+        NearStats {
+            entries: self.entries.entry_count(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+        }
+    }
+}

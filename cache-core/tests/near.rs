@@ -1,0 +1,271 @@
+//! The near cache against a real redis-server: hits without a round trip,
+//! this instance's changes visible at once, other instances' changes once
+//! Redis' message arrives, reads racing invalidations, lost tracking.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cache_core::{Cache, cached};
+use cache_testkit::RedisServer;
+
+/// Calls of `command` the server has answered so far.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    let head = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn near_cache(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis_url(server.url())
+        .namespace("app")
+        .near_cache(10_000)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn plain_cache(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis_url(server.url())
+        .namespace("app")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Reads until the near level answers `key` (tracking is established in
+/// the background).
+async fn until_near_hit(cache: &Cache, key: &str) {
+    let started = Instant::now();
+    loop {
+        let before = cache.stats().total.near_hits;
+        cache.get::<u64>(key).await.unwrap();
+        if cache.stats().total.near_hits > before {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no near hit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn until_reads(cache: &Cache, key: &str, want: Option<u64>, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if cache.get::<u64>(key).await.unwrap() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{key} still not {want:?} after {within:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn near_hits_cost_no_round_trip() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server).await;
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    until_near_hit(&cache, "customer:1").await;
+    let gets = calls(&server, "get") + calls(&server, "mget");
+    for _ in 0..100 {
+        assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), Some(1));
+    }
+    assert_eq!(calls(&server, "get") + calls(&server, "mget"), gets);
+    let stats = cache.stats();
+    assert!(stats.total.near_hits >= 100, "{stats:?}");
+    assert!(stats.near.unwrap().entries >= 1);
+}
+
+#[tokio::test]
+async fn this_instances_changes_are_visible_at_once() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server).await;
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    until_near_hit(&cache, "customer:1").await;
+    cache.set("customer:1", &2u64, None).await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), Some(2));
+    until_near_hit(&cache, "customer:1").await;
+    cache.delete("customer:1").await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), None);
+    cache.set("customer:1", &3u64, None).await.unwrap();
+    until_near_hit(&cache, "customer:1").await;
+    cache.invalidate_prefix("customer").await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), None);
+    cache.set("customer:1", &4u64, None).await.unwrap();
+    until_near_hit(&cache, "customer:1").await;
+    cache.delete_pattern("customer:*").await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn another_instances_changes_arrive_through_tracking() {
+    let server = RedisServer::start();
+    let writer = plain_cache(&server).await;
+    let reader = near_cache(&server).await;
+    writer.set("customer:1", &1u64, None).await.unwrap();
+    until_near_hit(&reader, "customer:1").await;
+
+    writer.set("customer:1", &2u64, None).await.unwrap();
+    let window = until_reads(&reader, "customer:1", Some(2), Duration::from_secs(1)).await;
+    eprintln!("update seen after {window:?}");
+    until_near_hit(&reader, "customer:1").await;
+    writer.delete("customer:1").await.unwrap();
+    until_reads(&reader, "customer:1", None, Duration::from_secs(1)).await;
+
+    // A write by a client that is not a cache at all.
+    writer.set("customer:1", &5u64, None).await.unwrap();
+    until_near_hit(&reader, "customer:1").await;
+    let _: () = redis::cmd("DEL")
+        .arg("app:customer:1")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    until_reads(&reader, "customer:1", None, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_invalidations_never_leave_a_stale_entry() {
+    let server = RedisServer::start();
+    let writer = plain_cache(&server).await;
+    let reader = near_cache(&server).await;
+    writer.set("customer:1", &0u64, None).await.unwrap();
+    until_near_hit(&reader, "customer:1").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let (reader, stop) = (reader.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = reader.get::<u64>("customer:1").await;
+                // A near hit never waits: yield as a request handler would.
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for i in 1..=3000u64 {
+        writer.set("customer:1", &i, None).await.unwrap();
+        // Converges: an entry installed after its invalidation was
+        // processed would be served forever.
+        until_reads(&reader, "customer:1", Some(i), Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    hammer.await.unwrap();
+}
+
+fn kill_tracking_clients(server: &RedisServer) {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    for line in list.lines() {
+        let tracking = line
+            .split(' ')
+            .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')));
+        if let Some(id) = line.split(' ').find_map(|f| f.strip_prefix("id="))
+            && tracking
+        {
+            let _: () = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query(&mut server.client().get_connection().unwrap())
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_tracking_connection_drops_the_near_level() {
+    let server = RedisServer::start();
+    let writer = plain_cache(&server).await;
+    let reader = near_cache(&server).await;
+    writer.set("customer:1", &1u64, None).await.unwrap();
+    until_near_hit(&reader, "customer:1").await;
+    kill_tracking_clients(&server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Redis can no longer tell the reader: it must not serve what it held.
+    writer.set("customer:1", &2u64, None).await.unwrap();
+    assert_eq!(reader.get::<u64>("customer:1").await.unwrap(), Some(2));
+    assert!(reader.stats().near.unwrap().flushes >= 1);
+    // Tracking comes back, and so do near hits.
+    until_near_hit(&reader, "customer:1").await;
+    writer.set("customer:1", &3u64, None).await.unwrap();
+    until_reads(&reader, "customer:1", Some(3), Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_restarted_redis_leaves_nothing_stale() {
+    let mut server = RedisServer::start();
+    let writer = plain_cache(&server).await;
+    let reader = near_cache(&server).await;
+    writer.set("customer:1", &1u64, None).await.unwrap();
+    until_near_hit(&reader, "customer:1").await;
+    server.restart();
+    let started = Instant::now();
+    loop {
+        writer.set("customer:1", &7u64, None).await.unwrap();
+        if reader.get::<u64>("customer:1").await.unwrap() == Some(7) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never converged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+static LOADS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(prefix = "profile", key = "{id}")]
+async fn profile(id: u64) -> Result<String, String> {
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    Ok(format!("profile {id} v{}", LOADS.load(Ordering::SeqCst)))
+}
+
+#[tokio::test]
+async fn cached_functions_are_served_by_the_near_level() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server).await;
+    let other = plain_cache(&server).await;
+    cache
+        .scope(async {
+            let first = profile(1).await.unwrap();
+            let started = Instant::now();
+            while cache
+                .stats()
+                .prefixes
+                .get("profile")
+                .map_or(0, |p| p.near_hits)
+                == 0
+            {
+                assert_eq!(profile(1).await.unwrap(), first);
+                assert!(started.elapsed() < Duration::from_secs(5));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(LOADS.load(Ordering::SeqCst), 1, "one load, then hits");
+            // Another instance invalidates: the near level lets go.
+            other.delete(&profile_cache_key(&1)).await.unwrap();
+            let started = Instant::now();
+            while profile(1).await.unwrap() == first {
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "still the old value"
+                );
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(LOADS.load(Ordering::SeqCst), 2);
+        })
+        .await;
+}
