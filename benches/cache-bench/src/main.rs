@@ -780,6 +780,108 @@ async fn write_with_foreign_keys(
     rounds.push_extra("scan_300k_p50_us", full_scan);
 }
 
+/// How long another instance's near cache keeps serving a value after a
+/// write or delete returned: a writer changes (or deletes) a key, a reader
+/// with a near cache polls it until it sees the change. Measured idle and
+/// with the reader under load (64 tasks of near hits on other keys).
+async fn near_invalidation_window(rounds: &mut Rounds, url: &str, quick: bool) {
+    let trials = if quick { 2_000 } else { 10_000 };
+    let build = |near: bool| async move {
+        let b = Cache::builder().redis_url(url).namespace("benchwindow");
+        if near { b.near_cache(10_000) } else { b }
+            .build()
+            .await
+            .expect("cache")
+    };
+    let writer = build(false).await;
+    let reader = build(true).await;
+    let mut results = Vec::new();
+    for loaded in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut load = Vec::new();
+        if loaded {
+            for t in 0..64u64 {
+                let (reader, stop) = (reader.clone(), stop.clone());
+                let key = format!("load:{}", t % 8);
+                reader.set(&key, &t, None).await.expect("set");
+                load.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = reader.get::<u64>(&key).await;
+                        tokio::task::yield_now().await;
+                    }
+                }));
+            }
+        }
+        let mut ns = Vec::with_capacity(trials);
+        let mut unconverged = 0u64;
+        writer.set("window:1", &0u64, None).await.expect("set");
+        for i in 1..=trials as u64 {
+            // Warm the reader's near entry, then change it behind its back.
+            let warm_until = Instant::now() + Duration::from_secs(1);
+            while reader.get::<u64>("window:1").await.expect("get") != Some(i - 1)
+                && Instant::now() < warm_until
+            {
+                tokio::task::yield_now().await;
+            }
+            let want = if i % 2 == 0 { Some(i) } else { None };
+            match want {
+                Some(v) => writer.set("window:1", &v, None).await.expect("set"),
+                None => {
+                    writer.delete("window:1").await.expect("delete");
+                }
+            }
+            let written = Instant::now();
+            let deadline = written + Duration::from_secs(1);
+            loop {
+                if reader.get::<u64>("window:1").await.expect("get") == want {
+                    ns.push(written.elapsed().as_nanos() as u64);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    unconverged += 1;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            if want.is_none() {
+                writer.set("window:1", &i, None).await.expect("set");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for task in load {
+            let _ = task.await;
+        }
+        ns.sort_unstable();
+        results.push((loaded, ns, unconverged));
+    }
+    for (loaded, ns, unconverged) in &results {
+        let tag = if *loaded { "loaded" } else { "idle" };
+        println!(
+            "{}",
+            serde_json::json!({
+                "case": "near_invalidation_window",
+                "reader": tag,
+                "trials": trials,
+                "p50_us": percentile_us(ns, 0.50),
+                "p99_us": percentile_us(ns, 0.99),
+                "max_us": ns.last().map_or(f64::NAN, |n| *n as f64 / 1000.0),
+                "unconverged": unconverged,
+            })
+        );
+        rounds.errors += *unconverged;
+    }
+    let (_, loaded_ns, _) = &results[1];
+    let (_, idle_ns, _) = &results[0];
+    rounds.p50_us.push(percentile_us(loaded_ns, 0.50));
+    rounds.p99_us.push(percentile_us(loaded_ns, 0.99));
+    rounds.push_extra("idle_p50_us", percentile_us(idle_ns, 0.50));
+    rounds.push_extra("idle_p99_us", percentile_us(idle_ns, 0.99));
+    rounds.push_extra(
+        "loaded_max_us",
+        loaded_ns.last().map_or(f64::NAN, |n| *n as f64 / 1000.0),
+    );
+}
+
 /// One round of an invalidation case: keys per second, and the times.
 fn record_invalidation(rounds: &mut Rounds, keys: f64, elapsed: Duration, fill_ms: f64) {
     let secs = elapsed.as_secs_f64();
@@ -834,6 +936,7 @@ static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "cached_fn_redis",
         "cached_fn_redis_nagle",
         "cached_fn_redis_no_generations",
+        "cached_fn_near",
         "p50_paired_redis",
         "moka_get",
         "moka_get_string_key_ttl",
@@ -845,6 +948,7 @@ static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "invalidate_prefix_100k",
         "invalidate_prefix_100k_generations",
         "write_with_300k_foreign_keys",
+        "near_invalidation_window",
     ];
     if cfg!(feature = "cached-crate") {
         let at = |cases: &Vec<&str>, after: &str| {
@@ -1025,12 +1129,25 @@ async fn run(s: Settings) {
         .build()
         .await
         .expect("redis cache, prefix generations off");
+    // The near cache in front of the same Redis (its own namespace).
+    let redis_cache_near = Cache::builder()
+        .redis_url(url.as_str())
+        .namespace("benchnear")
+        .near_cache(100_000)
+        .build()
+        .await
+        .expect("redis cache, near cache");
     let memory_cache = Cache::memory();
     let hot: Vec<(String, Customer)> = (0..HOT_KEYS)
         .map(|i| (format!("customer:{}", hot_id(i)), customer(hot_id(i))))
         .collect();
     let entries: Vec<(&str, &Customer)> = hot.iter().map(|(k, c)| (k.as_str(), c)).collect();
-    for cache in [&redis_cache, &memory_cache, &redis_cache_gen] {
+    for cache in [
+        &redis_cache,
+        &memory_cache,
+        &redis_cache_gen,
+        &redis_cache_near,
+    ] {
         cache
             .set_many(&entries, Some(Duration::from_secs(3600)))
             .await
@@ -1077,6 +1194,9 @@ async fn run(s: Settings) {
     let fn_redis_gen = Arc::new(CachedFn {
         cache: redis_cache_gen.clone(),
     });
+    let fn_near = Arc::new(CachedFn {
+        cache: redis_cache_near.clone(),
+    });
     let moka_op = Arc::new(MokaGet { moka });
     let moka_keyed_op = Arc::new(MokaKeyedGet { moka: moka_keyed });
     let get_memory = Arc::new(CacheGet {
@@ -1110,6 +1230,7 @@ async fn run(s: Settings) {
                 "cached_fn_redis" => { let $op = &fn_redis; Some($body) }
                 "cached_fn_redis_nagle" => { let $op = &fn_redis_nagle; Some($body) }
                 "cached_fn_redis_no_generations" => { let $op = &fn_redis_gen; Some($body) }
+                "cached_fn_near" => { let $op = &fn_near; Some($body) }
                 "moka_get" => { let $op = &moka_op; Some($body) }
                 "moka_get_string_key_ttl" => { let $op = &moka_keyed_op; Some($body) }
                 "cache_get_memory" => { let $op = &get_memory; Some($body) }
@@ -1181,6 +1302,9 @@ async fn run(s: Settings) {
                 "redis_paused" => redis_paused(r, &mut paused_server, s).await,
                 "invalidate_prefix_100k" => {
                     invalidate_prefix(r, &redis_cache_gen, &mut raw_conn).await;
+                }
+                "near_invalidation_window" => {
+                    near_invalidation_window(r, &url, s.quick).await;
                 }
                 "write_with_300k_foreign_keys" => {
                     write_with_foreign_keys(r, &redis_cache, &redis_cache_gen, &mut raw_conn).await;
@@ -1286,6 +1410,13 @@ fn report(results: &[Rounds], s: Settings, hit_body_runs: u64, elapsed: Duration
                 r.extra_median("calls").unwrap_or(f64::NAN),
                 r.extra_median("cut_off_at_2s").unwrap_or(f64::NAN),
                 r.extra_median("healthy_p99_us").unwrap_or(f64::NAN)
+            ),
+            "near_invalidation_window" => format!(
+                "another instance's change reaches a near cache in p50 {:.1} / p99 {:.1} us idle; loaded: p99 {:.1} us, max {:.1} us (target p99 <= 500 us)",
+                r.extra_median("idle_p50_us").unwrap_or(f64::NAN),
+                r.extra_median("idle_p99_us").unwrap_or(f64::NAN),
+                r.p99_us.first().copied().unwrap_or(f64::NAN),
+                r.extra_median("loaded_max_us").unwrap_or(f64::NAN)
             ),
             "write_with_300k_foreign_keys" => format!(
                 "p50 {:.1} us with 300k foreign keys vs {:.1} us empty (x{:.2}, target <= 2); with SCAN: {:.0} us vs {:.0} us",
