@@ -75,6 +75,26 @@ impl Flights {
         })
     }
 
+    /// An invalidation of `key` returned: callers that join its flight from
+    /// now on must not be handed the load in progress (it may have read the
+    /// data before the change), so they wait for it and then read again.
+    pub(crate) fn seal(&self, key: &str) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = map.get(key) {
+            flight.sealed.store(true, Ordering::Release);
+        }
+    }
+
+    /// [`seal`](Self::seal) for every flight whose key starts with `head`.
+    pub(crate) fn seal_all(&self, head: &str) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, flight) in map.iter() {
+            if key.starts_with(head) {
+                flight.sealed.store(true, Ordering::Release);
+            }
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.map.lock().unwrap().len()

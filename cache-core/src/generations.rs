@@ -488,6 +488,9 @@ impl Cache {
         // This process's next read fetches the new generation (and has Redis
         // track it again): held generations are only those Redis tracks.
         entry.generation.invalidate();
+        self.inner
+            .flights
+            .seal_all(&format!("{}:{prefix}:", self.inner.config.namespace));
         if let Some(res) = &self.inner.resilience {
             let _ = res.fallback.set(&gkey, bytes, GENERATION_TTL).await;
             if result.is_err() {

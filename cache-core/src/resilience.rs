@@ -47,6 +47,9 @@ pub(crate) struct Resilience {
     /// The last write the backend refused for a reason of its own (out of
     /// memory, read-only replica, ...) while answering reads: health reports it.
     write_failure: Mutex<Option<(Instant, String)>>,
+    /// The backend refused to run the lease scripts (an ACL without
+    /// `@scripting`): misses load without a lease from then on.
+    no_scripting: AtomicBool,
     /// Keys whose last read timed out while the backend kept answering
     /// (typically a value far too large to read): their size is checked
     /// before they are read again.
@@ -66,6 +69,7 @@ impl Resilience {
             write_failure: Mutex::new(None),
             suspects: Mutex::new(HashSet::new()),
             any_suspects: AtomicBool::new(false),
+            no_scripting: AtomicBool::new(false),
         }
     }
 
@@ -266,7 +270,11 @@ impl Cache {
                     "reading this key timed out while Redis kept answering; its size is checked before the next read"
                 );
             }
-            Err(e) if e.kind.is_availability() => self.fail(entry, res, guard.take(), e),
+            // A command the ACL refuses proves Redis is up: it is a
+            // configuration error, not an outage.
+            Err(e) if e.kind.is_availability() && !is_no_permission(e) => {
+                self.fail(entry, res, guard.take(), e)
+            }
             Err(e) => {
                 guard.take();
                 res.breaker.on_success();
@@ -584,6 +592,9 @@ impl Cache {
         // have installed the old value.
         self.near_evict(skeys);
         let _evict_after = NearEvictOnDrop(self, skeys);
+        for skey in skeys {
+            self.inner.flights.seal(skey);
+        }
         let mut fallback_deleted = 0;
         if let Some(res) = &self.inner.resilience {
             fallback_deleted = res.fallback.delete(skeys).await.unwrap_or(0);
@@ -607,6 +618,7 @@ impl Cache {
     pub(crate) async fn raw_delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
         self.near_flush();
         let _flush_after = NearFlushOnDrop(self);
+        self.inner.flights.seal_all("");
         let mut fallback_deleted = 0;
         if let Some(res) = &self.inner.resilience {
             fallback_deleted = res.fallback.delete_pattern(pattern).await.unwrap_or(0);
@@ -669,6 +681,14 @@ impl Cache {
         skey: &str,
         marker: Vec<u8>,
     ) -> Result<bool, BackendError> {
+        if let Some(res) = &self.inner.resilience
+            && res.no_scripting.load(Ordering::Relaxed)
+        {
+            return Err(BackendError::new(
+                ErrorKind::Auth,
+                "leases off: the Redis user may not run scripts (NOPERM)",
+            ));
+        }
         let lease_ttl = self.inner.config.lease_ttl;
         let copy = self.inner.resilience.as_ref().map(|_| marker.clone());
         let retry = marker.clone();
@@ -749,12 +769,27 @@ impl Cache {
             .resilience
             .as_ref()
             .map(|_| (marker.clone(), bytes.clone()));
+        let ours = marker.clone();
         let result = self
             .on_primary(entry, self.inner.config.timeout, |b| async move {
                 b.set_if_lease(skey, marker, bytes, ttl).await
             })
             .await;
         self.near_evict_one(skey);
+        if let Err(e) = &result {
+            // The store did not happen (connection cut, command refused):
+            // the lease would make every other loader wait out its TTL.
+            self.release_in_background(skey, ours);
+            if is_no_permission(e)
+                && let Some(res) = &self.inner.resilience
+                && !res.no_scripting.swap(true, Ordering::Relaxed)
+            {
+                tracing::error!(
+                    error = %e,
+                    "the Redis user may not run scripts: caching without leases (a load that races an invalidation can store an older value); grant +@scripting (EVAL, EVALSHA) to fix"
+                );
+            }
+        }
         match (result, &self.inner.resilience, copy) {
             (Err(e), Some(res), Some((marker, bytes))) if Self::unavailable(&e) => {
                 let stored = res
@@ -778,6 +813,48 @@ impl Cache {
         }
     }
 
+    /// Releases a lease whose store failed, retrying while the backend
+    /// recovers (0, 50, 200 ms, then 1 s). If the backend refuses the
+    /// compare-and-delete itself (no permission to run scripts), the key is
+    /// deleted: whatever is there then is at worst a miss.
+    fn release_in_background(&self, skey: &str, marker: Vec<u8>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cache = self.clone();
+        let skey = skey.to_owned();
+        runtime.spawn(async move {
+            let entry = cache
+                .inner
+                .stats
+                .prefix(skey.split(':').nth(1).unwrap_or(""));
+            for delay_ms in [0u64, 50, 200, 1000] {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let marker = marker.clone();
+                let skey_ref = skey.as_str();
+                match cache
+                    .on_primary(&entry, cache.inner.config.timeout, |b| async move {
+                        b.release_lease(skey_ref, marker).await
+                    })
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(e) if !Self::unavailable(&e) => {
+                        let keys = [skey.clone()];
+                        let keys = &keys;
+                        let _ = cache
+                            .on_primary(&entry, cache.inner.config.timeout, |b| async move {
+                                b.delete(keys).await
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
     /// Gives the lease back (nothing was stored), wherever it was taken.
     pub(crate) async fn lease_release(&self, entry: &PrefixEntry, skey: &str, marker: Vec<u8>) {
         if let Some(res) = &self.inner.resilience {
@@ -794,6 +871,11 @@ impl Cache {
     fn unavailable(error: &BackendError) -> bool {
         error.kind.is_availability() || error.kind == ErrorKind::CircuitOpen
     }
+}
+
+/// Whether Redis refused the command for lack of ACL permission (`NOPERM`).
+fn is_no_permission(error: &BackendError) -> bool {
+    error.message.contains("NOPERM") || error.message.contains("NoPerm")
 }
 
 /// Evicts keys from the near level when the delete that changed them ends

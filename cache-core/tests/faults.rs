@@ -426,3 +426,104 @@ async fn one_value_too_large_to_read_does_not_open_the_breaker() {
     );
     assert!(stats.total.oversized >= 1, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_a_caller_after_an_invalidation_gets_no_older_load() {
+    // Redis at maxmemory refuses the lease and the store, but reads and
+    // deletes work: loads run without a lease, so only the single-flight
+    // table stands between a caller and a load older than an invalidation.
+    let server =
+        RedisServer::start_with(&["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"]);
+    let cache = cache_for(&server.url()).await;
+    let big = vec![1u8; 200_000];
+    for i in 0..20 {
+        cache.set(&format!("blob:{i}"), &big, None).await.unwrap();
+    }
+    let db = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let loaded = std::sync::Arc::new(tokio::sync::Notify::new());
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let leader = {
+        let (cache, db, loaded, release) =
+            (cache.clone(), db.clone(), loaded.clone(), release.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_set("customer:1", None, || async move {
+                    let v = db.load(std::sync::atomic::Ordering::SeqCst);
+                    loaded.notify_one();
+                    release.notified().await;
+                    v
+                })
+                .await
+                .unwrap()
+        })
+    };
+    loaded.notified().await;
+    // The write: the database changes, then the cache entry is invalidated.
+    db.store(2, std::sync::atomic::Ordering::SeqCst);
+    cache.delete("customer:1").await.unwrap();
+    // A caller that starts after the invalidation returned.
+    let follower = {
+        let (cache, db) = (cache.clone(), db.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_set("customer:1", None, || async move {
+                    db.load(std::sync::atomic::Ordering::SeqCst)
+                })
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.notify_one();
+    assert_eq!(leader.await.unwrap(), 1, "the leader gets what it loaded");
+    assert_eq!(
+        follower.await.unwrap(),
+        2,
+        "a caller that started after the invalidation must not get the older load"
+    );
+}
+
+#[tokio::test]
+async fn a_user_without_scripting_caches_without_leases_and_never_stalls() {
+    let server = RedisServer::start();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "app",
+            "on",
+            ">app-secret",
+            "~*",
+            "+@all",
+            "-@scripting",
+        ])
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    let url = server
+        .url()
+        .replacen("redis://", "redis://app:app-secret@", 1);
+    let cache = cache_for(&url).await;
+    for id in 1..=3u64 {
+        let started = Instant::now();
+        let v: u64 = cache
+            .get_or_set(&format!("customer:{id}"), None, || async move { id })
+            .await
+            .unwrap();
+        assert_eq!(v, id);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "customer:{id} took {:?}",
+            started.elapsed()
+        );
+    }
+    // The first store was refused; from then on values are stored without
+    // a lease, and nothing is left waiting on one.
+    let started = Instant::now();
+    let again: u64 = cache
+        .get_or_set("customer:1", None, || async { 10 })
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(again == 1 || again == 10);
+    assert_eq!(cache.get::<u64>("customer:2").await.unwrap(), Some(2));
+    assert_eq!(cache.stats().circuit, CircuitState::Closed);
+}
