@@ -206,6 +206,8 @@ enum SpawnError {
 /// ```
 pub struct RedisServer {
     port: u16,
+    /// The TLS port of a server started by [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
     dir: PathBuf,
     extra_args: Vec<String>,
     password: Option<String>,
@@ -218,6 +220,7 @@ impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
+            .field("tls_port", &self.tls_port)
             .field("dir", &self.dir)
             .field("pid", &self.pid())
             .field("paused", &self.is_paused())
@@ -260,6 +263,101 @@ impl RedisServer {
         RedisServer::launch(args.iter().map(|a| (*a).to_owned()).collect(), false)
     }
 
+    /// Starts a server that also accepts TLS, on a second loopback port
+    /// ([`RedisServer::tls_url`]), with certificates made for this server
+    /// alone by `openssl` (a private CA, a server certificate for `127.0.0.1`
+    /// and `localhost`, a client certificate; see
+    /// [`RedisServer::tls_ca_file`]). Clients need not present a certificate
+    /// (`--tls-auth-clients no`); see [`RedisServer::start_tls_client_auth`].
+    ///
+    /// The plain port ([`RedisServer::url`]) stays open on loopback, for the
+    /// readiness check and for tests that look at the data directly.
+    ///
+    /// Panics if `openssl` is not installed or redis-server lacks TLS support.
+    ///
+    /// ```no_run
+    /// let server = cache_testkit::RedisServer::start_tls();
+    /// assert!(server.tls_url().starts_with("rediss://127.0.0.1:"));
+    /// assert!(server.tls_ca_file().exists());
+    /// ```
+    pub fn start_tls() -> RedisServer {
+        RedisServer::launch_tls(false)
+    }
+
+    /// Like [`RedisServer::start_tls`], but the server refuses TLS clients
+    /// that present no certificate signed by its CA (`--tls-auth-clients yes`):
+    /// use [`RedisServer::tls_client_cert_file`] and
+    /// [`RedisServer::tls_client_key_file`].
+    ///
+    /// ```no_run
+    /// let server = cache_testkit::RedisServer::start_tls_client_auth();
+    /// assert!(server.tls_client_cert_file().exists());
+    /// assert!(server.tls_client_key_file().exists());
+    /// ```
+    pub fn start_tls_client_auth() -> RedisServer {
+        RedisServer::launch_tls(true)
+    }
+
+    fn launch_tls(client_auth: bool) -> RedisServer {
+        require_program("redis-server");
+        let status = Command::new("openssl")
+            .arg("version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if status.is_err() {
+            panic!(
+                "cache-testkit: `openssl` was not found on PATH; install it with `apt-get install -y openssl`"
+            );
+        }
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let (port, mut reservation) = pick_port(false);
+            let (tls_port, tls_reservation) = pick_port(false);
+            reservation.extend(tls_reservation);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "cache-testkit-redis-{}-{n}-{port}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
+            make_certificates(&dir);
+            let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+            let extra_args = vec![
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cert-file".to_owned(),
+                file("server.crt"),
+                "--tls-key-file".to_owned(),
+                file("server.key"),
+                "--tls-ca-cert-file".to_owned(),
+                file("ca.crt"),
+                "--tls-auth-clients".to_owned(),
+                if client_auth { "yes" } else { "no" }.to_owned(),
+            ];
+            let mut server = RedisServer {
+                port,
+                tls_port: Some(tls_port),
+                dir,
+                extra_args,
+                password: None,
+                running: None,
+                reservation,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(SpawnError::PortInUse(log)) => last = log,
+                Err(SpawnError::Fatal(msg)) => panic!("{msg}"),
+            }
+        }
+        panic!(
+            "cache-testkit: redis-server lost the port race {START_ATTEMPTS} times; last log:\n{last}"
+        );
+    }
+
     /// Starts a server, retrying on a fresh port if it loses a bind race.
     /// `cluster_bus` also requires `port + 10000` to be free.
     pub(crate) fn launch(extra_args: Vec<String>, cluster_bus: bool) -> RedisServer {
@@ -281,6 +379,7 @@ impl RedisServer {
                 .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
             let mut server = RedisServer {
                 port,
+                tls_port: None,
                 dir,
                 extra_args: extra_args.clone(),
                 password: password.clone(),
@@ -439,6 +538,53 @@ impl RedisServer {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
             None => self.url(),
         }
+    }
+
+    /// `rediss://127.0.0.1:<tls port>` of a server started by
+    /// [`RedisServer::start_tls`] or [`RedisServer::start_tls_client_auth`].
+    ///
+    /// Panics if the server was started without TLS.
+    ///
+    /// ```no_run
+    /// let server = cache_testkit::RedisServer::start_tls();
+    /// assert_ne!(server.tls_url(), server.url());
+    /// ```
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port())
+    }
+
+    /// The TLS port (see [`RedisServer::tls_url`]). Panics without TLS.
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+            .expect("cache-testkit: this RedisServer was not started with start_tls()")
+    }
+
+    /// PEM file of the private CA that signed the server and client
+    /// certificates of a TLS server. Panics without TLS.
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.tls_file("ca.crt")
+    }
+
+    /// PEM client certificate (signed by [`RedisServer::tls_ca_file`]'s CA)
+    /// of a TLS server. Panics without TLS.
+    pub fn tls_client_cert_file(&self) -> PathBuf {
+        self.tls_file("client.crt")
+    }
+
+    /// PEM private key of [`RedisServer::tls_client_cert_file`]. Panics without TLS.
+    pub fn tls_client_key_file(&self) -> PathBuf {
+        self.tls_file("client.key")
+    }
+
+    /// PEM certificate of another CA, one that signed nothing this server
+    /// uses: trusting it alone must fail the TLS handshake. Panics without TLS.
+    pub fn tls_untrusted_ca_file(&self) -> PathBuf {
+        self.tls_file("other-ca.crt")
+    }
+
+    fn tls_file(&self, name: &str) -> PathBuf {
+        let _ = self.tls_port();
+        self.dir.join(name)
     }
 
     /// The `--requirepass` password given to [`RedisServer::start_with`], if any.
@@ -616,8 +762,52 @@ impl Drop for RedisServer {
         }
         self.reservation.clear();
         let _ = fs::remove_dir_all(&self.dir);
-        ports_in_use().remove(&self.port);
+        let mut used = ports_in_use();
+        used.remove(&self.port);
+        if let Some(port) = self.tls_port {
+            used.remove(&port);
+        }
     }
+}
+
+/// Writes a private CA (`ca.crt`), a server certificate for `127.0.0.1` and
+/// `localhost` (`server.crt`/`server.key`), a client certificate
+/// (`client.crt`/`client.key`) and an unrelated CA (`other-ca.crt`) into `dir`.
+fn make_certificates(dir: &Path) {
+    let script = r#"
+set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -new -key ca.key -sha256 -days 2 -subj /CN=cache-testkit-ca -out ca.crt
+key other-ca.key
+openssl req -x509 -new -key other-ca.key -sha256 -days 2 -subj /CN=cache-testkit-other-ca -out other-ca.crt
+key server.key
+openssl req -new -key server.key -subj /CN=localhost -out server.csr
+printf 'basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost
+' > server.ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 2 -extfile server.ext -out server.crt 2>/dev/null
+key client.key
+openssl req -new -key client.key -subj /CN=cache-testkit-client -out client.csr
+printf 'basicConstraints=CA:FALSE
+keyUsage=digitalSignature
+extendedKeyUsage=clientAuth
+' > client.ext
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 2 -extfile client.ext -out client.crt 2>/dev/null
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cache-testkit: cannot run openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "cache-testkit: openssl could not make the test certificates: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Panics with the install hint unless `program` can be executed.

@@ -24,7 +24,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
 
 use super::{Backend, BackendInfo, BackendKind};
-use crate::config::{RedisTarget, redact_url};
+use crate::config::{RedisTarget, TlsMaterial, redact_url};
 use crate::error::{BackendError, ErrorKind};
 
 /// `name key...` in a buffer sized up front: `cmd(name).arg(key)` grows it
@@ -100,6 +100,56 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+/// Runs `$body` (a future using `$conn`, a `&mut MultiplexedConnection`)
+/// on a single node's shared connection; if that connection turns out to be
+/// dropped (its driver task is gone, for instance with the tokio runtime
+/// that spawned it), replaces it and runs `$body` once more.
+macro_rules! on_single {
+    ($node:expr, |$conn:ident| $body:expr) => {{
+        let node: &SingleNode = $node;
+        let (mut held, id) = node.connection().await?;
+        let first = {
+            let $conn = &mut held;
+            $body.await
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(e) if driver_gone(&e) => {
+                tracing::debug!(error = %e, "Redis connection dropped; retrying on a fresh one");
+                let (mut held, id) = node.replace(id).await?;
+                let $conn = &mut held;
+                $body.await.map_err(|e| node.failed(id, e))
+            }
+            Err(e) => Err(node.failed(id, e)),
+        }
+    }};
+}
+
+/// Runs `$body` (a future using `$conn`, a `&mut ClusterConnection`) on the
+/// cluster connection; if its driver is gone, rebuilds the connection and
+/// runs `$body` once more.
+macro_rules! on_cluster {
+    ($node:expr, |$conn:ident| $body:expr) => {{
+        let node: &ClusterNode = $node;
+        let held = node.conn.load_full();
+        let mut first_conn = ClusterConnection::clone(&held);
+        let first = {
+            let $conn = &mut first_conn;
+            $body.await
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(e) if cluster_driver_gone(&e) => {
+                tracing::debug!(error = %e, "Redis Cluster connection gone; rebuilding it");
+                let mut fresh = node.replace(&held).await?;
+                let $conn = &mut fresh;
+                $body.await.map_err(failed)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }};
+}
+
 struct SingleNode {
     pool: bb8::Pool<Manager>,
     /// The one shared connection every command runs on. One: a multiplexed
@@ -127,7 +177,10 @@ impl SingleNode {
         if let Some(found) = self.current() {
             return Ok(found);
         }
-        let tracked = self.fresh_connection().await?;
+        let tracked = self
+            .fresh_connection()
+            .await
+            .inspect_err(log_operator_error)?;
         let found = (tracked.conn.clone(), identity(&tracked));
         self.shared.store(Some(Arc::new(tracked)));
         Ok(found)
@@ -176,7 +229,30 @@ impl SingleNode {
         if error.kind == ErrorKind::Connection {
             self.mark_broken(id);
         }
+        log_operator_error(&error);
         error
+    }
+
+    /// Replaces the connection `id`, whose driver is gone (its task ended,
+    /// for instance with the tokio runtime that spawned it), with a freshly
+    /// dialed one, so a command can be retried at once. bb8's idle
+    /// connections are skipped: they may have been made on the same runtime.
+    async fn replace(&self, id: usize) -> Result<(MultiplexedConnection, usize), BackendError> {
+        self.mark_broken(id);
+        let _guard = self.refresh.lock().await;
+        if let Some(found) = self.current() {
+            return Ok(found);
+        }
+        let tracked = self
+            .pool
+            .dedicated_connection()
+            .await
+            .map_err(BackendError::from)
+            .inspect_err(log_operator_error)?;
+        let _ = self.pool.add(tracked.clone());
+        let found = (tracked.conn.clone(), identity(&tracked));
+        self.shared.store(Some(Arc::new(tracked)));
+        Ok(found)
     }
 
     /// Flags the connection `id` broken (so bb8 discards its copy) and
@@ -197,9 +273,108 @@ fn identity(conn: &TrackedConnection) -> usize {
     Arc::as_ptr(&conn.broken) as usize
 }
 
+/// Whether a command failed because its connection is gone (the connection
+/// task ended, or the socket broke), so the same command can run on a fresh
+/// connection. A refused, timed out or rejected command is not.
+fn driver_gone(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() && !error.is_connection_refusal()
+}
+
+/// Failures someone has to fix (credentials, permissions, database index)
+/// are logged at ERROR with what to change; others are counted by the cache.
+fn log_operator_error(error: &BackendError) {
+    if error.kind.needs_operator() {
+        tracing::error!(kind = %error.kind, error = %error.message, "Redis refused the cache's configuration");
+    }
+}
+
+/// A Redis Cluster connection that is rebuilt when its driver is gone.
+struct ClusterNode {
+    client: redis::cluster::ClusterClient,
+    conn: arc_swap::ArcSwap<ClusterConnection>,
+    /// Held while a fresh connection replaces a dead one.
+    refresh: tokio::sync::Mutex<()>,
+    timeout: Duration,
+}
+
+impl ClusterNode {
+    /// Replaces `dead` (unless another caller did already) with a new
+    /// connection made on the calling task's runtime.
+    async fn replace(
+        &self,
+        dead: &Arc<ClusterConnection>,
+    ) -> Result<ClusterConnection, BackendError> {
+        let _guard = self.refresh.lock().await;
+        let now = self.conn.load_full();
+        if !Arc::ptr_eq(&now, dead) {
+            return Ok(ClusterConnection::clone(&now));
+        }
+        let fresh = connect_cluster(&self.client, self.timeout).await?;
+        self.conn.store(Arc::new(fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+/// The cluster connection's task is gone (its runtime ended): every command
+/// fails to be sent or answered. Node failures inside a live cluster
+/// connection are retried by redis-rs itself and do not look like this.
+fn cluster_driver_gone(error: &redis::RedisError) -> bool {
+    let text = error.to_string();
+    error.is_io_error()
+        && (text.contains("redis_cluster: Unable to") || text.contains("broken pipe"))
+}
+
+fn failed(error: redis::RedisError) -> BackendError {
+    let error = BackendError::from(error);
+    log_operator_error(&error);
+    error
+}
+
+async fn connect_cluster(
+    client: &redis::cluster::ClusterClient,
+    timeout: Duration,
+) -> Result<ClusterConnection, BackendError> {
+    tokio::time::timeout(
+        timeout.max(Duration::from_secs(2)),
+        client.get_async_connection(),
+    )
+    .await
+    .map_err(|_| {
+        BackendError::new(
+            ErrorKind::Timeout,
+            "timed out connecting to the Redis Cluster",
+        )
+    })?
+    .map_err(failed)
+}
+
+/// Installs rustls' ring crypto provider as the process default unless one
+/// is installed already (by the application or an earlier cache).
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one provider is in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(feature = "tls")]
+fn certificates(material: &TlsMaterial) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: material
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: material.root_cert.clone(),
+    }
+}
+
 enum Topology {
     Single(SingleNode),
-    Cluster(ClusterConnection),
+    Cluster(ClusterNode),
 }
 
 /// The Redis backend (single server or cluster).
@@ -230,7 +405,23 @@ impl RedisBackend {
         pool_size: u32,
         timeout: Duration,
         nodelay: bool,
+        tls: Option<&TlsMaterial>,
     ) -> Result<Self, BackendError> {
+        let urls: Vec<&String> = match target {
+            RedisTarget::Single(url) => vec![url],
+            RedisTarget::Cluster(urls) => urls.iter().collect(),
+        };
+        #[cfg(feature = "tls")]
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            install_crypto_provider();
+        }
+        #[cfg(not(feature = "tls"))]
+        if urls.iter().any(|u| u.starts_with("rediss://")) || tls.is_some() {
+            return Err(BackendError::new(
+                ErrorKind::Config,
+                "rediss:// needs cache-core's `tls` feature",
+            ));
+        }
         let topology = match target {
             RedisTarget::Single(url) => {
                 let info = url
@@ -239,9 +430,16 @@ impl RedisBackend {
                     .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
                     .set_tcp_settings(tcp_settings(nodelay));
                 let bounded = timeout.max(Duration::from_millis(10));
+                let client = match tls {
+                    #[cfg(feature = "tls")]
+                    Some(material) => {
+                        redis::Client::build_with_tls(info.clone(), certificates(material))?
+                    }
+                    _ => redis::Client::open(info.clone())?,
+                };
                 let manager = Manager {
-                    inner: bb8_redis::RedisConnectionManager::new(info.clone())?,
-                    client: redis::Client::open(info)?,
+                    inner: bb8_redis::RedisConnectionManager::new(info)?,
+                    client,
                     config: redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(bounded))
                         .set_response_timeout(Some(bounded)),
@@ -261,25 +459,25 @@ impl RedisBackend {
                 })
             }
             RedisTarget::Cluster(urls) => {
-                let client =
+                let builder =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                         .tcp_settings(tcp_settings(nodelay))
                         .connection_timeout(timeout.max(Duration::from_millis(50)))
                         .response_timeout(timeout.max(Duration::from_millis(50)))
-                        .retries(2)
-                        .build()?;
-                let conn = tokio::time::timeout(
-                    timeout.max(Duration::from_secs(2)),
-                    client.get_async_connection(),
-                )
-                .await
-                .map_err(|_| {
-                    BackendError::new(
-                        ErrorKind::Timeout,
-                        "timed out connecting to the Redis Cluster",
-                    )
-                })??;
-                Topology::Cluster(conn)
+                        .retries(2);
+                #[cfg(feature = "tls")]
+                let builder = match tls {
+                    Some(material) => builder.certs(certificates(material)),
+                    None => builder,
+                };
+                let client = builder.build()?;
+                let conn = connect_cluster(&client, timeout).await?;
+                Topology::Cluster(ClusterNode {
+                    client,
+                    conn: arc_swap::ArcSwap::from_pointee(conn),
+                    refresh: tokio::sync::Mutex::new(()),
+                    timeout,
+                })
             }
         };
         Ok(RedisBackend {
@@ -292,13 +490,8 @@ impl RedisBackend {
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
-            Topology::Single(node) => {
-                let (mut conn, id) = node.connection().await?;
-                cmd.query_async(&mut conn)
-                    .await
-                    .map_err(|e| node.failed(id, e))
-            }
-            Topology::Cluster(conn) => Ok(cmd.query_async(&mut conn.clone()).await?),
+            Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
+            Topology::Cluster(node) => on_cluster!(node, |conn| cmd.query_async(conn)),
         }
     }
 
@@ -318,23 +511,16 @@ impl RedisBackend {
             invocation.arg(*arg);
         }
         match &self.topology {
-            Topology::Single(node) => {
-                let (mut conn, id) = node.connection().await?;
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| node.failed(id, e))
-            }
-            Topology::Cluster(conn) => Ok(invocation.invoke_async(&mut conn.clone()).await?),
+            Topology::Single(node) => on_single!(node, |conn| invocation.invoke_async(conn)),
+            Topology::Cluster(node) => on_cluster!(node, |conn| invocation.invoke_async(conn)),
         }
     }
 
     /// Addresses of the cluster's reachable masters.
-    async fn masters(conn: &ClusterConnection) -> Result<Vec<(String, u16)>, BackendError> {
-        let nodes: String = redis::cmd("CLUSTER")
+    async fn masters(node: &ClusterNode) -> Result<Vec<(String, u16)>, BackendError> {
+        let nodes: String = on_cluster!(node, |conn| redis::cmd("CLUSTER")
             .arg("NODES")
-            .query_async(&mut conn.clone())
-            .await?;
+            .query_async(conn))?;
         let mut masters = Vec::new();
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -362,7 +548,7 @@ impl RedisBackend {
     }
 
     async fn on_node(
-        conn: &ClusterConnection,
+        node: &ClusterNode,
         host: &str,
         port: u16,
         cmd: Cmd,
@@ -371,7 +557,8 @@ impl RedisBackend {
             host: host.to_owned(),
             port,
         });
-        Ok(conn.clone().route_command(cmd, routing).await?)
+        on_cluster!(node, |conn| conn
+            .route_command(cmd.clone(), routing.clone()))
     }
 
     /// SCAN one node (or the single server) and UNLINK matches in batches.
@@ -390,8 +577,8 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH);
             let (next, keys): (u64, Vec<Vec<u8>>) = match (node, &self.topology) {
-                (Some((host, port)), Topology::Cluster(conn)) => {
-                    parse(Self::on_node(conn, host, port, scan).await?)?
+                (Some((host, port)), Topology::Cluster(cluster)) => {
+                    parse(Self::on_node(cluster, host, port, scan).await?)?
                 }
                 _ => self.query(&scan).await?,
             };
@@ -472,28 +659,40 @@ impl Backend for RedisBackend {
                         .arg(px(ttl))
                         .ignore();
                 }
-                let (mut conn, id) = node.connection().await?;
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| node.failed(id, e))
+                on_single!(node, |conn| pipe.query_async::<()>(conn))
             }
-            Topology::Cluster(conn) => {
-                // Keys live in different slots: one SET each, concurrently.
-                let mut sets = tokio::task::JoinSet::new();
-                for (key, value) in entries {
-                    let cmd = redis::cmd("SET")
-                        .arg(key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(px(ttl))
-                        .clone();
-                    let mut conn = conn.clone();
-                    sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
-                }
-                while let Some(result) = sets.join_next().await {
-                    result.map_err(|e| BackendError::new(ErrorKind::Other, e.to_string()))??;
-                }
-                Ok(())
+            Topology::Cluster(node) => {
+                // Keys live in different slots: one SET each, concurrently
+                // (all again on a rebuilt connection if the first is dead).
+                on_cluster!(node, |conn| async {
+                    let mut sets = tokio::task::JoinSet::new();
+                    for (key, value) in &entries {
+                        let cmd = redis::cmd("SET")
+                            .arg(key)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(px(ttl))
+                            .clone();
+                        let mut conn = conn.clone();
+                        sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+                    }
+                    let mut outcome = Ok(());
+                    while let Some(result) = sets.join_next().await {
+                        let result = result.unwrap_or_else(|e| {
+                            Err(redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "SET task failed",
+                                e.to_string(),
+                            )))
+                        });
+                        if let Err(e) = result
+                            && outcome.is_ok()
+                        {
+                            outcome = Err(e);
+                        }
+                    }
+                    outcome
+                })
             }
         }
     }
@@ -534,9 +733,9 @@ impl Backend for RedisBackend {
     async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         match &self.topology {
             Topology::Single(_) => self.scan_unlink(pattern, None).await,
-            Topology::Cluster(conn) => {
+            Topology::Cluster(node) => {
                 let mut total = 0;
-                for (host, port) in Self::masters(conn).await? {
+                for (host, port) in Self::masters(node).await? {
                     total += self.scan_unlink(pattern, Some((&host, port))).await?;
                 }
                 Ok(total)
@@ -595,13 +794,13 @@ impl Backend for RedisBackend {
                 let keys: u64 = self.query(&redis::cmd("DBSIZE")).await?;
                 vec![(info, String::new(), keys)]
             }
-            Topology::Cluster(conn) => {
+            Topology::Cluster(node) => {
                 let mut out = Vec::new();
-                for (host, port) in Self::masters(conn).await? {
+                for (host, port) in Self::masters(node).await? {
                     let info: String =
-                        parse(Self::on_node(conn, &host, port, redis::cmd("INFO")).await?)?;
+                        parse(Self::on_node(node, &host, port, redis::cmd("INFO")).await?)?;
                     let keys: u64 =
-                        parse(Self::on_node(conn, &host, port, redis::cmd("DBSIZE")).await?)?;
+                        parse(Self::on_node(node, &host, port, redis::cmd("DBSIZE")).await?)?;
                     out.push((info, host, keys));
                 }
                 out
