@@ -256,6 +256,7 @@ impl CacheBuilder {
             }
         };
         let backend = Arc::new(backend);
+        let probe = backend.clone();
         let cache = Cache::from_parts(
             config,
             backend.kind(),
@@ -267,6 +268,32 @@ impl CacheBuilder {
         let failure = match tokio::time::timeout(wait, cache.inner.primary.ping()).await {
             Ok(Ok(())) => {
                 tracing::info!(target = %target.redacted(), "cache connected to Redis");
+                let namespace = &cache.inner.config.namespace;
+                let missing = match tokio::time::timeout(
+                    wait * 4,
+                    probe.check_permissions(namespace),
+                )
+                .await
+                {
+                    Ok(Ok(missing)) => missing,
+                    _ => Vec::new(), // unreachable now: the calls will tell
+                };
+                if missing.is_empty() {
+                    return Ok(cache);
+                }
+                let reason = format!(
+                    "the Redis user may not run {} on `{namespace}:*`; grant them (see the README's minimal ACL)",
+                    missing.join(", ")
+                );
+                if cache.inner.config.require_redis {
+                    tracing::error!(target = %target.redacted(), "{reason}");
+                    return Err(ConfigError::RedisUnavailable {
+                        target: target.redacted(),
+                        kind: ErrorKind::Auth,
+                        reason,
+                    });
+                }
+                tracing::error!(target = %target.redacted(), "{reason}; the calls that need them fail over to the in-memory fallback");
                 return Ok(cache);
             }
             Ok(Err(e)) => e,

@@ -167,7 +167,7 @@ impl BackendError {
 /// What to fix, for failures that need an operator.
 const FIX_PASSWORD: &str = "check the user name and password in REDIS_URL \
      (redis://user:password@host:port) against the server's requirepass or ACL users";
-const FIX_PERMISSION: &str = "grant the ACL user the commands and key pattern the cache \
+pub(crate) const FIX_PERMISSION: &str = "grant the ACL user the commands and key pattern the cache \
      needs (see the README's minimal ACL), or use another user";
 const FIX_DATABASE: &str = "the database index in REDIS_URL (redis://host:port/<db>) \
      must be below the server's `databases` setting (16 by default)";

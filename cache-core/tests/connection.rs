@@ -331,27 +331,108 @@ async fn a_database_index_out_of_range_is_a_config_error() {
     }
 }
 
-#[tokio::test]
-async fn a_missing_acl_permission_is_an_auth_error() {
-    let server = RedisServer::start();
+/// The minimal ACL the README documents, for namespace `conn`.
+const MINIMAL_ACL: &[&str] = &[
+    "~conn:*",
+    "+get",
+    "+mget",
+    "+set",
+    "+del",
+    "+unlink",
+    "+exists",
+    "+pexpire",
+    "+pttl",
+    "+incrby",
+    "+scan",
+    "+evalsha",
+    "+script|load",
+    "+ping",
+    "+info",
+    "+dbsize",
+];
+
+fn acl_user(server: &RedisServer, name: &str, rules: &[&str]) -> String {
     let mut admin = server.client().get_connection().unwrap();
-    // May PING and read, may not write.
     let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER", "reader", "on", ">pw", "~*", "+ping", "+get", "+mget", "+info",
-        ])
+        .arg("SETUSER")
+        .arg(name)
+        .arg(&["reset", "on", ">pw"])
+        .arg(rules)
         .query(&mut admin)
         .unwrap();
-    let url = format!("redis://reader:pw@127.0.0.1:{}", server.port());
-    let cache = builder(&url)
-        .require_redis(true)
-        .build()
-        .await
-        .expect("PING is allowed");
+    format!("redis://{name}:pw@127.0.0.1:{}", server.port())
+}
+
+#[tokio::test]
+async fn a_missing_acl_permission_is_an_auth_error_found_at_start_up() {
+    let server = RedisServer::start();
+    // May read, may not write, count or scan.
+    let rules: Vec<&str> = MINIMAL_ACL
+        .iter()
+        .copied()
+        .filter(|r| !matches!(*r, "+set" | "+incrby" | "+scan"))
+        .collect();
+    let url = acl_user(&server, "reader", &rules);
+
+    let required = builder(&url).require_redis(true).build().await;
+    match required {
+        Err(ConfigError::RedisUnavailable { kind, reason, .. }) => {
+            assert_eq!(kind, ErrorKind::Auth);
+            assert!(reason.contains("set, incrby, scan"), "{reason}");
+        }
+        other => panic!("expected RedisUnavailable, got {other:?}"),
+    }
+
+    let cache = builder(&url).build().await.expect("degraded by default");
+    assert_eq!(
+        cache.backend_info().await.missing_permissions,
+        ["set", "incrby", "scan"]
+    );
     cache.set("p:1", &1u8, None).await.unwrap();
     let errors = cache.stats().total.errors;
     assert!(errors.get("auth").copied().unwrap_or(0) >= 1, "{errors:?}");
     assert!(!stored(&server, "p:1"));
+}
+
+#[tokio::test]
+async fn the_documented_minimal_acl_is_enough() {
+    let server = RedisServer::start();
+    let url = acl_user(&server, "app", MINIMAL_ACL);
+    for generations in [false, true] {
+        let cache = builder(&url)
+            .prefix_generations(generations)
+            .require_redis(true)
+            .build()
+            .await
+            .expect("every needed command is granted");
+        assert!(cache.backend_info().await.missing_permissions.is_empty());
+        cache.set("m:1", &1u32, None).await.unwrap();
+        assert_eq!(cache.get::<u32>("m:1").await.unwrap(), Some(1));
+        cache
+            .set_many(&[("m:2", 2u32), ("m:3", 3u32)], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get_many::<u32>(&["m:2", "m:4"]).await.unwrap().len(),
+            2
+        );
+        assert!(cache.exists("m:1").await.unwrap());
+        cache.expire("m:1", Duration::from_secs(60)).await.unwrap();
+        assert!(cache.ttl("m:1").await.unwrap().is_some());
+        assert_eq!(cache.incr("n:1", 5).await.unwrap(), 5);
+        let loaded: u32 = cache
+            .get_or_set("l:1", None, || async { 7u32 })
+            .await
+            .unwrap();
+        assert_eq!(loaded, 7);
+        cache.invalidate_prefix("m").await.unwrap();
+        cache.delete("l:1").await.unwrap();
+        cache.clear().await.unwrap();
+        let health = cache.health().await;
+        assert_eq!(health.status, HealthStatus::Healthy, "{health:?}");
+        let errors = cache.stats().total.errors;
+        assert!(errors.is_empty(), "generations {generations}: {errors:?}");
+    }
 }
 
 // ------------------------------------------------------ require_redis

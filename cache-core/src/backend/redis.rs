@@ -25,7 +25,7 @@ use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
 
 use super::{Backend, BackendInfo, BackendKind};
 use crate::config::{RedisTarget, TlsMaterial, redact_url};
-use crate::error::{BackendError, ErrorKind};
+use crate::error::{BackendError, ErrorKind, FIX_PERMISSION};
 
 /// `name key...` in a buffer sized up front: `cmd(name).arg(key)` grows it
 /// once more, a realloc of ~200 instructions on a ~20k-instruction hit (the
@@ -380,6 +380,8 @@ enum Topology {
 /// The Redis backend (single server or cluster).
 pub(crate) struct RedisBackend {
     topology: Topology,
+    /// What [`check_permissions`](Self::check_permissions) found missing.
+    missing_permissions: ArcSwapOption<Vec<String>>,
     description: String,
     set_if_lease: Script,
     release_lease: Script,
@@ -482,6 +484,7 @@ impl RedisBackend {
         };
         Ok(RedisBackend {
             topology,
+            missing_permissions: ArcSwapOption::empty(),
             description: target.redacted(),
             set_if_lease: Script::new(SET_IF_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
@@ -493,6 +496,86 @@ impl RedisBackend {
             Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
             Topology::Cluster(node) => on_cluster!(node, |conn| cmd.query_async(conn)),
         }
+    }
+
+    /// Finds the commands the connection's ACL user may not run on this
+    /// cache's keys (`{namespace}:*`), by sending each command the backend
+    /// uses in a form that changes nothing (a `SET ... XX` or `PEXPIRE` of an
+    /// absent key, an `INCRBY` by a non-number, an `EVALSHA` of an unknown
+    /// script...): Redis checks permissions before it runs a command, so
+    /// `NOPERM` answers exactly the question. The result is kept for
+    /// [`Backend::info`]. Other failures (unreachable server) are returned.
+    pub(crate) async fn check_permissions(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let key = format!("{namespace}:%acl-probe");
+        let key = key.as_str();
+        let mut probes: Vec<(&str, Cmd)> = vec![
+            ("get", keyed_cmd("GET", [key])),
+            ("mget", keyed_cmd("MGET", [key])),
+            ("exists", keyed_cmd("EXISTS", [key])),
+            ("pttl", keyed_cmd("PTTL", [key])),
+            ("unlink", keyed_cmd("UNLINK", [key])),
+            ("del", keyed_cmd("DEL", [key])),
+            (
+                "set",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg("")
+                    .arg("PX")
+                    .arg(1)
+                    .arg("XX")
+                    .clone(),
+            ),
+            ("pexpire", redis::cmd("PEXPIRE").arg(key).arg(1).clone()),
+            (
+                "incrby",
+                redis::cmd("INCRBY").arg(key).arg("not-a-number").clone(),
+            ),
+            (
+                "evalsha",
+                redis::cmd("EVALSHA")
+                    .arg("0".repeat(40))
+                    .arg(1)
+                    .arg(key)
+                    .clone(),
+            ),
+            (
+                "script|load",
+                redis::cmd("SCRIPT").arg("LOAD").arg(SET_IF_LEASE).clone(),
+            ),
+            (
+                "scan",
+                redis::cmd("SCAN")
+                    .arg(0)
+                    .arg("MATCH")
+                    .arg(key)
+                    .arg("COUNT")
+                    .arg(1)
+                    .clone(),
+            ),
+            ("ping", redis::cmd("PING")),
+            ("info", redis::cmd("INFO").arg("server").clone()),
+            ("dbsize", redis::cmd("DBSIZE")),
+        ];
+        if let Topology::Cluster(_) = self.topology {
+            probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
+        }
+        let mut missing = Vec::new();
+        for (name, cmd) in &probes {
+            match self.query::<Value>(cmd).await {
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::Auth && e.message.ends_with(FIX_PERMISSION) => {
+                    missing.push((*name).to_owned());
+                }
+                Err(e) if e.kind.is_availability() => return Err(e),
+                Err(_) => {} // the command ran and refused the probe's arguments
+            }
+        }
+        self.missing_permissions
+            .store(Some(Arc::new(missing.clone())));
+        Ok(missing)
     }
 
     /// GET, for the hit path (an inherent method: no boxed future).
@@ -819,6 +902,12 @@ impl Backend for RedisBackend {
             used_memory_bytes: sum("used_memory"),
             connected_clients: sum("connected_clients"),
             total_keys: Some(nodes.iter().map(|(_, _, k)| k).sum()),
+            missing_permissions: self
+                .missing_permissions
+                .load()
+                .as_deref()
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }
