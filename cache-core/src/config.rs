@@ -392,6 +392,7 @@ impl TlsVariables {
 
 /// PEM bytes checked to hold what they should.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) struct TlsMaterial {
     /// CA certificates to trust instead of the system roots.
     pub(crate) root_cert: Option<Vec<u8>>,
