@@ -146,7 +146,7 @@ impl CacheBuilder {
         self.config.require_redis = required;
         self
     }
-    /// Trusts the CA certificates of this PEM file, instead of the system's
+    /// Trusts the CA certificates of this PEM file, besides the system's
     /// root certificates, for a `rediss://` server (`REDIS_TLS_CA_FILE`).
     /// The file is read and checked now; a missing or malformed one makes
     /// [`build`](Self::build) fail with [`ConfigError::TlsFile`].

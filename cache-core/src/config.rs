@@ -64,7 +64,7 @@ impl RedisTarget {
 /// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | `false` |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 /// | `CACHE_REQUIRE_REDIS` | [`require_redis`](Self::require_redis) | `false` |
-/// | `REDIS_TLS_CA_FILE` | [`tls_ca_file`](Self::tls_ca_file) (PEM; for `rediss://`) | unset: system roots |
+/// | `REDIS_TLS_CA_FILE` | [`tls_ca_file`](Self::tls_ca_file) (PEM CA trusted besides the system roots) | unset: system roots only |
 /// | `REDIS_TLS_CERT_FILE` | [`tls_cert_file`](Self::tls_cert_file) (PEM client certificate) | unset: no client certificate |
 /// | `REDIS_TLS_KEY_FILE` | [`tls_key_file`](Self::tls_key_file) (PEM private key of the client certificate) | unset |
 ///
@@ -72,8 +72,8 @@ impl RedisTarget {
 ///
 /// A `rediss://` URL connects over TLS (rustls, default feature `tls`).
 /// The server certificate is checked against the system's root
-/// certificates, or, when `REDIS_TLS_CA_FILE` names a PEM file, against the
-/// CA certificates in that file only (a private CA). Setting both
+/// certificates plus, when `REDIS_TLS_CA_FILE` names a PEM file, the CA
+/// certificates in that file (a private CA). Setting both
 /// `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` presents a client
 /// certificate (mutual TLS, `tls-auth-clients yes`). The files are read and
 /// checked when the configuration is read: a missing or malformed file is a
@@ -174,8 +174,8 @@ pub struct CacheConfig {
     /// Fail start-up instead of running degraded when Redis is unreachable
     /// or refuses the configuration (`CACHE_REQUIRE_REDIS`, default off).
     pub require_redis: bool,
-    /// PEM file of the CA certificates trusted for `rediss://` instead of the
-    /// system's root certificates (`REDIS_TLS_CA_FILE`).
+    /// PEM file of CA certificates trusted for `rediss://` in addition to
+    /// the system's root certificates (`REDIS_TLS_CA_FILE`).
     pub tls_ca_file: Option<PathBuf>,
     /// PEM client certificate (chain) presented to a server that requires
     /// one (`REDIS_TLS_CERT_FILE`); needs [`tls_key_file`](Self::tls_key_file).
@@ -394,7 +394,7 @@ impl TlsVariables {
 #[derive(Clone)]
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) struct TlsMaterial {
-    /// CA certificates to trust instead of the system roots.
+    /// CA certificates to trust besides the system roots.
     pub(crate) root_cert: Option<Vec<u8>>,
     /// Client certificate chain and private key.
     pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,

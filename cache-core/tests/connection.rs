@@ -145,6 +145,46 @@ async fn tls_with_a_wrong_ca_is_a_clear_error_not_a_panic() {
     }
 }
 
+/// The child half of [`a_ca_file_adds_to_the_system_roots`], run by it in
+/// a process whose "system roots" (`SSL_CERT_FILE`) are the server's CA.
+#[tokio::test]
+#[ignore = "run by a_ca_file_adds_to_the_system_roots in a child process"]
+async fn child_system_roots_plus_ca_file() {
+    let url = std::env::var("CONN_CHILD_URL").expect("started by the parent test");
+    let extra_ca = std::env::var("CONN_CHILD_EXTRA_CA").expect("started by the parent test");
+    let cache = builder(&url)
+        .tls_ca_file(extra_ca)
+        .require_redis(true)
+        .build()
+        .await
+        .expect("the system roots still trusted next to REDIS_TLS_CA_FILE");
+    cache.set("sys:1", &1u8, None).await.unwrap();
+    assert_eq!(cache.get::<u8>("sys:1").await.unwrap(), Some(1));
+    assert!(cache.stats().total.errors.is_empty());
+}
+
+#[test]
+fn a_ca_file_adds_to_the_system_roots() {
+    let server = RedisServer::start_tls();
+    // The process environment cannot be changed safely in a test: a child
+    // process gets system roots that trust the server, and a CA file that
+    // does not.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_system_roots_plus_ca_file", "--ignored"])
+        .env("SSL_CERT_FILE", server.tls_ca_file())
+        .env_remove("SSL_CERT_DIR")
+        .env("CONN_CHILD_URL", server.tls_url())
+        .env("CONN_CHILD_EXTRA_CA", server.tls_untrusted_ca_file())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn missing_or_malformed_tls_files_name_the_variable() {
     let server = RedisServer::start_tls();
@@ -227,7 +267,7 @@ async fn missing_or_malformed_tls_files_name_the_variable() {
         "{err:?}"
     );
     // Certificates with a plain redis:// URL are a mistake, not ignored.
-    let err = builder(&server.url())
+    let err = builder("redis://127.0.0.1:1")
         .tls_ca_file(server.tls_ca_file())
         .build()
         .await

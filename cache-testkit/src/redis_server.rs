@@ -206,8 +206,9 @@ enum SpawnError {
 /// ```
 pub struct RedisServer {
     port: u16,
-    /// The TLS port of a server started by [`RedisServer::start_tls`].
-    tls_port: Option<u16>,
+    /// A TLS-only server ([`RedisServer::start_tls`]): whether it requires
+    /// client certificates.
+    tls: Option<bool>,
     dir: PathBuf,
     extra_args: Vec<String>,
     password: Option<String>,
@@ -220,7 +221,10 @@ impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
-            .field("tls_port", &self.tls_port)
+            .field(
+                "tls",
+                &self.tls.map(|auth| if auth { "client-auth" } else { "on" }),
+            )
             .field("dir", &self.dir)
             .field("pid", &self.pid())
             .field("paused", &self.is_paused())
@@ -263,15 +267,16 @@ impl RedisServer {
         RedisServer::launch(args.iter().map(|a| (*a).to_owned()).collect(), false)
     }
 
-    /// Starts a server that also accepts TLS, on a second loopback port
-    /// ([`RedisServer::tls_url`]), with certificates made for this server
-    /// alone by `openssl` (a private CA, a server certificate for `127.0.0.1`
-    /// and `localhost`, a client certificate; see
-    /// [`RedisServer::tls_ca_file`]). Clients need not present a certificate
-    /// (`--tls-auth-clients no`); see [`RedisServer::start_tls_client_auth`].
+    /// Starts a TLS-only server (`--port 0 --tls-port <port>`: no plain
+    /// port) with certificates made for it alone by `openssl` (a private CA,
+    /// a server certificate for `127.0.0.1` and `localhost`, a client
+    /// certificate; see [`RedisServer::tls_ca_file`]). Clients need not
+    /// present a certificate (`--tls-auth-clients no`); see
+    /// [`RedisServer::start_tls_client_auth`].
     ///
-    /// The plain port ([`RedisServer::url`]) stays open on loopback, for the
-    /// readiness check and for tests that look at the data directly.
+    /// [`RedisServer::url`] is then `rediss://127.0.0.1:<port>`, and
+    /// [`RedisServer::client`] trusts the private CA (and presents the
+    /// client certificate when the server requires one).
     ///
     /// Panics if `openssl` is not installed or redis-server lacks TLS support.
     ///
@@ -313,9 +318,7 @@ impl RedisServer {
         }
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            let (port, mut reservation) = pick_port(false);
-            let (tls_port, tls_reservation) = pick_port(false);
-            reservation.extend(tls_reservation);
+            let (port, reservation) = pick_port(false);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!(
                 "cache-testkit-redis-{}-{n}-{port}",
@@ -327,8 +330,6 @@ impl RedisServer {
             make_certificates(&dir);
             let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
             let extra_args = vec![
-                "--tls-port".to_owned(),
-                tls_port.to_string(),
                 "--tls-cert-file".to_owned(),
                 file("server.crt"),
                 "--tls-key-file".to_owned(),
@@ -340,7 +341,7 @@ impl RedisServer {
             ];
             let mut server = RedisServer {
                 port,
-                tls_port: Some(tls_port),
+                tls: Some(client_auth),
                 dir,
                 extra_args,
                 password: None,
@@ -379,7 +380,7 @@ impl RedisServer {
                 .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
             let mut server = RedisServer {
                 port,
-                tls_port: None,
+                tls: None,
                 dir,
                 extra_args: extra_args.clone(),
                 password: password.clone(),
@@ -408,8 +409,12 @@ impl RedisServer {
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
+        match self.tls {
+            // TLS only: no plain port at all.
+            Some(_) => cmd.args(["--port", "0", "--tls-port"]),
+            None => cmd.arg("--port"),
+        };
+        cmd.arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -469,9 +474,7 @@ impl RedisServer {
 
     /// One synchronous `PING` (short timeouts). A `NOAUTH` reply counts as alive.
     fn ping_blocking(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.authed_url()) else {
-            return false;
-        };
+        let client = self.client();
         let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300)) else {
             return false;
         };
@@ -523,7 +526,12 @@ impl RedisServer {
     /// assert_eq!(server.url(), format!("redis://127.0.0.1:{}", server.port()));
     /// ```
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Like [`RedisServer::url`], with the `--requirepass` password if one was
@@ -534,28 +542,34 @@ impl RedisServer {
     /// assert_eq!(server.authed_url(), format!("redis://:secret@127.0.0.1:{}", server.port()));
     /// ```
     pub fn authed_url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
             None => self.url(),
         }
     }
 
-    /// `rediss://127.0.0.1:<tls port>` of a server started by
-    /// [`RedisServer::start_tls`] or [`RedisServer::start_tls_client_auth`].
+    /// `rediss://127.0.0.1:<port>` of a server started by
+    /// [`RedisServer::start_tls`] or [`RedisServer::start_tls_client_auth`]
+    /// (the same as [`RedisServer::url`] for such a server).
     ///
     /// Panics if the server was started without TLS.
     ///
     /// ```no_run
     /// let server = cache_testkit::RedisServer::start_tls();
-    /// assert_ne!(server.tls_url(), server.url());
+    /// assert_eq!(server.tls_url(), server.url());
     /// ```
     pub fn tls_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.tls_port())
+        self.require_tls();
+        self.url()
     }
 
-    /// The TLS port (see [`RedisServer::tls_url`]). Panics without TLS.
-    pub fn tls_port(&self) -> u16 {
-        self.tls_port
+    fn require_tls(&self) -> bool {
+        self.tls
             .expect("cache-testkit: this RedisServer was not started with start_tls()")
     }
 
@@ -583,7 +597,7 @@ impl RedisServer {
     }
 
     fn tls_file(&self, name: &str) -> PathBuf {
-        let _ = self.tls_port();
+        self.require_tls();
         self.dir.join(name)
     }
 
@@ -606,7 +620,24 @@ impl RedisServer {
     /// # }
     /// ```
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.authed_url()).expect("a loopback redis URL is valid")
+        let Some(client_auth) = self.tls else {
+            return redis::Client::open(self.authed_url()).expect("a loopback redis URL is valid");
+        };
+        // Never panics on a second install: one provider is then in already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |name: &str| {
+            fs::read(self.dir.join(name))
+                .unwrap_or_else(|e| panic!("cache-testkit: cannot read {name}: {e}"))
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: client_auth.then(|| redis::ClientTlsConfig {
+                client_cert: read("client.crt"),
+                client_key: read("client.key"),
+            }),
+            root_cert: Some(read("ca.crt")),
+        };
+        redis::Client::build_with_tls(self.authed_url(), certificates)
+            .expect("the test kit's own certificates are valid")
     }
 
     /// The server's working directory (holds `redis.log`, and `nodes.conf` for
@@ -762,11 +793,7 @@ impl Drop for RedisServer {
         }
         self.reservation.clear();
         let _ = fs::remove_dir_all(&self.dir);
-        let mut used = ports_in_use();
-        used.remove(&self.port);
-        if let Some(port) = self.tls_port {
-            used.remove(&port);
-        }
+        ports_in_use().remove(&self.port);
     }
 }
 
