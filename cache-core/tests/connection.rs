@@ -145,6 +145,46 @@ async fn tls_with_a_wrong_ca_is_a_clear_error_not_a_panic() {
     }
 }
 
+#[tokio::test]
+async fn tls_on_a_cluster() {
+    let cluster = RedisCluster::start_tls(3);
+    let ca = cluster.nodes()[0].tls_ca_file();
+    let cache = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("conn")
+        .timeout(TIMEOUT)
+        .tls_ca_file(&ca)
+        .require_redis(true)
+        .build()
+        .await
+        .expect("cluster over TLS with the private CA");
+    for i in 0..10u32 {
+        let key = format!("ctls:{i}");
+        cache.set(&key, &i, None).await.unwrap();
+        assert_eq!(cache.get::<u32>(&key).await.unwrap(), Some(i));
+    }
+    let errors = cache.stats().total.errors;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(cache.health().await.status, HealthStatus::Healthy);
+    // What the cache wrote is in the cluster.
+    let mut conn = cluster.client().get_async_connection().await.unwrap();
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg("conn:ctls:3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(raw.is_some(), "the value reached the cluster");
+
+    // Without the CA the cluster is not trusted: a clear error, no panic.
+    let untrusted = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .timeout(TIMEOUT)
+        .require_redis(true)
+        .build()
+        .await;
+    assert!(untrusted.is_err(), "{untrusted:?}");
+}
+
 /// The child half of [`a_ca_file_adds_to_the_system_roots`], run by it in
 /// a process whose "system roots" (`SSL_CERT_FILE`) are the server's CA.
 #[tokio::test]

@@ -286,7 +286,7 @@ impl RedisServer {
     /// assert!(server.tls_ca_file().exists());
     /// ```
     pub fn start_tls() -> RedisServer {
-        RedisServer::launch_tls(false)
+        RedisServer::launch_tls(false, None, Vec::new(), false)
     }
 
     /// Like [`RedisServer::start_tls`], but the server refuses TLS clients
@@ -300,10 +300,18 @@ impl RedisServer {
     /// assert!(server.tls_client_key_file().exists());
     /// ```
     pub fn start_tls_client_auth() -> RedisServer {
-        RedisServer::launch_tls(true)
+        RedisServer::launch_tls(true, None, Vec::new(), false)
     }
 
-    fn launch_tls(client_auth: bool) -> RedisServer {
+    /// Starts a TLS-only server. Its certificates are copied from
+    /// `certificates` (a directory filled by [`make_certificates`], shared
+    /// by the nodes of a cluster) or made for it alone.
+    pub(crate) fn launch_tls(
+        client_auth: bool,
+        certificates: Option<&Path>,
+        more_args: Vec<String>,
+        cluster_bus: bool,
+    ) -> RedisServer {
         require_program("redis-server");
         let status = Command::new("openssl")
             .arg("version")
@@ -318,7 +326,7 @@ impl RedisServer {
         }
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            let (port, reservation) = pick_port(false);
+            let (port, reservation) = pick_port(cluster_bus);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!(
                 "cache-testkit-redis-{}-{n}-{port}",
@@ -327,9 +335,17 @@ impl RedisServer {
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir)
                 .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
-            make_certificates(&dir);
+            match certificates {
+                Some(from) => {
+                    for name in CERTIFICATE_FILES {
+                        fs::copy(from.join(name), dir.join(name))
+                            .unwrap_or_else(|e| panic!("cache-testkit: cannot copy {name}: {e}"));
+                    }
+                }
+                None => make_certificates(&dir),
+            }
             let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
-            let extra_args = vec![
+            let mut extra_args = vec![
                 "--tls-cert-file".to_owned(),
                 file("server.crt"),
                 "--tls-key-file".to_owned(),
@@ -339,6 +355,7 @@ impl RedisServer {
                 "--tls-auth-clients".to_owned(),
                 if client_auth { "yes" } else { "no" }.to_owned(),
             ];
+            extra_args.extend(more_args.iter().cloned());
             let mut server = RedisServer {
                 port,
                 tls: Some(client_auth),
@@ -797,10 +814,20 @@ impl Drop for RedisServer {
     }
 }
 
+/// The files [`make_certificates`] writes that servers and clients use.
+const CERTIFICATE_FILES: [&str; 6] = [
+    "ca.crt",
+    "server.crt",
+    "server.key",
+    "client.crt",
+    "client.key",
+    "other-ca.crt",
+];
+
 /// Writes a private CA (`ca.crt`), a server certificate for `127.0.0.1` and
 /// `localhost` (`server.crt`/`server.key`), a client certificate
 /// (`client.crt`/`client.key`) and an unrelated CA (`other-ca.crt`) into `dir`.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let script = r#"
 set -e
 key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
@@ -812,7 +839,7 @@ key server.key
 openssl req -new -key server.key -subj /CN=localhost -out server.csr
 printf 'basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
+extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost
 ' > server.ext
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 2 -extfile server.ext -out server.crt 2>/dev/null
