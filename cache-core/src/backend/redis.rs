@@ -625,7 +625,19 @@ impl RedisBackend {
         }
         let mut missing = Vec::new();
         for (name, cmd) in &probes {
-            match self.query::<Value>(cmd).await {
+            // Not through `query`: a refused probe is an answer, not an
+            // error to log (the caller reports the list once).
+            let answer: redis::RedisResult<Value> = match &self.topology {
+                Topology::Single(node) => {
+                    let (mut conn, _) = node.connection().await?;
+                    cmd.query_async(&mut conn).await
+                }
+                Topology::Cluster(node) => {
+                    let mut conn = ClusterConnection::clone(&node.conn.load());
+                    cmd.query_async(&mut conn).await
+                }
+            };
+            match answer.map_err(BackendError::from) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::Auth && e.message.ends_with(FIX_PERMISSION) => {
                     missing.push((*name).to_owned());
