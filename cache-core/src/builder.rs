@@ -1,13 +1,24 @@
 //! [`CacheBuilder`]: settings, validation, and connecting at start-up.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::redis::RedisBackend;
 use crate::backend::{Backend, BackendKind};
 use crate::cache::Cache;
-use crate::config::{CacheConfig, RedisTarget, validate_namespace, validate_url};
-use crate::error::ConfigError;
+use crate::config::{
+    CacheConfig, RedisTarget, TlsVariables, read_pem_certificates, read_pem_key,
+    validate_namespace, validate_url,
+};
+use crate::error::{ConfigError, ErrorKind};
+
+/// Names of the builder's TLS settings, used in its errors.
+const BUILDER_TLS: TlsVariables = TlsVariables {
+    ca: "tls_ca_file",
+    cert: "tls_client_cert",
+    key: "tls_client_cert",
+};
 
 /// Builds a [`Cache`]; see [`Cache::builder`].
 #[derive(Debug, Clone, Default)]
@@ -15,6 +26,8 @@ use crate::error::ConfigError;
 pub struct CacheBuilder {
     config: CacheConfig,
     error: Option<ConfigError>,
+    /// TLS files were given through the builder (errors name its methods).
+    tls_from_builder: bool,
 }
 
 impl CacheBuilder {
@@ -130,6 +143,77 @@ impl CacheBuilder {
         self.config.near_capacity = Some(capacity.max(1));
         self
     }
+    /// Fail [`build`](Self::build) when Redis cannot be used at start-up
+    /// (unreachable, wrong password, missing permission, unknown database,
+    /// TLS handshake failure) instead of starting degraded on the in-memory
+    /// fallback (default off; `CACHE_REQUIRE_REDIS`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use cache_core::{Cache, ConfigError};
+    /// let built = Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:1") // nothing listens there
+    ///     .require_redis(true)
+    ///     .build()
+    ///     .await;
+    /// assert!(matches!(built, Err(ConfigError::RedisUnavailable { .. })));
+    /// # }
+    /// ```
+    pub fn require_redis(mut self, required: bool) -> Self {
+        self.config.require_redis = required;
+        self
+    }
+    /// Trusts the CA certificates of this PEM file, besides the system's
+    /// root certificates, for a `rediss://` server (`REDIS_TLS_CA_FILE`).
+    /// The file is read and checked now; a missing or malformed one makes
+    /// [`build`](Self::build) fail with [`ConfigError::TlsFile`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_url("rediss://redis.internal:6380")
+    ///     .tls_ca_file("/etc/redis/ca.pem")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        if let Err(e) = read_pem_certificates(BUILDER_TLS.ca, &path) {
+            self.error.get_or_insert(e);
+        }
+        self.config.tls_ca_file = Some(path);
+        self.tls_from_builder = true;
+        self
+    }
+    /// Presents this PEM client certificate (chain) and private key to a
+    /// `rediss://` server that requires one, mutual TLS
+    /// (`REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`). Both files are read
+    /// and checked now.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_url("rediss://redis.internal:6380")
+    ///     .tls_ca_file("/etc/redis/ca.pem")
+    ///     .tls_client_cert("/etc/redis/client.pem", "/etc/redis/client.key")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        let (cert, key) = (cert.into(), key.into());
+        if let Err(e) = read_pem_certificates(BUILDER_TLS.cert, &cert) {
+            self.error.get_or_insert(e);
+        }
+        if let Err(e) = read_pem_key(BUILDER_TLS.key, &key) {
+            self.error.get_or_insert(e);
+        }
+        self.config.tls_cert_file = Some(cert);
+        self.config.tls_key_file = Some(key);
+        self.tls_from_builder = true;
+        self
+    }
     /// Turns caching on or off.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.config.enabled = enabled;
@@ -137,8 +221,9 @@ impl CacheBuilder {
     }
 
     /// Builds the cache. Redis being down is not an error: the cache starts
-    /// degraded (fallback serving) and switches to Redis when it answers.
-    /// A malformed URL or setting is.
+    /// degraded (fallback serving) and switches to Redis when it answers,
+    /// unless [`require_redis`](Self::require_redis) is on.
+    /// A malformed URL, setting or TLS file is.
     pub async fn build(self) -> Result<Cache, ConfigError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -156,15 +241,29 @@ impl CacheBuilder {
         let Some(target) = config.redis.clone() else {
             return Ok(Cache::memory_with(config));
         };
+        let names = if self.tls_from_builder {
+            BUILDER_TLS
+        } else {
+            TlsVariables::ENV
+        };
+        let tls = config.tls_certificates(names)?;
         let backend = match RedisBackend::connect(
             &target,
             config.pool_size,
             config.timeout,
             config.tcp_nodelay,
+            tls.as_ref(),
         )
         .await
         {
             Ok(backend) => backend,
+            Err(e) if config.require_redis => {
+                return Err(ConfigError::RedisUnavailable {
+                    target: target.redacted(),
+                    kind: e.kind,
+                    reason: e.message,
+                });
+            }
             Err(e) => {
                 return Err(ConfigError::InvalidUrl {
                     variable: "REDIS_URL",
@@ -174,6 +273,7 @@ impl CacheBuilder {
             }
         };
         let backend = Arc::new(backend);
+        let probe = backend.clone();
         let cache = Cache::from_parts(
             config,
             backend.kind(),
@@ -181,15 +281,56 @@ impl CacheBuilder {
             None,
             Some(backend),
         );
-        match tokio::time::timeout(cache.inner.config.timeout * 4, cache.inner.primary.ping()).await
-        {
-            Ok(Ok(())) => tracing::info!(target = %target.redacted(), "cache connected to Redis"),
-            Ok(Err(e)) => {
-                tracing::warn!(target = %target.redacted(), error = %e, "Redis unreachable at start; running degraded on the in-memory fallback")
+        let wait = cache.inner.config.timeout * 4;
+        let failure = match tokio::time::timeout(wait, cache.inner.primary.ping()).await {
+            Ok(Ok(())) => {
+                tracing::info!(target = %target.redacted(), "cache connected to Redis");
+                let namespace = &cache.inner.config.namespace;
+                let missing = match tokio::time::timeout(
+                    wait * 4,
+                    probe.check_permissions(namespace),
+                )
+                .await
+                {
+                    Ok(Ok(missing)) => missing,
+                    _ => Vec::new(), // unreachable now: the calls will tell
+                };
+                if missing.is_empty() {
+                    return Ok(cache);
+                }
+                let reason = format!(
+                    "the Redis user may not run {} on `{namespace}:*`; grant them (see the README's minimal ACL)",
+                    missing.join(", ")
+                );
+                if cache.inner.config.require_redis {
+                    tracing::error!(target = %target.redacted(), "{reason}");
+                    return Err(ConfigError::RedisUnavailable {
+                        target: target.redacted(),
+                        kind: ErrorKind::Auth,
+                        reason,
+                    });
+                }
+                tracing::error!(target = %target.redacted(), "{reason}; the calls that need them fail over to the in-memory fallback");
+                return Ok(cache);
             }
-            Err(_) => {
-                tracing::warn!(target = %target.redacted(), "Redis did not answer at start; running degraded on the in-memory fallback")
-            }
+            Ok(Err(e)) => e,
+            Err(_) => crate::error::BackendError::new(
+                ErrorKind::Timeout,
+                format!("no answer to PING within {wait:?}"),
+            ),
+        };
+        if cache.inner.config.require_redis {
+            tracing::error!(target = %target.redacted(), error = %failure, "Redis is required (CACHE_REQUIRE_REDIS) but unusable at start");
+            return Err(ConfigError::RedisUnavailable {
+                target: target.redacted(),
+                kind: failure.kind,
+                reason: failure.message,
+            });
+        }
+        if failure.kind.needs_operator() {
+            tracing::error!(target = %target.redacted(), error = %failure, "Redis refuses the cache's configuration; running degraded on the in-memory fallback until it is fixed");
+        } else {
+            tracing::warn!(target = %target.redacted(), error = %failure, "Redis unreachable at start; running degraded on the in-memory fallback");
         }
         Ok(cache)
     }

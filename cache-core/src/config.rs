@@ -1,6 +1,7 @@
 //! Configuration: [`CacheConfig`], read from the environment or set through
 //! [`CacheBuilder`](crate::CacheBuilder).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::codec::CodecKind;
@@ -63,6 +64,43 @@ impl RedisTarget {
 /// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | on for Redis, off for memory |
 /// | `CACHE_NEAR_CAPACITY` | [`near_capacity`](Self::near_capacity) | unset: no near cache |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
+/// | `CACHE_REQUIRE_REDIS` | [`require_redis`](Self::require_redis) | `false` |
+/// | `REDIS_TLS_CA_FILE` | [`tls_ca_file`](Self::tls_ca_file) (PEM CA trusted besides the system roots) | unset: system roots only |
+/// | `REDIS_TLS_CERT_FILE` | [`tls_cert_file`](Self::tls_cert_file) (PEM client certificate) | unset: no client certificate |
+/// | `REDIS_TLS_KEY_FILE` | [`tls_key_file`](Self::tls_key_file) (PEM private key of the client certificate) | unset |
+///
+/// # TLS
+///
+/// A `rediss://` URL connects over TLS (rustls, default feature `tls`).
+/// The server certificate is checked against the system's root
+/// certificates plus, when `REDIS_TLS_CA_FILE` names a PEM file, the CA
+/// certificates in that file (a private CA). Setting both
+/// `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` presents a client
+/// certificate (mutual TLS, `tls-auth-clients yes`). The files are read and
+/// checked when the configuration is read: a missing or malformed file is a
+/// [`ConfigError::TlsFile`] naming the variable.
+///
+/// ```
+/// use cache_core::{CacheConfig, ConfigError};
+/// let config = CacheConfig::from_lookup(|name| match name {
+///     "REDIS_URL" => Some("rediss://redis.internal:6380".into()),
+///     "REDIS_TLS_CA_FILE" => Some("/nonexistent/ca.pem".into()),
+///     _ => None,
+/// });
+/// assert!(matches!(
+///     config,
+///     Err(ConfigError::TlsFile { variable: "REDIS_TLS_CA_FILE", .. })
+/// ));
+/// ```
+///
+/// # Start-up
+///
+/// By default a cache whose Redis is unreachable at start-up starts degraded
+/// (serving from its in-memory fallback) and switches to Redis when it
+/// answers. `CACHE_REQUIRE_REDIS=true` makes
+/// [`CacheBuilder::build`](crate::CacheBuilder::build) fail instead, with a
+/// [`ConfigError::RedisUnavailable`] saying why (unreachable, wrong password,
+/// TLS handshake failure, unknown database...).
 ///
 /// ```
 /// use cache_core::CacheConfig;
@@ -147,6 +185,17 @@ pub struct CacheConfig {
     /// another instance's write or delete reaches it once Redis' message
     /// about it arrives (see the crate docs for the measured window).
     pub near_capacity: Option<u64>,
+    /// Fail start-up instead of running degraded when Redis is unreachable
+    /// or refuses the configuration (`CACHE_REQUIRE_REDIS`, default off).
+    pub require_redis: bool,
+    /// PEM file of CA certificates trusted for `rediss://` in addition to
+    /// the system's root certificates (`REDIS_TLS_CA_FILE`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to a server that requires
+    /// one (`REDIS_TLS_CERT_FILE`); needs [`tls_key_file`](Self::tls_key_file).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of [`tls_cert_file`](Self::tls_cert_file) (`REDIS_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for CacheConfig {
@@ -169,6 +218,10 @@ impl Default for CacheConfig {
             tcp_nodelay: true,
             prefix_generations: None,
             near_capacity: None,
+            require_redis: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -252,7 +305,77 @@ impl CacheConfig {
             config.max_value_bytes =
                 parse_num("CACHE_MAX_VALUE_BYTES", &v, 16, 512 * 1024 * 1024)? as usize;
         }
+        if let Some(v) = get("CACHE_REQUIRE_REDIS") {
+            config.require_redis = parse_bool("CACHE_REQUIRE_REDIS", &v)?;
+        }
+        config.tls_ca_file = get(CA_VAR).map(PathBuf::from);
+        config.tls_cert_file = get(CERT_VAR).map(PathBuf::from);
+        config.tls_key_file = get(KEY_VAR).map(PathBuf::from);
+        config.tls_certificates(TlsVariables::ENV)?;
         Ok(config)
+    }
+
+    /// The TLS material named by [`tls_ca_file`](Self::tls_ca_file),
+    /// [`tls_cert_file`](Self::tls_cert_file) and
+    /// [`tls_key_file`](Self::tls_key_file), read and checked; `None` when
+    /// none is set (a `rediss://` URL then trusts the system roots).
+    pub(crate) fn tls_certificates(
+        &self,
+        names: TlsVariables,
+    ) -> Result<Option<TlsMaterial>, ConfigError> {
+        let root_cert = match &self.tls_ca_file {
+            Some(path) => Some(read_pem_certificates(names.ca, path)?),
+            None => None,
+        };
+        let client = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                read_pem_certificates(names.cert, cert)?,
+                read_pem_key(names.key, key)?,
+            )),
+            (Some(cert), None) => {
+                return Err(tls_file(
+                    names.key,
+                    cert,
+                    format!(
+                        "a client certificate needs its private key: set {} too",
+                        names.key
+                    ),
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(tls_file(
+                    names.cert,
+                    key,
+                    format!(
+                        "a private key needs its client certificate: set {} too",
+                        names.cert
+                    ),
+                ));
+            }
+        };
+        if root_cert.is_none() && client.is_none() {
+            return Ok(None);
+        }
+        if let Some(target) = &self.redis {
+            let urls: Vec<&String> = match target {
+                RedisTarget::Single(url) => vec![url],
+                RedisTarget::Cluster(urls) => urls.iter().collect(),
+            };
+            if let Some(plain) = urls.iter().find(|u| !u.starts_with("rediss://")) {
+                let variable = if root_cert.is_some() {
+                    names.ca
+                } else {
+                    names.cert
+                };
+                return Err(ConfigError::Invalid {
+                    variable,
+                    value: redact_url(plain),
+                    reason: "TLS certificates need a rediss:// URL".to_owned(),
+                });
+            }
+        }
+        Ok(Some(TlsMaterial { root_cert, client }))
     }
 
     /// A printable description of the backend target with passwords redacted
@@ -263,6 +386,92 @@ impl CacheConfig {
             Some(target) => target.redacted(),
         }
     }
+}
+
+const CA_VAR: &str = "REDIS_TLS_CA_FILE";
+const CERT_VAR: &str = "REDIS_TLS_CERT_FILE";
+const KEY_VAR: &str = "REDIS_TLS_KEY_FILE";
+
+/// Names used in TLS errors: the environment variables, or the builder methods.
+#[derive(Clone, Copy)]
+pub(crate) struct TlsVariables {
+    pub(crate) ca: &'static str,
+    pub(crate) cert: &'static str,
+    pub(crate) key: &'static str,
+}
+
+impl TlsVariables {
+    pub(crate) const ENV: TlsVariables = TlsVariables {
+        ca: CA_VAR,
+        cert: CERT_VAR,
+        key: KEY_VAR,
+    };
+}
+
+/// PEM bytes checked to hold what they should.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct TlsMaterial {
+    /// CA certificates to trust besides the system roots.
+    pub(crate) root_cert: Option<Vec<u8>>,
+    /// Client certificate chain and private key.
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn tls_file(variable: &'static str, path: &Path, reason: String) -> ConfigError {
+    ConfigError::TlsFile {
+        variable,
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+fn read_file(variable: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| tls_file(variable, path, format!("cannot read it: {e}")))
+}
+
+/// Reads a PEM file that must hold at least one certificate.
+pub(crate) fn read_pem_certificates(
+    variable: &'static str,
+    path: &Path,
+) -> Result<Vec<u8>, ConfigError> {
+    let bytes = read_file(variable, path)?;
+    #[cfg(feature = "tls")]
+    {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut count = 0;
+        for cert in CertificateDer::pem_slice_iter(&bytes) {
+            cert.map_err(|e| tls_file(variable, path, format!("malformed PEM: {e}")))?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(tls_file(
+                variable,
+                path,
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads a PEM file that must hold a private key.
+pub(crate) fn read_pem_key(variable: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bytes = read_file(variable, path)?;
+    #[cfg(feature = "tls")]
+    {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+            tls_file(
+                variable,
+                path,
+                format!("holds no usable PEM private key: {e}"),
+            )
+        })?;
+    }
+    Ok(bytes)
 }
 
 fn invalid(variable: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -350,10 +559,18 @@ pub(crate) fn validate_url(variable: &'static str, url: &str) -> Result<(), Conf
 
 /// Replaces the password of a URL (`redis://user:secret@host`) with `***`.
 ///
+/// Everything between `://` and the last `@` is credentials, whether or not
+/// the URL parses, so a password holding an unencoded `/`, `@` or `#` is
+/// hidden too.
+///
 /// ```
 /// assert_eq!(
 ///     cache_core::redact_url("redis://app:s3cret@10.0.0.1:6379/0"),
 ///     "redis://app:***@10.0.0.1:6379/0"
+/// );
+/// assert_eq!(
+///     cache_core::redact_url("redis://app:pa/ss@10.0.0.1:6379"),
+///     "redis://app:***@10.0.0.1:6379"
 /// );
 /// assert_eq!(cache_core::redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
 /// ```
@@ -361,17 +578,15 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rfind('@') {
+    match rest.rfind('@') {
         Some(at) => {
-            let userinfo = &authority[..at];
-            let host = &authority[at + 1..];
+            let userinfo = &rest[..at];
+            let host = &rest[at + 1..];
             let user = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_owned(),
+                Some((user, _)) if !user.contains('/') => format!("{user}:***"),
+                _ => "***".to_owned(),
             };
-            format!("{scheme}://{user}@{host}{path}")
+            format!("{scheme}://{user}@{host}")
         }
         None => url.to_owned(),
     }

@@ -31,6 +31,32 @@ pub enum ConfigError {
         /// Why it was rejected.
         reason: String,
     },
+    /// A TLS certificate or key file is missing, unreadable or malformed, or
+    /// one of a client certificate and its key is given without the other.
+    #[error("{variable}={path:?} is invalid: {reason}")]
+    TlsFile {
+        /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`
+        /// or the builder method that received the path.
+        variable: &'static str,
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Redis was required at start-up (`CACHE_REQUIRE_REDIS=true`,
+    /// [`CacheBuilder::require_redis`](crate::CacheBuilder::require_redis))
+    /// but could not be used.
+    #[error(
+        "Redis is required (CACHE_REQUIRE_REDIS) but unusable at {target}: {kind} error: {reason}"
+    )]
+    RedisUnavailable {
+        /// The target with passwords redacted.
+        target: String,
+        /// The class of the failure (`connection`, `auth`, `config`, ...).
+        kind: ErrorKind,
+        /// What went wrong and what to fix.
+        reason: String,
+    },
 }
 
 /// The class of a backend failure. Used for stats ("errors by kind"), for the
@@ -45,8 +71,12 @@ pub enum ErrorKind {
     Connection,
     /// The circuit breaker is open: the call was not attempted.
     CircuitOpen,
-    /// Authentication failed (wrong password or ACL user).
+    /// Authentication failed (wrong password or ACL user) or the ACL user
+    /// lacks a permission the cache needs (`NOPERM`).
     Auth,
+    /// The server refuses the connection's configuration (for example a
+    /// database index out of range in the URL's `/db` path).
+    Config,
     /// The server is out of memory (`maxmemory` reached with `noeviction`).
     OutOfMemory,
     /// The key holds a value of another type (`WRONGTYPE`).
@@ -59,11 +89,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// All kinds, in a stable order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Timeout,
         ErrorKind::Connection,
         ErrorKind::CircuitOpen,
         ErrorKind::Auth,
+        ErrorKind::Config,
         ErrorKind::OutOfMemory,
         ErrorKind::WrongType,
         ErrorKind::Server,
@@ -77,6 +108,7 @@ impl ErrorKind {
             ErrorKind::Connection => "connection",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Auth => "auth",
+            ErrorKind::Config => "config",
             ErrorKind::OutOfMemory => "out_of_memory",
             ErrorKind::WrongType => "wrong_type",
             ErrorKind::Server => "server",
@@ -86,12 +118,23 @@ impl ErrorKind {
 
     /// Whether this failure says the backend is unavailable (counts towards
     /// opening the circuit breaker). A `WRONGTYPE` or OOM answer proves the
-    /// server is up, so it does not.
+    /// server is up, so it does not. Refused credentials, permissions or
+    /// database do: the backend cannot serve until someone fixes them.
     pub fn is_availability(self) -> bool {
         matches!(
             self,
-            ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Auth | ErrorKind::Other
+            ErrorKind::Timeout
+                | ErrorKind::Connection
+                | ErrorKind::Auth
+                | ErrorKind::Config
+                | ErrorKind::Other
         )
+    }
+
+    /// Whether someone must change the deployment (credentials, ACL, URL)
+    /// before the backend can serve: such failures are logged at ERROR.
+    pub fn needs_operator(self) -> bool {
+        matches!(self, ErrorKind::Auth | ErrorKind::Config)
     }
 }
 
@@ -121,29 +164,60 @@ impl BackendError {
     }
 }
 
+/// What to fix, for failures that need an operator.
+const FIX_PASSWORD: &str = "check the user name and password in REDIS_URL \
+     (redis://user:password@host:port) against the server's requirepass or ACL users";
+pub(crate) const FIX_PERMISSION: &str = "grant the ACL user the commands and key pattern the cache \
+     needs (see the README's minimal ACL), or use another user";
+const FIX_DATABASE: &str = "the database index in REDIS_URL (redis://host:port/<db>) \
+     must be below the server's `databases` setting (16 by default)";
+
 impl From<redis::RedisError> for BackendError {
     fn from(err: redis::RedisError) -> Self {
         use redis::ErrorKind as K;
-        let kind = match err.code() {
-            Some("OOM") => ErrorKind::OutOfMemory,
-            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => ErrorKind::Auth,
-            Some("WRONGTYPE") => ErrorKind::WrongType,
-            _ if err.is_timeout() => ErrorKind::Timeout,
-            _ if err.is_io_error()
-                || err.is_connection_dropped()
-                || err.is_connection_refusal()
-                || err.is_unrecoverable_error() =>
+        let text = err.to_string();
+        let (kind, fix) = match err.code() {
+            Some("OOM") => (ErrorKind::OutOfMemory, None),
+            Some("NOPERM") => (ErrorKind::Auth, Some(FIX_PERMISSION)),
+            Some("NOAUTH" | "WRONGPASS") => (ErrorKind::Auth, Some(FIX_PASSWORD)),
+            Some("WRONGTYPE") => (ErrorKind::WrongType, None),
+            // Checked before the connection classes below: redis-rs marks a
+            // refused AUTH as "reconnect", which is not what fixes it.
+            _ if err.kind() == K::AuthenticationFailed => (ErrorKind::Auth, Some(FIX_PASSWORD)),
+            _ if text.contains("refused to switch database")
+                || text.contains("DB index is out of range") =>
             {
-                ErrorKind::Connection
+                (ErrorKind::Config, Some(FIX_DATABASE))
             }
-            _ => match err.kind() {
-                K::AuthenticationFailed => ErrorKind::Auth,
-                K::Server(_) | K::Extension => ErrorKind::Server,
-                K::Io | K::ClusterConnectionNotFound => ErrorKind::Connection,
-                _ => ErrorKind::Other,
-            },
+            _ => (classify(&err), None),
         };
-        BackendError::new(kind, crate::config::redact_text(&err.to_string()))
+        let message = crate::config::redact_text(&text);
+        BackendError::new(
+            kind,
+            match fix {
+                Some(fix) => format!("{message}; {fix}"),
+                None => message,
+            },
+        )
+    }
+}
+
+fn classify(err: &redis::RedisError) -> ErrorKind {
+    use redis::ErrorKind as K;
+    if err.is_timeout() {
+        ErrorKind::Timeout
+    } else if err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_unrecoverable_error()
+    {
+        ErrorKind::Connection
+    } else {
+        match err.kind() {
+            K::Server(_) | K::Extension => ErrorKind::Server,
+            K::ClusterConnectionNotFound => ErrorKind::Connection,
+            _ => ErrorKind::Other,
+        }
     }
 }
 

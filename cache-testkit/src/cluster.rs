@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::redis_server::{RedisServer, require_program};
+use crate::redis_server::{RedisServer, make_certificates, require_program};
 
 /// Arguments every cluster node gets on top of [`RedisServer`]'s defaults.
 const NODE_ARGS: [&str; 6] = [
@@ -46,6 +47,16 @@ const OK_TIMEOUT: Duration = Duration::from_secs(30);
 /// ```
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The certificates shared by the nodes of a TLS cluster (removed on drop).
+    tls_dir: Option<PathBuf>,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.tls_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl fmt::Debug for RedisCluster {
@@ -81,8 +92,62 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..n)
             .map(|_| RedisServer::launch(NODE_ARGS.iter().map(|a| (*a).to_owned()).collect(), true))
             .collect();
-        let cluster = RedisCluster { nodes };
-        let output = Command::new("redis-cli")
+        RedisCluster {
+            nodes,
+            tls_dir: None,
+        }
+        .create()
+    }
+
+    /// Like [`RedisCluster::start`], with TLS-only nodes (`--port 0
+    /// --tls-port <port> --tls-cluster yes`: clients and the cluster bus
+    /// speak TLS) sharing one private CA made by `openssl`. Clients need no
+    /// certificate. [`RedisCluster::urls`] are `rediss://` URLs,
+    /// [`RedisCluster::client`] trusts the CA, and every node's
+    /// [`RedisServer::tls_ca_file`] names it.
+    ///
+    /// ```no_run
+    /// let cluster = cache_testkit::RedisCluster::start_tls(3);
+    /// assert!(cluster.urls()[0].starts_with("rediss://"));
+    /// let ca = cluster.nodes()[0].tls_ca_file();
+    /// # drop(ca);
+    /// ```
+    pub fn start_tls(n: usize) -> RedisCluster {
+        assert!(
+            n >= 3,
+            "cache-testkit: a Redis Cluster needs at least 3 masters, got {n}"
+        );
+        require_program("redis-cli");
+        let dir = std::env::temp_dir().join(format!(
+            "cache-testkit-tls-cluster-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
+        make_certificates(&dir);
+        let mut args: Vec<String> = NODE_ARGS.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| RedisServer::launch_tls(false, Some(&dir), args.clone(), true))
+            .collect();
+        RedisCluster {
+            nodes,
+            tls_dir: Some(dir),
+        }
+        .create()
+    }
+
+    /// Joins the nodes with `redis-cli --cluster create` and waits for `ok`.
+    fn create(self) -> RedisCluster {
+        let cluster = self;
+        let mut create = Command::new("redis-cli");
+        if let Some(dir) = &cluster.tls_dir {
+            create.arg("--tls").arg("--cacert").arg(dir.join("ca.crt"));
+        }
+        let output = create
             .args(["--cluster", "create"])
             .args(cluster.nodes.iter().map(|node| node.addr().to_string()))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -141,12 +206,23 @@ impl RedisCluster {
     /// # }
     /// ```
     pub fn client(&self) -> redis::cluster::ClusterClient {
-        redis::cluster::ClusterClient::builder(self.urls())
+        let builder = redis::cluster::ClusterClient::builder(self.urls())
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(Duration::from_secs(1))
-            .retries(2)
-            .build()
-            .expect("loopback cluster URLs are valid")
+            .retries(2);
+        let builder = match &self.tls_dir {
+            Some(dir) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(
+                        std::fs::read(dir.join("ca.crt")).expect("the kit's CA file is readable"),
+                    ),
+                })
+            }
+            None => builder,
+        };
+        builder.build().expect("loopback cluster URLs are valid")
     }
 
     /// Kills node `i` (SIGKILL) and returns at once. The cluster notices after

@@ -206,6 +206,9 @@ enum SpawnError {
 /// ```
 pub struct RedisServer {
     port: u16,
+    /// A TLS-only server ([`RedisServer::start_tls`]): whether it requires
+    /// client certificates.
+    tls: Option<bool>,
     dir: PathBuf,
     extra_args: Vec<String>,
     password: Option<String>,
@@ -218,6 +221,10 @@ impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
+            .field(
+                "tls",
+                &self.tls.map(|auth| if auth { "client-auth" } else { "on" }),
+            )
             .field("dir", &self.dir)
             .field("pid", &self.pid())
             .field("paused", &self.is_paused())
@@ -260,6 +267,115 @@ impl RedisServer {
         RedisServer::launch(args.iter().map(|a| (*a).to_owned()).collect(), false)
     }
 
+    /// Starts a TLS-only server (`--port 0 --tls-port <port>`: no plain
+    /// port) with certificates made for it alone by `openssl` (a private CA,
+    /// a server certificate for `127.0.0.1` and `localhost`, a client
+    /// certificate; see [`RedisServer::tls_ca_file`]). Clients need not
+    /// present a certificate (`--tls-auth-clients no`); see
+    /// [`RedisServer::start_tls_client_auth`].
+    ///
+    /// [`RedisServer::url`] is then `rediss://127.0.0.1:<port>`, and
+    /// [`RedisServer::client`] trusts the private CA (and presents the
+    /// client certificate when the server requires one).
+    ///
+    /// Panics if `openssl` is not installed or redis-server lacks TLS support.
+    ///
+    /// ```no_run
+    /// let server = cache_testkit::RedisServer::start_tls();
+    /// assert!(server.tls_url().starts_with("rediss://127.0.0.1:"));
+    /// assert!(server.tls_ca_file().exists());
+    /// ```
+    pub fn start_tls() -> RedisServer {
+        RedisServer::launch_tls(false, None, Vec::new(), false)
+    }
+
+    /// Like [`RedisServer::start_tls`], but the server refuses TLS clients
+    /// that present no certificate signed by its CA (`--tls-auth-clients yes`):
+    /// use [`RedisServer::tls_client_cert_file`] and
+    /// [`RedisServer::tls_client_key_file`].
+    ///
+    /// ```no_run
+    /// let server = cache_testkit::RedisServer::start_tls_client_auth();
+    /// assert!(server.tls_client_cert_file().exists());
+    /// assert!(server.tls_client_key_file().exists());
+    /// ```
+    pub fn start_tls_client_auth() -> RedisServer {
+        RedisServer::launch_tls(true, None, Vec::new(), false)
+    }
+
+    /// Starts a TLS-only server. Its certificates are copied from
+    /// `certificates` (a directory filled by [`make_certificates`], shared
+    /// by the nodes of a cluster) or made for it alone.
+    pub(crate) fn launch_tls(
+        client_auth: bool,
+        certificates: Option<&Path>,
+        more_args: Vec<String>,
+        cluster_bus: bool,
+    ) -> RedisServer {
+        require_program("redis-server");
+        let status = Command::new("openssl")
+            .arg("version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if status.is_err() {
+            panic!(
+                "cache-testkit: `openssl` was not found on PATH; install it with `apt-get install -y openssl`"
+            );
+        }
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let (port, reservation) = pick_port(cluster_bus);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "cache-testkit-redis-{}-{n}-{port}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
+            match certificates {
+                Some(from) => {
+                    for name in CERTIFICATE_FILES {
+                        fs::copy(from.join(name), dir.join(name))
+                            .unwrap_or_else(|e| panic!("cache-testkit: cannot copy {name}: {e}"));
+                    }
+                }
+                None => make_certificates(&dir),
+            }
+            let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+            let mut extra_args = vec![
+                "--tls-cert-file".to_owned(),
+                file("server.crt"),
+                "--tls-key-file".to_owned(),
+                file("server.key"),
+                "--tls-ca-cert-file".to_owned(),
+                file("ca.crt"),
+                "--tls-auth-clients".to_owned(),
+                if client_auth { "yes" } else { "no" }.to_owned(),
+            ];
+            extra_args.extend(more_args.iter().cloned());
+            let mut server = RedisServer {
+                port,
+                tls: Some(client_auth),
+                dir,
+                extra_args,
+                password: None,
+                running: None,
+                reservation,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(SpawnError::PortInUse(log)) => last = log,
+                Err(SpawnError::Fatal(msg)) => panic!("{msg}"),
+            }
+        }
+        panic!(
+            "cache-testkit: redis-server lost the port race {START_ATTEMPTS} times; last log:\n{last}"
+        );
+    }
+
     /// Starts a server, retrying on a fresh port if it loses a bind race.
     /// `cluster_bus` also requires `port + 10000` to be free.
     pub(crate) fn launch(extra_args: Vec<String>, cluster_bus: bool) -> RedisServer {
@@ -281,6 +397,7 @@ impl RedisServer {
                 .unwrap_or_else(|e| panic!("cache-testkit: cannot create {}: {e}", dir.display()));
             let mut server = RedisServer {
                 port,
+                tls: None,
                 dir,
                 extra_args: extra_args.clone(),
                 password: password.clone(),
@@ -309,8 +426,12 @@ impl RedisServer {
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
+        match self.tls {
+            // TLS only: no plain port at all.
+            Some(_) => cmd.args(["--port", "0", "--tls-port"]),
+            None => cmd.arg("--port"),
+        };
+        cmd.arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -370,9 +491,7 @@ impl RedisServer {
 
     /// One synchronous `PING` (short timeouts). A `NOAUTH` reply counts as alive.
     fn ping_blocking(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.authed_url()) else {
-            return false;
-        };
+        let client = self.client();
         let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300)) else {
             return false;
         };
@@ -424,7 +543,12 @@ impl RedisServer {
     /// assert_eq!(server.url(), format!("redis://127.0.0.1:{}", server.port()));
     /// ```
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Like [`RedisServer::url`], with the `--requirepass` password if one was
@@ -435,10 +559,63 @@ impl RedisServer {
     /// assert_eq!(server.authed_url(), format!("redis://:secret@127.0.0.1:{}", server.port()));
     /// ```
     pub fn authed_url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
             None => self.url(),
         }
+    }
+
+    /// `rediss://127.0.0.1:<port>` of a server started by
+    /// [`RedisServer::start_tls`] or [`RedisServer::start_tls_client_auth`]
+    /// (the same as [`RedisServer::url`] for such a server).
+    ///
+    /// Panics if the server was started without TLS.
+    ///
+    /// ```no_run
+    /// let server = cache_testkit::RedisServer::start_tls();
+    /// assert_eq!(server.tls_url(), server.url());
+    /// ```
+    pub fn tls_url(&self) -> String {
+        self.require_tls();
+        self.url()
+    }
+
+    fn require_tls(&self) -> bool {
+        self.tls
+            .expect("cache-testkit: this RedisServer was not started with start_tls()")
+    }
+
+    /// PEM file of the private CA that signed the server and client
+    /// certificates of a TLS server. Panics without TLS.
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.tls_file("ca.crt")
+    }
+
+    /// PEM client certificate (signed by [`RedisServer::tls_ca_file`]'s CA)
+    /// of a TLS server. Panics without TLS.
+    pub fn tls_client_cert_file(&self) -> PathBuf {
+        self.tls_file("client.crt")
+    }
+
+    /// PEM private key of [`RedisServer::tls_client_cert_file`]. Panics without TLS.
+    pub fn tls_client_key_file(&self) -> PathBuf {
+        self.tls_file("client.key")
+    }
+
+    /// PEM certificate of another CA, one that signed nothing this server
+    /// uses: trusting it alone must fail the TLS handshake. Panics without TLS.
+    pub fn tls_untrusted_ca_file(&self) -> PathBuf {
+        self.tls_file("other-ca.crt")
+    }
+
+    fn tls_file(&self, name: &str) -> PathBuf {
+        self.require_tls();
+        self.dir.join(name)
     }
 
     /// The `--requirepass` password given to [`RedisServer::start_with`], if any.
@@ -460,7 +637,24 @@ impl RedisServer {
     /// # }
     /// ```
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.authed_url()).expect("a loopback redis URL is valid")
+        let Some(client_auth) = self.tls else {
+            return redis::Client::open(self.authed_url()).expect("a loopback redis URL is valid");
+        };
+        // Never panics on a second install: one provider is then in already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |name: &str| {
+            fs::read(self.dir.join(name))
+                .unwrap_or_else(|e| panic!("cache-testkit: cannot read {name}: {e}"))
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: client_auth.then(|| redis::ClientTlsConfig {
+                client_cert: read("client.crt"),
+                client_key: read("client.key"),
+            }),
+            root_cert: Some(read("ca.crt")),
+        };
+        redis::Client::build_with_tls(self.authed_url(), certificates)
+            .expect("the test kit's own certificates are valid")
     }
 
     /// The server's working directory (holds `redis.log`, and `nodes.conf` for
@@ -618,6 +812,56 @@ impl Drop for RedisServer {
         let _ = fs::remove_dir_all(&self.dir);
         ports_in_use().remove(&self.port);
     }
+}
+
+/// The files [`make_certificates`] writes that servers and clients use.
+const CERTIFICATE_FILES: [&str; 6] = [
+    "ca.crt",
+    "server.crt",
+    "server.key",
+    "client.crt",
+    "client.key",
+    "other-ca.crt",
+];
+
+/// Writes a private CA (`ca.crt`), a server certificate for `127.0.0.1` and
+/// `localhost` (`server.crt`/`server.key`), a client certificate
+/// (`client.crt`/`client.key`) and an unrelated CA (`other-ca.crt`) into `dir`.
+pub(crate) fn make_certificates(dir: &Path) {
+    let script = r#"
+set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -new -key ca.key -sha256 -days 2 -subj /CN=cache-testkit-ca -out ca.crt
+key other-ca.key
+openssl req -x509 -new -key other-ca.key -sha256 -days 2 -subj /CN=cache-testkit-other-ca -out other-ca.crt
+key server.key
+openssl req -new -key server.key -subj /CN=localhost -out server.csr
+printf 'basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth,clientAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost
+' > server.ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 2 -extfile server.ext -out server.crt 2>/dev/null
+key client.key
+openssl req -new -key client.key -subj /CN=cache-testkit-client -out client.csr
+printf 'basicConstraints=CA:FALSE
+keyUsage=digitalSignature
+extendedKeyUsage=clientAuth
+' > client.ext
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 2 -extfile client.ext -out client.crt 2>/dev/null
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cache-testkit: cannot run openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "cache-testkit: openssl could not make the test certificates: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Panics with the install hint unless `program` can be executed.

@@ -75,6 +75,10 @@ pub struct BackendInfo {
     pub connected_clients: Option<u64>,
     /// Keys in the store (for Redis: `DBSIZE` summed over masters, all namespaces).
     pub total_keys: Option<u64>,
+    /// Commands (lower-case, `script|load` for a subcommand) the Redis user
+    /// may not run on this cache's keys, as found at start-up; empty when
+    /// all are allowed or the backend has no ACL.
+    pub missing_permissions: Vec<String>,
 }
 
 /// A byte-level key-value store with per-entry TTLs. Keys given to a backend

@@ -24,8 +24,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
 
 use super::{Backend, BackendInfo, BackendKind};
-use crate::config::{RedisTarget, redact_url};
-use crate::error::{BackendError, ErrorKind};
+use crate::config::{RedisTarget, TlsMaterial, redact_url};
+use crate::error::{BackendError, ErrorKind, FIX_PERMISSION};
 
 /// `name key...` in a buffer sized up front: `cmd(name).arg(key)` grows it
 /// once more, a realloc of ~200 instructions on a ~20k-instruction hit (the
@@ -100,6 +100,56 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+/// Runs `$body` (a future using `$conn`, a `&mut MultiplexedConnection`)
+/// on a single node's shared connection; if that connection turns out to be
+/// dropped (its driver task is gone, for instance with the tokio runtime
+/// that spawned it), replaces it and runs `$body` once more.
+macro_rules! on_single {
+    ($node:expr, |$conn:ident| $body:expr) => {{
+        let node: &SingleNode = $node;
+        let (mut held, id) = node.connection().await?;
+        let first = {
+            let $conn = &mut held;
+            $body.await
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(e) if driver_gone(&e) => {
+                tracing::debug!(error = %e, "Redis connection dropped; retrying on a fresh one");
+                let (mut held, id) = node.replace(id).await?;
+                let $conn = &mut held;
+                $body.await.map_err(|e| node.failed(id, e))
+            }
+            Err(e) => Err(node.failed(id, e)),
+        }
+    }};
+}
+
+/// Runs `$body` (a future using `$conn`, a `&mut ClusterConnection`) on the
+/// cluster connection; if its driver is gone, rebuilds the connection and
+/// runs `$body` once more.
+macro_rules! on_cluster {
+    ($node:expr, |$conn:ident| $body:expr) => {{
+        let node: &ClusterNode = $node;
+        let held = node.conn.load_full();
+        let mut first_conn = ClusterConnection::clone(&held);
+        let first = {
+            let $conn = &mut first_conn;
+            $body.await
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(e) if cluster_driver_gone(&e) => {
+                tracing::debug!(error = %e, "Redis Cluster connection gone; rebuilding it");
+                let mut fresh = node.replace(&held).await?;
+                let $conn = &mut fresh;
+                $body.await.map_err(failed)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }};
+}
+
 struct SingleNode {
     pool: bb8::Pool<Manager>,
     /// The one shared connection every command runs on. One: a multiplexed
@@ -127,7 +177,10 @@ impl SingleNode {
         if let Some(found) = self.current() {
             return Ok(found);
         }
-        let tracked = self.fresh_connection().await?;
+        let tracked = self
+            .fresh_connection()
+            .await
+            .inspect_err(log_operator_error)?;
         let found = (tracked.conn.clone(), identity(&tracked));
         self.shared.store(Some(Arc::new(tracked)));
         Ok(found)
@@ -178,7 +231,30 @@ impl SingleNode {
         if matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
             self.mark_broken(id);
         }
+        log_operator_error(&error);
         error
+    }
+
+    /// Replaces the connection `id`, whose driver is gone (its task ended,
+    /// for instance with the tokio runtime that spawned it), with a freshly
+    /// dialed one, so a command can be retried at once. bb8's idle
+    /// connections are skipped: they may have been made on the same runtime.
+    async fn replace(&self, id: usize) -> Result<(MultiplexedConnection, usize), BackendError> {
+        self.mark_broken(id);
+        let _guard = self.refresh.lock().await;
+        if let Some(found) = self.current() {
+            return Ok(found);
+        }
+        let tracked = self
+            .pool
+            .dedicated_connection()
+            .await
+            .map_err(BackendError::from)
+            .inspect_err(log_operator_error)?;
+        let _ = self.pool.add(tracked.clone());
+        let found = (tracked.conn.clone(), identity(&tracked));
+        self.shared.store(Some(Arc::new(tracked)));
+        Ok(found)
     }
 
     /// Flags the connection `id` broken (so bb8 discards its copy) and
@@ -199,14 +275,176 @@ fn identity(conn: &TrackedConnection) -> usize {
     Arc::as_ptr(&conn.broken) as usize
 }
 
+/// Whether a command failed because its connection is gone (the connection
+/// task ended, or the socket broke), so the same command can run on a fresh
+/// connection. A refused, timed out or rejected command is not.
+fn driver_gone(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() && !error.is_connection_refusal()
+}
+
+/// Failures someone has to fix (credentials, permissions, database index)
+/// are logged at ERROR with what to change; others are counted by the cache.
+fn log_operator_error(error: &BackendError) {
+    if error.kind.needs_operator() {
+        tracing::error!(kind = %error.kind, error = %error.message, "Redis refused the cache's configuration");
+    }
+}
+
+/// A Redis Cluster connection that is rebuilt when its driver is gone.
+struct ClusterNode {
+    client: redis::cluster::ClusterClient,
+    conn: arc_swap::ArcSwap<ClusterConnection>,
+    /// Held while a fresh connection replaces a dead one.
+    refresh: tokio::sync::Mutex<()>,
+    timeout: Duration,
+}
+
+impl ClusterNode {
+    /// Replaces `dead` (unless another caller did already) with a new
+    /// connection made on the calling task's runtime.
+    async fn replace(
+        &self,
+        dead: &Arc<ClusterConnection>,
+    ) -> Result<ClusterConnection, BackendError> {
+        let _guard = self.refresh.lock().await;
+        let now = self.conn.load_full();
+        if !Arc::ptr_eq(&now, dead) {
+            return Ok(ClusterConnection::clone(&now));
+        }
+        let fresh = connect_cluster(&self.client, self.timeout).await?;
+        self.conn.store(Arc::new(fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+/// The cluster connection's task is gone (its runtime ended): every command
+/// fails to be sent or answered. Node failures inside a live cluster
+/// connection are retried by redis-rs itself and do not look like this.
+fn cluster_driver_gone(error: &redis::RedisError) -> bool {
+    let text = error.to_string();
+    error.is_io_error()
+        && (text.contains("redis_cluster: Unable to") || text.contains("broken pipe"))
+}
+
+fn failed(error: redis::RedisError) -> BackendError {
+    let error = BackendError::from(error);
+    log_operator_error(&error);
+    error
+}
+
+async fn connect_cluster(
+    client: &redis::cluster::ClusterClient,
+    timeout: Duration,
+) -> Result<ClusterConnection, BackendError> {
+    tokio::time::timeout(
+        timeout.max(Duration::from_secs(2)),
+        client.get_async_connection(),
+    )
+    .await
+    .map_err(|_| {
+        BackendError::new(
+            ErrorKind::Timeout,
+            "timed out connecting to the Redis Cluster",
+        )
+    })?
+    .map_err(failed)
+}
+
+/// Installs rustls' ring crypto provider as the process default unless one
+/// is installed already (by the application or an earlier cache).
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one provider is in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// redis-rs's certificates. A CA file is trusted on top of the system's
+/// root certificates, not instead of them: redis-rs trusts either its
+/// `root_cert` or the system roots, so the system roots are appended to the
+/// CA file's PEM.
+#[cfg(feature = "tls")]
+fn certificates(material: &TlsMaterial) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: material
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: material.root_cert.as_ref().map(|ca| {
+            let mut pem = ca.clone();
+            pem.push(b'\n');
+            let system = rustls_native_certs::load_native_certs();
+            if !system.errors.is_empty() {
+                tracing::debug!(errors = ?system.errors, "some system root certificates could not be loaded");
+            }
+            for cert in &system.certs {
+                pem_encode(cert, &mut pem);
+            }
+            pem
+        }),
+    }
+}
+
+/// Appends `der` as a PEM `CERTIFICATE` block.
+#[cfg(feature = "tls")]
+fn pem_encode(der: &[u8], out: &mut Vec<u8>) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    for (i, chunk) in der.chunks(3).enumerate() {
+        if i > 0 && i % 16 == 0 {
+            out.push(b'\n'); // 64 characters a line
+        }
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for j in 0..4 {
+            if j <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * j)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    #[test]
+    fn pem_encoding_round_trips() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for len in [0usize, 1, 2, 3, 47, 48, 49, 1000] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut pem = Vec::new();
+            super::pem_encode(&der, &mut pem);
+            if len == 0 {
+                continue;
+            }
+            let back = CertificateDer::from_pem_slice(&pem).unwrap();
+            assert_eq!(back.as_ref(), der.as_slice(), "length {len}");
+        }
+    }
+}
+
 enum Topology {
     Single(SingleNode),
-    Cluster(ClusterConnection),
+    /// Boxed: the cluster client is ~0.5 KB, the single-node side 56 bytes.
+    Cluster(Box<ClusterNode>),
 }
 
 /// The Redis backend (single server or cluster).
 pub(crate) struct RedisBackend {
     topology: Topology,
+    /// What [`check_permissions`](Self::check_permissions) found missing.
+    missing_permissions: ArcSwapOption<Vec<String>>,
     description: String,
     set_if_lease: Script,
     release_lease: Script,
@@ -232,7 +470,23 @@ impl RedisBackend {
         pool_size: u32,
         timeout: Duration,
         nodelay: bool,
+        tls: Option<&TlsMaterial>,
     ) -> Result<Self, BackendError> {
+        let urls: Vec<&String> = match target {
+            RedisTarget::Single(url) => vec![url],
+            RedisTarget::Cluster(urls) => urls.iter().collect(),
+        };
+        #[cfg(feature = "tls")]
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            install_crypto_provider();
+        }
+        #[cfg(not(feature = "tls"))]
+        if urls.iter().any(|u| u.starts_with("rediss://")) || tls.is_some() {
+            return Err(BackendError::new(
+                ErrorKind::Config,
+                "rediss:// needs cache-core's `tls` feature",
+            ));
+        }
         let topology = match target {
             RedisTarget::Single(url) => {
                 let info = url
@@ -241,9 +495,16 @@ impl RedisBackend {
                     .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
                     .set_tcp_settings(tcp_settings(nodelay));
                 let bounded = timeout.max(Duration::from_millis(10));
+                let client = match tls {
+                    #[cfg(feature = "tls")]
+                    Some(material) => {
+                        redis::Client::build_with_tls(info.clone(), certificates(material))?
+                    }
+                    _ => redis::Client::open(info.clone())?,
+                };
                 let manager = Manager {
-                    inner: bb8_redis::RedisConnectionManager::new(info.clone())?,
-                    client: redis::Client::open(info)?,
+                    inner: bb8_redis::RedisConnectionManager::new(info)?,
+                    client,
                     config: redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(bounded))
                         .set_response_timeout(Some(bounded)),
@@ -263,29 +524,30 @@ impl RedisBackend {
                 })
             }
             RedisTarget::Cluster(urls) => {
-                let client =
+                let builder =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                         .tcp_settings(tcp_settings(nodelay))
                         .connection_timeout(timeout.max(Duration::from_millis(50)))
                         .response_timeout(timeout.max(Duration::from_millis(50)))
-                        .retries(2)
-                        .build()?;
-                let conn = tokio::time::timeout(
-                    timeout.max(Duration::from_secs(2)),
-                    client.get_async_connection(),
-                )
-                .await
-                .map_err(|_| {
-                    BackendError::new(
-                        ErrorKind::Timeout,
-                        "timed out connecting to the Redis Cluster",
-                    )
-                })??;
-                Topology::Cluster(conn)
+                        .retries(2);
+                #[cfg(feature = "tls")]
+                let builder = match tls {
+                    Some(material) => builder.certs(certificates(material)),
+                    None => builder,
+                };
+                let client = builder.build()?;
+                let conn = connect_cluster(&client, timeout).await?;
+                Topology::Cluster(Box::new(ClusterNode {
+                    client,
+                    conn: arc_swap::ArcSwap::from_pointee(conn),
+                    refresh: tokio::sync::Mutex::new(()),
+                    timeout,
+                }))
             }
         };
         Ok(RedisBackend {
             topology,
+            missing_permissions: ArcSwapOption::empty(),
             description: target.redacted(),
             set_if_lease: Script::new(SET_IF_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
@@ -294,14 +556,101 @@ impl RedisBackend {
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
-            Topology::Single(node) => {
-                let (mut conn, id) = node.connection().await?;
-                cmd.query_async(&mut conn)
-                    .await
-                    .map_err(|e| node.failed(id, e))
-            }
-            Topology::Cluster(conn) => Ok(cmd.query_async(&mut conn.clone()).await?),
+            Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
+            Topology::Cluster(node) => on_cluster!(node, |conn| cmd.query_async(conn)),
         }
+    }
+
+    /// Finds the commands the connection's ACL user may not run on this
+    /// cache's keys (`{namespace}:*`), by sending each command the backend
+    /// uses in a form that changes nothing (a `SET ... XX` or `PEXPIRE` of an
+    /// absent key, an `INCRBY` by a non-number, an `EVALSHA` of an unknown
+    /// script...): Redis checks permissions before it runs a command, so
+    /// `NOPERM` answers exactly the question. The result is kept for
+    /// [`Backend::info`]. Other failures (unreachable server) are returned.
+    pub(crate) async fn check_permissions(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let key = format!("{namespace}:%acl-probe");
+        let key = key.as_str();
+        let mut probes: Vec<(&str, Cmd)> = vec![
+            ("get", keyed_cmd("GET", [key])),
+            ("mget", keyed_cmd("MGET", [key])),
+            ("exists", keyed_cmd("EXISTS", [key])),
+            ("pttl", keyed_cmd("PTTL", [key])),
+            ("unlink", keyed_cmd("UNLINK", [key])),
+            ("del", keyed_cmd("DEL", [key])),
+            (
+                "set",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg("")
+                    .arg("PX")
+                    .arg(1)
+                    .arg("XX")
+                    .clone(),
+            ),
+            ("pexpire", redis::cmd("PEXPIRE").arg(key).arg(1).clone()),
+            (
+                "incrby",
+                redis::cmd("INCRBY").arg(key).arg("not-a-number").clone(),
+            ),
+            (
+                "evalsha",
+                redis::cmd("EVALSHA")
+                    .arg("0".repeat(40))
+                    .arg(1)
+                    .arg(key)
+                    .clone(),
+            ),
+            (
+                "script|load",
+                redis::cmd("SCRIPT").arg("LOAD").arg(SET_IF_LEASE).clone(),
+            ),
+            (
+                "scan",
+                redis::cmd("SCAN")
+                    .arg(0)
+                    .arg("MATCH")
+                    .arg(key)
+                    .arg("COUNT")
+                    .arg(1)
+                    .clone(),
+            ),
+            ("ping", redis::cmd("PING")),
+            ("info", redis::cmd("INFO").arg("server").clone()),
+            ("dbsize", redis::cmd("DBSIZE")),
+        ];
+        if let Topology::Cluster(_) = self.topology {
+            probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
+        }
+        let mut missing = Vec::new();
+        for (name, cmd) in &probes {
+            // Not through `query`: a refused probe is an answer, not an
+            // error to log (the caller reports the list once).
+            let answer: redis::RedisResult<Value> = match &self.topology {
+                Topology::Single(node) => {
+                    let (mut conn, _) = node.connection().await?;
+                    cmd.query_async(&mut conn).await
+                }
+                Topology::Cluster(node) => {
+                    let mut conn = ClusterConnection::clone(&node.conn.load());
+                    cmd.query_async(&mut conn).await
+                }
+            };
+            match answer.map_err(BackendError::from) {
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::Auth && e.message.ends_with(FIX_PERMISSION) => {
+                    missing.push((*name).to_owned());
+                }
+                Err(e) if e.kind.is_availability() => return Err(e),
+                Err(_) => {} // the command ran and refused the probe's arguments
+            }
+        }
+        self.missing_permissions
+            .store(Some(Arc::new(missing.clone())));
+        Ok(missing)
     }
 
     /// GET, for the hit path (an inherent method: no boxed future).
@@ -320,23 +669,16 @@ impl RedisBackend {
             invocation.arg(*arg);
         }
         match &self.topology {
-            Topology::Single(node) => {
-                let (mut conn, id) = node.connection().await?;
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| node.failed(id, e))
-            }
-            Topology::Cluster(conn) => Ok(invocation.invoke_async(&mut conn.clone()).await?),
+            Topology::Single(node) => on_single!(node, |conn| invocation.invoke_async(conn)),
+            Topology::Cluster(node) => on_cluster!(node, |conn| invocation.invoke_async(conn)),
         }
     }
 
     /// Addresses of the cluster's reachable masters.
-    async fn masters(conn: &ClusterConnection) -> Result<Vec<(String, u16)>, BackendError> {
-        let nodes: String = redis::cmd("CLUSTER")
+    async fn masters(node: &ClusterNode) -> Result<Vec<(String, u16)>, BackendError> {
+        let nodes: String = on_cluster!(node, |conn| redis::cmd("CLUSTER")
             .arg("NODES")
-            .query_async(&mut conn.clone())
-            .await?;
+            .query_async(conn))?;
         let mut masters = Vec::new();
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -364,7 +706,7 @@ impl RedisBackend {
     }
 
     async fn on_node(
-        conn: &ClusterConnection,
+        node: &ClusterNode,
         host: &str,
         port: u16,
         cmd: Cmd,
@@ -373,7 +715,8 @@ impl RedisBackend {
             host: host.to_owned(),
             port,
         });
-        Ok(conn.clone().route_command(cmd, routing).await?)
+        on_cluster!(node, |conn| conn
+            .route_command(cmd.clone(), routing.clone()))
     }
 
     /// SCAN one node (or the single server) and UNLINK matches in batches.
@@ -392,8 +735,8 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH);
             let (next, keys): (u64, Vec<Vec<u8>>) = match (node, &self.topology) {
-                (Some((host, port)), Topology::Cluster(conn)) => {
-                    parse(Self::on_node(conn, host, port, scan).await?)?
+                (Some((host, port)), Topology::Cluster(cluster)) => {
+                    parse(Self::on_node(cluster, host, port, scan).await?)?
                 }
                 _ => self.query(&scan).await?,
             };
@@ -474,28 +817,40 @@ impl Backend for RedisBackend {
                         .arg(px(ttl))
                         .ignore();
                 }
-                let (mut conn, id) = node.connection().await?;
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| node.failed(id, e))
+                on_single!(node, |conn| pipe.query_async::<()>(conn))
             }
-            Topology::Cluster(conn) => {
-                // Keys live in different slots: one SET each, concurrently.
-                let mut sets = tokio::task::JoinSet::new();
-                for (key, value) in entries {
-                    let cmd = redis::cmd("SET")
-                        .arg(key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(px(ttl))
-                        .clone();
-                    let mut conn = conn.clone();
-                    sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
-                }
-                while let Some(result) = sets.join_next().await {
-                    result.map_err(|e| BackendError::new(ErrorKind::Other, e.to_string()))??;
-                }
-                Ok(())
+            Topology::Cluster(node) => {
+                // Keys live in different slots: one SET each, concurrently
+                // (all again on a rebuilt connection if the first is dead).
+                on_cluster!(node, |conn| async {
+                    let mut sets = tokio::task::JoinSet::new();
+                    for (key, value) in &entries {
+                        let cmd = redis::cmd("SET")
+                            .arg(key)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(px(ttl))
+                            .clone();
+                        let mut conn = conn.clone();
+                        sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+                    }
+                    let mut outcome = Ok(());
+                    while let Some(result) = sets.join_next().await {
+                        let result = result.unwrap_or_else(|e| {
+                            Err(redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "SET task failed",
+                                e.to_string(),
+                            )))
+                        });
+                        if let Err(e) = result
+                            && outcome.is_ok()
+                        {
+                            outcome = Err(e);
+                        }
+                    }
+                    outcome
+                })
             }
         }
     }
@@ -536,9 +891,9 @@ impl Backend for RedisBackend {
     async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         match &self.topology {
             Topology::Single(_) => self.scan_unlink(pattern, None).await,
-            Topology::Cluster(conn) => {
+            Topology::Cluster(node) => {
                 let mut total = 0;
-                for (host, port) in Self::masters(conn).await? {
+                for (host, port) in Self::masters(node).await? {
                     total += self.scan_unlink(pattern, Some((&host, port))).await?;
                 }
                 Ok(total)
@@ -602,13 +957,13 @@ impl Backend for RedisBackend {
                 let keys: u64 = self.query(&redis::cmd("DBSIZE")).await?;
                 vec![(info, String::new(), keys)]
             }
-            Topology::Cluster(conn) => {
+            Topology::Cluster(node) => {
                 let mut out = Vec::new();
-                for (host, port) in Self::masters(conn).await? {
+                for (host, port) in Self::masters(node).await? {
                     let info: String =
-                        parse(Self::on_node(conn, &host, port, redis::cmd("INFO")).await?)?;
+                        parse(Self::on_node(node, &host, port, redis::cmd("INFO")).await?)?;
                     let keys: u64 =
-                        parse(Self::on_node(conn, &host, port, redis::cmd("DBSIZE")).await?)?;
+                        parse(Self::on_node(node, &host, port, redis::cmd("DBSIZE")).await?)?;
                     out.push((info, host, keys));
                 }
                 out
@@ -627,6 +982,12 @@ impl Backend for RedisBackend {
             used_memory_bytes: sum("used_memory"),
             connected_clients: sum("connected_clients"),
             total_keys: Some(nodes.iter().map(|(_, _, k)| k).sum()),
+            missing_permissions: self
+                .missing_permissions
+                .load()
+                .as_deref()
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }
