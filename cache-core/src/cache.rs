@@ -179,11 +179,17 @@ impl Cache {
         let tracker = single_redis
             .filter(|_| generations || near_capacity.is_some())
             .and_then(|url| {
+                // Already read and checked when the backend connected.
+                let tls = config
+                    .tls_certificates(crate::config::TlsVariables::ENV)
+                    .ok()
+                    .flatten();
                 Tracker::new(
                     url,
                     &config.namespace,
                     config.timeout,
                     near_capacity.is_some(),
+                    tls.as_ref(),
                 )
             });
         let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {

@@ -122,13 +122,15 @@ impl Tracker {
         namespace: &str,
         timeout: Duration,
         broadcast: bool,
+        tls: Option<&crate::config::TlsMaterial>,
     ) -> Option<Tracker> {
         let info = url.into_connection_info().ok()?;
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).ok()?;
+        let client =
+            crate::backend::redis::client_with_tls(info.set_redis_settings(settings), tls).ok()?;
         Some(Tracker {
             client,
             timeout: timeout.max(Duration::from_millis(10)),

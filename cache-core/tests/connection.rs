@@ -626,3 +626,30 @@ fn a_cluster_cache_survives_the_runtime_that_built_it() {
         },
     );
 }
+
+#[tokio::test]
+async fn tracking_and_the_near_cache_work_over_tls() {
+    let server = RedisServer::start_tls();
+    let cache = Cache::builder()
+        .redis_url(server.tls_url())
+        .tls_ca_file(server.tls_ca_file())
+        .namespace("tlsnear")
+        .near_cache(1_000)
+        .build()
+        .await
+        .unwrap();
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    let started = std::time::Instant::now();
+    // The tracking connection (TLS too) comes up in the background; then
+    // reads are served by the near cache.
+    while cache.stats().total.near_hits == 0 {
+        assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), Some(1));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "tracking never established over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cache.delete("customer:1").await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), None);
+}

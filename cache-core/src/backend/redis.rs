@@ -360,6 +360,20 @@ fn install_crypto_provider() {
     }
 }
 
+/// A client for `info`, with the TLS material when there is some (the
+/// tracking connection of prefix generations and the near cache uses it,
+/// so it reaches the server exactly as the data connections do).
+pub(crate) fn client_with_tls(
+    info: redis::ConnectionInfo,
+    tls: Option<&TlsMaterial>,
+) -> redis::RedisResult<redis::Client> {
+    match tls {
+        #[cfg(feature = "tls")]
+        Some(material) => redis::Client::build_with_tls(info, certificates(material)),
+        _ => redis::Client::open(info),
+    }
+}
+
 /// redis-rs's certificates. A CA file is trusted on top of the system's
 /// root certificates, not instead of them: redis-rs trusts either its
 /// `root_cert` or the system roots, so the system roots are appended to the
