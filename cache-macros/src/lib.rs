@@ -4,9 +4,9 @@
 //! (`use cache_core::{cached, invalidates};`) and hosts the runtime the
 //! generated code calls (`::cache_core::__private`, or the path given with
 //! `crate = ...`). This crate can't depend on `cache-core`, so the examples
-//! here are not compiled; `MACROS.md` beside this crate's manifest has the
-//! same examples as runnable doctests (one per argument), for `cache-core`'s
-//! documentation to include.
+//! here are not compiled; the guide in `cache-core` (`cache-core/MACROS.md`,
+//! included in its documentation) has the same examples as runnable
+//! doctests (one per argument).
 //!
 //! The crate is organised by phase, like `serde_derive` and
 //! `tracing-attributes`:
