@@ -115,6 +115,25 @@ pub fn hash_args<T: Serialize + ?Sized>(args: &T) -> String {
     crate::keys::stable_hash(args)
 }
 
+/// Appends the key segment of a generic function's instantiation: 16 hex
+/// digits of a hash of its type parameters' [`type_name`](core::any::type_name)s,
+/// then `:`. Stable for a given build (a compiler may name types
+/// differently, which only costs misses after an upgrade).
+pub fn push_type_key(buf: &mut String, type_names: &[&str]) {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for name in type_names {
+        hasher.update(name.as_bytes());
+        // A separator that no type name contains.
+        hasher.update(b";");
+    }
+    let hash = hasher.digest();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        buf.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
+    }
+    buf.push(':');
+}
+
 /// Appends `value`'s `Display` form with key-special characters escaped.
 pub fn push_escaped<T: Display + ?Sized>(buf: &mut String, value: &T) {
     crate::keys::push_escaped_display(buf, value);

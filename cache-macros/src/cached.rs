@@ -169,8 +169,9 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let key_var = format_ident!("__cache_key", span = Span::mixed_site());
     let handle_var = format_ident!("__cache_handle", span = Span::mixed_site());
 
+    let type_key = key::type_key_stmt(func, krate);
     let key_stmts = key::rest_stmts(spec, args.version, krate, Access::Local);
-    let capacity = key::capacity(spec, 0);
+    let capacity = key::capacity(spec, 0) + key::type_key_len(func);
 
     let mode = match (func.return_kind(), args.cache_none.is_some()) {
         (ReturnKind::Result, _) => quote!(ResultMode),
@@ -210,6 +211,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
                 #prefix,
                 #capacity,
             );
+            #type_key
             #key_stmts
             #buf
         };
@@ -350,7 +352,8 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
 
     let buf = key::buf_ident();
     let head = format!("{}:", prefix.value());
-    let capacity = key::capacity(spec, head.len());
+    let capacity = key::capacity(spec, head.len()) + key::type_key_len(func);
+    let type_key = key::type_key_stmt(func, krate);
     let rest = key::rest_stmts(spec, args.version, krate, Access::Companion(&borrowed));
     let path = if func.is_method {
         format!("Self::{name}")
@@ -372,6 +375,7 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         #vis fn #companion_name #generics (#(#params),*) -> ::std::string::String #where_clause {
             let mut #buf = ::std::string::String::with_capacity(#capacity);
             #buf.push_str(#head);
+            #type_key
             #rest
             #buf
         }

@@ -1,7 +1,8 @@
 //! `#[invalidates(...)]`: validation and expansion.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::attr::{self, InvalidatesArgs};
 use crate::cached::{parse_fn, resolve_handle, with_errors};
@@ -74,6 +75,21 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             #buf
         })
     });
+    // `get_customer(id)`: the key `get_customer_cache_key(&id)` computes
+    // (a wrong name, argument count or type is the compiler's error on it).
+    let calls = args.calls.iter().map(|call| {
+        let mut companion = (*call.func).clone();
+        if let syn::Expr::Path(path) = &mut companion
+            && let Some(last) = path.path.segments.last_mut()
+        {
+            last.ident = format_ident!("{}_cache_key", last.ident, span = last.ident.span());
+        }
+        let args = call
+            .args
+            .iter()
+            .map(|arg| quote_spanned!(arg.span()=> &(#arg)));
+        quote_spanned!(call.span()=> #companion(#(#args),*))
+    });
     let prefixes = &args.prefixes;
     let handle = resolve_handle(args.cache.as_ref(), krate);
     let body = func.body_future();
@@ -81,7 +97,7 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     let new_body = quote! {
         let #guard = #krate::__private::invalidation(
             #handle,
-            ::std::vec![#(#keys),*],
+            ::std::vec![#(#keys,)* #(#calls,)*],
             &[#(#prefixes),*],
         );
         let #output = #body.await;

@@ -123,3 +123,36 @@ pub(crate) fn capacity(spec: &KeySpec<'_>, extra: usize) -> usize {
             KeySpec::Template(t) => t.literal_len(),
         }
 }
+
+/// For a function with type parameters, the statement appending the
+/// instantiation's segment (`{16 hex digits}:`, a hash of the parameters'
+/// `type_name`s) right after the prefix, so that `view::<Summary>` and
+/// `view::<CustomerRef>` never share an entry; nothing otherwise.
+pub(crate) fn type_key_stmt(func: &crate::func::Func, krate: &TokenStream) -> TokenStream {
+    let params: Vec<&Ident> = func
+        .item
+        .sig
+        .generics
+        .type_params()
+        .map(|p| &p.ident)
+        .collect();
+    if params.is_empty() {
+        return TokenStream::new();
+    }
+    let buf = buf_ident();
+    quote! {
+        #krate::__private::push_type_key(
+            &mut #buf,
+            &[#(::core::any::type_name::<#params>()),*],
+        );
+    }
+}
+
+/// The length of what [`type_key_stmt`] appends.
+pub(crate) fn type_key_len(func: &crate::func::Func) -> usize {
+    if func.item.sig.generics.type_params().next().is_some() {
+        17
+    } else {
+        0
+    }
+}

@@ -238,7 +238,11 @@ use proc_macro::TokenStream;
 /// The function keeps its signature, visibility, attributes, docs, generics,
 /// where clauses and `Send`-ness. On methods, `self` is never part of the
 /// key. Generic functions, `impl Trait` arguments and reference arguments
-/// work. Inside an `#[async_trait]` impl, the macro recognises the future
+/// work. A function with type parameters keeps one entry per
+/// instantiation: its keys are `prefix:<types>:<rest>`, `<types>` being 16
+/// hex digits hashing the parameters' `type_name`s (stable for a build), and
+/// its companion takes the same type parameters
+/// (`view_cache_key::<Summary>(&id)`). Inside an `#[async_trait]` impl, the macro recognises the future
 /// `async-trait` produced and caches that. The body's future must be `Send`.
 ///
 /// # Compile-time errors
@@ -287,6 +291,19 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```ignore
 /// #[invalidates("customer:{id}", "churn:{id}")]
 /// async fn delete_customer(db: &Db, id: u64) -> Result<(), DbError> { ... }
+/// ```
+///
+/// ## `function(arguments)` (any number)
+///
+/// The key a `#[cached]` function stores under for these arguments, as its
+/// `_cache_key` companion computes it: `get_customer(customer.id)`, or
+/// `Self::view::<Summary>(id)` for one instantiation of a generic method.
+/// The arguments are expressions over this function's arguments, passed by
+/// reference; a wrong name, argument count or type is a compile error.
+///
+/// ```ignore
+/// #[invalidates(get_customer(customer.id), Self::view::<Summary>(customer.id))]
+/// async fn update_customer(&self, customer: &Customer) -> Result<(), DbError> { ... }
 /// ```
 ///
 /// ## `prefix = "..."` (any number)
