@@ -615,7 +615,11 @@ async fn generic_and_impl_trait_functions() {
     assert_eq!(hits(&cache, "t_impl_trait"), 1);
     assert_eq!(generic_fn_cache_key(&5u8), generic_fn_cache_key(&5u8));
     assert_ne!(generic_fn_cache_key(&5u8), generic_fn_cache_key(&6u8));
-    assert_eq!(parse_fn_cache_key::<u32>("12"), "t_generic_ret:12");
+    // One entry per instantiation: `prefix:<16 hex digits>:<template>`.
+    let key = parse_fn_cache_key::<u32>("12");
+    assert!(key.starts_with("t_generic_ret:") && key.ends_with(":12"), "{key}");
+    assert_eq!(key.len(), "t_generic_ret:".len() + 17 + 2, "{key}");
+    assert_ne!(key, parse_fn_cache_key::<u64>("12"));
 }
 
 // ---------------------------------------------------------------- traits
