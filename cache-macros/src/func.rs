@@ -90,7 +90,8 @@ impl Func {
                 FnArg::Receiver(r) => Arg {
                     kind: ArgKind::Receiver,
                     ty: (*r.ty).clone(),
-                    mut_ref: false,
+                    // `&mut self`, `self: &mut Self`, `self: Pin<&mut Self>`.
+                    mut_ref: has_mut_ref(&r.ty.to_token_stream()),
                 },
                 FnArg::Typed(pt) => {
                     let kind = match &*pt.pat {
@@ -405,4 +406,22 @@ fn contains_impl(tt: &proc_macro2::TokenTree) -> bool {
         proc_macro2::TokenTree::Group(g) => g.stream().into_iter().any(|t| contains_impl(&t)),
         _ => false,
     }
+}
+
+/// Whether `tokens` contain `&mut` (at any depth).
+fn has_mut_ref(tokens: &TokenStream) -> bool {
+    let mut after_and = false;
+    for tt in tokens.clone() {
+        match &tt {
+            proc_macro2::TokenTree::Punct(p) if p.as_char() == '&' => {
+                after_and = true;
+                continue;
+            }
+            proc_macro2::TokenTree::Ident(i) if after_and && i == "mut" => return true,
+            proc_macro2::TokenTree::Group(g) if has_mut_ref(&g.stream()) => return true,
+            _ => {}
+        }
+        after_and = false;
+    }
+    false
 }

@@ -203,6 +203,9 @@ use proc_macro::TokenStream;
 /// Don't generate the `_cache_key` companion (below). Needed on methods of
 /// **trait** impls written with native `async fn` (an impl of a trait can't
 /// have extra associated functions); `#[async_trait]` impls need nothing.
+/// Without it, besides "method `item_cache_key` is not a member of trait",
+/// the compiler reports a hidden item named
+/// `item_in_a_trait_impl_needs_cached_no_companions`, which says the fix.
 ///
 /// ```ignore
 /// impl Store for Repo {
@@ -237,7 +240,9 @@ use proc_macro::TokenStream;
 ///
 /// The function keeps its signature, visibility, attributes, docs, generics,
 /// where clauses and `Send`-ness. On methods, `self` is never part of the
-/// key. Generic functions, `impl Trait` arguments and reference arguments
+/// key, and a method taking `&mut self` (or `self: Pin<&mut Self>`) is a
+/// compile error: a hit skips the body, and with it the body's changes to
+/// `self`. Generic functions, `impl Trait` arguments and reference arguments
 /// work. A function with type parameters keeps one entry per
 /// instantiation: its keys are `prefix:<types>:<rest>`, `<types>` being 16
 /// hex digits hashing the parameters' `type_name`s (stable for a build), and
@@ -250,7 +255,8 @@ use proc_macro::TokenStream;
 /// All argument errors are reported at once, each on its own span: unknown or
 /// duplicate arguments, a missing or malformed prefix, a bad `ttl` literal, a
 /// placeholder naming no argument, a `&mut` or pattern argument in the key, a
-/// non-`Serialize` key argument, a return payload that isn't
+/// `&mut self` receiver, a non-`Serialize` argument in the default key (the
+/// error names it and the `skip(..)` that leaves it out), a return payload that isn't
 /// `Serialize + DeserializeOwned`, a non-`async` function.
 ///
 /// [`Cache`]: ../cache_core/struct.Cache.html
