@@ -532,9 +532,9 @@ impl Repo {
     }
 
     #[cached(prefix = "t_method_mut", key = "{id}", cache = self.cache.clone())]
-    async fn touch(&mut self, id: u64) -> u64 {
+    async fn touch(&self, id: u64) -> u64 {
         self.runs.fetch_add(1, SeqCst);
-        self.pool.get_mut().unwrap().push(id);
+        self.pool.lock().unwrap().push(id);
         id
     }
 }
@@ -542,7 +542,7 @@ impl Repo {
 #[tokio::test]
 async fn methods_leave_self_out_of_the_key() {
     let cache = Cache::memory();
-    let mut repo = Repo {
+    let repo = Repo {
         pool: std::sync::Mutex::new(Vec::new()),
         cache: cache.clone(),
         runs: AtomicUsize::new(0),
