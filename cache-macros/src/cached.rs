@@ -373,6 +373,15 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
     } else {
         name.to_string()
     };
+    // `<NAME>_CACHE_PREFIX`, for `#[invalidates(name(..))]`.
+    let prefix_const = format_ident!(
+        "{}_CACHE_PREFIX",
+        name.to_string().trim_start_matches("r#").to_uppercase()
+    );
+    let prefix_doc = format!(
+        "The key prefix of `{path}` (`\"{}\"`): `#[invalidates({name}(..))]` drops every entry under it.",
+        prefix.value()
+    );
     // A method may be in a trait impl, which can't hold the companion:
     // the compiler then also reports this item, whose name says the fix.
     let hint = if func.is_method {
@@ -405,6 +414,10 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
             #rest
             #buf
         }
+        #(#cfgs)*
+        #[doc = #prefix_doc]
+        #[allow(dead_code, unreachable_pub)]
+        #vis const #prefix_const: &str = #prefix;
         #hint
     }
 }

@@ -35,6 +35,14 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(prefix = \"search\")]",
         );
     }
+    for call in &args.calls {
+        if is_rest(call) && call.args.len() != 1 {
+            cx.error_spanned_by(
+                &call.args,
+                "`..` stands alone: `name(..)` drops every entry of `name` (its prefix); to drop one entry, pass all the key's arguments",
+            );
+        }
+    }
     for template in &args.keys {
         for ph in template.placeholders() {
             if ph.root == "self" {
@@ -59,6 +67,20 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
     }
 }
 
+/// `f(..)`.
+fn is_rest(call: &syn::ExprCall) -> bool {
+    call.args.iter().any(|a| {
+        matches!(
+            a,
+            syn::Expr::Range(syn::ExprRange {
+                start: None,
+                end: None,
+                ..
+            })
+        )
+    })
+}
+
 fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     let krate = &args.krate;
     let buf = key::buf_ident();
@@ -77,7 +99,26 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     });
     // `get_customer(id)`: the key `get_customer_cache_key(&id)` computes
     // (a wrong name, argument count or type is the compiler's error on it).
-    let calls = args.calls.iter().map(|call| {
+    // `get_customer(..)`: every entry of `get_customer`, its prefix.
+    let (rest_calls, calls): (Vec<_>, Vec<_>) = args.calls.iter().partition(|c| is_rest(c));
+    let fn_prefixes = rest_calls.iter().map(|call| {
+        let mut path = match &*call.func {
+            syn::Expr::Path(p) => p.clone(),
+            _ => unreachable!("parse_call takes paths only"),
+        };
+        if let Some(last) = path.path.segments.last_mut() {
+            let upper = last
+                .ident
+                .to_string()
+                .trim_start_matches("r#")
+                .to_uppercase();
+            last.ident = format_ident!("{}_CACHE_PREFIX", upper, span = last.ident.span());
+            // The prefix is shared by every instantiation.
+            last.arguments = syn::PathArguments::None;
+        }
+        quote_spanned!(call.span()=> #path)
+    });
+    let calls = calls.into_iter().map(|call| {
         let mut companion = (*call.func).clone();
         if let syn::Expr::Path(path) = &mut companion
             && let Some(last) = path.path.segments.last_mut()
@@ -98,7 +139,7 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
         let #guard = #krate::__private::invalidation(
             #handle,
             ::std::vec![#(#keys,)* #(#calls,)*],
-            &[#(#prefixes),*],
+            const { &[#(#prefixes,)* #(#fn_prefixes,)*] },
         );
         let #output = #body.await;
         #guard.finish().await;

@@ -227,6 +227,9 @@ use proc_macro::TokenStream;
 /// cache.delete(&get_customer_cache_key(&42)).await?;
 /// ```
 ///
+/// Beside it, `<vis> const <NAME>_CACHE_PREFIX: &str` holds the prefix
+/// (`#[invalidates(name(..))]` uses it).
+///
 /// For a method, it is an associated function without `self`
 /// (`Repo::churn_risk_cache_key(&id)`). With a template it takes the
 /// arguments the template names; with a hashed key, the hashed arguments.
@@ -306,6 +309,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `Self::view::<Summary>(id)` for one instantiation of a generic method.
 /// The arguments are expressions over this function's arguments, passed by
 /// reference; a wrong name, argument count or type is a compile error.
+/// `name(..)` drops every entry of `name` (its prefix, `<NAME>_CACHE_PREFIX`).
 ///
 /// ```ignore
 /// #[invalidates(get_customer(customer.id), Self::view::<Summary>(customer.id))]

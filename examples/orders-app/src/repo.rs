@@ -89,11 +89,13 @@ impl Repo {
         ids
     }
 
-    /// Saves `order` and drops what the cache holds about it.
+    /// Saves `order` and drops what the cache holds about it: its entries of
+    /// [`Repo::order`] and [`Repo::order_total`], and every entry of
+    /// [`Repo::customer_orders`].
     #[invalidates(
-        "order:{order.id}",
-        "order_total:{order.id}",
-        prefix = "customer_orders"
+        Self::order(order.id),
+        Self::order_total(order.id),
+        Self::customer_orders(..)
     )]
     pub async fn save(&self, order: &Order) -> Result<(), RepoError> {
         self.insert(order.clone());

@@ -3,6 +3,9 @@
 //! runtimes. Compiling this file at the default `recursion_limit` is the
 //! point: the futures the macros generate must stay shallow.
 
+// The nesting is the test.
+#![allow(clippy::redundant_async_block)]
+
 use std::sync::Arc;
 
 use cache_testkit::TestCache;
