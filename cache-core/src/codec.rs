@@ -103,6 +103,8 @@ pub(crate) enum DecodeError {
 /// header is followed by the generation (8 bytes, little endian).
 pub(crate) const LABELED_VERSION: u8 = 2;
 
+/// Encodes `value` unlabeled (the tests' shorthand).
+#[cfg(test)]
 pub(crate) fn encode<T: Serialize + ?Sized>(kind: CodecKind, value: &T) -> Result<Vec<u8>, String> {
     encode_labeled(kind, value, None)
 }

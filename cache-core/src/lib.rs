@@ -135,7 +135,7 @@
 #![warn(missing_docs)]
 
 /// The `#[cached]` and `#[invalidates]` guide: every argument with a runnable example.
-#[doc = include_str!("../../cache-macros/MACROS.md")]
+#[doc = include_str!("../MACROS.md")]
 pub mod macros_guide {}
 
 /// Every `metrics` series the cache exports: name, type, labels, meaning.

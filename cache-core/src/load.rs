@@ -1,8 +1,22 @@
 //! The read-through path shared by `#[cached]` and [`Cache::get_or_set`]:
 //! hit → decode; miss → single-flight in the process, a lease across
 //! processes, load, compare-and-set store.
+//!
+//! Only [`Cache::load_through`] is generic: it builds nothing but what
+//! depends on the function's types (decode, encode, the typed copy, which
+//! part of the result is stored) and awaits the body itself, so the caller's
+//! future is `Send` exactly when the body is. Everything else is a
+//! non-generic step on bytes, compiled once: [`Cache::read_raw`] (inline,
+//! the hit path), and on a miss [`Cache::join_flight`],
+//! [`Cache::acquire_lease`] and [`Cache::store_with_lease`], each awaited
+//! behind a box. The boxes keep the miss path's state out of every caller's
+//! future and, with the one around a remote read, keep the generated future
+//! types shallow: a caller in another crate computes their layout and
+//! auto traits through every nested future it holds inline, and that walk
+//! is bounded by the default `recursion_limit`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +24,7 @@ use crate::__private::Mode;
 use crate::__private::TypedCopy;
 use crate::cache::{Cache, RawBytes};
 use crate::codec;
-use crate::flight::{self, Role, Waited};
+use crate::flight::{self, Leader, Role, Waited};
 use crate::stats::{Event, PrefixEntry};
 
 /// One read-through call: the key, how long to keep a loaded value, and
@@ -30,108 +44,136 @@ pub(crate) struct ReadThrough<'p, S, F, U> {
     pub(crate) body: F,
 }
 
-/// What the first read found.
-enum Found<S> {
-    Value(S),
+/// What a read found, before decoding.
+pub(crate) enum Read {
+    /// Bytes of a value (not a lease, of the current prefix generation).
+    Bytes(RawBytes),
+    /// Another loader's lease.
     Leased,
+    /// Nothing usable; `garbage` when something is there that must be overwritten.
     Missing { garbage: bool },
+    /// Bytes without a generation label although generations are on: never
+    /// served (they may predate an invalidation), but decoded once on the
+    /// hit path to count foreign or corrupt bytes.
+    Unlabeled(RawBytes),
 }
 
+/// Bytes of a value found on the miss path.
+pub(crate) enum Bytes {
+    /// Read from the backend.
+    Raw(RawBytes),
+    /// Published by this process's leader.
+    Shared(Arc<[u8]>),
+}
+
+/// What [`Cache::join_flight`] decided.
+pub(crate) enum Joined<'c> {
+    /// Found a value (read, or from this process's leader): decode it.
+    Value(Bytes),
+    /// The leader's result was not cacheable: run the body, store nothing.
+    RunUncached,
+    /// This call loads.
+    Lead {
+        leader: Leader<'c>,
+        garbage: bool,
+        generation: Option<u64>,
+    },
+}
+
+/// What [`Cache::acquire_lease`] decided.
+pub(crate) enum Leased {
+    /// Load, then store under this lease (none: a plain store).
+    Load {
+        lease: LeaseGuard,
+        generation: Option<u64>,
+    },
+    /// Another process stored a value while we waited: decode it.
+    Value(RawBytes, Option<u64>),
+}
+
+/// The memory backend's read, polled once in place: it completes without
+/// waiting (moka's lookup is synchronous behind its `async` signature), and
+/// `None` (still pending) sends the caller to the awaited read. Polling here
+/// instead of awaiting keeps moka's future, dozens of types deep, out of
+/// the state of every `#[cached]` future, whose layout and auto traits a
+/// caller's crate computes through every future held inline (bounded by the
+/// default `recursion_limit`); a box would cost an allocation per hit.
+fn memory_get_now(
+    memory: &crate::backend::memory::MemoryBackend,
+    skey: &str,
+) -> Option<Option<Arc<crate::backend::memory::Slot>>> {
+    let read = std::pin::pin!(memory.get_bytes(skey));
+    match read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(found) => Some(found),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A boxed step of the miss path.
+type Step<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 impl Cache {
-    /// Reads the stored value; with prefix generations on, also the current
-    /// generation (written to `generation`), and a value labeled with an
-    /// older one counts as missing (it is overwritten like garbage).
-    async fn read_stored<S: serde::de::DeserializeOwned>(
+    /// Reads the stored bytes; with prefix generations on, also the current
+    /// generation, and a value labeled with an older one counts as missing
+    /// (it is overwritten like garbage). A memory read completes in one
+    /// synchronous poll ([`memory_get_now`]); any other read is awaited
+    /// behind a box (it is a round trip anyway). Either way no backend's
+    /// future nests into the caller's.
+    pub(crate) async fn read_raw(
         &self,
         entry: &PrefixEntry,
         skey: &str,
         prefix: &str,
-        typed: Option<TypedCopy<S>>,
-        generation: &mut Option<u64>,
-    ) -> Found<S> {
-        let (raw, current) = self.raw_get_current(entry, skey, prefix).await;
-        *generation = current;
-        match raw {
-            None => Found::Missing { garbage: false },
-            Some(bytes) if codec::is_lease(&bytes) => Found::Leased,
+    ) -> (Read, Option<u64>) {
+        let memory_now = match &self.inner.memory {
+            Some(memory) if !self.generations_on() => memory_get_now(memory, skey),
+            _ => None,
+        };
+        let (raw, current) = match memory_now {
+            Some(found) => (found.map(RawBytes::Shared), None),
+            None => {
+                let read: Step<'_, _> = Box::pin(self.raw_get_current(entry, skey, prefix));
+                read.await
+            }
+        };
+        let read = match raw {
+            None => Read::Missing { garbage: false },
+            Some(bytes) if codec::is_lease(&bytes) => Read::Leased,
             Some(bytes) => match codec::label(&bytes, current) {
-                codec::Label::Current => self.decode_found(entry, skey, bytes, typed),
-                codec::Label::Other => Found::Missing { garbage: true },
-                // Decoded only to count foreign or corrupt bytes.
-                codec::Label::Unlabeled => {
-                    let _ = self.decode::<S>(entry, skey, &bytes);
-                    Found::Missing { garbage: true }
-                }
+                codec::Label::Current => Read::Bytes(bytes),
+                codec::Label::Other => Read::Missing { garbage: true },
+                codec::Label::Unlabeled => Read::Unlabeled(bytes),
             },
-        }
+        };
+        (read, current)
     }
 
-    /// Decodes a value found with the current generation.
+    /// Decodes a found value, through the typed copy kept beside a memory
+    /// slot when the payload has one (a hit then clones, decoding once).
     fn decode_found<S: serde::de::DeserializeOwned>(
         &self,
         entry: &PrefixEntry,
         skey: &str,
-        bytes: RawBytes,
+        bytes: &Bytes,
         typed: Option<TypedCopy<S>>,
-    ) -> Found<S> {
-        match bytes {
-            // Memory hit of a `Clone` payload: clone the decoded copy kept
-            // beside the bytes, decoding only the first time.
-            RawBytes::Shared(slot) if typed.is_some() => {
-                let typed = typed.expect("checked");
+    ) -> Option<S> {
+        match (bytes, typed) {
+            (Bytes::Raw(RawBytes::Shared(slot)), Some(typed)) => {
                 if let Some(value) = slot.decoded.get().and_then(|d| (typed.take)(d)) {
-                    return Found::Value(value);
+                    return Some(value);
                 }
-                match self.decode::<S>(entry, skey, &slot) {
-                    Some(value) => {
-                        let _ = slot.decoded.set((typed.keep)(&value));
-                        Found::Value(value)
-                    }
-                    None => Found::Missing { garbage: true },
-                }
+                let value = self.decode::<S>(entry, skey, slot)?;
+                let _ = slot.decoded.set((typed.keep)(&value));
+                Some(value)
             }
-            bytes => match self.decode::<S>(entry, skey, &bytes) {
-                Some(v) => Found::Value(v),
-                None => Found::Missing { garbage: true },
-            },
+            (Bytes::Raw(raw), _) => self.decode::<S>(entry, skey, raw),
+            (Bytes::Shared(shared), _) => self.decode::<S>(entry, skey, shared),
         }
     }
 
+    /// The generic shell of a read-through call: what depends on the
+    /// value's type, and the body, awaited here.
     pub(crate) async fn load_through<R, M, F, U>(&self, call: ReadThrough<'_, M::Stored, F, U>) -> R
-    where
-        M: Mode<R>,
-        F: Future<Output = R>,
-        U: FnOnce(&M::Stored) -> bool,
-    {
-        if self.backend_kind() == crate::BackendKind::Disabled {
-            return call.body.await;
-        }
-        let entry = self.inner.stats.prefix(call.prefix);
-        // The prefix generation seen by the last read before the load: the
-        // value is labeled with it, so a prefix invalidation during the load
-        // leaves the value invisible.
-        let mut generation = None;
-        let first = self
-            .read_stored::<M::Stored>(&entry, &call.skey, call.prefix, call.typed, &mut generation)
-            .await;
-        if let Found::Value(v) = first {
-            self.inner.stats.record(&entry, Event::Hit);
-            return M::from_stored(v);
-        }
-        // The miss path is a boxed future of its own: every caller up the
-        // chain moves this future by value, and a hit should not pay for
-        // copying the (much larger) state of a load.
-        Box::pin(self.load_after_miss::<R, M, F, U>(&entry, call, first, generation)).await
-    }
-
-    /// [`Cache::load_through`] after its first read found no value.
-    async fn load_after_miss<R, M, F, U>(
-        &self,
-        entry: &PrefixEntry,
-        call: ReadThrough<'_, M::Stored, F, U>,
-        first: Found<M::Stored>,
-        mut generation: Option<u64>,
-    ) -> R
     where
         M: Mode<R>,
         F: Future<Output = R>,
@@ -146,41 +188,149 @@ impl Cache {
             typed,
             body,
         } = call;
+        if self.backend_kind() == crate::BackendKind::Disabled {
+            return body.await;
+        }
+        let entry = self.inner.stats.prefix(prefix);
+        // The prefix generation seen by the last read before the load: the
+        // value is labeled with it, so a prefix invalidation during the load
+        // leaves the value invisible.
+        let (mut read, mut generation) = self.read_raw(&entry, &skey, prefix).await;
+        if let Read::Bytes(bytes) = read {
+            let bytes = Bytes::Raw(bytes);
+            if let Some(v) = self.decode_found::<M::Stored>(&entry, &skey, &bytes, typed) {
+                self.inner.stats.record(&entry, Event::Hit);
+                return M::from_stored(v);
+            }
+            read = Read::Missing { garbage: true };
+        } else if let Read::Unlabeled(bytes) = read {
+            let _ = self.decode::<M::Stored>(&entry, &skey, &bytes);
+            read = Read::Missing { garbage: true };
+        }
+
+        // Miss: join this process's flight for the key, or lead it.
+        let (leader, mut garbage) = loop {
+            let joined: Step<'_, _> =
+                Box::pin(self.join_flight(&entry, &skey, prefix, read, generation));
+            match joined.await {
+                Joined::Value(bytes) => {
+                    if let Some(v) = self.decode_found::<M::Stored>(&entry, &skey, &bytes, typed) {
+                        self.inner.stats.record(&entry, Event::Hit);
+                        return M::from_stored(v);
+                    }
+                    read = Read::Missing { garbage: true };
+                }
+                Joined::RunUncached => return body.await,
+                Joined::Lead {
+                    leader,
+                    garbage,
+                    generation: seen,
+                } => {
+                    generation = seen;
+                    break (leader, garbage);
+                }
+            }
+        };
+
+        // Lead: take the lease, or take the value another process stores meanwhile.
+        // Read the clock only on a miss: the hit path needs no deadline.
+        let lease_deadline = Instant::now() + self.inner.config.lease_ttl;
+        let lease = loop {
+            let leased: Step<'_, _> = Box::pin(self.acquire_lease(
+                &entry,
+                &skey,
+                prefix,
+                &leader,
+                garbage,
+                generation,
+                lease_deadline,
+            ));
+            match leased.await {
+                Leased::Load {
+                    lease,
+                    generation: seen,
+                } => {
+                    generation = seen;
+                    break lease;
+                }
+                Leased::Value(raw, seen) => {
+                    let bytes = Bytes::Raw(raw);
+                    if let Some(v) = self.decode_found::<M::Stored>(&entry, &skey, &bytes, typed) {
+                        self.inner.stats.record(&entry, Event::Hit);
+                        // Share the value with local followers.
+                        leader.finish(Some(Arc::from(&*bytes)));
+                        return M::from_stored(v);
+                    }
+                    (garbage, generation) = (true, seen);
+                }
+            }
+        };
+
+        let result = body.await;
+        self.inner.stats.record(&entry, Event::Load);
+        leader.seal();
+        let encoded = M::stored(&result).filter(|s| !unless(s)).and_then(|value| {
+            let bytes = self.encode(&entry, &skey, value, generation).ok()?;
+            let ttl = if M::is_negative(value) {
+                none_ttl.or(ttl)
+            } else {
+                ttl
+            };
+            Some((bytes, ttl.unwrap_or(self.inner.config.default_ttl)))
+        });
+        let store: Step<'_, ()> =
+            Box::pin(self.store_with_lease(&entry, &skey, leader, lease, encoded));
+        store.await;
+        result
+    }
+
+    /// Miss step 1: re-reads (unless `first` is what the caller just read)
+    /// until a value turns up, the leader of this process's flight for the
+    /// key publishes one, or this call becomes the leader.
+    async fn join_flight<'c>(
+        &'c self,
+        entry: &PrefixEntry,
+        skey: &str,
+        prefix: &str,
+        first: Read,
+        mut generation: Option<u64>,
+    ) -> Joined<'c> {
         let mut garbage = false;
         let mut first = Some(first);
-        let leader = loop {
+        loop {
             let found = match first.take() {
                 Some(found) => found,
                 None => {
-                    self.read_stored::<M::Stored>(entry, &skey, prefix, typed, &mut generation)
-                        .await
+                    let (read, seen) = self.read_raw(entry, skey, prefix).await;
+                    generation = seen;
+                    read
                 }
             };
             match found {
-                Found::Value(v) => {
-                    self.inner.stats.record(entry, Event::Hit);
-                    return M::from_stored(v);
-                }
-                Found::Missing { garbage: g } => garbage |= g,
-                Found::Leased => {}
+                Read::Bytes(bytes) => return Joined::Value(Bytes::Raw(bytes)),
+                Read::Missing { garbage: g } => garbage |= g,
+                Read::Unlabeled(_) => garbage = true,
+                Read::Leased => {}
             }
-            match self.inner.flights.join(&skey) {
-                Role::Leader(leader) => break leader,
+            match self.inner.flights.join(skey) {
+                Role::Leader(leader) => {
+                    self.inner.stats.record(entry, Event::Miss);
+                    return Joined::Lead {
+                        leader,
+                        garbage,
+                        generation,
+                    };
+                }
                 Role::Follower(rx) => {
                     self.inner.stats.record(entry, Event::Coalesced);
                     match flight::wait(rx).await {
-                        Waited::Done(Some(bytes)) => {
-                            if let Some(v) = self.decode::<M::Stored>(entry, &skey, &bytes) {
-                                self.inner.stats.record(entry, Event::Hit);
-                                return M::from_stored(v);
-                            }
-                        }
+                        Waited::Done(Some(bytes)) => return Joined::Value(Bytes::Shared(bytes)),
                         // The leader's result was not cacheable: run our own body.
                         Waited::Done(None) => {
                             self.inner.stats.record(entry, Event::Miss);
-                            return body.await;
+                            return Joined::RunUncached;
                         }
-                        Waited::LeaderGone => continue,
+                        Waited::LeaderGone => {}
                     }
                 }
                 Role::Late(rx) => {
@@ -188,112 +338,114 @@ impl Cache {
                     let _ = flight::wait(rx).await;
                 }
             }
-        };
-        self.inner.stats.record(entry, Event::Miss);
-        // Read the clock only on a miss: the hit path needs no deadline.
-        let lease_deadline = Instant::now() + self.inner.config.lease_ttl;
-
-        // Take a lease so that other processes wait for us, and so that an
-        // invalidation during our load makes our store fail.
-        if garbage {
-            self.raw_delete(entry, std::slice::from_ref(&skey)).await;
         }
-        let mut marker = LeaseGuard(None);
-        let leases = self.inner.config.leases;
-        #[allow(clippy::while_immutable_condition)] // left by break or return
-        while leases {
+    }
+
+    /// Miss step 2 (the leader): takes a lease so that other processes wait
+    /// for us, and so that an invalidation during our load makes our store
+    /// fail. While another process holds it, waits for that process's value
+    /// until `deadline`, then loads without a lease.
+    #[allow(clippy::too_many_arguments)]
+    async fn acquire_lease(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        prefix: &str,
+        leader: &Leader<'_>,
+        garbage: bool,
+        mut generation: Option<u64>,
+        deadline: Instant,
+    ) -> Leased {
+        if garbage {
+            self.raw_delete(entry, &[skey.to_owned()]).await;
+        }
+        let unleased = |generation| Leased::Load {
+            lease: LeaseGuard(None),
+            generation,
+        };
+        if !self.inner.config.leases {
+            return unleased(generation);
+        }
+        loop {
             let candidate = self.next_lease_marker();
-            let attempt = self.lease_try(entry, &skey, candidate.clone()).await;
-            match attempt {
+            match self.lease_try(entry, skey, candidate.clone()).await {
                 Ok(true) => {
-                    marker = LeaseGuard(Some((self.clone(), skey.to_string(), candidate)));
-                    break;
+                    return Leased::Load {
+                        lease: LeaseGuard(Some((self.clone(), skey.to_owned(), candidate))),
+                        generation,
+                    };
                 }
+                // Another process holds the lease (or just stored): wait for its value.
                 Ok(false) => {
-                    // Another process holds the lease (or just stored): wait for its value.
-                    if Instant::now() >= lease_deadline {
-                        break;
+                    if Instant::now() >= deadline {
+                        return unleased(generation);
                     }
                     self.inner.stats.record(entry, Event::LeaseWait);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     leader.seal();
-                    match self
-                        .read_stored::<M::Stored>(entry, &skey, prefix, typed, &mut generation)
-                        .await
-                    {
-                        Found::Value(v) => {
-                            self.inner.stats.record(entry, Event::Hit);
-                            // Share the value with local followers.
-                            let shared = codec::encode(self.inner.config.codec, &v)
-                                .ok()
-                                .map(Arc::from);
-                            leader.finish(shared);
-                            return M::from_stored(v);
+                    let (read, seen) = self.read_raw(entry, skey, prefix).await;
+                    generation = seen;
+                    match read {
+                        Read::Bytes(bytes) => return Leased::Value(bytes, generation),
+                        Read::Leased | Read::Missing { garbage: false } => {}
+                        Read::Missing { garbage: true } | Read::Unlabeled(_) => {
+                            self.raw_delete(entry, &[skey.to_owned()]).await;
                         }
-                        Found::Leased => {}
-                        Found::Missing { garbage: true } => {
-                            self.raw_delete(entry, std::slice::from_ref(&skey)).await;
-                        }
-                        Found::Missing { garbage: false } => {}
                     }
                 }
                 // Backend unavailable: load without a lease (the store goes to the fallback).
-                Err(_) => break,
+                Err(_) => return unleased(generation),
             }
         }
+    }
 
-        let result = body.await;
-        self.inner.stats.record(entry, Event::Load);
-        leader.seal();
-        let stored = M::stored(&result).filter(|s| !unless(s));
-        let shared = match stored {
-            Some(value) => match self.encode(entry, &skey, value, generation) {
-                Ok(bytes) => {
-                    let ttl = if M::is_negative(value) {
-                        none_ttl.or(ttl)
-                    } else {
-                        ttl
-                    }
-                    .unwrap_or(self.inner.config.default_ttl);
-                    let shared: Arc<[u8]> = Arc::from(bytes.as_slice());
-                    match marker.take() {
-                        Some(marker) => {
-                            let stored = self.lease_store(entry, &skey, marker, bytes, ttl).await;
-                            match stored {
-                                Ok(true) => {
-                                    self.inner.stats.record(entry, Event::Set);
-                                    Some(shared)
-                                }
-                                // An invalidation removed our lease while we loaded: the
-                                // value may predate it, so it is neither stored nor
-                                // handed to callers that joined after the invalidation.
-                                Ok(false) => {
-                                    self.inner.stats.record(entry, Event::StaleSetPrevented);
-                                    tracing::debug!(key = %*skey, "lease lost to an invalidation; value not stored");
-                                    None
-                                }
-                                Err(_) => {
-                                    self.raw_set_fallback_only(&skey, shared.to_vec(), ttl)
-                                        .await;
-                                    None
-                                }
-                            }
-                        }
-                        None => {
-                            self.raw_set(entry, &skey, bytes, ttl).await;
+    /// Miss step 3 (the leader, after the load): stores `encoded` (bytes
+    /// and TTL; `None` when the result is not stored) under the lease,
+    /// releases a lease it did not use, and publishes the outcome to this
+    /// process's followers.
+    async fn store_with_lease(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        leader: Leader<'_>,
+        mut lease: LeaseGuard,
+        encoded: Option<(Vec<u8>, Duration)>,
+    ) {
+        let shared = match encoded {
+            Some((bytes, ttl)) => {
+                let shared: Arc<[u8]> = Arc::from(bytes.as_slice());
+                match lease.take() {
+                    Some(marker) => match self.lease_store(entry, skey, marker, bytes, ttl).await {
+                        Ok(true) => {
+                            self.inner.stats.record(entry, Event::Set);
                             Some(shared)
                         }
+                        // An invalidation removed our lease while we loaded: the
+                        // value may predate it, so it is neither stored nor
+                        // handed to callers that joined after the invalidation.
+                        Ok(false) => {
+                            self.inner.stats.record(entry, Event::StaleSetPrevented);
+                            tracing::debug!(key = %skey, "lease lost to an invalidation; value not stored");
+                            None
+                        }
+                        // Refused while Redis answers (out of memory, no
+                        // permission; `lease_store` already tried the
+                        // fallback when Redis was away): not stored, and the
+                        // lease is released in the background.
+                        Err(_) => None,
+                    },
+                    None => {
+                        self.raw_set(entry, skey, bytes, ttl).await;
+                        Some(shared)
                     }
                 }
-                Err(_) => None,
-            },
+            }
             None => None,
         };
-        if let Some(marker) = marker.take() {
-            self.lease_release(entry, &skey, marker).await;
+        if let Some(marker) = lease.take() {
+            self.lease_release(entry, skey, marker).await;
         }
         leader.finish(shared);
-        result
     }
 
     pub(crate) async fn release_lease_now(&self, skey: &str, marker: Vec<u8>) {
@@ -303,20 +455,12 @@ impl Cache {
             .prefix(skey.split(':').nth(1).unwrap_or(""));
         self.lease_release(&entry, skey, marker).await;
     }
-
-    async fn raw_set_fallback_only(&self, skey: &str, bytes: Vec<u8>, ttl: Duration) {
-        if let Some(res) = &self.inner.resilience {
-            let cap = ttl.min(self.inner.config.fallback_ttl_cap);
-            let _ = crate::Backend::set(&res.fallback, skey, bytes, cap).await;
-            self.mark_fallback_written();
-        }
-    }
 }
 
 /// A lease this process holds. If the loader panics or its future is dropped,
 /// the lease is released in the background so that waiters in other
 /// processes need not sit out the lease TTL.
-struct LeaseGuard(Option<(Cache, String, Vec<u8>)>);
+pub(crate) struct LeaseGuard(Option<(Cache, String, Vec<u8>)>);
 
 impl LeaseGuard {
     fn take(&mut self) -> Option<Vec<u8>> {
@@ -330,6 +474,16 @@ impl Drop for LeaseGuard {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(async move { cache.release_lease_now(&skey, marker).await });
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Raw(raw) => raw,
+            Bytes::Shared(shared) => shared,
         }
     }
 }

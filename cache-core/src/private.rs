@@ -96,23 +96,82 @@ where
 {
 }
 
-/// Arguments that take part in a key.
-#[diagnostic::on_unimplemented(
-    message = "cache key argument of type `{Self}` does not implement `serde::Serialize`",
-    label = "this argument is part of the cache key",
-    note = "derive `serde::Serialize` for it, or leave it out of the key with `skip(...)` or a `key = \"...\"` template"
-)]
-pub trait KeyArg {}
-impl<T: Serialize + ?Sized> KeyArg for T {}
+/// Autoref-specialization probe hashing one argument of a default key:
+/// `(&KeyProbe(&arg)).key_hash()` is the argument's stable hash when it is
+/// `Serialize` ([`KeyViaSerialize`]), else a [`NotSerialize`] marker
+/// ([`KeyViaMissing`]) that the generated code rejects with an error naming
+/// the argument.
+pub struct KeyProbe<'a, T: ?Sized>(pub &'a T);
 
-/// Identity function that requires `T: Serialize` (emitted at the argument's span).
-pub fn key_arg<T: KeyArg + Serialize + ?Sized>(value: &T) -> &T {
-    value
+/// Chosen for `Serialize` arguments.
+pub trait KeyViaSerialize {
+    /// The argument's stable hash.
+    fn key_hash(&self) -> String;
+}
+
+impl<T: Serialize + ?Sized> KeyViaSerialize for KeyProbe<'_, T> {
+    fn key_hash(&self) -> String {
+        crate::keys::stable_hash(self.0)
+    }
+}
+
+/// What a non-`Serialize` argument hashes to: nothing usable.
+pub struct NotSerialize;
+
+/// A probed hash as a `String`. [`NotSerialize`] implements it too, as the
+/// empty string, so that a `_cache_key` companion adds no error of its own
+/// to the one its function reports (and never compiles into a program).
+pub trait KeyHash {
+    /// The hash.
+    fn into_key_hash(self) -> String;
+}
+
+impl KeyHash for String {
+    fn into_key_hash(self) -> String {
+        self
+    }
+}
+
+impl KeyHash for NotSerialize {
+    fn into_key_hash(self) -> String {
+        String::new()
+    }
+}
+
+/// The fallback for arguments that are not `Serialize`.
+pub trait KeyViaMissing {
+    /// The marker.
+    fn key_hash(&self) -> NotSerialize;
+}
+
+impl<T: ?Sized> KeyViaMissing for &KeyProbe<'_, T> {
+    fn key_hash(&self) -> NotSerialize {
+        NotSerialize
+    }
 }
 
 /// The default key: a stable 128-bit hash of the arguments (32 hex digits).
 pub fn hash_args<T: Serialize + ?Sized>(args: &T) -> String {
     crate::keys::stable_hash(args)
+}
+
+/// Appends the key segment of a generic function's instantiation: 16 hex
+/// digits of a hash of its type parameters' [`type_name`](core::any::type_name)s,
+/// then `:`. Stable for a given build (a compiler may name types
+/// differently, which only costs misses after an upgrade).
+pub fn push_type_key(buf: &mut String, type_names: &[&str]) {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for name in type_names {
+        hasher.update(name.as_bytes());
+        // A separator that no type name contains.
+        hasher.update(b";");
+    }
+    let hash = hasher.digest();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        buf.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
+    }
+    buf.push(':');
 }
 
 /// Appends `value`'s `Display` form with key-special characters escaped.

@@ -532,9 +532,9 @@ impl Repo {
     }
 
     #[cached(prefix = "t_method_mut", key = "{id}", cache = self.cache.clone())]
-    async fn touch(&mut self, id: u64) -> u64 {
+    async fn touch(&self, id: u64) -> u64 {
         self.runs.fetch_add(1, SeqCst);
-        self.pool.get_mut().unwrap().push(id);
+        self.pool.lock().unwrap().push(id);
         id
     }
 }
@@ -542,7 +542,7 @@ impl Repo {
 #[tokio::test]
 async fn methods_leave_self_out_of_the_key() {
     let cache = Cache::memory();
-    let mut repo = Repo {
+    let repo = Repo {
         pool: std::sync::Mutex::new(Vec::new()),
         cache: cache.clone(),
         runs: AtomicUsize::new(0),
@@ -615,7 +615,14 @@ async fn generic_and_impl_trait_functions() {
     assert_eq!(hits(&cache, "t_impl_trait"), 1);
     assert_eq!(generic_fn_cache_key(&5u8), generic_fn_cache_key(&5u8));
     assert_ne!(generic_fn_cache_key(&5u8), generic_fn_cache_key(&6u8));
-    assert_eq!(parse_fn_cache_key::<u32>("12"), "t_generic_ret:12");
+    // One entry per instantiation: `prefix:<16 hex digits>:<template>`.
+    let key = parse_fn_cache_key::<u32>("12");
+    assert!(
+        key.starts_with("t_generic_ret:") && key.ends_with(":12"),
+        "{key}"
+    );
+    assert_eq!(key.len(), "t_generic_ret:".len() + 17 + 2, "{key}");
+    assert_ne!(key, parse_fn_cache_key::<u64>("12"));
 }
 
 // ---------------------------------------------------------------- traits
@@ -847,4 +854,50 @@ async fn a_panicking_leader_does_not_wedge_waiters() {
         .expect("the waiter is not wedged");
     assert_eq!(waited.unwrap(), 1);
     assert_eq!(panicky_fn(cache.clone(), 1).await, 1);
+}
+
+// ---------------------------------------------------------------- return-position coercions
+
+#[cached(prefix = "t_coerce_dyn", key = "{fail}")]
+async fn boxed_error(fail: bool) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    if fail {
+        return Err(Box::new(std::io::Error::other("early")));
+    }
+    if !fail {
+        Ok(3)
+    } else {
+        Err(Box::new(std::io::Error::other("x")))
+    }
+}
+
+#[cached(prefix = "t_coerce_err", key = "{id}")]
+async fn always_boxed_error(id: u64) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let _ = id;
+    Err(Box::new(std::io::Error::other("x")))
+}
+
+#[cached(prefix = "t_coerce_slice", key = "{id}")]
+async fn boxed_slice(id: u64) -> Result<Box<[u64]>, String> {
+    if id == 0 {
+        return Ok(Box::new([]));
+    }
+    Ok(Box::new([id, id + 1]))
+}
+
+#[tokio::test]
+async fn bodies_coerce_to_the_declared_return_type() {
+    let cache = Cache::memory();
+    cache
+        .scope(async {
+            assert_eq!(boxed_error(false).await.unwrap(), 3);
+            assert_eq!(boxed_error(false).await.unwrap(), 3);
+            assert_eq!(boxed_error(true).await.unwrap_err().to_string(), "early");
+            assert_eq!(always_boxed_error(1).await.unwrap_err().to_string(), "x");
+            assert_eq!(&*boxed_slice(1).await.unwrap(), &[1, 2]);
+            assert_eq!(&*boxed_slice(1).await.unwrap(), &[1, 2]);
+            assert!(boxed_slice(0).await.unwrap().is_empty());
+        })
+        .await;
+    assert_eq!(hits(&cache, "t_coerce_dyn"), 1);
+    assert_eq!(hits(&cache, "t_coerce_slice"), 1);
 }

@@ -289,3 +289,66 @@ async fn invalidation_records_stats() {
         .await;
     assert!(cache.stats().prefixes["customer"].invalidations >= 1);
 }
+
+// ---------------------------------------------------------------- by function
+
+#[cached(prefix = "by_fn_order", key = "{tenant}:{id}")]
+async fn by_fn_order(tenant: &str, id: u64) -> Option<u64> {
+    Some(id + tenant.len() as u64)
+}
+
+#[cached(prefix = "by_fn_list")]
+async fn by_fn_list(tenant: String, page: u32) -> Vec<u32> {
+    let _ = tenant;
+    vec![page]
+}
+
+/// One entry of `by_fn_order` (its companion computes the key) and every
+/// entry of `by_fn_list` (its prefix).
+#[invalidates(by_fn_order(tenant, order_id), by_fn_list(..))]
+async fn by_fn_write(tenant: &str, order_id: u64) {}
+
+struct Views;
+
+impl Views {
+    #[cached(prefix = "by_fn_view", key = "{id}")]
+    async fn view<T: Default + Serialize + serde::de::DeserializeOwned>(&self, id: u64) -> T {
+        let _ = id;
+        T::default()
+    }
+
+    #[invalidates(Self::view(..))]
+    async fn drop_all_views(&self) {}
+}
+
+#[tokio::test]
+async fn invalidation_by_function_reference() {
+    let cache = Cache::memory();
+    cache
+        .scope(async {
+            by_fn_order("acme", 1).await;
+            by_fn_order("acme", 2).await;
+            by_fn_list("acme".to_owned(), 1).await;
+            by_fn_list("other".to_owned(), 2).await;
+            by_fn_write("acme", 1).await;
+        })
+        .await;
+    assert!(!is_cached(&cache, &by_fn_order_cache_key("acme", &1)).await);
+    assert!(is_cached(&cache, &by_fn_order_cache_key("acme", &2)).await);
+    assert!(!is_cached(&cache, &by_fn_list_cache_key(&"acme".to_owned(), &1)).await);
+    assert!(!is_cached(&cache, &by_fn_list_cache_key(&"other".to_owned(), &2)).await);
+    assert_eq!(BY_FN_LIST_CACHE_PREFIX, "by_fn_list");
+
+    // `..` on a generic method: every instantiation (one prefix).
+    let views = Views;
+    cache
+        .scope(async {
+            let _: u8 = views.view(1).await;
+            let _: String = views.view(1).await;
+            views.drop_all_views().await;
+        })
+        .await;
+    assert!(!is_cached(&cache, &Views::view_cache_key::<u8>(&1)).await);
+    assert!(!is_cached(&cache, &Views::view_cache_key::<String>(&1)).await);
+    assert_eq!(Views::VIEW_CACHE_PREFIX, "by_fn_view");
+}

@@ -6,6 +6,7 @@
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
+use syn::parse::discouraged::Speculative;
 use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
@@ -139,6 +140,9 @@ pub(crate) struct CachedArgs {
 /// Everything `#[invalidates(...)]` accepts.
 pub(crate) struct InvalidatesArgs {
     pub(crate) keys: Vec<Template>,
+    /// `get_customer(customer.id)`: the key a `#[cached]` function's
+    /// `_cache_key` companion computes for these arguments.
+    pub(crate) calls: Vec<syn::ExprCall>,
     pub(crate) prefixes: Vec<LitStr>,
     pub(crate) cache: Option<Expr>,
     pub(crate) krate: TokenStream,
@@ -245,6 +249,7 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
 pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesArgs {
     let empty = tokens.is_empty();
     let mut keys = Vec::new();
+    let mut calls = Vec::new();
     let mut prefixes: Vec<LitStr> = Vec::new();
     let mut cache = Attr::none("cache");
     let mut krate = Attr::none("crate");
@@ -278,6 +283,8 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
             let name: Token![crate] = input.parse()?;
             let path = parse_crate_path(input)?;
             krate.set(cx, name, Some(path));
+        } else if let Some(call) = parse_call(input) {
+            calls.push(call);
         } else if input.peek(Ident) {
             let fork = input.fork();
             let ident: Ident = fork.parse()?;
@@ -296,11 +303,31 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
 
     InvalidatesArgs {
         keys,
+        calls,
         prefixes,
         cache: cache.get(),
         krate: krate.get().unwrap_or_else(default_crate),
         empty,
     }
+}
+
+/// `path(args)` (`get_customer(id)`, `Self::view::<Summary>(id)`): a call
+/// of a `#[cached]` function naming one of its keys. Consumes the input
+/// only when it is one.
+fn parse_call(input: ParseStream<'_>) -> Option<syn::ExprCall> {
+    if !(input.peek(Ident) || input.peek(Token![Self])) {
+        return None;
+    }
+    let fork = input.fork();
+    let call = match fork.parse::<Expr>() {
+        Ok(Expr::Call(call)) if matches!(&*call.func, Expr::Path(p) if p.qself.is_none()) => call,
+        _ => return None,
+    };
+    if !(fork.is_empty() || fork.peek(Token![,])) {
+        return None;
+    }
+    input.advance_to(&fork);
+    Some(call)
 }
 
 /// An invalidation key is a full logical key: a literal prefix, a `:`, the

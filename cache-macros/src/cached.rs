@@ -81,6 +81,18 @@ fn check<'a>(cx: &Ctxt, args: &'a CachedArgs, func: &'a Func) -> KeySpec<'a> {
         );
     }
 
+    if let Some(receiver) = func.item.sig.receiver()
+        && func
+            .args
+            .iter()
+            .any(|a| matches!(a.kind, ArgKind::Receiver) && a.mut_ref)
+    {
+        cx.error_spanned_by(
+            receiver,
+            "#[cached] can't go on a method taking `self` by `&mut`: on a hit the body doesn't run, so its changes to `self` would silently be skipped; take `&self` (use interior mutability for state the body must update), or cache a `&self` method that this one calls",
+        );
+    }
+
     let mut skipped: Vec<&Ident> = Vec::new();
     if let Some((span, skip)) = &args.skip {
         if args.key.is_some() {
@@ -169,8 +181,9 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let key_var = format_ident!("__cache_key", span = Span::mixed_site());
     let handle_var = format_ident!("__cache_handle", span = Span::mixed_site());
 
+    let type_key = key::type_key_stmt(func, krate);
     let key_stmts = key::rest_stmts(spec, args.version, krate, Access::Local);
-    let capacity = key::capacity(spec, 0);
+    let capacity = key::capacity(spec, 0) + key::type_key_len(func);
 
     let mode = match (func.return_kind(), args.cache_none.is_some()) {
         (ReturnKind::Result, _) => quote!(ResultMode),
@@ -210,6 +223,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
                 #prefix,
                 #capacity,
             );
+            #type_key
             #key_stmts
             #buf
         };
@@ -303,10 +317,11 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
     let name = &item.sig.ident;
     let companion_name = format_ident!("{}_cache_key", name);
     let vis = &item.vis;
-    let cfgs = item
+    let cfgs: Vec<_> = item
         .attrs
         .iter()
-        .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
+        .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"))
+        .collect();
     // The function's lint allowances cover its companion too (it repeats the
     // key arguments: `#[allow(clippy::too_many_arguments)]` must reach it).
     // `expect` becomes `allow`: the companion may not trip the lint.
@@ -350,12 +365,35 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
 
     let buf = key::buf_ident();
     let head = format!("{}:", prefix.value());
-    let capacity = key::capacity(spec, head.len());
+    let capacity = key::capacity(spec, head.len()) + key::type_key_len(func);
+    let type_key = key::type_key_stmt(func, krate);
     let rest = key::rest_stmts(spec, args.version, krate, Access::Companion(&borrowed));
     let path = if func.is_method {
         format!("Self::{name}")
     } else {
         name.to_string()
+    };
+    // `<NAME>_CACHE_PREFIX`, for `#[invalidates(name(..))]`.
+    let prefix_const = format_ident!(
+        "{}_CACHE_PREFIX",
+        name.to_string().trim_start_matches("r#").to_uppercase()
+    );
+    let prefix_doc = format!(
+        "The key prefix of `{path}` (`\"{}\"`): `#[invalidates({name}(..))]` drops every entry under it.",
+        prefix.value()
+    );
+    // A method may be in a trait impl, which can't hold the companion:
+    // the compiler then also reports this item, whose name says the fix.
+    let hint = if func.is_method {
+        let hint = format_ident!("{}_in_a_trait_impl_needs_cached_no_companions", name);
+        quote! {
+            #(#cfgs)*
+            #[doc(hidden)]
+            #[allow(dead_code, non_upper_case_globals)]
+            const #hint: () = ();
+        }
+    } else {
+        TokenStream::new()
     };
     let doc = format!(
         "The cache key (`\"{}:...\"`) under which `{path}` stores its result for these arguments.\n\n\
@@ -372,8 +410,14 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         #vis fn #companion_name #generics (#(#params),*) -> ::std::string::String #where_clause {
             let mut #buf = ::std::string::String::with_capacity(#capacity);
             #buf.push_str(#head);
+            #type_key
             #rest
             #buf
         }
+        #(#cfgs)*
+        #[doc = #prefix_doc]
+        #[allow(dead_code, unreachable_pub)]
+        #vis const #prefix_const: &str = #prefix;
+        #hint
     }
 }

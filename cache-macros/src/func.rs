@@ -3,7 +3,7 @@
 //! behind), and the type its future resolves to.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{
     Expr, ExprAsync, ExprCall, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType,
@@ -90,7 +90,8 @@ impl Func {
                 FnArg::Receiver(r) => Arg {
                     kind: ArgKind::Receiver,
                     ty: (*r.ty).clone(),
-                    mut_ref: false,
+                    // `&mut self`, `self: &mut Self`, `self: Pin<&mut Self>`.
+                    mut_ref: has_mut_ref(&r.ty.to_token_stream()),
                 },
                 FnArg::Typed(pt) => {
                     let kind = match &*pt.pat {
@@ -252,7 +253,35 @@ impl Func {
         match self.shape {
             Shape::Async => {
                 let block = &self.item.block;
-                quote!(async move #block)
+                // The body is checked against the declared return type as
+                // without the attribute (tracing-attributes' fake return
+                // edge): the first `return` the compiler meets has that type,
+                // so the tail and every `return` coerce to it
+                // (`Err(Box::new(io_error))` to `Box<dyn Error>`, `Box<[T; N]>`
+                // to `Box<[T]>`) instead of fixing the block's type themselves.
+                let ret = &self.output;
+                if contains_impl_trait(ret) {
+                    return quote!(async move #block);
+                }
+                let fake = syn::Ident::new("__cache_fake_return", Span::mixed_site());
+                let edge = quote_spanned! {ret.span()=>
+                    #[allow(
+                        unknown_lints,
+                        unreachable_code,
+                        clippy::diverging_sub_expression,
+                        clippy::let_unit_value,
+                        clippy::unreachable,
+                        clippy::let_with_type_underscore,
+                        clippy::empty_loop,
+                        clippy::needless_return
+                    )]
+                    if false {
+                        let #fake: #ret = loop {};
+                        return #fake;
+                    }
+                };
+                let stmts = &block.stmts;
+                quote!(async move { #edge #(#stmts)* })
             }
             Shape::AsyncTrait { stmt } => match &self.item.block.stmts[stmt] {
                 Stmt::Expr(Expr::Call(call), _) => call.args[0].to_token_stream(),
@@ -362,4 +391,37 @@ fn words(tokens: &TokenStream) -> (Vec<String>, Vec<String>) {
     let (mut idents, mut literals) = (Vec::new(), Vec::new());
     walk(tokens, &mut idents, &mut literals);
     (idents, literals)
+}
+
+/// Whether `ty` mentions `impl Trait` (not nameable in a `let`).
+fn contains_impl_trait(ty: &Type) -> bool {
+    ty.to_token_stream()
+        .into_iter()
+        .any(|tt| contains_impl(&tt))
+}
+
+fn contains_impl(tt: &proc_macro2::TokenTree) -> bool {
+    match tt {
+        proc_macro2::TokenTree::Ident(i) => i == "impl",
+        proc_macro2::TokenTree::Group(g) => g.stream().into_iter().any(|t| contains_impl(&t)),
+        _ => false,
+    }
+}
+
+/// Whether `tokens` contain `&mut` (at any depth).
+fn has_mut_ref(tokens: &TokenStream) -> bool {
+    let mut after_and = false;
+    for tt in tokens.clone() {
+        match &tt {
+            proc_macro2::TokenTree::Punct(p) if p.as_char() == '&' => {
+                after_and = true;
+                continue;
+            }
+            proc_macro2::TokenTree::Ident(i) if after_and && i == "mut" => return true,
+            proc_macro2::TokenTree::Group(g) if has_mut_ref(&g.stream()) => return true,
+            _ => {}
+        }
+        after_and = false;
+    }
+    false
 }

@@ -1,7 +1,8 @@
 //! `#[invalidates(...)]`: validation and expansion.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::attr::{self, InvalidatesArgs};
 use crate::cached::{parse_fn, resolve_handle, with_errors};
@@ -34,6 +35,14 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(prefix = \"search\")]",
         );
     }
+    for call in &args.calls {
+        if is_rest(call) && call.args.len() != 1 {
+            cx.error_spanned_by(
+                &call.args,
+                "`..` stands alone: `name(..)` drops every entry of `name` (its prefix); to drop one entry, pass all the key's arguments",
+            );
+        }
+    }
     for template in &args.keys {
         for ph in template.placeholders() {
             if ph.root == "self" {
@@ -58,6 +67,20 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
     }
 }
 
+/// `f(..)`.
+fn is_rest(call: &syn::ExprCall) -> bool {
+    call.args.iter().any(|a| {
+        matches!(
+            a,
+            syn::Expr::Range(syn::ExprRange {
+                start: None,
+                end: None,
+                ..
+            })
+        )
+    })
+}
+
 fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     let krate = &args.krate;
     let buf = key::buf_ident();
@@ -74,6 +97,40 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             #buf
         })
     });
+    // `get_customer(id)`: the key `get_customer_cache_key(&id)` computes
+    // (a wrong name, argument count or type is the compiler's error on it).
+    // `get_customer(..)`: every entry of `get_customer`, its prefix.
+    let (rest_calls, calls): (Vec<_>, Vec<_>) = args.calls.iter().partition(|c| is_rest(c));
+    let fn_prefixes = rest_calls.iter().map(|call| {
+        let mut path = match &*call.func {
+            syn::Expr::Path(p) => p.clone(),
+            _ => unreachable!("parse_call takes paths only"),
+        };
+        if let Some(last) = path.path.segments.last_mut() {
+            let upper = last
+                .ident
+                .to_string()
+                .trim_start_matches("r#")
+                .to_uppercase();
+            last.ident = format_ident!("{}_CACHE_PREFIX", upper, span = last.ident.span());
+            // The prefix is shared by every instantiation.
+            last.arguments = syn::PathArguments::None;
+        }
+        quote_spanned!(call.span()=> #path)
+    });
+    let calls = calls.into_iter().map(|call| {
+        let mut companion = (*call.func).clone();
+        if let syn::Expr::Path(path) = &mut companion
+            && let Some(last) = path.path.segments.last_mut()
+        {
+            last.ident = format_ident!("{}_cache_key", last.ident, span = last.ident.span());
+        }
+        let args = call
+            .args
+            .iter()
+            .map(|arg| quote_spanned!(arg.span()=> &(#arg)));
+        quote_spanned!(call.span()=> #companion(#(#args),*))
+    });
     let prefixes = &args.prefixes;
     let handle = resolve_handle(args.cache.as_ref(), krate);
     let body = func.body_future();
@@ -81,8 +138,8 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     let new_body = quote! {
         let #guard = #krate::__private::invalidation(
             #handle,
-            ::std::vec![#(#keys),*],
-            &[#(#prefixes),*],
+            ::std::vec![#(#keys,)* #(#calls,)*],
+            const { &[#(#prefixes,)* #(#fn_prefixes,)*] },
         );
         let #output = #body.await;
         #guard.finish().await;

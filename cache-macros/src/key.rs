@@ -76,10 +76,11 @@ pub(crate) fn rest_stmts(
     });
     let body = match spec {
         // Each argument is hashed on its own, at its own span, then the
-        // tuple of those hashes is hashed: a non-`Serialize` argument is
-        // then one error on that argument (the compiler deduplicates the
-        // `key_arg` and inner `hash_args` errors, which share span and
-        // predicate), not also an error about the whole tuple.
+        // tuple of those hashes is hashed. The hash goes through an
+        // autoref probe: a `Serialize` argument gets its hash (a `String`),
+        // any other type a marker that fails a bound of a trait declared
+        // here, whose message names the argument and the `skip(..)` that
+        // leaves it out: one error per argument, and no serde paths.
         KeySpec::Hash(args) => {
             let items = args.iter().map(|ident| {
                 let span = ident.span();
@@ -88,7 +89,46 @@ pub(crate) fn rest_stmts(
                     _ => quote_spanned!(span=> &#ident),
                 };
                 let krate = respan(krate, span);
-                quote_spanned!(span=> #krate::__private::hash_args(#krate::__private::key_arg(#arg)))
+                if let Access::Companion(_) = access {
+                    // The function itself reports a non-`Serialize`
+                    // argument; its companion stays quiet (one error).
+                    return quote_spanned! {span=> {
+                        #[allow(unused_imports)]
+                        use #krate::__private::{KeyViaMissing as _, KeyViaSerialize as _};
+                        #krate::__private::KeyHash::into_key_hash(
+                            (&#krate::__private::KeyProbe(#arg)).key_hash(),
+                        )
+                    }};
+                }
+                let message = format!(
+                    "cache key argument `{ident}` does not implement `serde::Serialize`"
+                );
+                let note = format!(
+                    "the default key hashes every argument; add `skip({ident})` to the attribute to leave `{ident}` out of the key, or derive `serde::Serialize` for its type"
+                );
+                let check = format_ident!("__CacheKeyArg", span = Span::mixed_site());
+                let part = format_ident!("__cache_key_part", span = Span::mixed_site());
+                quote_spanned! {span=> {
+                    #[diagnostic::on_unimplemented(
+                        message = #message,
+                        label = "not `serde::Serialize`",
+                        note = #note
+                    )]
+                    trait #check {
+                        fn hash(self) -> ::std::string::String;
+                    }
+                    impl #check for ::std::string::String {
+                        fn hash(self) -> ::std::string::String {
+                            self
+                        }
+                    }
+                    fn #part<T: #check>(hash: T) -> ::std::string::String {
+                        hash.hash()
+                    }
+                    #[allow(unused_imports)]
+                    use #krate::__private::{KeyViaMissing as _, KeyViaSerialize as _};
+                    #part((&#krate::__private::KeyProbe(#arg)).key_hash())
+                }}
             });
             let tuple = if args.is_empty() {
                 quote!(())
@@ -122,4 +162,37 @@ pub(crate) fn capacity(spec: &KeySpec<'_>, extra: usize) -> usize {
             KeySpec::Hash(_) => 32,
             KeySpec::Template(t) => t.literal_len(),
         }
+}
+
+/// For a function with type parameters, the statement appending the
+/// instantiation's segment (`{16 hex digits}:`, a hash of the parameters'
+/// `type_name`s) right after the prefix, so that `view::<Summary>` and
+/// `view::<CustomerRef>` never share an entry; nothing otherwise.
+pub(crate) fn type_key_stmt(func: &crate::func::Func, krate: &TokenStream) -> TokenStream {
+    let params: Vec<&Ident> = func
+        .item
+        .sig
+        .generics
+        .type_params()
+        .map(|p| &p.ident)
+        .collect();
+    if params.is_empty() {
+        return TokenStream::new();
+    }
+    let buf = buf_ident();
+    quote! {
+        #krate::__private::push_type_key(
+            &mut #buf,
+            &[#(::core::any::type_name::<#params>()),*],
+        );
+    }
+}
+
+/// The length of what [`type_key_stmt`] appends.
+pub(crate) fn type_key_len(func: &crate::func::Func) -> usize {
+    if func.item.sig.generics.type_params().next().is_some() {
+        17
+    } else {
+        0
+    }
 }

@@ -4,9 +4,9 @@
 //! (`use cache_core::{cached, invalidates};`) and hosts the runtime the
 //! generated code calls (`::cache_core::__private`, or the path given with
 //! `crate = ...`). This crate can't depend on `cache-core`, so the examples
-//! here are not compiled; `MACROS.md` beside this crate's manifest has the
-//! same examples as runnable doctests (one per argument), for `cache-core`'s
-//! documentation to include.
+//! here are not compiled; the guide in `cache-core` (`cache-core/MACROS.md`,
+//! included in its documentation) has the same examples as runnable
+//! doctests (one per argument).
 //!
 //! The crate is organised by phase, like `serde_derive` and
 //! `tracing-attributes`:
@@ -203,6 +203,9 @@ use proc_macro::TokenStream;
 /// Don't generate the `_cache_key` companion (below). Needed on methods of
 /// **trait** impls written with native `async fn` (an impl of a trait can't
 /// have extra associated functions); `#[async_trait]` impls need nothing.
+/// Without it, besides "method `item_cache_key` is not a member of trait",
+/// the compiler reports a hidden item named
+/// `item_in_a_trait_impl_needs_cached_no_companions`, which says the fix.
 ///
 /// ```ignore
 /// impl Store for Repo {
@@ -224,6 +227,9 @@ use proc_macro::TokenStream;
 /// cache.delete(&get_customer_cache_key(&42)).await?;
 /// ```
 ///
+/// Beside it, `<vis> const <NAME>_CACHE_PREFIX: &str` holds the prefix
+/// (`#[invalidates(name(..))]` uses it).
+///
 /// For a method, it is an associated function without `self`
 /// (`Repo::churn_risk_cache_key(&id)`). With a template it takes the
 /// arguments the template names; with a hashed key, the hashed arguments.
@@ -237,8 +243,14 @@ use proc_macro::TokenStream;
 ///
 /// The function keeps its signature, visibility, attributes, docs, generics,
 /// where clauses and `Send`-ness. On methods, `self` is never part of the
-/// key. Generic functions, `impl Trait` arguments and reference arguments
-/// work. Inside an `#[async_trait]` impl, the macro recognises the future
+/// key, and a method taking `&mut self` (or `self: Pin<&mut Self>`) is a
+/// compile error: a hit skips the body, and with it the body's changes to
+/// `self`. Generic functions, `impl Trait` arguments and reference arguments
+/// work. A function with type parameters keeps one entry per
+/// instantiation: its keys are `prefix:<types>:<rest>`, `<types>` being 16
+/// hex digits hashing the parameters' `type_name`s (stable for a build), and
+/// its companion takes the same type parameters
+/// (`view_cache_key::<Summary>(&id)`). Inside an `#[async_trait]` impl, the macro recognises the future
 /// `async-trait` produced and caches that. The body's future must be `Send`.
 ///
 /// # Compile-time errors
@@ -246,7 +258,8 @@ use proc_macro::TokenStream;
 /// All argument errors are reported at once, each on its own span: unknown or
 /// duplicate arguments, a missing or malformed prefix, a bad `ttl` literal, a
 /// placeholder naming no argument, a `&mut` or pattern argument in the key, a
-/// non-`Serialize` key argument, a return payload that isn't
+/// `&mut self` receiver, a non-`Serialize` argument in the default key (the
+/// error names it and the `skip(..)` that leaves it out), a return payload that isn't
 /// `Serialize + DeserializeOwned`, a non-`async` function.
 ///
 /// [`Cache`]: ../cache_core/struct.Cache.html
@@ -287,6 +300,20 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```ignore
 /// #[invalidates("customer:{id}", "churn:{id}")]
 /// async fn delete_customer(db: &Db, id: u64) -> Result<(), DbError> { ... }
+/// ```
+///
+/// ## `function(arguments)` (any number)
+///
+/// The key a `#[cached]` function stores under for these arguments, as its
+/// `_cache_key` companion computes it: `get_customer(customer.id)`, or
+/// `Self::view::<Summary>(id)` for one instantiation of a generic method.
+/// The arguments are expressions over this function's arguments, passed by
+/// reference; a wrong name, argument count or type is a compile error.
+/// `name(..)` drops every entry of `name` (its prefix, `<NAME>_CACHE_PREFIX`).
+///
+/// ```ignore
+/// #[invalidates(get_customer(customer.id), Self::view::<Summary>(customer.id))]
+/// async fn update_customer(&self, customer: &Customer) -> Result<(), DbError> { ... }
 /// ```
 ///
 /// ## `prefix = "..."` (any number)

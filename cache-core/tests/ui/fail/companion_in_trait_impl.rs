@@ -7,7 +7,8 @@ trait Store {
 struct Repo;
 
 impl Store for Repo {
-    // A trait impl can't hold the `item_cache_key` companion: add `no_companions`.
+    // A trait impl can't hold the `item_cache_key` companion: the errors
+    // name `no_companions`.
     #[cached(prefix = "item", key = "{id}")]
     async fn item(&self, id: u64) -> Option<u64> {
         Some(id)

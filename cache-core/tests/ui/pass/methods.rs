@@ -1,5 +1,6 @@
-//! `&self`, `&mut self` and `self: Arc<Self>` methods, `cache = self.cache`,
-//! a struct with a non-Serialize field.
+//! `&self`, `self` and `self: Arc<Self>` methods, `cache = self.cache`,
+//! a struct with a non-Serialize field; `#[invalidates]` on `&mut self`
+//! (`#[cached]` rejects it: see ui/fail/mut_self_receiver.rs).
 use std::sync::Arc;
 
 use cache_core::{Cache, cached, invalidates};
@@ -18,8 +19,8 @@ impl Repo {
     }
 
     #[cached(prefix = "b", cache = self.cache.clone())]
-    async fn by_mut(&mut self, id: u64) -> u64 {
-        self.conn.get_mut().unwrap().push(2);
+    async fn by_value(self, id: u64) -> u64 {
+        self.conn.lock().unwrap().push(2);
         id
     }
 
@@ -30,6 +31,11 @@ impl Repo {
 
     #[invalidates("a:{id}", "b:{self.tenant}", cache = self.cache)]
     async fn write(&self, id: u64) {}
+
+    #[invalidates("a:{id}", cache = self.cache.clone())]
+    async fn write_mut(&mut self, id: u64) {
+        self.conn.get_mut().unwrap().push(3);
+    }
 }
 
 fn main() {}
