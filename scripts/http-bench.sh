@@ -94,10 +94,12 @@ med() { grep "\"label\":\"$1\"" "$RESULTS" | grep "\"keys\":\"$2\"" | field "$3"
 
 echo
 echo "medians of $RUNS runs, ${SECS} s each, $CONNECTIONS connections, $(nproc) cores"
-printf '%-8s %-7s %10s %8s %8s %8s\n' backend keys req/s p50-ms p99-ms non-2xx
+printf '%-8s %-7s %10s %15s %8s %8s %8s\n' backend keys req/s req/s-min-max p50-ms p99-ms non-2xx
 for keys in hot spread; do
   for backend in memory redis; do
-    printf '%-8s %-7s %10s %8s %8s %8s\n' "$backend" "$keys" "$(med "$backend" "$keys" req_per_s)" \
+    range=$(grep "\"label\":\"$backend\"" "$RESULTS" | grep "\"keys\":\"$keys\"" | field req_per_s |
+      sort -g | awk 'NR==1{lo=$1} {hi=$1} END{printf "%d-%d", lo, hi}')
+    printf '%-8s %-7s %10s %15s %8s %8s %8s\n' "$backend" "$keys" "$(med "$backend" "$keys" req_per_s)" "$range" \
       "$(med "$backend" "$keys" p50_ms)" "$(med "$backend" "$keys" p99_ms)" \
       "$(grep "\"label\":\"$backend\"" "$RESULTS" | grep "\"keys\":\"$keys\"" | field non_2xx | awk '{s+=$1} END{print s+0}')"
   done
