@@ -52,7 +52,6 @@ BG_PIDS=()
 cleanup() {
   set +e
   for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  if [ -f "$WORK/redis.pid" ]; then REDIS_PID="$(cat "$WORK/redis.pid")"; fi
   if [ -n "$REDIS_PID" ]; then kill -CONT "$REDIS_PID" 2>/dev/null; fi
   if [ -n "$SERVICE_PID" ]; then kill "$SERVICE_PID" 2>/dev/null; wait "$SERVICE_PID" 2>/dev/null; fi
   if [ -n "$REDIS_PID" ]; then kill -9 "$REDIS_PID" 2>/dev/null; fi
@@ -68,14 +67,11 @@ while [ "$SERVICE_PORT" = "$REDIS_PORT" ]; do SERVICE_PORT="$("$LOADGEN" free-po
 RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
 
 start_redis() {
-  # Started from a subshell, so that `kill -9` is not reported as a crashed
-  # job; faults run in subshells too, so the pid lives in a file.
-  (
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-      --daemonize no --logfile "$OUT/redis.log" </dev/null >/dev/null 2>&1 &
-    echo $! >"$WORK/redis.pid"
-  )
-  REDIS_PID="$(cat "$WORK/redis.pid")"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --logfile "$OUT/redis.log" </dev/null >/dev/null 2>&1 &
+  REDIS_PID=$!
+  # Still reaped by this shell, but `kill -9` is not reported as a crash.
+  disown "$REDIS_PID"
   for _ in $(seq 100); do
     if "${RCLI[@]}" PING 2>/dev/null | grep -q PONG; then return 0; fi
     sleep 0.05
@@ -115,7 +111,7 @@ done
 health | grep -q status || { echo "customer-service did not start; see $OUT/service.log" >&2; exit 1; }
 echo "redis on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID), service on 127.0.0.1:$SERVICE_PORT (pid $SERVICE_PID)" >&2
 
-# ---- faults: each `inject_X` runs in the background while the checker runs;
+# ---- faults: each `inject_X` runs while the checker runs in the background;
 # it starts after 2 s and ends (restoring Redis) by about SECS - 2 s.
 FAULT_SECS=$(awk -v s="$SECS" 'BEGIN{d=s-4; if (d<1) d=1; print d}')
 
@@ -200,15 +196,14 @@ printf '%-13s %9s %7s %8s %10s %6s %10s %8s %9s\n' \
 SUMMARY="$OUT/chaos-table.txt"
 : >"$SUMMARY"
 for fault in "${FAULTS[@]}"; do
-  "inject_$fault" &
-  INJECT_PID=$!
-  BG_PIDS=("$INJECT_PID")
   "$LOADGEN" check --addr "127.0.0.1:$SERVICE_PORT" --duration "$SECS" --phase-secs 1 \
     --connections "$CONNECTIONS" --ids "$IDS" --write-pct "$WRITE_PCT" \
-    --timeout-ms 5000 --label "$fault" >"$OUT/check-$fault.jsonl" 2>"$OUT/check-$fault.err" || true
-  wait "$INJECT_PID" 2>/dev/null || true
+    --timeout-ms 5000 --label "$fault" >"$OUT/check-$fault.jsonl" 2>"$OUT/check-$fault.err" &
+  CHECK_PID=$!
+  BG_PIDS=("$CHECK_PID")
+  "inject_$fault" || echo "fault $fault: the injection failed" >&2
+  wait "$CHECK_PID" || true
   BG_PIDS=()
-  REDIS_PID="$(cat "$WORK/redis.pid")"
   if ! "${RCLI[@]}" PING 2>/dev/null | grep -q PONG; then
     echo "redis is not answering after fault $fault: restarting it" >&2
     kill -CONT "$REDIS_PID" 2>/dev/null || true
