@@ -33,7 +33,7 @@ IDS="${CHAOS_IDS:-8}"
 WRITE_PCT="${CHAOS_WRITE_PCT:-5}"
 RECOVERY_SECS="${CHAOS_RECOVERY_SECS:-45}"
 
-for tool in redis-server redis-cli curl; do
+for tool in redis-server redis-cli curl timeout; do
   command -v "$tool" >/dev/null || { echo "chaos.sh needs $tool on PATH" >&2; exit 1; }
 done
 
@@ -64,7 +64,9 @@ trap 'exit 130' INT TERM
 REDIS_PORT="$("$LOADGEN" free-port)"
 SERVICE_PORT="$("$LOADGEN" free-port)"
 while [ "$SERVICE_PORT" = "$REDIS_PORT" ]; do SERVICE_PORT="$("$LOADGEN" free-port)"; done
-RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+# Every redis-cli call is bounded (a stopped server would hold it forever).
+RCLI=(timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+RCLI_PIPE=(timeout 120 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --pipe)
 
 start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
@@ -174,7 +176,7 @@ inject_foreign-keys() {
   # checker runs; then an admin pattern invalidation (SCAN) timed over them.
   sleep 1
   awk 'BEGIN{for(i=1;i<=300000;i++) printf "SET foreign:%d 0123456789abcdef\r\n", i}' |
-    "${RCLI[@]}" --pipe >"$OUT/foreign-fill.log" 2>&1
+    "${RCLI_PIPE[@]}" >"$OUT/foreign-fill.log" 2>&1
   curl -s -m 30 -o /dev/null -w '%{time_total}\n' -X POST \
     -H 'authorization: Bearer chaos' -H 'content-type: application/json' \
     -d '{"pattern": "query:*"}' \
@@ -183,7 +185,7 @@ inject_foreign-keys() {
 
 cleanup_foreign-keys() {
   awk 'BEGIN{for(i=1;i<=300000;i++) printf "UNLINK foreign:%d\r\n", i}' |
-    "${RCLI[@]}" --pipe >/dev/null 2>&1 || true
+    "${RCLI_PIPE[@]}" >/dev/null 2>&1 || true
 }
 
 # requests: checker requests in SECS seconds; min/s: fewest requests started
