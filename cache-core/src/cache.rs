@@ -774,10 +774,19 @@ impl Cache {
                     health.used_memory_bytes = info.used_memory_bytes;
                     health.connected_clients = info.connected_clients;
                     health.total_keys = info.total_keys;
+                    health.missing_permissions = info.missing_permissions;
                 }
+                health.tracking = self.inner.tracker.as_ref().map(|t| t.live());
                 if circuit == CircuitState::Open {
                     health.status = HealthStatus::Degraded;
                     health.error = Some("circuit breaker open; recovering".to_owned());
+                } else if !health.missing_permissions.is_empty() {
+                    // Redis answers, but some features are off for this user.
+                    health.status = HealthStatus::Degraded;
+                    health.error = Some(format!(
+                        "the Redis user may not run: {}",
+                        health.missing_permissions.join(", ")
+                    ));
                 } else if let Some(failure) = self
                     .inner
                     .resilience

@@ -38,6 +38,14 @@ pub struct Health {
     pub total_keys: Option<u64>,
     /// Circuit breaker state.
     pub circuit: CircuitState,
+    /// Commands the Redis user may not run (its ACL): each one turns a
+    /// feature off (for example no leases without scripting). Empty when
+    /// everything is allowed.
+    pub missing_permissions: Vec<String>,
+    /// Whether the cache holds prefix generations and near-cache entries
+    /// under Redis client tracking right now (`None`: it does not use
+    /// tracking).
+    pub tracking: Option<bool>,
     /// Why the status is not healthy.
     pub error: Option<String>,
 }
@@ -53,6 +61,8 @@ impl Health {
             connected_clients: None,
             total_keys: None,
             circuit,
+            missing_permissions: Vec::new(),
+            tracking: None,
             error: None,
         }
     }

@@ -468,6 +468,16 @@ async fn a_missing_acl_permission_is_an_auth_error_found_at_start_up() {
         cache.backend_info().await.missing_permissions,
         ["set", "incrby", "scan"]
     );
+    let health = cache.health().await;
+    assert_eq!(health.missing_permissions, ["set", "incrby", "scan"]);
+    assert_eq!(health.status, HealthStatus::Degraded, "{health:?}");
+    assert!(
+        health
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("set, incrby, scan")
+    );
     cache.set("p:1", &1u8, None).await.unwrap();
     let errors = cache.stats().total.errors;
     assert!(errors.get("auth").copied().unwrap_or(0) >= 1, "{errors:?}");
