@@ -61,10 +61,25 @@
 //!   invalidation deletes it, so a load that started before an invalidation
 //!   can never store its (stale) value after it. The same lease makes other
 //!   processes wait for one load instead of stampeding, and within a process
-//!   concurrent misses share one load (single-flight). Prefix invalidation is
-//!   SCAN + UNLINK by default, or O(1) with
-//!   [`prefix_generations`](CacheConfig::prefix_generations): values are
-//!   labeled with their prefix's generation and an invalidation replaces it.
+//!   concurrent misses share one load (single-flight).
+//! - **O(1) prefix invalidation**, on by default for Redis and Redis
+//!   Cluster ([`prefix_generations`](CacheConfig::prefix_generations),
+//!   `CACHE_PREFIX_GENERATIONS`): values are labeled with their prefix's
+//!   generation and [`Cache::invalidate_prefix`] replaces it, one write
+//!   whatever the number of keys. On a single Redis server each process
+//!   holds the generations it has read, and Redis client tracking tells it
+//!   when one changes, so a hit stays one `GET` (on a cluster, one `MGET`).
+//!   Turned off (and on the memory backend), prefix invalidation is
+//!   SCAN + UNLINK.
+//! - **Near cache** (opt-in, single Redis server):
+//!   `Cache::builder().near_cache(n)` ([`CacheBuilder::near_cache`]) or
+//!   `CACHE_NEAR_CAPACITY=n` keeps up to `n` decoded values in process in
+//!   front of Redis, so a near hit makes no round trip. Redis client
+//!   tracking tells every process when a key changes: an instance's own
+//!   write or invalidation clears its near cache before the call returns,
+//!   another instance's reaches it once Redis' message arrives (the
+//!   measured window is in docs/BENCHMARKS.md), and a lost tracking
+//!   connection empties it until tracking is back.
 //! - **Observability**: [`Cache::stats`] (per prefix and total), [`Cache::health`],
 //!   `metrics` counters per prefix (`cache_hits_total{prefix}`, ...,
 //!   `cache_errors_total{prefix,kind}`) and gauges (`cache_hit_ratio{prefix}`,
@@ -90,24 +105,25 @@
 //!   the mapping stays injective.
 //! - Counters ([`Cache::incr`]) are stored as plain integers (Redis `INCRBY`
 //!   needs that), not in the envelope.
-//! - TCP_NODELAY stays on although Nagle was cheaper at
-//!   64 tasks over loopback in the benchmark; see
+//! - TCP_NODELAY stays on although Nagle costs less CPU when many small
+//!   requests share a connection over loopback; see
 //!   [`CacheConfig::tcp_nodelay`] for the latency cliff Nagle brings on a
 //!   real network.
 //! - The memory backend keeps `{namespace}:{prefix}:{key}` string
 //!   keys and moka's per-entry expiry, although a `u64`-keyed moka without
-//!   expiry does a lookup in ~0.7× the instructions: one key space for both
+//!   expiry does a lookup in fewer instructions: one key space for both
 //!   backends, `delete_pattern`, `invalidate_prefix` and the `_cache_key`
 //!   companions, and expired entries that free their memory, are worth more
-//!   than that difference (figures in docs/BENCHMARKS.md).
+//!   than that difference.
 //!
 //! # What a hit costs
-//! A Redis hit is one `GET` on a shared multiplexed connection; a memory hit
-//! is one moka lookup. Around that, cache-core's own code avoids writing
-//! memory that other cores also write (on a busy multi-core service such
-//! writes cost more than the lookup itself); what remains are the reference
-//! counts of the connection handle redis-rs needs per command and of the
-//! stored value moka hands out:
+//! A Redis hit is one `GET` on a shared multiplexed connection (prefix
+//! generations included, on a single server); a near-cache or memory hit is
+//! one lookup in process, with no round trip. Around that, cache-core's own
+//! code avoids writing memory that other cores also write (on a busy
+//! multi-core service such writes cost more than the lookup itself); what
+//! remains are the reference counts of the connection handle redis-rs needs
+//! per command and of the stored value moka hands out:
 //! - `cache = expr` is borrowed for the call when the macro can see the body
 //!   does not move what it names, and the installed cache is reached
 //!   through a per-thread `Arc` (no shared reference count);
@@ -120,18 +136,17 @@
 //!   backend keys moka by a seeded 128-bit hash of it (each entry keeps its
 //!   key and every read checks it, so a collision can never return another
 //!   key's value);
-//! - the miss path (single-flight, lease, load, store) is a boxed future of
-//!   its own, so a hit does not move the state of a load around.
+//! - the miss path's steps (single-flight, lease, store) are boxed futures
+//!   of their own, so a hit does not carry the state of a load; a remote
+//!   read is boxed too (it is a round trip anyway), and a memory read
+//!   completes in one poll in place without a box, so no backend's future
+//!   nests into the caller's.
 //!
-//! docs/BENCHMARKS.md has the figures, against raw redis-rs, moka and the
-//! `cached` crate, including instruction counts per call (callgrind, which
-//! this shared machine's noise does not move). A memory `#[cached]` hit
-//! executes about as many instructions as moka itself keyed the way this
-//! cache must key it (a `{namespace}:{prefix}:{key}` string per call, a TTL
-//! per entry), which is about 1.4× a `u64`-keyed, TTL-less moka `get`. A
-//! Redis hit executes about 4% more user-space instructions than raw
-//! redis-rs `GET` + decode on one multiplexed connection, and fewer than
-//! the `cached` crate's Redis hit.
+//! docs/BENCHMARKS.md has the figures, each against the baseline that does
+//! the same work without this crate: raw redis-rs `GET` + decode on one
+//! multiplexed connection, moka keyed the way this cache must key it (a
+//! `{namespace}:{prefix}:{key}` string, a TTL per entry), and the `cached`
+//! crate's Redis store.
 #![warn(missing_docs)]
 
 /// The `#[cached]` and `#[invalidates]` guide: every argument with a runnable example.
