@@ -349,7 +349,7 @@ impl Cache {
         let entry = self.inner.stats.prefix(Self::prefix_of(key));
         let skey = self.storage_key(key);
         let (raw, generation) = self
-            .raw_get_current(&entry, &skey, Self::prefix_of(key))
+            .raw_get_current(&entry, &skey, Self::prefix_of(key), true)
             .await;
         let value = match raw {
             Some(bytes) if codec::is_lease(&bytes) => None,
@@ -453,7 +453,7 @@ impl Cache {
     /// ours (a counter, a foreign value) count as present, as `EXISTS` says.
     async fn visible(&self, entry: &PrefixEntry, key: &str, skey: &str) -> bool {
         let (raw, current) = self
-            .raw_get_current(entry, skey, Self::prefix_of(key))
+            .raw_get_current(entry, skey, Self::prefix_of(key), false)
             .await;
         match raw {
             None => false,
@@ -667,6 +667,7 @@ impl Cache {
                 none_ttl: None,
                 unless: |_: &T| false,
                 typed: None,
+                near: true,
                 body: load(),
             })
             .await)

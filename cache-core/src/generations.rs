@@ -402,14 +402,18 @@ impl Cache {
         entry: &PrefixEntry,
         skey: &str,
         prefix: &str,
+        near: bool,
     ) -> (Option<RawBytes>, Option<u64>) {
         if !self.generations_on() {
-            return (self.near_or_raw_get(entry, skey, None).await, None);
+            return (self.near_or_raw_get(entry, skey, None, near).await, None);
         }
         // The generation is read before the value: a value read after a
         // prefix invalidation this process saw is checked against the new one.
         if let Some(g) = self.tracked_generation(entry, prefix).await {
-            return (self.near_or_raw_get(entry, skey, Some(g)).await, Some(g));
+            return (
+                self.near_or_raw_get(entry, skey, Some(g), near).await,
+                Some(g),
+            );
         }
         let gkey = self.generation_key(prefix);
         let (value, generation) = if let Some(memory) = &self.inner.memory {
@@ -508,8 +512,10 @@ impl Cache {
         entry: &PrefixEntry,
         skey: &str,
         current: Option<u64>,
+        use_near: bool,
     ) -> Option<RawBytes> {
-        let (Some(near), Some(tracker)) = (&self.inner.near, &self.inner.tracker) else {
+        let (Some(near), Some(tracker), true) = (&self.inner.near, &self.inner.tracker, use_near)
+        else {
             return self.raw_get(entry, skey).await;
         };
         if !tracker.live() {

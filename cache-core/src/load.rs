@@ -40,6 +40,8 @@ pub(crate) struct ReadThrough<'p, S, F, U> {
     /// A loaded value this returns `true` for is not stored.
     pub(crate) unless: U,
     pub(crate) typed: Option<TypedCopy<S>>,
+    /// Whether the near cache may serve and keep this value.
+    pub(crate) near: bool,
     /// The load.
     pub(crate) body: F,
 }
@@ -124,6 +126,7 @@ impl Cache {
         entry: &PrefixEntry,
         skey: &str,
         prefix: &str,
+        near: bool,
     ) -> (Read, Option<u64>) {
         let memory_now = match &self.inner.memory {
             Some(memory) if !self.generations_on() => memory_get_now(memory, skey),
@@ -132,7 +135,7 @@ impl Cache {
         let (raw, current) = match memory_now {
             Some(found) => (found.map(RawBytes::Shared), None),
             None => {
-                let read: Step<'_, _> = Box::pin(self.raw_get_current(entry, skey, prefix));
+                let read: Step<'_, _> = Box::pin(self.raw_get_current(entry, skey, prefix, near));
                 read.await
             }
         };
@@ -186,6 +189,7 @@ impl Cache {
             none_ttl,
             unless,
             typed,
+            near,
             body,
         } = call;
         if self.backend_kind() == crate::BackendKind::Disabled {
@@ -195,7 +199,7 @@ impl Cache {
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
-        let (mut read, mut generation) = self.read_raw(&entry, &skey, prefix).await;
+        let (mut read, mut generation) = self.read_raw(&entry, &skey, prefix, near).await;
         if let Read::Bytes(bytes) = read {
             let bytes = Bytes::Raw(bytes);
             if let Some(v) = self.decode_found::<M::Stored>(&entry, &skey, &bytes, typed) {
@@ -301,7 +305,7 @@ impl Cache {
             let found = match first.take() {
                 Some(found) => found,
                 None => {
-                    let (read, seen) = self.read_raw(entry, skey, prefix).await;
+                    let (read, seen) = self.read_raw(entry, skey, prefix, false).await;
                     generation = seen;
                     read
                 }
@@ -383,7 +387,7 @@ impl Cache {
                     self.inner.stats.record(entry, Event::LeaseWait);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     leader.seal();
-                    let (read, seen) = self.read_raw(entry, skey, prefix).await;
+                    let (read, seen) = self.read_raw(entry, skey, prefix, false).await;
                     generation = seen;
                     match read {
                         Read::Bytes(bytes) => return Leased::Value(bytes, generation),

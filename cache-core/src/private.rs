@@ -182,8 +182,8 @@ pub fn push_escaped<T: Display + ?Sized>(buf: &mut String, value: &T) {
 /// A placeholder value the generated code appends without `core::fmt`: an
 /// integer's digits, or a string escaped like its `Display` form. The key is
 /// byte for byte what [`push_escaped`] writes; only the cost differs (an
-/// integer through `core::fmt` plus the escape scan was ~7% of a memory hit's
-/// instructions).
+/// integer through `core::fmt` plus the escape scan is a visible part of a
+/// memory hit).
 pub enum FastPart<'a> {
     /// An unsigned integer.
     Unsigned(u64),
@@ -349,8 +349,7 @@ thread_local! {
 
 /// The storage key of one `#[cached]` call. Its buffer goes back to a
 /// per-thread spare when the call ends, and the next call on that thread
-/// reuses it: a hit then allocates no key (the allocation and free were ~4%
-/// of a memory hit's instructions).
+/// reuses it: a hit then allocates no key.
 pub struct KeyString(String);
 
 impl KeyString {
@@ -461,6 +460,7 @@ pub async fn cached<R, M, F, U>(
     none_ttl: Option<Duration>,
     unless: U,
     typed: Option<TypedCopy<M::Stored>>,
+    near: bool,
     body: F,
 ) -> R
 where
@@ -482,6 +482,7 @@ where
             none_ttl,
             unless,
             typed,
+            near,
             body,
         })
         .await

@@ -269,3 +269,31 @@ async fn cached_functions_are_served_by_the_near_level() {
         })
         .await;
 }
+
+static BALANCE_LOADS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(prefix = "balance", key = "{id}", near = false)]
+async fn balance(id: u64) -> Result<u64, String> {
+    BALANCE_LOADS.fetch_add(1, Ordering::SeqCst);
+    Ok(id * 10)
+}
+
+#[tokio::test]
+async fn near_false_keeps_a_function_out_of_the_near_level() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server).await;
+    cache
+        .scope(async {
+            // Tracking up (another key gets near hits), then many hits.
+            cache.set("other:1", &1u64, None).await.unwrap();
+            until_near_hit(&cache, "other:1").await;
+            for _ in 0..50 {
+                assert_eq!(balance(3).await.unwrap(), 30);
+            }
+            assert_eq!(BALANCE_LOADS.load(Ordering::SeqCst), 1, "hits, from Redis");
+            let stats = cache.stats();
+            assert_eq!(stats.prefixes["balance"].near_hits, 0, "{stats:?}");
+            assert!(stats.prefixes["balance"].hits >= 49, "{stats:?}");
+        })
+        .await;
+}

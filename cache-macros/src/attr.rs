@@ -25,6 +25,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(unless);
     syn::custom_keyword!(cache);
     syn::custom_keyword!(version);
+    syn::custom_keyword!(near);
     syn::custom_keyword!(no_companions);
 }
 
@@ -38,6 +39,7 @@ const CACHED_ARGS: &[&str] = &[
     "unless",
     "cache",
     "version",
+    "near",
     "crate",
     "no_companions",
 ];
@@ -133,6 +135,8 @@ pub(crate) struct CachedArgs {
     pub(crate) unless: Option<Expr>,
     pub(crate) cache: Option<Expr>,
     pub(crate) version: Option<u32>,
+    /// `near = false`: never served by (or kept in) the near cache.
+    pub(crate) near: Option<bool>,
     pub(crate) krate: TokenStream,
     pub(crate) no_companions: bool,
 }
@@ -158,6 +162,7 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
     let mut skip = Attr::none("skip");
     let mut cache_none = Attr::none("cache_none");
     let mut none_ttl = Attr::none("none_ttl");
+    let mut near = Attr::none("near");
     let mut unless = Attr::none("unless");
     let mut cache = Attr::none("cache");
     let mut version = Attr::none("version");
@@ -213,6 +218,10 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
             let name: kw::version = input.parse()?;
             let value = parse_value(input)?;
             version.set(cx, name, parse_version(&value, cx));
+        } else if lookahead.peek(kw::near) {
+            let name: kw::near = input.parse()?;
+            let value = parse_value(input)?;
+            near.set(cx, name, parse_bool_arg("near", &value, cx));
         } else if lookahead.peek(Token![crate]) {
             let name: Token![crate] = input.parse()?;
             let path = parse_crate_path(input)?;
@@ -240,6 +249,7 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
         unless: unless.get(),
         cache: cache.get(),
         version: version.get(),
+        near: near.get(),
         krate: krate.get().unwrap_or_else(default_crate),
         no_companions: no_companions.is_set(),
     }
@@ -570,6 +580,18 @@ fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {
             None
         }
         _ => Some(Ttl::Expr(Box::new(value))),
+    }
+}
+
+fn parse_bool_arg(name: &str, value: &Expr, cx: &Ctxt) -> Option<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Some(b.value),
+        other => {
+            cx.error_spanned_by(other, format!("`{name}` is `true` or `false`"));
+            None
+        }
     }
 }
 

@@ -204,6 +204,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let bind_handle = bind_cached_handle(args.cache.as_ref(), func, krate, &handle_var);
     let ttl = Ttl::to_option(args.ttl.as_ref(), krate);
     let none_ttl = Ttl::to_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
+    let near = args.near.unwrap_or(true);
     let unless = if let Some(expr) = &args.unless {
         // The closure is the macro's (call-site spans, so lints about it
         // don't fire in user code); `result` resolves from the user's tokens.
@@ -242,6 +243,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
                 use #krate::__private::{ViaBytes as _, ViaClone as _};
                 (&#krate::__private::Probe::<<#mode as #krate::__private::Mode<#ret>>::Stored>::NEW).typed_copy()
             },
+            #near,
             #body,
         )
         .await

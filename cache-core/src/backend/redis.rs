@@ -27,9 +27,9 @@ use super::{Backend, BackendInfo, BackendKind};
 use crate::config::{RedisTarget, TlsMaterial, redact_url};
 use crate::error::{BackendError, ErrorKind, FIX_PERMISSION};
 
-/// `name key...` in a buffer sized up front: `cmd(name).arg(key)` grows it
-/// once more, a realloc of ~200 instructions on a ~20k-instruction hit (the
-/// hit path's `GET`, and its `MGET` with prefix generations).
+/// `name key...` in a buffer sized up front: `cmd(name).arg(key)` would
+/// grow it once more, a reallocation on every hit (the hit path's `GET`,
+/// and its `MGET` with prefix generations).
 fn keyed_cmd<'k>(name: &str, keys: impl IntoIterator<Item = &'k str> + Clone) -> Cmd {
     let (count, bytes) = keys
         .clone()

@@ -16,6 +16,7 @@ fn until_midnight() -> Duration {
     unless = result.is_some_and(|v| v == 0),
     cache = cache,
     version = 2,
+    near = false,
     crate = ::cache_core,
 )]
 async fn get_customer(cache: &Cache, id: u64, region: &str) -> Option<u64> {
