@@ -130,7 +130,8 @@ impl Tracker {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let client =
-            crate::backend::redis::client_with_tls(info.set_redis_settings(settings), tls).ok()?;
+            crate::backend::connection::client_with_tls(info.set_redis_settings(settings), tls)
+                .ok()?;
         Some(Tracker {
             client,
             timeout: timeout.max(Duration::from_millis(10)),

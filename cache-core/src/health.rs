@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use crate::stats::CircuitState;
+use std::time::Instant;
+
+use crate::backend::BackendInfo;
+use crate::cache::Cache;
+use crate::stats::{CacheStats, CircuitState};
 
 /// Overall state of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,5 +69,97 @@ impl Health {
             tracking: None,
             error: None,
         }
+    }
+}
+
+impl Cache {
+    /// Hit/miss figures, total and per prefix, with the circuit state and backend.
+    pub fn stats(&self) -> CacheStats {
+        let (total, prefixes) = self.inner.stats.snapshot();
+        let (circuit, fallback_active) = match &self.inner.resilience {
+            Some(res) => (res.breaker.state(), res.fallback_active()),
+            None => (CircuitState::NotApplicable, false),
+        };
+        CacheStats {
+            enabled: self.is_enabled(),
+            backend: self.inner.kind.name(),
+            target: self.inner.config.target_description(),
+            namespace: self.inner.config.namespace.clone(),
+            circuit,
+            fallback_active,
+            total,
+            prefixes,
+            near: self.inner.near.as_ref().map(|near| near.stats()),
+        }
+    }
+
+    /// Server facts (key count, memory, version); empty when unreachable.
+    pub async fn backend_info(&self) -> BackendInfo {
+        if !self.is_enabled() {
+            return BackendInfo::default();
+        }
+        match tokio::time::timeout(self.inner.config.timeout * 4, self.inner.primary.info()).await {
+            Ok(Ok(info)) => info,
+            _ => BackendInfo::default(),
+        }
+    }
+
+    /// Pings the backend (bounded by the timeout) and reports status,
+    /// latency and server facts. Never fails: an unreachable Redis is
+    /// [`HealthStatus::Degraded`].
+    pub async fn health(&self) -> Health {
+        let circuit = self.stats().circuit;
+        if !self.is_enabled() {
+            return Health::new(HealthStatus::Disabled, self.inner.kind.name(), circuit);
+        }
+        let started = Instant::now();
+        let timeout = self.inner.config.timeout * 4;
+        let ping = tokio::time::timeout(timeout, self.inner.primary.ping()).await;
+        let latency = started.elapsed();
+        let mut health = Health::new(HealthStatus::Healthy, self.inner.kind.name(), circuit);
+        match ping {
+            Ok(Ok(())) => {
+                health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
+                if let Ok(Ok(info)) = tokio::time::timeout(timeout, self.inner.primary.info()).await
+                {
+                    health.redis_version = info.version;
+                    health.used_memory_bytes = info.used_memory_bytes;
+                    health.connected_clients = info.connected_clients;
+                    health.total_keys = info.total_keys;
+                    health.missing_permissions = info.missing_permissions;
+                }
+                health.tracking = self.inner.tracker.as_ref().map(|t| t.live());
+                if circuit == CircuitState::Open {
+                    health.status = HealthStatus::Degraded;
+                    health.error = Some("circuit breaker open; recovering".to_owned());
+                } else if !health.missing_permissions.is_empty() {
+                    // Redis answers, but some features are off for this user.
+                    health.status = HealthStatus::Degraded;
+                    health.error = Some(format!(
+                        "the Redis user may not run: {}",
+                        health.missing_permissions.join(", ")
+                    ));
+                } else if let Some(failure) = self
+                    .inner
+                    .resilience
+                    .as_ref()
+                    .and_then(|res| res.write_failure())
+                {
+                    // Reads answer but values cannot be stored (for example
+                    // Redis at maxmemory with noeviction): every call is a miss.
+                    health.status = HealthStatus::Degraded;
+                    health.error = Some(failure);
+                }
+            }
+            Ok(Err(e)) => {
+                health.status = HealthStatus::Degraded;
+                health.error = Some(e.to_string());
+            }
+            Err(_) => {
+                health.status = HealthStatus::Degraded;
+                health.error = Some(format!("no answer within {timeout:?}"));
+            }
+        }
+        health
     }
 }

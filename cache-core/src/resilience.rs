@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, MemoryBackend};
 use crate::breaker::{Breaker, Permit};
-use crate::cache::{Cache, Inner, RawBytes};
+use crate::cache::{Cache, Inner};
 use crate::error::{BackendError, ErrorKind};
 use crate::keys::glob_literal;
-use crate::stats::{CircuitState, Event, PrefixEntry};
+use crate::stats::{CircuitState, PrefixEntry};
 
 /// Most distinct invalidations remembered while the backend is away. Past
 /// this, remembered keys are folded into whole-prefix invalidations of their
@@ -49,7 +49,7 @@ pub(crate) struct Resilience {
     write_failure: Mutex<Option<(Instant, String)>>,
     /// The backend refused to run the lease scripts (an ACL without
     /// `@scripting`): misses load without a lease from then on.
-    no_scripting: AtomicBool,
+    pub(crate) no_scripting: AtomicBool,
     /// Keys whose last read timed out while the backend kept answering
     /// (typically a value far too large to read): their size is checked
     /// before they are read again.
@@ -104,11 +104,11 @@ impl Resilience {
     }
 
     /// Whether `key` is suspect; the check is one atomic load while none is.
-    fn is_suspect(&self, key: &str) -> bool {
+    pub(crate) fn is_suspect(&self, key: &str) -> bool {
         self.any_suspects.load(Ordering::Acquire) && self.suspects().contains(key)
     }
 
-    fn clear_suspect(&self, key: &str) {
+    pub(crate) fn clear_suspect(&self, key: &str) {
         let mut suspects = self.suspects();
         suspects.remove(key);
         if suspects.is_empty() {
@@ -116,7 +116,7 @@ impl Resilience {
         }
     }
 
-    fn note_write(&self, outcome: Result<(), &BackendError>) {
+    pub(crate) fn note_write(&self, outcome: Result<(), &BackendError>) {
         let mut failure = self.write_failure.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(()) => {
@@ -208,7 +208,7 @@ impl Cache {
     /// once (the key is at fault, for example a value far too large to
     /// read in time); the key becomes suspect instead. One bad key must not
     /// open the breaker for every key.
-    async fn on_primary_for<'s, T, Fut>(
+    pub(crate) async fn on_primary_for<'s, T, Fut>(
         &'s self,
         entry: &PrefixEntry,
         timeout: Duration,
@@ -290,44 +290,6 @@ impl Cache {
             tokio::time::timeout(self.inner.config.timeout, primary.ping()).await,
             Ok(Ok(()))
         )
-    }
-
-    /// Before reading a suspect key: its size, and if it is too large to
-    /// be a value of ours, it is deleted and read as missing.
-    async fn oversized(&self, entry: &PrefixEntry, res: &Resilience, skey: &str) -> bool {
-        let len = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.value_len(skey).await
-            })
-            .await;
-        let limit = self.inner.config.max_value_bytes as u64 + 64;
-        match len {
-            Ok(Some(len)) if len > limit => {
-                self.inner.stats.record(entry, Event::Oversized);
-                tracing::warn!(
-                    key = skey,
-                    bytes = len,
-                    "deleting a value too large to read"
-                );
-                let keys = [skey.to_owned()];
-                let keys = &keys;
-                if self
-                    .on_primary(entry, self.inner.config.timeout, |b| async move {
-                        b.delete(keys).await
-                    })
-                    .await
-                    .is_ok()
-                {
-                    res.clear_suspect(skey);
-                }
-                true
-            }
-            Ok(_) => {
-                res.clear_suspect(skey);
-                false
-            }
-            Err(_) => false,
-        }
     }
 
     fn fail(&self, entry: &PrefixEntry, res: &Resilience, permit: Permit, error: &BackendError) {
@@ -503,398 +465,11 @@ impl Cache {
     pub(crate) fn fallback_ttl(&self, ttl: Duration) -> Duration {
         ttl.min(self.inner.config.fallback_ttl_cap)
     }
-
-    // ----- raw operations with fallback (storage keys) ------------------------
-
-    pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<RawBytes> {
-        if let Some(memory) = &self.inner.memory {
-            return memory.get_bytes(skey).await.map(RawBytes::Shared);
-        }
-        if let Some(res) = &self.inner.resilience
-            && res.is_suspect(skey)
-            && self.oversized(entry, res, skey).await
-        {
-            return None;
-        }
-        let timeout = self.inner.config.timeout;
-        let read = match &self.inner.redis {
-            Some(redis) => {
-                self.on_primary_for(entry, timeout, Some(skey), |_| redis.get_direct(skey))
-                    .await
-            }
-            None => {
-                self.on_primary_for(
-                    entry,
-                    timeout,
-                    Some(skey),
-                    |b| async move { b.get(skey).await },
-                )
-                .await
-            }
-        };
-        match read {
-            Ok(v) => v.map(RawBytes::Owned),
-            // Something other than a string sits at the key: unreadable
-            // bytes, so the caller counts it, deletes it and stores anew
-            // (instead of waiting on a lease it can never take).
-            Err(e) if e.kind == ErrorKind::WrongType => Some(RawBytes::Owned(Vec::new())),
-            Err(_) => {
-                let res = self.inner.resilience.as_ref()?;
-                let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
-                if v.is_some() {
-                    self.inner.stats.record(entry, Event::FallbackHit);
-                }
-                v
-            }
-        }
-    }
-
-    pub(crate) async fn raw_set(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        bytes: Vec<u8>,
-        ttl: Duration,
-    ) {
-        if let Some(memory) = &self.inner.memory {
-            let _ = memory.set(skey, bytes, ttl).await;
-            self.inner.stats.record(entry, Event::Set);
-            return;
-        }
-        let copy = self.inner.resilience.as_ref().map(|_| bytes.clone());
-        let result = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.set(skey, bytes, ttl).await
-            })
-            .await;
-        self.near_evict_one(skey);
-        self.inner.stats.record(entry, Event::Set);
-        let Some(res) = &self.inner.resilience else {
-            return;
-        };
-        match result {
-            Ok(()) => res.note_write(Ok(())),
-            // The backend answers but refuses the write (out of memory,
-            // wrong type): reads still go to it, so a fallback copy would
-            // never be read.
-            Err(e) if !Self::unavailable(&e) => res.note_write(Err(&e)),
-            Err(_) => {
-                if let Some(copy) = copy {
-                    let _ = res.fallback.set(skey, copy, self.fallback_ttl(ttl)).await;
-                    self.mark_fallback_written();
-                }
-            }
-        }
-    }
-
-    pub(crate) async fn raw_delete(&self, entry: &PrefixEntry, skeys: &[String]) -> u64 {
-        // Evicted again after the delete: a read between the two could
-        // have installed the old value.
-        self.near_evict(skeys);
-        let _evict_after = NearEvictOnDrop(self, skeys);
-        for skey in skeys {
-            self.inner.flights.seal(skey);
-        }
-        let mut fallback_deleted = 0;
-        if let Some(res) = &self.inner.resilience {
-            fallback_deleted = res.fallback.delete(skeys).await.unwrap_or(0);
-        }
-        match self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.delete(skeys).await
-            })
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => {
-                if let Some(res) = &self.inner.resilience {
-                    self.remember_invalidation(res, Missed::Keys(skeys));
-                }
-                fallback_deleted
-            }
-        }
-    }
-
-    pub(crate) async fn raw_delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
-        self.near_flush();
-        let _flush_after = NearFlushOnDrop(self);
-        self.inner.flights.seal_all("");
-        let mut fallback_deleted = 0;
-        if let Some(res) = &self.inner.resilience {
-            fallback_deleted = res.fallback.delete_pattern(pattern).await.unwrap_or(0);
-        }
-        match self
-            .on_primary(entry, self.bulk_timeout(), |b| async move {
-                b.delete_pattern(pattern).await
-            })
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => {
-                if let Some(res) = &self.inner.resilience {
-                    self.remember_invalidation(res, Missed::Pattern(pattern));
-                }
-                fallback_deleted
-            }
-        }
-    }
-
-    /// Tries the primary, then the fallback, for the simple single-key calls.
-    pub(crate) async fn with_fallback<'s, T, Fut, FFut>(
-        &'s self,
-        entry: &PrefixEntry,
-        op: impl FnOnce(&'s dyn Backend) -> Fut,
-        fallback: impl FnOnce(MemoryBackend) -> FFut,
-    ) -> Result<T, BackendError>
-    where
-        Fut: Future<Output = Result<T, BackendError>>,
-        FFut: Future<Output = Result<T, BackendError>>,
-    {
-        match self.on_primary(entry, self.inner.config.timeout, op).await {
-            Ok(v) => Ok(v),
-            Err(e) => match &self.inner.resilience {
-                Some(res) if e.kind.is_availability() || e.kind == ErrorKind::CircuitOpen => {
-                    // Whatever the fallback now holds must be reconciled on recovery.
-                    self.mark_fallback_written();
-                    fallback(res.fallback.clone()).await
-                }
-                _ => Err(e),
-            },
-        }
-    }
-
-    // ----- leases ---------------------------------------------------------------
-    //
-    // The lease protocol's three steps, with the same semantics on the
-    // fallback: while the backend is away a loader leases the key in the
-    // fallback, and an invalidation (which always deletes from the fallback
-    // too) removes that lease, so a load older than the invalidation is never
-    // stored there either. A store goes where the lease can still be found:
-    // a lease taken on one side and looked for on the other is not found,
-    // and the value is simply not stored (one more miss, never a stale value).
-
-    /// Tries to take the lease on `skey` with `marker`: `Ok(false)` when
-    /// another loader holds it or a value is stored.
-    pub(crate) async fn lease_try(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        marker: Vec<u8>,
-    ) -> Result<bool, BackendError> {
-        if let Some(res) = &self.inner.resilience
-            && res.no_scripting.load(Ordering::Relaxed)
-        {
-            return Err(BackendError::new(
-                ErrorKind::Auth,
-                "leases off: the Redis user may not run scripts (NOPERM)",
-            ));
-        }
-        let lease_ttl = self.inner.config.lease_ttl;
-        let copy = self.inner.resilience.as_ref().map(|_| marker.clone());
-        let retry = marker.clone();
-        let mut result = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.try_lease(skey, marker, lease_ttl).await
-            })
-            .await;
-        if matches!(result, Ok(false)) && self.remove_orphaned_lease(entry, skey).await {
-            result = self
-                .on_primary(entry, self.inner.config.timeout, |b| async move {
-                    b.try_lease(skey, retry, lease_ttl).await
-                })
-                .await;
-        }
-        match (result, &self.inner.resilience, copy) {
-            (Err(e), Some(res), Some(marker)) if Self::unavailable(&e) => {
-                res.fallback.try_lease(skey, marker, lease_ttl).await
-            }
-            (result, _, _) => result,
-        }
-    }
-
-    /// What refused a lease can be something no loader will ever clear: a
-    /// lease marker without expiry (its TTL removed, for example by a
-    /// `PERSIST` or a restore without TTLs), or a value of another type
-    /// (a list, a set). Each would make every loader wait out its lease
-    /// deadline: remove it (a marker only if it is still that marker) and
-    /// say so. Costs a `PTTL` when a lease is refused, which only happens
-    /// on misses contended across processes.
-    async fn remove_orphaned_lease(&self, entry: &PrefixEntry, skey: &str) -> bool {
-        let timeout = self.inner.config.timeout;
-        // Everything this cache writes expires: only a key without expiry
-        // can be an orphan.
-        match self
-            .on_primary(entry, timeout, |b| async move { b.ttl(skey).await })
-            .await
-        {
-            Ok(None) => {}
-            _ => return false,
-        }
-        let stored = match self
-            .on_primary(entry, timeout, |b| async move { b.get(skey).await })
-            .await
-        {
-            Ok(Some(stored)) if crate::codec::is_lease(&stored) => stored,
-            Err(e) if e.kind == ErrorKind::WrongType => {
-                tracing::warn!(key = skey, "replacing a value of another type");
-                let keys = [skey.to_owned()];
-                let keys = &keys;
-                return self
-                    .on_primary(entry, timeout, |b| async move { b.delete(keys).await })
-                    .await
-                    .is_ok();
-            }
-            _ => return false,
-        };
-        tracing::warn!(key = skey, "removing a lease marker without expiry");
-        self.on_primary(entry, timeout, |b| async move {
-            b.release_lease(skey, stored).await
-        })
-        .await
-        .is_ok()
-    }
-
-    /// Stores `bytes` only if `marker` still holds the lease: `Ok(false)`
-    /// when an invalidation removed it during the load.
-    pub(crate) async fn lease_store(
-        &self,
-        entry: &PrefixEntry,
-        skey: &str,
-        marker: Vec<u8>,
-        bytes: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let copy = self
-            .inner
-            .resilience
-            .as_ref()
-            .map(|_| (marker.clone(), bytes.clone()));
-        let ours = marker.clone();
-        let result = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.set_if_lease(skey, marker, bytes, ttl).await
-            })
-            .await;
-        self.near_evict_one(skey);
-        if let Err(e) = &result {
-            // The store did not happen (connection cut, command refused):
-            // the lease would make every other loader wait out its TTL.
-            self.release_in_background(skey, ours);
-            if is_no_permission(e)
-                && let Some(res) = &self.inner.resilience
-                && !res.no_scripting.swap(true, Ordering::Relaxed)
-            {
-                tracing::error!(
-                    error = %e,
-                    "the Redis user may not run scripts: caching without leases (a load that races an invalidation can store an older value); grant +@scripting (EVAL, EVALSHA) to fix"
-                );
-            }
-        }
-        match (result, &self.inner.resilience, copy) {
-            (Err(e), Some(res), Some((marker, bytes))) if Self::unavailable(&e) => {
-                let stored = res
-                    .fallback
-                    .set_if_lease(skey, marker, bytes, self.fallback_ttl(ttl))
-                    .await;
-                if matches!(stored, Ok(true)) {
-                    self.mark_fallback_written();
-                }
-                stored
-            }
-            (Ok(stored), Some(res), _) => {
-                res.note_write(Ok(()));
-                Ok(stored)
-            }
-            (Err(e), Some(res), _) => {
-                res.note_write(Err(&e));
-                Err(e)
-            }
-            (result, None, _) => result,
-        }
-    }
-
-    /// Releases a lease whose store failed, retrying while the backend
-    /// recovers (0, 50, 200 ms, then 1 s). If the backend refuses the
-    /// compare-and-delete itself (no permission to run scripts), the key is
-    /// deleted: whatever is there then is at worst a miss.
-    fn release_in_background(&self, skey: &str, marker: Vec<u8>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let cache = self.clone();
-        let skey = skey.to_owned();
-        runtime.spawn(async move {
-            let entry = cache
-                .inner
-                .stats
-                .prefix(skey.split(':').nth(1).unwrap_or(""));
-            for delay_ms in [0u64, 50, 200, 1000] {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                let marker = marker.clone();
-                let skey_ref = skey.as_str();
-                match cache
-                    .on_primary(&entry, cache.inner.config.timeout, |b| async move {
-                        b.release_lease(skey_ref, marker).await
-                    })
-                    .await
-                {
-                    Ok(()) => return,
-                    Err(e) if !Self::unavailable(&e) => {
-                        let keys = [skey.clone()];
-                        let keys = &keys;
-                        let _ = cache
-                            .on_primary(&entry, cache.inner.config.timeout, |b| async move {
-                                b.delete(keys).await
-                            })
-                            .await;
-                        return;
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-    }
-
-    /// Gives the lease back (nothing was stored), wherever it was taken.
-    pub(crate) async fn lease_release(&self, entry: &PrefixEntry, skey: &str, marker: Vec<u8>) {
-        if let Some(res) = &self.inner.resilience {
-            let _ = res.fallback.release_lease(skey, marker.clone()).await;
-        }
-        let _ = self
-            .on_primary(entry, self.inner.config.timeout, |b| async move {
-                b.release_lease(skey, marker).await
-            })
-            .await;
-    }
-
-    /// The backend could not be asked (down, slow, or the breaker is open).
-    fn unavailable(error: &BackendError) -> bool {
-        error.kind.is_availability() || error.kind == ErrorKind::CircuitOpen
-    }
 }
 
 /// Whether Redis refused the command for lack of ACL permission (`NOPERM`).
-fn is_no_permission(error: &BackendError) -> bool {
+pub(crate) fn is_no_permission(error: &BackendError) -> bool {
     error.message.contains("NOPERM") || error.message.contains("NoPerm")
-}
-
-/// Evicts keys from the near level when the delete that changed them ends
-/// (also if its future is dropped).
-struct NearEvictOnDrop<'a>(&'a Cache, &'a [String]);
-
-impl Drop for NearEvictOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.near_evict(self.1);
-    }
-}
-
-/// Drops the near level when the pattern delete ends.
-struct NearFlushOnDrop<'a>(&'a Cache);
-
-impl Drop for NearFlushOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.near_flush();
-    }
 }
 
 /// Lets the next outage start a new background probe when this one ends

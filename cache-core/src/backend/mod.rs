@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use crate::error::BackendError;
 
 pub(crate) mod memory;
+#[macro_use]
+pub(crate) mod connection;
 pub(crate) mod redis;
 
 pub use memory::MemoryBackend;

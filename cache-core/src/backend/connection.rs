@@ -1,0 +1,406 @@
+//! Connections of the Redis backend: the bb8 manager, the shared
+//! multiplexed connection of a single server (replaced when it breaks or its
+//! runtime is gone), the cluster connection, and TLS set-up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+
+use crate::config::TlsMaterial;
+use crate::error::{BackendError, ErrorKind};
+
+/// A pooled connection that remembers whether it failed, so bb8 discards it.
+#[derive(Clone)]
+pub(crate) struct TrackedConnection {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) broken: Arc<AtomicBool>,
+}
+
+/// bb8 manager: bb8-redis's manager plus a "broken" flag (bb8-redis cannot
+/// tell a dead multiplexed connection from a live one without a PING).
+pub(crate) struct Manager {
+    pub(crate) inner: bb8_redis::RedisConnectionManager,
+    pub(crate) client: redis::Client,
+    pub(crate) config: redis::AsyncConnectionConfig,
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = TrackedConnection;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        // Connect with our timeouts (bb8-redis's `connect` uses redis-rs's
+        // defaults of 1 s / 500 ms); its `is_valid` is used as is.
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(TrackedConnection {
+            conn,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.inner.is_valid(&mut conn.conn).await
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        conn.broken.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `$body` (a future using `$conn`, a `&mut MultiplexedConnection`)
+/// on a single node's shared connection; if that connection turns out to be
+/// dropped (its driver task is gone, for instance with the tokio runtime
+/// that spawned it), replaces it and runs `$body` once more.
+macro_rules! on_single {
+    ($node:expr, |$conn:ident| $body:expr) => {{
+        let node: &SingleNode = $node;
+        let (mut held, id) = node.connection().await?;
+        let first = {
+            let $conn = &mut held;
+            $body.await
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(e) if driver_gone(&e) => {
+                tracing::debug!(error = %e, "Redis connection dropped; retrying on a fresh one");
+                let (mut held, id) = node.replace(id).await?;
+                let $conn = &mut held;
+                $body.await.map_err(|e| node.failed(id, e))
+            }
+            Err(e) => Err(node.failed(id, e)),
+        }
+    }};
+}
+
+/// Runs `$body` (a future using `$conn`, a `&mut ClusterConnection`) on the
+/// cluster connection; if its driver is gone, rebuilds the connection and
+/// runs `$body` once more.
+macro_rules! on_cluster {
+    ($node:expr, |$conn:ident| $body:expr) => {{
+        let node: &ClusterNode = $node;
+        let held = node.conn.load_full();
+        let mut first_conn = ClusterConnection::clone(&held);
+        let first = {
+            let $conn = &mut first_conn;
+            $body.await
+        };
+        match first {
+            Ok(value) => Ok(value),
+            Err(e) if cluster_driver_gone(&e) => {
+                tracing::debug!(error = %e, "Redis Cluster connection gone; rebuilding it");
+                let mut fresh = node.replace(&held).await?;
+                let $conn = &mut fresh;
+                $body.await.map_err(failed)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }};
+}
+
+pub(crate) struct SingleNode {
+    pub(crate) pool: bb8::Pool<Manager>,
+    /// The one shared connection every command runs on. One: a multiplexed
+    /// connection pipelines any number of in-flight commands, and on the
+    /// benchmark machine a second one cost 0.4–1.0 µs of client CPU per call
+    /// (fewer commands per write) for no throughput gain (docs/BENCHMARKS.md).
+    /// `ArcSwap`: a read on the hit path writes no line other threads share
+    /// (an `RwLock` read is an atomic read-modify-write on one, contended by
+    /// every core).
+    pub(crate) shared: ArcSwapOption<TrackedConnection>,
+    /// Held while a fresh connection replaces a missing or broken one.
+    pub(crate) refresh: tokio::sync::Mutex<()>,
+}
+
+impl SingleNode {
+    /// A clone of the shared connection and an identity for
+    /// [`mark_broken`](Self::mark_broken). Only the connection itself is
+    /// cloned per call: every extra shared refcount bumped here is a
+    /// contended write on the hit path.
+    pub(crate) async fn connection(&self) -> Result<(MultiplexedConnection, usize), BackendError> {
+        if let Some(found) = self.current() {
+            return Ok(found);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(found) = self.current() {
+            return Ok(found);
+        }
+        let tracked = self
+            .fresh_connection()
+            .await
+            .inspect_err(log_operator_error)?;
+        let found = (tracked.conn.clone(), identity(&tracked));
+        self.shared.store(Some(Arc::new(tracked)));
+        Ok(found)
+    }
+
+    pub(crate) async fn fresh_connection(&self) -> Result<TrackedConnection, BackendError> {
+        // No idle connection in the pool: connect directly (a refused
+        // connection fails at once instead of waiting out bb8's connection
+        // timeout) and hand the new connection to bb8 to manage.
+        if self.pool.state().idle_connections == 0 {
+            let conn = self.pool.dedicated_connection().await?;
+            let _ = self.pool.add(conn.clone());
+            return Ok(conn);
+        }
+        // Take a healthy connection from the pool; discard broken ones.
+        for _ in 0..=self.pool.state().connections + 1 {
+            let pooled = self.pool.get().await.map_err(|e| match e {
+                bb8::RunError::User(e) => BackendError::from(e),
+                bb8::RunError::TimedOut => {
+                    BackendError::new(ErrorKind::Connection, "timed out connecting to Redis")
+                }
+            })?;
+            if pooled.broken.load(Ordering::Relaxed) {
+                continue;
+            }
+            return Ok(pooled.clone());
+        }
+        Err(BackendError::new(
+            ErrorKind::Connection,
+            "no healthy Redis connection",
+        ))
+    }
+
+    pub(crate) fn current(&self) -> Option<(MultiplexedConnection, usize)> {
+        let guard = self.shared.load();
+        guard
+            .as_deref()
+            .filter(|c| !c.broken.load(Ordering::Relaxed))
+            .map(|c| (c.conn.clone(), identity(c)))
+    }
+
+    /// Classifies a command failure; a connection failure flags the
+    /// connection broken so the next call takes a fresh one.
+    pub(crate) fn failed(&self, id: usize, error: redis::RedisError) -> BackendError {
+        let error = BackendError::from(error);
+        // A timed-out reply may still be on its way (a huge value): every
+        // command queued behind it on this connection would wait for it.
+        if matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
+            self.mark_broken(id);
+        }
+        log_operator_error(&error);
+        error
+    }
+
+    /// Replaces the connection `id`, whose driver is gone (its task ended,
+    /// for instance with the tokio runtime that spawned it), with a freshly
+    /// dialed one, so a command can be retried at once. bb8's idle
+    /// connections are skipped: they may have been made on the same runtime.
+    pub(crate) async fn replace(
+        &self,
+        id: usize,
+    ) -> Result<(MultiplexedConnection, usize), BackendError> {
+        self.mark_broken(id);
+        let _guard = self.refresh.lock().await;
+        if let Some(found) = self.current() {
+            return Ok(found);
+        }
+        let tracked = self
+            .pool
+            .dedicated_connection()
+            .await
+            .map_err(BackendError::from)
+            .inspect_err(log_operator_error)?;
+        let _ = self.pool.add(tracked.clone());
+        let found = (tracked.conn.clone(), identity(&tracked));
+        self.shared.store(Some(Arc::new(tracked)));
+        Ok(found)
+    }
+
+    /// Flags the connection `id` broken (so bb8 discards its copy) and
+    /// empties the shared slot if it still holds it.
+    pub(crate) fn mark_broken(&self, id: usize) {
+        let current = self.shared.load_full();
+        if let Some(conn) = &current
+            && identity(conn) == id
+        {
+            conn.broken.store(true, Ordering::Relaxed);
+            // Only if it still holds that connection (a fresh one may be in).
+            let _ = self.shared.compare_and_swap(&current, None);
+        }
+    }
+}
+
+pub(crate) fn identity(conn: &TrackedConnection) -> usize {
+    Arc::as_ptr(&conn.broken) as usize
+}
+
+/// Whether a command failed because its connection is gone (the connection
+/// task ended, or the socket broke), so the same command can run on a fresh
+/// connection. A refused, timed out or rejected command is not.
+pub(crate) fn driver_gone(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() && !error.is_connection_refusal()
+}
+
+/// Failures someone has to fix (credentials, permissions, database index)
+/// are logged at ERROR with what to change; others are counted by the cache.
+pub(crate) fn log_operator_error(error: &BackendError) {
+    if error.kind.needs_operator() {
+        tracing::error!(kind = %error.kind, error = %error.message, "Redis refused the cache's configuration");
+    }
+}
+
+/// A Redis Cluster connection that is rebuilt when its driver is gone.
+pub(crate) struct ClusterNode {
+    pub(crate) client: redis::cluster::ClusterClient,
+    pub(crate) conn: arc_swap::ArcSwap<ClusterConnection>,
+    /// Held while a fresh connection replaces a dead one.
+    pub(crate) refresh: tokio::sync::Mutex<()>,
+    pub(crate) timeout: Duration,
+}
+
+impl ClusterNode {
+    /// Replaces `dead` (unless another caller did already) with a new
+    /// connection made on the calling task's runtime.
+    pub(crate) async fn replace(
+        &self,
+        dead: &Arc<ClusterConnection>,
+    ) -> Result<ClusterConnection, BackendError> {
+        let _guard = self.refresh.lock().await;
+        let now = self.conn.load_full();
+        if !Arc::ptr_eq(&now, dead) {
+            return Ok(ClusterConnection::clone(&now));
+        }
+        let fresh = connect_cluster(&self.client, self.timeout).await?;
+        self.conn.store(Arc::new(fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+/// The cluster connection's task is gone (its runtime ended): every command
+/// fails to be sent or answered. Node failures inside a live cluster
+/// connection are retried by redis-rs itself and do not look like this.
+pub(crate) fn cluster_driver_gone(error: &redis::RedisError) -> bool {
+    let text = error.to_string();
+    error.is_io_error()
+        && (text.contains("redis_cluster: Unable to") || text.contains("broken pipe"))
+}
+
+pub(crate) fn failed(error: redis::RedisError) -> BackendError {
+    let error = BackendError::from(error);
+    log_operator_error(&error);
+    error
+}
+
+pub(crate) async fn connect_cluster(
+    client: &redis::cluster::ClusterClient,
+    timeout: Duration,
+) -> Result<ClusterConnection, BackendError> {
+    tokio::time::timeout(
+        timeout.max(Duration::from_secs(2)),
+        client.get_async_connection(),
+    )
+    .await
+    .map_err(|_| {
+        BackendError::new(
+            ErrorKind::Timeout,
+            "timed out connecting to the Redis Cluster",
+        )
+    })?
+    .map_err(failed)
+}
+
+/// Installs rustls' ring crypto provider as the process default unless one
+/// is installed already (by the application or an earlier cache).
+#[cfg(feature = "tls")]
+pub(crate) fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one provider is in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A client for `info`, with the TLS material when there is some (the
+/// tracking connection of prefix generations and the near cache uses it,
+/// so it reaches the server exactly as the data connections do).
+pub(crate) fn client_with_tls(
+    info: redis::ConnectionInfo,
+    tls: Option<&TlsMaterial>,
+) -> redis::RedisResult<redis::Client> {
+    match tls {
+        #[cfg(feature = "tls")]
+        Some(material) => redis::Client::build_with_tls(info, certificates(material)),
+        _ => redis::Client::open(info),
+    }
+}
+
+/// redis-rs's certificates. A CA file is trusted on top of the system's
+/// root certificates, not instead of them: redis-rs trusts either its
+/// `root_cert` or the system roots, so the system roots are appended to the
+/// CA file's PEM.
+#[cfg(feature = "tls")]
+pub(crate) fn certificates(material: &TlsMaterial) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: material
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: material.root_cert.as_ref().map(|ca| {
+            let mut pem = ca.clone();
+            pem.push(b'\n');
+            let system = rustls_native_certs::load_native_certs();
+            if !system.errors.is_empty() {
+                tracing::debug!(errors = ?system.errors, "some system root certificates could not be loaded");
+            }
+            for cert in &system.certs {
+                pem_encode(cert, &mut pem);
+            }
+            pem
+        }),
+    }
+}
+
+/// Appends `der` as a PEM `CERTIFICATE` block.
+#[cfg(feature = "tls")]
+pub(crate) fn pem_encode(der: &[u8], out: &mut Vec<u8>) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    for (i, chunk) in der.chunks(3).enumerate() {
+        if i > 0 && i % 16 == 0 {
+            out.push(b'\n'); // 64 characters a line
+        }
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for j in 0..4 {
+            if j <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * j)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    #[test]
+    pub(crate) fn pem_encoding_round_trips() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for len in [0usize, 1, 2, 3, 47, 48, 49, 1000] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut pem = Vec::new();
+            super::pem_encode(&der, &mut pem);
+            if len == 0 {
+                continue;
+            }
+            let back = CertificateDer::from_pem_slice(&pem).unwrap();
+            assert_eq!(back.as_ref(), der.as_slice(), "length {len}");
+        }
+    }
+}
