@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # HTTP load on the customer-service example: req/s and p50/p99 latency of
 # `GET /api/customers/{id}` for one hot id and for ids spread over 1..1000,
-# with the in-memory cache and with Redis (two service runs, release build,
+# with the in-memory cache, with Redis, and with Redis plus a near cache
+# (CACHE_NEAR_CAPACITY; three service runs, release build,
 # its own redis-server on an ephemeral loopback port), then the Redis/memory
-# ratios. Each case is measured BENCH_RUNS times (interleaved hot, spread, hot,
+# ratios (near/memory: target >= 0.9). Each case is measured BENCH_RUNS times (interleaved hot, spread, hot,
 # ...) and the median is printed. Not part of CI; load generator, service and
 # redis-server share the machine's cores.
 #
@@ -62,7 +63,8 @@ run_backend() {
   port="$("$LOADGEN" free-port)"
   rm -rf "$WORK/db"; mkdir -p "$WORK/db"
   local env=(PORT="$port" DATABASE_URL="sqlite://$WORK/db/customers.db?mode=rwc" RUST_LOG=warn)
-  if [ "$backend" = redis ]; then env+=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT"); fi
+  if [ "$backend" != memory ]; then env+=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT"); fi
+  if [ "$backend" = near ]; then env+=(CACHE_NEAR_CAPACITY=10000); fi
   env "${env[@]}" "$BIN/customer-service" >"$OUT/service-$backend.log" 2>&1 &
   SERVICE_PID=$!
   for _ in $(seq 200); do
@@ -87,6 +89,7 @@ run_backend() {
 
 run_backend memory
 run_backend redis
+run_backend near
 
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 median() { sort -g | awk '{a[NR]=$1} END{if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -96,7 +99,7 @@ echo
 echo "medians of $RUNS runs, ${SECS} s each, $CONNECTIONS connections, $(nproc) cores"
 printf '%-8s %-7s %10s %15s %8s %8s %8s\n' backend keys req/s req/s-min-max p50-ms p99-ms non-2xx
 for keys in hot spread; do
-  for backend in memory redis; do
+  for backend in memory redis near; do
     range=$(grep "\"label\":\"$backend\"" "$RESULTS" | grep "\"keys\":\"$keys\"" | field req_per_s |
       sort -g | awk 'NR==1{lo=$1} {hi=$1} END{printf "%d-%d", lo, hi}')
     printf '%-8s %-7s %10s %15s %8s %8s %8s\n' "$backend" "$keys" "$(med "$backend" "$keys" req_per_s)" "$range" \
@@ -105,6 +108,8 @@ for keys in hot spread; do
   done
 done
 for keys in hot spread; do
+  awk -v k="$keys" -v r="$(med near "$keys" req_per_s)" -v m="$(med memory "$keys" req_per_s)" \
+    'BEGIN{printf "ratio near/memory, %s: req/s %.2f (target >= 0.9)\n", k, r/m}'
   awk -v k="$keys" -v r="$(med redis "$keys" req_per_s)" -v m="$(med memory "$keys" req_per_s)" \
     -v rp="$(med redis "$keys" p50_ms)" -v mp="$(med memory "$keys" p50_ms)" \
     'BEGIN{printf "ratio redis/memory, %s: req/s %.2f, p50 %.2f\n", k, r/m, rp/mp}'
