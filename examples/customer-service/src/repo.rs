@@ -395,7 +395,7 @@ impl Repo {
 
     /// Creates a customer; every cached list may now be incomplete, so the
     /// `query` prefix is dropped.
-    #[invalidates(prefix = "query", cache = self.cache)]
+    #[invalidates(Self::list_by_segment(..), cache = self.cache)]
     pub async fn create_customer(&self, new: &NewCustomer) -> Result<Customer, RepoError> {
         let sql = format!(
             "INSERT INTO customers (name, email, segment, monthly_spend_cents, tenure_months, support_tickets, days_since_login) \
@@ -417,7 +417,12 @@ impl Repo {
 
     /// Changes the given fields of customer `id`; drops its profile, its
     /// churn risk and every cached list.
-    #[invalidates("customer:{id}", "churn:{id}", prefix = "query", cache = self.cache)]
+    #[invalidates(
+        Self::get_customer(id),
+        Self::churn_risk(id),
+        Self::list_by_segment(..),
+        cache = self.cache
+    )]
     pub async fn update_customer(
         &self,
         id: i64,
