@@ -196,3 +196,122 @@ async fn without_leases_each_process_loads() {
         "without leases every process loads at least once: {runs}"
     );
 }
+
+// ----- with near caches -------------------------------------------------------
+
+/// `n` caches with near caches over the test Redis (own namespace).
+async fn near_caches(n: usize) -> Vec<Cache> {
+    let ns = format!("cn{}", NS.fetch_add(1, Ordering::Relaxed));
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let b = Cache::builder()
+            .namespace(&ns)
+            .near_cache(1_000)
+            .timeout(Duration::from_secs(2));
+        out.push(on(Kind::Redis, b).build().await.unwrap());
+    }
+    out
+}
+
+/// Like [`interleavings`], on instances with near caches, checking what the
+/// near cache guarantees: an invalidation made through an instance is seen
+/// by that instance's next read; another instance sees it once Redis'
+/// message arrives (checked after every round, when all must agree).
+async fn interleavings_with_near_caches(rounds: usize) {
+    let caches = near_caches(2).await;
+    let db = Arc::new(AtomicU64::new(0));
+    // Per instance: the version its own invalidations guarantee.
+    let floors: Arc<Vec<AtomicU64>> =
+        Arc::new((0..caches.len()).map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8usize {
+        let index = worker % caches.len();
+        let cache = caches[index].clone();
+        let (db, floors) = (db.clone(), floors.clone());
+        tasks.spawn(async move {
+            let mut seed = worker as u64 * 7919 + 1;
+            for _ in 0..rounds {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if (seed >> 33).is_multiple_of(4) {
+                    let written = db.fetch_add(1, Ordering::SeqCst) + 1;
+                    cache.delete("item:1").await.unwrap();
+                    floors[index].fetch_max(written, Ordering::SeqCst);
+                } else {
+                    let must_see = floors[index].load(Ordering::SeqCst);
+                    let delay = (seed >> 40) % 3;
+                    let db = db.clone();
+                    let seen: u64 = cache
+                        .get_or_set("item:1", None, || async move {
+                            let v = db.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            v
+                        })
+                        .await
+                        .unwrap();
+                    assert!(
+                        seen >= must_see,
+                        "read version {seen} on the instance that invalidated version {must_see}"
+                    );
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // Quiet now: every instance converges on the database's last version.
+    let last = db.load(Ordering::SeqCst);
+    for cache in &caches {
+        cache.delete("item:1").await.unwrap();
+    }
+    for cache in &caches {
+        let started = std::time::Instant::now();
+        loop {
+            let db = db.clone();
+            let seen: u64 = cache
+                .get_or_set("item:1", None, || async move { db.load(Ordering::SeqCst) })
+                .await
+                .unwrap();
+            if seen == last {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "an instance still reads {seen}, the database holds {last}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+mod near {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn randomized_interleavings_never_go_back_in_time_on_the_invalidating_instance() {
+        interleavings_with_near_caches(300).await;
+    }
+
+    #[tokio::test]
+    async fn stale_set_race_leaves_no_stale_value_with_a_near_cache() {
+        let cache = near_caches(1).await.remove(0);
+        // Tracking is established in the background: wait for a near hit.
+        cache.set("warm:1", &1u64, None).await.unwrap();
+        let started = std::time::Instant::now();
+        while cache.stats().total.near_hits == 0 {
+            cache.get::<u64>("warm:1").await.unwrap();
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (raced, served) = load_racing_invalidation(&cache, "customer:1", |cache| async move {
+            cache.delete("customer:1").await.unwrap();
+        })
+        .await;
+        assert_eq!(raced, 1, "the racing reader itself saw the old value");
+        assert_eq!(served, None);
+    }
+}
