@@ -2,7 +2,6 @@
 //! the same semantics on the fallback, and the repairs that keep a lease
 //! from stalling loaders (orphaned markers, refused stores).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::backend::Backend;
@@ -30,9 +29,7 @@ impl Cache {
         skey: &str,
         marker: Vec<u8>,
     ) -> Result<bool, BackendError> {
-        if let Some(res) = &self.inner.resilience
-            && res.no_scripting.load(Ordering::Relaxed)
-        {
+        if self.scripts_off() {
             return Err(BackendError::new(
                 ErrorKind::Auth,
                 "leases off: the Redis user may not run scripts (NOPERM)",
@@ -131,11 +128,11 @@ impl Cache {
             self.release_in_background(skey, ours);
             if is_no_permission(e)
                 && let Some(res) = &self.inner.resilience
-                && !res.no_scripting.swap(true, Ordering::Relaxed)
+                && res.scripts_refused()
             {
                 tracing::error!(
                     error = %e,
-                    "the Redis user may not run scripts: caching without leases (a load that races an invalidation can store an older value); grant +@scripting (EVAL, EVALSHA) to fix"
+                    "the Redis user may not run scripts: loaded values are not stored (storing without a lease could store a value older than an invalidation); grant +@scripting (EVAL, EVALSHA) to fix"
                 );
             }
         }
@@ -214,6 +211,15 @@ impl Cache {
                 b.release_lease(skey, marker).await
             })
             .await;
+    }
+
+    /// The lease scripts were refused lately: loads store nothing (see
+    /// `Resilience::scripts_off`).
+    pub(crate) fn scripts_off(&self) -> bool {
+        self.inner
+            .resilience
+            .as_ref()
+            .is_some_and(|res| res.scripts_off())
     }
 
     /// The backend could not be asked (down, slow, or the breaker is open).

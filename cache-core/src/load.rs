@@ -438,6 +438,10 @@ impl Cache {
                         // lease is released in the background.
                         Err(_) => None,
                     },
+                    // No lease because Redis refuses the lease scripts: a
+                    // plain store could land after an invalidation that
+                    // raced the load, so nothing is stored.
+                    None if self.inner.config.leases && self.scripts_off() => None,
                     None => {
                         self.raw_set(entry, skey, bytes, ttl).await;
                         Some(shared)

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ const FIRST_PROBE_DELAY: Duration = Duration::from_millis(250);
 /// the backend within about a second of the backend answering again.
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long after the backend refused the lease scripts they are not tried
+/// again (an ACL change may be undone: leases come back by themselves).
+const SCRIPTS_RETRY: Duration = Duration::from_secs(10);
+
 /// Most keys remembered as suspect (see `Resilience::suspects`).
 const MAX_SUSPECT_KEYS: usize = 1024;
 
@@ -47,9 +51,12 @@ pub(crate) struct Resilience {
     /// The last write the backend refused for a reason of its own (out of
     /// memory, read-only replica, ...) while answering reads: health reports it.
     write_failure: Mutex<Option<(Instant, String)>>,
-    /// The backend refused to run the lease scripts (an ACL without
-    /// `@scripting`): misses load without a lease from then on.
-    pub(crate) no_scripting: AtomicBool,
+    /// When the backend last refused to run the lease scripts (an ACL
+    /// without `@scripting`), in milliseconds since `started` (0: never):
+    /// for [`SCRIPTS_RETRY`] after that, misses load without a lease and
+    /// store nothing.
+    no_scripting_since: AtomicU64,
+    started: Instant,
     /// Keys whose last read timed out while the backend kept answering
     /// (typically a value far too large to read): their size is checked
     /// before they are read again.
@@ -69,7 +76,8 @@ impl Resilience {
             write_failure: Mutex::new(None),
             suspects: Mutex::new(HashSet::new()),
             any_suspects: AtomicBool::new(false),
-            no_scripting: AtomicBool::new(false),
+            no_scripting_since: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -89,6 +97,29 @@ impl Resilience {
             .as_ref()
             .filter(|(at, _)| at.elapsed() < WRITE_FAILURE_MEMORY)
             .map(|(_, what)| what.clone())
+    }
+
+    /// The backend refused the lease scripts; returns whether this is news
+    /// (the first refusal since scripts last worked).
+    pub(crate) fn scripts_refused(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.no_scripting_since.swap(now, Ordering::Relaxed) == 0
+    }
+
+    /// Whether the lease scripts were refused within [`SCRIPTS_RETRY`].
+    pub(crate) fn scripts_off(&self) -> bool {
+        match self.no_scripting_since.load(Ordering::Relaxed) {
+            0 => false,
+            since => {
+                let now = self.started.elapsed().as_millis() as u64 + 1;
+                if now.saturating_sub(since) < SCRIPTS_RETRY.as_millis() as u64 {
+                    true
+                } else {
+                    self.no_scripting_since.store(0, Ordering::Relaxed);
+                    false
+                }
+            }
+        }
     }
 
     fn suspects(&self) -> MutexGuard<'_, HashSet<String>> {
