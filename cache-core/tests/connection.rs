@@ -429,6 +429,9 @@ const MINIMAL_ACL: &[&str] = &[
     "+ping",
     "+info",
     "+dbsize",
+    "+strlen",
+    "+hello",
+    "+client|tracking",
 ];
 
 fn acl_user(server: &RedisServer, name: &str, rules: &[&str]) -> String {

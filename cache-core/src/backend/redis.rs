@@ -245,6 +245,15 @@ impl RedisBackend {
             ("ping", redis::cmd("PING")),
             ("info", redis::cmd("INFO").arg("server").clone()),
             ("dbsize", redis::cmd("DBSIZE")),
+            // Reads of a key whose last read timed out check its size first.
+            ("strlen", keyed_cmd("STRLEN", [key])),
+            // The tracking connection (prefix generations held in process,
+            // the near cache) speaks RESP3 and turns tracking on.
+            ("hello", redis::cmd("HELLO")),
+            (
+                "client|tracking",
+                redis::cmd("CLIENT").arg("TRACKING").arg("OFF").clone(),
+            ),
         ];
         if let Topology::Cluster(_) = self.topology {
             probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
