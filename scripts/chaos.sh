@@ -92,7 +92,7 @@ wait_healthy() {
     if health | grep -q '"status":"ok"'; then break; fi
     now=$(date +%s.%N)
     if awk -v a="$t0" -v b="$now" -v l="$RECOVERY_SECS" 'BEGIN{exit !(b-a>l)}'; then
-      echo "never"; return 0
+      health >"$OUT/health-never.json"; echo "never"; return 0
     fi
     sleep 0.2
   done

@@ -139,12 +139,7 @@ impl Cache {
                         "the Redis user may not run: {}",
                         health.missing_permissions.join(", ")
                     ));
-                } else if let Some(failure) = self
-                    .inner
-                    .resilience
-                    .as_ref()
-                    .and_then(|res| res.write_failure())
-                {
+                } else if let Some(failure) = self.write_still_failing(timeout).await {
                     // Reads answer but values cannot be stored (for example
                     // Redis at maxmemory with noeviction): every call is a miss.
                     health.status = HealthStatus::Degraded;
@@ -161,5 +156,29 @@ impl Cache {
             }
         }
         health
+    }
+
+    /// The last refused write, if writes still fail: a recent failure is
+    /// checked with a write of our own (a 1 s key in the namespace), so
+    /// health reports the backend as it is now, not as the last write left it.
+    async fn write_still_failing(&self, timeout: std::time::Duration) -> Option<String> {
+        let res = self.inner.resilience.as_ref()?;
+        let failure = res.write_failure()?;
+        let probe = format!("{}:%health", self.inner.config.namespace);
+        let written = tokio::time::timeout(
+            timeout,
+            self.inner
+                .primary
+                .set(&probe, b"1".to_vec(), std::time::Duration::from_secs(1)),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                res.note_write(Ok(()));
+                None
+            }
+            Ok(Err(e)) => Some(format!("writes are failing: {e}")),
+            Err(_) => Some(failure),
+        }
     }
 }

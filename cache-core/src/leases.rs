@@ -159,10 +159,11 @@ impl Cache {
         }
     }
 
-    /// Releases a lease whose store failed, retrying while the backend
-    /// recovers (0, 50, 200 ms, then 1 s). If the backend refuses the
+    /// Releases a lease whose store failed, retrying (every 50 to 250 ms)
+    /// until the lease would have expired. If the backend refuses the
     /// compare-and-delete itself (no permission to run scripts), the key is
-    /// deleted: whatever is there then is at worst a miss.
+    /// deleted (retried the same way while that is refused too): whatever
+    /// is there then is at worst a miss.
     fn release_in_background(&self, skey: &str, marker: Vec<u8>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -174,8 +175,13 @@ impl Cache {
                 .inner
                 .stats
                 .prefix(skey.split(':').nth(1).unwrap_or(""));
-            for delay_ms in [0u64, 50, 200, 1000] {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            // Until the lease would have expired anyway: a lease that
+            // outlives the fault that stranded it stalls every loader.
+            let deadline = tokio::time::Instant::now() + cache.inner.config.lease_ttl;
+            let mut delay = Duration::ZERO;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).clamp(Duration::from_millis(50), Duration::from_millis(250));
                 let marker = marker.clone();
                 let skey_ref = skey.as_str();
                 match cache
@@ -185,15 +191,19 @@ impl Cache {
                     .await
                 {
                     Ok(()) => return,
-                    Err(e) if !Self::unavailable(&e) => {
+                    // Scripts refused for good: delete the key instead.
+                    Err(e) if !Self::unavailable(&e) || is_no_permission(&e) => {
                         let keys = [skey.clone()];
                         let keys = &keys;
-                        let _ = cache
+                        if cache
                             .on_primary(&entry, cache.inner.config.timeout, |b| async move {
                                 b.delete(keys).await
                             })
-                            .await;
-                        return;
+                            .await
+                            .is_ok()
+                        {
+                            return;
+                        }
                     }
                     Err(_) => {}
                 }

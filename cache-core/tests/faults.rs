@@ -536,3 +536,93 @@ async fn a_user_without_scripting_stores_nothing_never_stalls_and_recovers() {
         .unwrap();
     assert_eq!(cache.get::<u64>("customer:4").await.unwrap(), Some(4));
 }
+
+#[tokio::test]
+async fn health_recovers_once_an_acl_change_is_undone() {
+    let server = RedisServer::start();
+    let acl = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("default");
+        for rule in rules {
+            cmd.arg(*rule);
+        }
+        let _: () = cmd
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+    };
+    let cache = cache_for(&server.url()).await;
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    acl(&["-@write"]);
+    for i in 0..20u64 {
+        let _ = cache
+            .get_or_set(&format!("customer:{i}"), None, || async move { i })
+            .await
+            .unwrap();
+        cache.delete(&format!("customer:{i}")).await.unwrap();
+        cache.invalidate_prefix("query").await.unwrap();
+    }
+    acl(&["+@all"]);
+    let started = Instant::now();
+    loop {
+        let _ = cache
+            .get_or_set("customer:1", None, || async { 1u64 })
+            .await
+            .unwrap();
+        let health = cache.health().await;
+        if health.status == HealthStatus::Healthy {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still {health:?} / {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_recovers_after_a_store_refused_mid_load() {
+    let server = RedisServer::start();
+    let acl = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("default");
+        for rule in rules {
+            cmd.arg(*rule);
+        }
+        let _: () = cmd
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+    };
+    let cache = cache_for(&server.url()).await;
+    // The lease is taken, then writes are forbidden while the body runs:
+    // the store (a script writing the key) is refused.
+    let v: u64 = cache
+        .get_or_set("customer:1", None, || async {
+            acl(&["-@write"]);
+            1
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    acl(&["+@all"]);
+    let started = Instant::now();
+    let mut i = 10u64;
+    loop {
+        i += 1;
+        let _ = cache
+            .get_or_set(&format!("customer:{i}"), None, || async move { i })
+            .await
+            .unwrap();
+        let health = cache.health().await;
+        if health.status == HealthStatus::Healthy {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still {health:?} / {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
