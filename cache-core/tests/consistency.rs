@@ -104,14 +104,27 @@ async fn stampede(kind: Kind, leases: bool, processes: usize, callers: usize) ->
 /// Readers, writers and invalidations interleaved at random; after a write's
 /// invalidation returns, no read may return an older version.
 async fn interleavings(kind: Kind, rounds: usize) {
-    let caches = caches(kind, 2, true).await;
+    run_interleavings(caches(kind, 2, true).await, rounds, false).await;
+}
+
+/// 8 workers over `caches` interleave reads, writes (the database version
+/// goes up, then the key is invalidated) and loads that stall at random.
+/// A read must see every version invalidated before it started: through any
+/// instance, or, with `per_instance`, through its own (what a near cache
+/// guarantees; other instances see it once Redis' message arrives). Returns
+/// the database's last version.
+async fn run_interleavings(caches: Vec<Cache>, rounds: usize, per_instance: bool) -> u64 {
     let db = Arc::new(AtomicU64::new(0));
-    // Version guaranteed visible: raised after each invalidation returns.
-    let floor = Arc::new(AtomicU64::new(0));
+    // The version guaranteed visible: raised after each invalidation returns
+    // (one floor for all instances, or one per instance).
+    let floors: Arc<Vec<AtomicU64>> =
+        Arc::new((0..caches.len()).map(|_| AtomicU64::new(0)).collect());
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..8usize {
-        let cache = caches[worker % caches.len()].clone();
-        let (db, floor) = (db.clone(), floor.clone());
+        let index = worker % caches.len();
+        let floor = if per_instance { index } else { 0 };
+        let cache = caches[index].clone();
+        let (db, floors) = (db.clone(), floors.clone());
         tasks.spawn(async move {
             let mut seed = worker as u64 * 7919 + 1;
             for _ in 0..rounds {
@@ -121,9 +134,9 @@ async fn interleavings(kind: Kind, rounds: usize) {
                 if (seed >> 33).is_multiple_of(4) {
                     let written = db.fetch_add(1, Ordering::SeqCst) + 1;
                     cache.delete("item:1").await.unwrap();
-                    floor.fetch_max(written, Ordering::SeqCst);
+                    floors[floor].fetch_max(written, Ordering::SeqCst);
                 } else {
-                    let must_see = floor.load(Ordering::SeqCst);
+                    let must_see = floors[floor].load(Ordering::SeqCst);
                     let delay = (seed >> 40) % 3;
                     let db = db.clone();
                     let seen: u64 = cache
@@ -147,6 +160,7 @@ async fn interleavings(kind: Kind, rounds: usize) {
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
+    db.load(Ordering::SeqCst)
 }
 
 macro_rules! on_every_backend {
@@ -213,67 +227,19 @@ async fn near_caches(n: usize) -> Vec<Cache> {
     out
 }
 
-/// Like [`interleavings`], on instances with near caches, checking what the
-/// near cache guarantees: an invalidation made through an instance is seen
-/// by that instance's next read; another instance sees it once Redis'
-/// message arrives (checked after every round, when all must agree).
+/// [`run_interleavings`] on instances with near caches, then every instance
+/// converges on the database's last version within 1 s.
 async fn interleavings_with_near_caches(rounds: usize) {
     let caches = near_caches(2).await;
-    let db = Arc::new(AtomicU64::new(0));
-    // Per instance: the version its own invalidations guarantee.
-    let floors: Arc<Vec<AtomicU64>> =
-        Arc::new((0..caches.len()).map(|_| AtomicU64::new(0)).collect());
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..8usize {
-        let index = worker % caches.len();
-        let cache = caches[index].clone();
-        let (db, floors) = (db.clone(), floors.clone());
-        tasks.spawn(async move {
-            let mut seed = worker as u64 * 7919 + 1;
-            for _ in 0..rounds {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                if (seed >> 33).is_multiple_of(4) {
-                    let written = db.fetch_add(1, Ordering::SeqCst) + 1;
-                    cache.delete("item:1").await.unwrap();
-                    floors[index].fetch_max(written, Ordering::SeqCst);
-                } else {
-                    let must_see = floors[index].load(Ordering::SeqCst);
-                    let delay = (seed >> 40) % 3;
-                    let db = db.clone();
-                    let seen: u64 = cache
-                        .get_or_set("item:1", None, || async move {
-                            let v = db.load(Ordering::SeqCst);
-                            if delay > 0 {
-                                tokio::time::sleep(Duration::from_millis(delay)).await;
-                            }
-                            v
-                        })
-                        .await
-                        .unwrap();
-                    assert!(
-                        seen >= must_see,
-                        "read version {seen} on the instance that invalidated version {must_see}"
-                    );
-                }
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
-    // Quiet now: every instance converges on the database's last version.
-    let last = db.load(Ordering::SeqCst);
+    let last = run_interleavings(caches.clone(), rounds, true).await;
     for cache in &caches {
         cache.delete("item:1").await.unwrap();
     }
     for cache in &caches {
         let started = std::time::Instant::now();
         loop {
-            let db = db.clone();
             let seen: u64 = cache
-                .get_or_set("item:1", None, || async move { db.load(Ordering::SeqCst) })
+                .get_or_set("item:1", None, || async move { last })
                 .await
                 .unwrap();
             if seen == last {

@@ -344,6 +344,16 @@ async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
     let _ = ErrorKind::ALL;
 }
 
+/// `ACL SETUSER user rules...` on `server`.
+fn acl_setuser(server: &RedisServer, user: &str, rules: &[&str]) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(user)
+        .arg(rules)
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+}
+
 /// A lease marker as another process would have left it (envelope header,
 /// codec id 0, an 8-byte token).
 fn foreign_lease_marker() -> Vec<u8> {
@@ -486,16 +496,7 @@ async fn out_of_memory_a_caller_after_an_invalidation_gets_no_older_load() {
 #[tokio::test]
 async fn a_user_without_scripting_stores_nothing_never_stalls_and_recovers() {
     let server = RedisServer::start();
-    let acl = |rules: &[&str]| {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("app");
-        for rule in rules {
-            cmd.arg(*rule);
-        }
-        let _: () = cmd
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-    };
+    let acl = |rules: &[&str]| acl_setuser(&server, "app", rules);
     acl(&["on", ">app-secret", "~*", "+@all", "-@scripting"]);
     let url = server
         .url()
@@ -540,16 +541,7 @@ async fn a_user_without_scripting_stores_nothing_never_stalls_and_recovers() {
 #[tokio::test]
 async fn health_recovers_once_an_acl_change_is_undone() {
     let server = RedisServer::start();
-    let acl = |rules: &[&str]| {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("default");
-        for rule in rules {
-            cmd.arg(*rule);
-        }
-        let _: () = cmd
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-    };
+    let acl = |rules: &[&str]| acl_setuser(&server, "default", rules);
     let cache = cache_for(&server.url()).await;
     cache.set("customer:1", &1u64, None).await.unwrap();
     acl(&["-@write"]);
@@ -584,16 +576,7 @@ async fn health_recovers_once_an_acl_change_is_undone() {
 #[tokio::test]
 async fn health_recovers_after_a_store_refused_mid_load() {
     let server = RedisServer::start();
-    let acl = |rules: &[&str]| {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("default");
-        for rule in rules {
-            cmd.arg(*rule);
-        }
-        let _: () = cmd
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-    };
+    let acl = |rules: &[&str]| acl_setuser(&server, "default", rules);
     let cache = cache_for(&server.url()).await;
     // The lease is taken, then writes are forbidden while the body runs:
     // the store (a script writing the key) is refused.
