@@ -88,16 +88,23 @@
 //!     })
 //!     .await;
 //!     assert_eq!(db.loads.load(Ordering::SeqCst), 1);
-//!     test.assert_misses("customer:42", 1); // first call: read, miss, load, store
-//!     test.assert_sets("customer:42", 1);
-//!     test.assert_hits("customer:42", 1); // second call
-//!     test.assert_prefix_hits("customer", 1);
+//!     test.key("customer:42")
+//!         .assert_misses(1) // first call: read, miss, load, store
+//!         .assert_sets(1)
+//!         .assert_hits(1); // second call
+//!     test.prefix("customer").assert_hits(1);
 //!     // The cache's own figures agree.
 //!     assert_eq!(test.stats().prefixes["customer"].hits, 1);
 //! }
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() { second_read_comes_from_the_cache().await }
 //! ```
+//!
+//! [`TestCache::key`] and [`TestCache::prefix`] give a [`LogView`] with the
+//! same counts and chainable assertions for every kind of event (hits,
+//! misses, sets, deletes, invalidations, injected failures); the flat
+//! methods (`test.assert_hits(key, n)`, `test.prefix_misses(prefix)`, ...)
+//! count the same things.
 //!
 //! A failed assertion prints what the backend saw for that key:
 //!
@@ -279,9 +286,11 @@
 mod cluster;
 mod redis_server;
 mod test_cache;
+mod view;
 
 pub use cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use test_cache::{
     BACKEND_NAME, Fault, LogEntry, Method, Op, TestCache, TestCacheBuilder, test_config,
 };
+pub use view::LogView;

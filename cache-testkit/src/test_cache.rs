@@ -1,6 +1,7 @@
 //! [`TestCache`]: a [`Cache`] over an in-process backend with a manual clock,
 //! an operation log and fault injection.
 
+use crate::view::LogView;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -1168,6 +1169,17 @@ impl TestCache {
             .collect()
     }
 
+    /// The log of one key (`"customer:42"`, relative to the namespace), with
+    /// a count and an assertion for every kind of event; see [`LogView`].
+    pub fn key<'t>(&'t self, key: &'t str) -> LogView<'t> {
+        LogView::new(self, Scope::Key(key))
+    }
+
+    /// The log over every key of one prefix (`"customer"`); see [`LogView`].
+    pub fn prefix<'t>(&'t self, prefix: &'t str) -> LogView<'t> {
+        LogView::new(self, Scope::Prefix(prefix))
+    }
+
     fn count(&self, keep: impl Fn(&LogEntry) -> bool) -> usize {
         self.backend.lock().log.iter().filter(|e| keep(e)).count()
     }
@@ -1245,7 +1257,7 @@ impl TestCache {
     // ----- assertions -------------------------------------------------------
 
     #[track_caller]
-    fn check(&self, what: &str, scope: Scope<'_>, expected: usize, actual: usize) {
+    pub(crate) fn check(&self, what: &str, scope: Scope<'_>, expected: usize, actual: usize) {
         if expected == actual {
             return;
         }
@@ -1345,7 +1357,8 @@ impl TestCache {
     }
 }
 
-enum Scope<'a> {
+#[derive(Clone, Copy)]
+pub(crate) enum Scope<'a> {
     Key(&'a str),
     Prefix(&'a str),
 }

@@ -542,3 +542,53 @@ async fn a_failed_assertion_prints_the_keys_log() {
     assert!(message.contains("(no backend operations)"), "{message}");
     assert_eq!(test.log_text().lines().count(), 3);
 }
+
+#[tokio::test]
+async fn key_and_prefix_views_count_every_kind_of_event() {
+    let test = TestCache::new();
+    let cache = test.cache().clone();
+    cache.set("customer:42", &"Ada", Some(MIN)).await.unwrap();
+    let _ = cache.get::<String>("customer:42").await.unwrap();
+    let _ = cache.get::<String>("customer:7").await.unwrap();
+    cache.delete("customer:42").await.unwrap();
+    test.fail_next(1);
+    let _ = cache.get::<String>("customer:9").await.unwrap();
+    cache.invalidate_prefix("customer").await.unwrap();
+
+    let key = test.key("customer:42");
+    key.assert_sets(1)
+        .assert_hits(1)
+        .assert_misses(0)
+        .assert_deletes(1)
+        .assert_failures(0);
+    assert_eq!(key.entries().len(), 3, "set, get, delete");
+    assert_eq!(key.invalidations(), test.invalidations("customer:42"));
+    test.key("customer:9").assert_failures(1);
+
+    let prefix = test.prefix("customer");
+    prefix
+        .assert_hits(1)
+        .assert_misses(1)
+        .assert_sets(1)
+        .assert_deletes(1)
+        .assert_failures(1);
+    // The key delete and the prefix's pattern delete.
+    prefix.assert_invalidations(2);
+    assert_eq!(
+        prefix.invalidations(),
+        test.prefix_invalidations("customer")
+    );
+    assert!(prefix.entries().iter().all(|e| e.prefix() == "customer"));
+
+    // A failed assertion prints the scope's log.
+    let err = catch_unwind(AssertUnwindSafe(|| {
+        test.key("customer:42").assert_hits(2);
+    }))
+    .unwrap_err();
+    let message = err.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("expected 2 hit(s) for key \"customer:42\", found 1"),
+        "{message}"
+    );
+    assert!(message.contains("get customer:42 -> hit"), "{message}");
+}
