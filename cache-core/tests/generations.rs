@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use cache_core::{Cache, cached};
 use cache_testkit::RedisServer;
-use common::{CLUSTER, Kind, SERVER, load_racing_invalidation, on};
+use common::{
+    CLUSTER, Kind, SERVER, calls, kill_tracking_clients, load_racing_invalidation, on, until_reads,
+};
 
 static NS: AtomicUsize = AtomicUsize::new(0);
 
@@ -185,20 +187,6 @@ async fn without_generations_prefix_invalidation_scans() {
 
 // ----- generations on by default, held under Redis client tracking ---------
 
-/// Calls of `command` the server has answered so far.
-fn calls(server: &RedisServer, command: &str) -> u64 {
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.client().get_connection().unwrap())
-        .unwrap();
-    let head = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(head.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A cache with default settings on `server`.
 async fn default_cache(server: &RedisServer, namespace: &str) -> Cache {
     Cache::builder()
@@ -208,21 +196,6 @@ async fn default_cache(server: &RedisServer, namespace: &str) -> Cache {
         .build()
         .await
         .unwrap()
-}
-
-/// Reads `key` until it returns `want`, bounded; returns how long it took.
-async fn until_reads(cache: &Cache, key: &str, want: Option<u64>, within: Duration) -> Duration {
-    let started = std::time::Instant::now();
-    loop {
-        if cache.get::<u64>(key).await.unwrap() == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{key} still not {want:?} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Reads until a hit is one GET (tracking is established in the background).
@@ -298,25 +271,6 @@ async fn a_prefix_invalidation_reaches_another_instance_through_tracking() {
     until_reads(&reader, "search:1", Some(2), Duration::from_secs(1)).await;
 }
 
-/// IDs of the clients with tracking on (`flags` holds `t`).
-fn tracking_clients(server: &RedisServer) -> Vec<String> {
-    let list: String = ::redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut server.client().get_connection().unwrap())
-        .unwrap();
-    list.lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')))
-        })
-        .filter_map(|l| {
-            l.split(' ')
-                .find_map(|f| f.strip_prefix("id="))
-                .map(str::to_owned)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn losing_the_tracking_connection_drops_held_generations() {
     let server = RedisServer::start();
@@ -325,16 +279,11 @@ async fn losing_the_tracking_connection_drops_held_generations() {
     writer.set("search:1", &1u64, None).await.unwrap();
     until_hits_are_one_get(&server, &reader, "search:1").await;
 
-    let ids = tracking_clients(&server);
-    assert_eq!(ids.len(), 2, "one tracking connection per instance");
-    for id in ids {
-        let _: () = ::redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(&id)
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-    }
+    assert_eq!(
+        kill_tracking_clients(&server),
+        2,
+        "one tracking connection per instance"
+    );
     // Redis no longer tells the reader about changes: it must not keep
     // trusting the generation it holds.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 
 use cache_core::{Cache, cached};
 use cache_testkit::RedisServer;
+use common::{calls, kill_tracking_clients, until_reads};
 
-/// Calls of `command` the server has answered so far.
-fn calls(server: &RedisServer, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.client().get_connection().unwrap())
-        .unwrap();
-    let head = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(head.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
+mod common;
 
 async fn near_cache(server: &RedisServer) -> Cache {
     Cache::builder()
@@ -56,20 +45,6 @@ async fn until_near_hit(cache: &Cache, key: &str) {
         }
         assert!(started.elapsed() < Duration::from_secs(5), "no near hit");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn until_reads(cache: &Cache, key: &str, want: Option<u64>, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if cache.get::<u64>(key).await.unwrap() == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{key} still not {want:?} after {within:?}"
-        );
-        tokio::task::yield_now().await;
     }
 }
 
@@ -161,28 +136,6 @@ async fn reads_racing_invalidations_never_leave_a_stale_entry() {
     }
     stop.store(true, Ordering::Relaxed);
     hammer.await.unwrap();
-}
-
-fn kill_tracking_clients(server: &RedisServer) {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut server.client().get_connection().unwrap())
-        .unwrap();
-    for line in list.lines() {
-        let tracking = line
-            .split(' ')
-            .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')));
-        if let Some(id) = line.split(' ').find_map(|f| f.strip_prefix("id="))
-            && tracking
-        {
-            let _: () = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("ID")
-                .arg(id)
-                .query(&mut server.client().get_connection().unwrap())
-                .unwrap();
-        }
-    }
 }
 
 #[tokio::test]

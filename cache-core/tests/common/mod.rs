@@ -69,3 +69,63 @@ where
     let raced = reader.await.unwrap();
     (raced, cache.get::<u64>(key).await.unwrap())
 }
+
+/// Calls of `command` the server has answered so far (`INFO commandstats`).
+pub(crate) fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    let head = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads `key` until it returns `want`, bounded; returns how long it took.
+pub(crate) async fn until_reads(
+    cache: &Cache,
+    key: &str,
+    want: Option<u64>,
+    within: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if cache.get::<u64>(key).await.unwrap() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{key} still not {want:?} after {within:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Kills every client connection with tracking on (`flags` holds `t`);
+/// returns how many there were.
+pub(crate) fn kill_tracking_clients(server: &RedisServer) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    let ids: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    for id in &ids {
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(*id)
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+    }
+    ids.len()
+}
