@@ -162,6 +162,13 @@ impl BackendError {
             message: message.into(),
         }
     }
+
+    /// Whether Redis refused the command for lack of ACL permission
+    /// (`NOPERM`): an [`Auth`](ErrorKind::Auth) error that proves Redis is
+    /// up, unlike a refused password.
+    pub(crate) fn is_permission_denied(&self) -> bool {
+        self.message.contains("NOPERM") || self.message.contains("NoPerm")
+    }
 }
 
 /// What to fix, for failures that need an operator.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::cache::Cache;
 use crate::error::{BackendError, ErrorKind};
-use crate::resilience::is_no_permission;
 use crate::stats::PrefixEntry;
 
 impl Cache {
@@ -126,7 +125,7 @@ impl Cache {
             // The store did not happen (connection cut, command refused):
             // the lease would make every other loader wait out its TTL.
             self.release_in_background(skey, ours);
-            if is_no_permission(e)
+            if e.is_permission_denied()
                 && let Some(res) = &self.inner.resilience
                 && res.scripts_refused()
             {
@@ -192,7 +191,7 @@ impl Cache {
                 {
                     Ok(()) => return,
                     // Scripts refused for good: delete the key instead.
-                    Err(e) if !Self::unavailable(&e) || is_no_permission(&e) => {
+                    Err(e) if !Self::unavailable(&e) || e.is_permission_denied() => {
                         let keys = [skey.clone()];
                         let keys = &keys;
                         if cache

@@ -51,6 +51,9 @@ pub(crate) struct Resilience {
     /// The last write the backend refused for a reason of its own (out of
     /// memory, read-only replica, ...) while answering reads: health reports it.
     write_failure: Mutex<Option<(Instant, String)>>,
+    /// Whether `write_failure` holds one: a successful store (every miss)
+    /// checks this instead of taking the lock.
+    write_failing: AtomicBool,
     /// When the backend last refused to run the lease scripts (an ACL
     /// without `@scripting`), in milliseconds since `started` (0: never):
     /// for [`SCRIPTS_RETRY`] after that, misses load without a lease and
@@ -74,6 +77,7 @@ impl Resilience {
             recovery: tokio::sync::Mutex::new(()),
             prober: AtomicBool::new(false),
             write_failure: Mutex::new(None),
+            write_failing: AtomicBool::new(false),
             suspects: Mutex::new(HashSet::new()),
             any_suspects: AtomicBool::new(false),
             no_scripting_since: AtomicU64::new(0),
@@ -148,15 +152,15 @@ impl Resilience {
     }
 
     pub(crate) fn note_write(&self, outcome: Result<(), &BackendError>) {
-        let mut failure = self.write_failure.lock().unwrap_or_else(|e| e.into_inner());
-        match outcome {
-            Ok(()) => {
-                if failure.is_some() {
-                    *failure = None;
-                }
-            }
-            Err(e) => *failure = Some((Instant::now(), format!("writes are failing: {e}"))),
+        if outcome.is_ok() && !self.write_failing.load(Ordering::Acquire) {
+            return;
         }
+        let mut failure = self.write_failure.lock().unwrap_or_else(|e| e.into_inner());
+        *failure = outcome
+            .err()
+            .map(|e| (Instant::now(), format!("writes are failing: {e}")));
+        self.write_failing
+            .store(failure.is_some(), Ordering::Release);
     }
 }
 
@@ -303,7 +307,7 @@ impl Cache {
             }
             // A command the ACL refuses proves Redis is up: it is a
             // configuration error, not an outage.
-            Err(e) if e.kind.is_availability() && !is_no_permission(e) => {
+            Err(e) if e.kind.is_availability() && !e.is_permission_denied() => {
                 self.fail(entry, res, guard.take(), e)
             }
             Err(e) => {
@@ -496,11 +500,6 @@ impl Cache {
     pub(crate) fn fallback_ttl(&self, ttl: Duration) -> Duration {
         ttl.min(self.inner.config.fallback_ttl_cap)
     }
-}
-
-/// Whether Redis refused the command for lack of ACL permission (`NOPERM`).
-pub(crate) fn is_no_permission(error: &BackendError) -> bool {
-    error.message.contains("NOPERM") || error.message.contains("NoPerm")
 }
 
 /// Lets the next outage start a new background probe when this one ends
