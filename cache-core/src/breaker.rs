@@ -2,8 +2,9 @@
 //! failures, let one probe through after the cooldown, close on its success.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock;
 use crate::stats::CircuitState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +20,8 @@ pub(crate) enum Permit {
 pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
-    epoch: Instant,
     consecutive: AtomicU32,
-    /// Milliseconds since `epoch` + 1 when the breaker opened; 0 when closed.
+    /// When the breaker opened ([`clock::now_ms`]); 0 while closed.
     opened_at: AtomicU64,
     probing: AtomicBool,
 }
@@ -31,15 +31,10 @@ impl Breaker {
         Breaker {
             threshold: threshold.max(1),
             cooldown,
-            epoch: Instant::now(),
             consecutive: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
         }
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     pub(crate) fn allow(&self) -> Permit {
@@ -47,7 +42,7 @@ impl Breaker {
         if opened == 0 {
             return Permit::Allowed;
         }
-        if self.now() < opened + self.cooldown.as_millis() as u64 {
+        if clock::within(opened, self.cooldown) {
             return Permit::Rejected;
         }
         if self
@@ -79,7 +74,7 @@ impl Breaker {
 
     pub(crate) fn on_failure(&self, permit: Permit) {
         if permit == Permit::Probe {
-            self.opened_at.store(self.now(), Release);
+            self.opened_at.store(clock::now_ms(), Release);
             self.probing.store(false, Release);
             return;
         }
@@ -87,7 +82,7 @@ impl Breaker {
         if n >= self.threshold
             && self
                 .opened_at
-                .compare_exchange(0, self.now(), AcqRel, Acquire)
+                .compare_exchange(0, clock::now_ms(), AcqRel, Acquire)
                 .is_ok()
         {
             tracing::warn!(
@@ -109,7 +104,7 @@ impl Breaker {
         let opened = self.opened_at.load(Acquire);
         if opened == 0 {
             CircuitState::Closed
-        } else if self.now() < opened + self.cooldown.as_millis() as u64 {
+        } else if clock::within(opened, self.cooldown) {
             CircuitState::Open
         } else {
             CircuitState::HalfOpen

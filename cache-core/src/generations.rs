@@ -30,6 +30,7 @@ use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 
 use crate::backend::Backend;
 use crate::cache::{Cache, Inner, RawBytes};
+use crate::clock;
 use crate::error::ErrorKind;
 use crate::resilience::Missed;
 use crate::stats::{CircuitState, Event, PrefixEntry};
@@ -104,10 +105,9 @@ pub(crate) struct Tracker {
     epoch: AtomicU64,
     /// A connection attempt is running.
     connecting: AtomicBool,
-    /// When the last connection attempt started (ms since `started`): one
+    /// When the last connection attempt started ([`clock::now_ms`]): one
     /// attempt per [`RECONNECT_INTERVAL`] while Redis is away.
     last_attempt_ms: AtomicU64,
-    started: std::time::Instant,
     /// `{namespace}:%gen:`, to map a key Redis names back to its prefix.
     key_head: String,
     /// Broadcast mode on `{namespace}:` (every key, for the near cache)
@@ -139,7 +139,6 @@ impl Tracker {
             epoch: AtomicU64::new(0),
             connecting: AtomicBool::new(false),
             last_attempt_ms: AtomicU64::new(0),
-            started: std::time::Instant::now(),
             key_head: format!("{namespace}:%gen:"),
             broadcast: broadcast.then(|| format!("{namespace}:")),
         })
@@ -219,15 +218,17 @@ impl Tracker {
         {
             return;
         }
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.last_attempt_ms.load(Ordering::Acquire);
-        if last != 0 && now < last + RECONNECT_INTERVAL.as_millis() as u64 {
+        if clock::within(
+            self.last_attempt_ms.load(Ordering::Acquire),
+            RECONNECT_INTERVAL,
+        ) {
             return;
         }
         if self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.last_attempt_ms.store(now, Ordering::Release);
+        self.last_attempt_ms
+            .store(clock::now_ms(), Ordering::Release);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.connecting.store(false, Ordering::Release);
             return;

@@ -161,6 +161,7 @@ mod backend;
 mod breaker;
 mod builder;
 mod cache;
+mod clock;
 pub mod codec;
 mod config;
 mod error;

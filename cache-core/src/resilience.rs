@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, MemoryBackend};
 use crate::breaker::{Breaker, Permit};
 use crate::cache::{Cache, Inner};
+use crate::clock;
 use crate::error::{BackendError, ErrorKind};
 use crate::keys::glob_literal;
 use crate::stats::{CircuitState, PrefixEntry};
@@ -55,11 +56,10 @@ pub(crate) struct Resilience {
     /// checks this instead of taking the lock.
     write_failing: AtomicBool,
     /// When the backend last refused to run the lease scripts (an ACL
-    /// without `@scripting`), in milliseconds since `started` (0: never):
+    /// without `@scripting`), a [`clock::now_ms`] (0: never):
     /// for [`SCRIPTS_RETRY`] after that, misses load without a lease and
     /// store nothing.
     no_scripting_since: AtomicU64,
-    started: Instant,
     /// Keys whose last read timed out while the backend kept answering
     /// (typically a value far too large to read): their size is checked
     /// before they are read again.
@@ -81,7 +81,6 @@ impl Resilience {
             suspects: Mutex::new(HashSet::new()),
             any_suspects: AtomicBool::new(false),
             no_scripting_since: AtomicU64::new(0),
-            started: Instant::now(),
         }
     }
 
@@ -106,8 +105,9 @@ impl Resilience {
     /// The backend refused the lease scripts; returns whether this is news
     /// (the first refusal since scripts last worked).
     pub(crate) fn scripts_refused(&self) -> bool {
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        self.no_scripting_since.swap(now, Ordering::Relaxed) == 0
+        self.no_scripting_since
+            .swap(clock::now_ms(), Ordering::Relaxed)
+            == 0
     }
 
     /// Whether the lease scripts were refused within [`SCRIPTS_RETRY`].
@@ -115,8 +115,7 @@ impl Resilience {
         match self.no_scripting_since.load(Ordering::Relaxed) {
             0 => false,
             since => {
-                let now = self.started.elapsed().as_millis() as u64 + 1;
-                if now.saturating_sub(since) < SCRIPTS_RETRY.as_millis() as u64 {
+                if clock::within(since, SCRIPTS_RETRY) {
                     true
                 } else {
                     self.no_scripting_since.store(0, Ordering::Relaxed);

@@ -3,13 +3,14 @@
 //! runtime is gone), the cluster connection, and TLS set-up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 
+use crate::clock;
 use crate::config::TlsMaterial;
 use crate::error::{BackendError, ErrorKind};
 
@@ -84,7 +85,7 @@ macro_rules! on_single {
 /// runs `$body` once more.
 macro_rules! on_cluster {
     ($node:expr, |$conn:ident| $body:expr) => {{
-        let node: &ClusterNode = $node;
+        let node: &Arc<ClusterNode> = $node;
         let held = node.conn.load_full();
         let mut first_conn = ClusterConnection::clone(&held);
         let first = {
@@ -99,7 +100,11 @@ macro_rules! on_cluster {
                 let $conn = &mut fresh;
                 $body.await.map_err(failed)
             }
-            Err(e) => Err(failed(e)),
+            Err(e) => {
+                let error = failed(e);
+                node.note_failure(&error, &held);
+                Err(error)
+            }
         }
     }};
 }
@@ -247,16 +252,100 @@ pub(crate) fn log_operator_error(error: &BackendError) {
     }
 }
 
-/// A Redis Cluster connection that is rebuilt when its driver is gone.
+/// Availability failures within [`FAILURE_WINDOW`] after which the cluster
+/// connection is rebuilt in the background.
+const FAILURES_BEFORE_REBUILD: u32 = 3;
+/// The window failures are counted in, and the shortest time between two
+/// rebuilds.
+const FAILURE_WINDOW: Duration = Duration::from_secs(2);
+
+/// A Redis Cluster connection that is rebuilt when its driver is gone, or
+/// when calls keep failing on it.
 pub(crate) struct ClusterNode {
     pub(crate) client: redis::cluster::ClusterClient,
     pub(crate) conn: arc_swap::ArcSwap<ClusterConnection>,
     /// Held while a fresh connection replaces a dead one.
     pub(crate) refresh: tokio::sync::Mutex<()>,
     pub(crate) timeout: Duration,
+    /// Start ([`clock::now_ms`]) of the window failures are counted in.
+    pub(crate) failures_since: AtomicU64,
+    pub(crate) failures: AtomicU32,
+    /// When the connection was last rebuilt because calls kept failing.
+    pub(crate) rebuilt_at: AtomicU64,
 }
 
 impl ClusterNode {
+    pub(crate) fn new(
+        client: redis::cluster::ClusterClient,
+        conn: ClusterConnection,
+        timeout: Duration,
+    ) -> Self {
+        ClusterNode {
+            client,
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            refresh: tokio::sync::Mutex::new(()),
+            timeout,
+            failures_since: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            rebuilt_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a failed call; once calls keep timing out or failing to
+    /// connect, rebuilds the connection in the background.
+    ///
+    /// redis-rs repairs a node's connection when it sees the connection
+    /// drop, but a command that times out is only retried on the same
+    /// connection: a node restarted behind a connection in that state can
+    /// stay unreachable. A fresh cluster connection asks the cluster for its
+    /// nodes and dials them anew. Successes are not counted (nothing is
+    /// written on the hit path), so a node that is really down costs one
+    /// background reconnect per [`FAILURE_WINDOW`].
+    pub(crate) fn note_failure(
+        self: &Arc<Self>,
+        error: &BackendError,
+        used: &Arc<ClusterConnection>,
+    ) {
+        if !matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
+            return;
+        }
+        let since = self.failures_since.load(Ordering::Acquire);
+        if !clock::within(since, FAILURE_WINDOW) {
+            self.failures_since
+                .store(clock::now_ms(), Ordering::Release);
+            self.failures.store(1, Ordering::Release);
+            return;
+        }
+        if self.failures.fetch_add(1, Ordering::AcqRel) + 1 < FAILURES_BEFORE_REBUILD {
+            return;
+        }
+        let rebuilt = self.rebuilt_at.load(Ordering::Acquire);
+        if clock::within(rebuilt, FAILURE_WINDOW)
+            || self
+                .rebuilt_at
+                .compare_exchange(
+                    rebuilt,
+                    clock::now_ms(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let node = Arc::clone(self);
+        let used = Arc::clone(used);
+        runtime.spawn(async move {
+            match node.replace(&used).await {
+                Ok(_) => tracing::info!("Redis Cluster calls kept failing; reconnected to the cluster"),
+                Err(e) => tracing::debug!(error = %e, "Redis Cluster reconnect failed; trying again later"),
+            }
+        });
+    }
+
     /// Replaces `dead` (unless another caller did already) with a new
     /// connection made on the calling task's runtime.
     pub(crate) async fn replace(

@@ -60,8 +60,9 @@ return 0";
 
 enum Topology {
     Single(SingleNode),
-    /// Boxed: the cluster client is ~0.5 KB, the single-node side 56 bytes.
-    Cluster(Box<ClusterNode>),
+    /// Behind an `Arc`: the cluster client is large, and a background
+    /// reconnect holds the node.
+    Cluster(Arc<ClusterNode>),
 }
 
 /// The Redis backend (single server or cluster).
@@ -161,12 +162,7 @@ impl RedisBackend {
                 };
                 let client = builder.build()?;
                 let conn = connect_cluster(&client, timeout).await?;
-                Topology::Cluster(Box::new(ClusterNode {
-                    client,
-                    conn: arc_swap::ArcSwap::from_pointee(conn),
-                    refresh: tokio::sync::Mutex::new(()),
-                    timeout,
-                }))
+                Topology::Cluster(Arc::new(ClusterNode::new(client, conn, timeout)))
             }
         };
         Ok(RedisBackend {
@@ -308,7 +304,7 @@ impl RedisBackend {
     }
 
     /// Addresses of the cluster's reachable masters.
-    async fn masters(node: &ClusterNode) -> Result<Vec<(String, u16)>, BackendError> {
+    async fn masters(node: &Arc<ClusterNode>) -> Result<Vec<(String, u16)>, BackendError> {
         let nodes: String = on_cluster!(node, |conn| redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(conn))?;
@@ -339,7 +335,7 @@ impl RedisBackend {
     }
 
     async fn on_node(
-        node: &ClusterNode,
+        node: &Arc<ClusterNode>,
         host: &str,
         port: u16,
         cmd: Cmd,
