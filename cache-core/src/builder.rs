@@ -127,7 +127,7 @@ impl CacheBuilder {
         self.config.prefix_generations = Some(on);
         self
     }
-    /// A near cache of `capacity` entries in front of a single Redis server
+    /// A near cache of `capacity` entries in front of Redis or a cluster
     /// (see [`CacheConfig::near_capacity`]).
     ///
     /// ```no_run

@@ -18,12 +18,12 @@ use crate::codec::{self, DecodeError};
 use crate::config::{CacheConfig, RedisTarget};
 use crate::error::{CacheError, ConfigError};
 use crate::flight::Flights;
-use crate::generations::Tracker;
 use crate::keys::glob_literal;
 use crate::load::ReadThrough;
 use crate::near::NearCache;
 use crate::resilience::Resilience;
 use crate::stats::{Event, PrefixEntry, StatsRegistry};
+use crate::tracking::Tracker;
 
 /// Bytes read from a backend: shared with the memory store, or owned.
 pub(crate) enum RawBytes {
@@ -74,9 +74,9 @@ pub(crate) struct Inner {
     pub(crate) lease_tokens: AtomicU64,
     /// Prefix generations are in use (see [`CacheConfig::prefix_generations`]).
     pub(crate) generations: bool,
-    /// Holds generations under Redis client tracking (single Redis server).
+    /// Holds generations and near entries under Redis client tracking.
     pub(crate) tracker: Option<Tracker>,
-    /// The near level (single Redis server, `near_capacity` set).
+    /// The near level (Redis or a cluster, `near_capacity` set).
     pub(crate) near: Option<NearCache>,
 }
 
@@ -170,26 +170,32 @@ impl Cache {
             kind,
             BackendKind::Redis | BackendKind::RedisCluster
         ));
-        let single_redis = match (&config.redis, kind) {
-            (Some(RedisTarget::Single(url)), BackendKind::Redis) => Some(url.as_str()),
+        let redis_target = match (&config.redis, kind) {
+            (Some(target), BackendKind::Redis | BackendKind::RedisCluster) => Some(target),
             _ => None,
         };
-        let near_capacity = config.near_capacity.filter(|_| single_redis.is_some());
-        let tracker = single_redis
+        let near_capacity = config.near_capacity.filter(|_| redis_target.is_some());
+        let tracker = redis_target
             .filter(|_| generations || near_capacity.is_some())
-            .and_then(|url| {
+            .and_then(|target| {
                 // Already read and checked when the backend connected.
                 let tls = config
                     .tls_certificates(crate::config::TlsVariables::ENV)
                     .ok()
                     .flatten();
-                Tracker::new(
-                    url,
-                    &config.namespace,
-                    config.timeout,
-                    near_capacity.is_some(),
-                    tls.as_ref(),
-                )
+                let (namespace, near) = (&config.namespace, near_capacity.is_some());
+                match target {
+                    RedisTarget::Single(url) => {
+                        Tracker::single(url, namespace, config.timeout, near, tls.as_ref())
+                    }
+                    RedisTarget::Cluster(urls) => Tracker::cluster(
+                        urls.first()?,
+                        namespace,
+                        config.timeout,
+                        near,
+                        tls.as_ref(),
+                    ),
+                }
             });
         let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {
             NearCache::new(capacity, config.default_ttl.max(Duration::from_secs(1)))

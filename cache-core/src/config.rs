@@ -171,17 +171,18 @@ pub struct CacheConfig {
     /// generation they were loaded under, and
     /// [`invalidate_prefix`](crate::Cache::invalidate_prefix) just replaces
     /// the generation: one write whatever the number of keys and whatever
-    /// else the database holds, with the old values left to expire. On a
-    /// single Redis server each process holds the generations it has read
-    /// and Redis tells it when one changes (RESP3 client tracking), so a hit
-    /// stays one `GET`; elsewhere a hit reads the value and the generation in
-    /// one `MGET`. Off, `invalidate_prefix` is SCAN + UNLINK, whose cost is
+    /// else the database holds, with the old values left to expire. On Redis
+    /// and Redis Cluster each process holds the generations it has read and
+    /// Redis tells it when one changes (RESP3 client tracking), so a hit
+    /// stays one `GET`; while tracking is not established (and on custom
+    /// backends) a hit reads the value and the generation in one `MGET`. Off, `invalidate_prefix` is SCAN + UNLINK, whose cost is
     /// the size of the whole database, not of the prefix.
     pub prefix_generations: Option<bool>,
     /// Entries of the near cache (`CACHE_NEAR_CAPACITY`; `None`, the
     /// default, means no near cache): a process-local level of decoded
-    /// values in front of a single Redis server, kept correct by Redis
-    /// client tracking in broadcast mode. A near hit costs no round trip;
+    /// values in front of Redis or a Redis Cluster, kept correct by Redis
+    /// client tracking in broadcast mode (on a cluster, one tracking
+    /// connection per master). A near hit costs no round trip;
     /// another instance's write or delete reaches it once Redis' message
     /// about it arrives (see the crate docs for the measured window).
     pub near_capacity: Option<u64>,

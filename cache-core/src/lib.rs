@@ -66,12 +66,13 @@
 //!   Cluster ([`prefix_generations`](CacheConfig::prefix_generations),
 //!   `CACHE_PREFIX_GENERATIONS`): values are labeled with their prefix's
 //!   generation and [`Cache::invalidate_prefix`] replaces it, one write
-//!   whatever the number of keys. On a single Redis server each process
-//!   holds the generations it has read, and Redis client tracking tells it
-//!   when one changes, so a hit stays one `GET` (on a cluster, one `MGET`).
+//!   whatever the number of keys. Each process holds the generations it has
+//!   read, and Redis client tracking tells it when one changes (on a
+//!   cluster, every master tells it about its own keys), so a hit stays one
+//!   `GET`; while tracking is not established a hit is one `MGET`.
 //!   Turned off (and on the memory backend), prefix invalidation is
 //!   SCAN + UNLINK.
-//! - **Near cache** (opt-in, single Redis server):
+//! - **Near cache** (opt-in, Redis or Redis Cluster):
 //!   `Cache::builder().near_cache(n)` ([`CacheBuilder::near_cache`]) or
 //!   `CACHE_NEAR_CAPACITY=n` keeps up to `n` decoded values in process in
 //!   front of Redis, so a near hit makes no round trip. Redis client
@@ -79,7 +80,10 @@
 //!   write or invalidation clears its near cache before the call returns,
 //!   another instance's reaches it once Redis' message arrives (the
 //!   measured window is in docs/BENCHMARKS.md), and a lost tracking
-//!   connection empties it until tracking is back.
+//!   connection empties it until tracking is back. On a cluster every
+//!   master that serves slots has a tracking connection; losing any of
+//!   them, or a change in the set of masters (checked every second), empties
+//!   the near cache until all of them track again.
 //! - **Observability**: [`Cache::stats`] (per prefix and total), [`Cache::health`],
 //!   `metrics` counters per prefix (`cache_hits_total{prefix}`, ...,
 //!   `cache_errors_total{prefix,kind}`) and gauges (`cache_hit_ratio{prefix}`,
@@ -118,7 +122,7 @@
 //!
 //! # What a hit costs
 //! A Redis hit is one `GET` on a shared multiplexed connection (prefix
-//! generations included, on a single server); a near-cache or memory hit is
+//! generations included, once client tracking is established); a near-cache or memory hit is
 //! one lookup in process, with no round trip. Around that, cache-core's own
 //! code avoids writing memory that other cores also write (on a busy
 //! multi-core service such writes cost more than the lookup itself); what
@@ -176,6 +180,7 @@ mod load;
 mod near;
 mod resilience;
 mod stats;
+mod tracking;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -147,7 +147,7 @@ pub(crate) struct PrefixEntry {
     prefix: Arc<str>,
     /// The prefix's generation as this process last saw it (prefix
     /// generations with server-assisted tracking).
-    pub(crate) generation: crate::generations::HeldGeneration,
+    pub(crate) generation: crate::tracking::HeldGeneration,
 }
 
 impl PrefixEntry {
@@ -156,7 +156,7 @@ impl PrefixEntry {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             metrics: PrefixMetrics::new(prefix),
             prefix: Arc::from(prefix),
-            generation: crate::generations::HeldGeneration::default(),
+            generation: crate::tracking::HeldGeneration::default(),
         }
     }
 

@@ -175,6 +175,36 @@ async fn tls_on_a_cluster() {
         .unwrap();
     assert!(raw.is_some(), "the value reached the cluster");
 
+    // Tracking connections to every master use TLS too: the near cache
+    // serves hits, and a change by another instance reaches it.
+    let near = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("conn")
+        .timeout(TIMEOUT)
+        .tls_ca_file(&ca)
+        .near_cache(1_000)
+        .build()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while near.stats().total.near_hits == 0 {
+        assert_eq!(near.get::<u32>("ctls:3").await.unwrap(), Some(3));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cluster tracking never established over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cache.set("ctls:3", &33u32, None).await.unwrap();
+    let started = std::time::Instant::now();
+    while near.get::<u32>("ctls:3").await.unwrap() != Some(33) {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "change not seen"
+        );
+        tokio::task::yield_now().await;
+    }
+
     // Without the CA the cluster is not trusted: a clear error, no panic.
     let untrusted = Cache::builder()
         .redis_cluster(cluster.urls())

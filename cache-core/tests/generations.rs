@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_core::{Cache, cached};
-use cache_testkit::RedisServer;
+use cache_testkit::{RedisCluster, RedisServer};
 use common::{
-    CLUSTER, Kind, SERVER, calls, kill_tracking_clients, load_racing_invalidation, on, until_reads,
+    CLUSTER, Kind, SERVER, calls, cluster_calls, kill_tracking_clients, load_racing_invalidation,
+    on, until_reads,
 };
 
 static NS: AtomicUsize = AtomicUsize::new(0);
@@ -200,11 +201,16 @@ async fn default_cache(server: &RedisServer, namespace: &str) -> Cache {
 
 /// Reads until a hit is one GET (tracking is established in the background).
 async fn until_hits_are_one_get(server: &RedisServer, cache: &Cache, key: &str) {
+    until_no_mget(|| calls(server, "mget"), cache, key).await;
+}
+
+/// Reads `key` until a read sends no `MGET` (`mgets` counts them).
+async fn until_no_mget(mgets: impl Fn() -> u64, cache: &Cache, key: &str) {
     let started = std::time::Instant::now();
     loop {
-        let mget = calls(server, "mget");
+        let before = mgets();
         cache.get::<u64>(key).await.unwrap();
-        if calls(server, "mget") == mget {
+        if mgets() == before {
             return;
         }
         assert!(
@@ -361,4 +367,58 @@ async fn generation_reads_racing_invalidations_never_leave_a_stale_one_held() {
     }
     stop.store(true, Ordering::Relaxed);
     hammer.await.unwrap();
+}
+
+// ----- Redis Cluster: tracking on every master ----------------------------------
+
+async fn cluster_cache(cluster: &RedisCluster, namespace: &str) -> Cache {
+    Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(namespace)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Reads until a hit is one GET on the cluster.
+async fn until_cluster_hits_are_one_get(cluster: &RedisCluster, cache: &Cache, key: &str) {
+    until_no_mget(|| cluster_calls(cluster, "mget"), cache, key).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_hit_is_one_get_and_invalidations_reach_other_instances() {
+    let cluster = RedisCluster::start(3);
+    let writer = cluster_cache(&cluster, "cg").await;
+    let reader = cluster_cache(&cluster, "cg").await;
+    writer.set("search:1", &1u64, None).await.unwrap();
+    until_cluster_hits_are_one_get(&cluster, &reader, "search:1").await;
+    let (gets, mgets) = (
+        cluster_calls(&cluster, "get"),
+        cluster_calls(&cluster, "mget"),
+    );
+    for _ in 0..50 {
+        assert_eq!(reader.get::<u64>("search:1").await.unwrap(), Some(1));
+    }
+    assert_eq!(cluster_calls(&cluster, "mget"), mgets);
+    assert_eq!(cluster_calls(&cluster, "get"), gets + 50, "one GET per hit");
+
+    writer.invalidate_prefix("search").await.unwrap();
+    assert_eq!(writer.get::<u64>("search:1").await.unwrap(), None);
+    let window = until_reads(&reader, "search:1", None, Duration::from_secs(1)).await;
+    eprintln!("the other instance saw the invalidation after {window:?}");
+    writer.set("search:1", &2u64, None).await.unwrap();
+    until_reads(&reader, "search:1", Some(2), Duration::from_secs(1)).await;
+
+    // Tracking lost on one master (the one holding the generation key or
+    // not): the reader holds nothing it is no longer told about.
+    for node in cluster.nodes() {
+        kill_tracking_clients(node);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.invalidate_prefix("search").await.unwrap();
+    assert_eq!(reader.get::<u64>("search:1").await.unwrap(), None);
+    writer.set("search:1", &3u64, None).await.unwrap();
+    until_reads(&reader, "search:1", Some(3), Duration::from_secs(1)).await;
+    until_cluster_hits_are_one_get(&cluster, &reader, "search:1").await;
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cache_core::{Cache, cached};
-use cache_testkit::RedisServer;
-use common::{calls, kill_tracking_clients, until_reads};
+use cache_testkit::{RedisCluster, RedisServer};
+use common::{calls, cluster_calls, kill_tracking_clients, until_reads};
 
 mod common;
 
@@ -117,6 +117,14 @@ async fn reads_racing_invalidations_never_leave_a_stale_entry() {
     let reader = near_cache(&server).await;
     writer.set("customer:1", &0u64, None).await.unwrap();
     until_near_hit(&reader, "customer:1").await;
+    race_reads_against_writes(&writer, &reader, 3000).await;
+}
+
+/// `trials` writes of `customer:1` by `writer` while a task keeps reading it
+/// on `reader`; after each, `reader` must converge to the new value (an
+/// entry installed after its invalidation was processed would be served
+/// forever).
+async fn race_reads_against_writes(writer: &Cache, reader: &Cache, trials: u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let hammer = {
         let (reader, stop) = (reader.clone(), stop.clone());
@@ -128,11 +136,9 @@ async fn reads_racing_invalidations_never_leave_a_stale_entry() {
             }
         })
     };
-    for i in 1..=3000u64 {
+    for i in 1..=trials {
         writer.set("customer:1", &i, None).await.unwrap();
-        // Converges: an entry installed after its invalidation was
-        // processed would be served forever.
-        until_reads(&reader, "customer:1", Some(i), Duration::from_secs(1)).await;
+        until_reads(reader, "customer:1", Some(i), Duration::from_secs(1)).await;
     }
     stop.store(true, Ordering::Relaxed);
     hammer.await.unwrap();
@@ -249,4 +255,132 @@ async fn near_false_keeps_a_function_out_of_the_near_level() {
             assert!(stats.prefixes["balance"].hits >= 49, "{stats:?}");
         })
         .await;
+}
+
+// ----- Redis Cluster: tracking on every master ----------------------------------
+
+async fn cluster_cache(cluster: &RedisCluster, near: bool) -> Cache {
+    let builder = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace("app")
+        .timeout(Duration::from_secs(2));
+    let builder = if near {
+        builder.near_cache(10_000)
+    } else {
+        builder
+    };
+    builder.build().await.unwrap()
+}
+
+/// Keys spread over every master of a 3-master cluster.
+fn spread_keys() -> Vec<String> {
+    (1..=12).map(|i| format!("customer:{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_changes_reach_the_near_level_of_another_instance() {
+    let cluster = RedisCluster::start(3);
+    let writer = cluster_cache(&cluster, false).await;
+    let reader = cluster_cache(&cluster, true).await;
+    for (i, key) in spread_keys().iter().enumerate() {
+        writer.set(key, &(i as u64), None).await.unwrap();
+        until_near_hit(&reader, key).await;
+    }
+    let gets = cluster_calls(&cluster, "get") + cluster_calls(&cluster, "mget");
+    for key in spread_keys() {
+        reader.get::<u64>(&key).await.unwrap();
+    }
+    assert_eq!(
+        cluster_calls(&cluster, "get") + cluster_calls(&cluster, "mget"),
+        gets,
+        "near hits on every master's keys cost no round trip"
+    );
+    // Every master reports changes of its keys: by a cache, and by a
+    // client that is not one.
+    for (i, key) in spread_keys().iter().enumerate() {
+        writer.set(key, &(100 + i as u64), None).await.unwrap();
+        until_reads(&reader, key, Some(100 + i as u64), Duration::from_secs(1)).await;
+    }
+    let mut raw = cluster.client().get_connection().unwrap();
+    for key in spread_keys() {
+        until_near_hit(&reader, &key).await;
+        let _: () = redis::cmd("DEL")
+            .arg(format!("app:{key}"))
+            .query(&mut raw)
+            .unwrap();
+        until_reads(&reader, &key, None, Duration::from_secs(1)).await;
+    }
+    // Reads racing invalidations leave nothing stale on a cluster either.
+    race_reads_against_writes(&writer, &reader, 1000).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_losing_one_masters_tracking_drops_the_near_level() {
+    let cluster = RedisCluster::start(3);
+    let writer = cluster_cache(&cluster, false).await;
+    let reader = cluster_cache(&cluster, true).await;
+    for key in spread_keys() {
+        writer.set(&key, &1u64, None).await.unwrap();
+        until_near_hit(&reader, &key).await;
+    }
+    let flushes = reader.stats().near.unwrap().flushes;
+    // The writer tracks generation keys, the reader the whole namespace.
+    assert_eq!(kill_tracking_clients(&cluster.nodes()[1]), 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(reader.stats().near.unwrap().flushes > flushes);
+    // That master can no longer tell the reader: nothing is served stale.
+    for key in spread_keys() {
+        writer.set(&key, &2u64, None).await.unwrap();
+        assert_eq!(reader.get::<u64>(&key).await.unwrap(), Some(2), "{key}");
+    }
+    // Tracking comes back on every master, and so do near hits.
+    for key in spread_keys() {
+        until_near_hit(&reader, &key).await;
+        writer.set(&key, &3u64, None).await.unwrap();
+        until_reads(&reader, &key, Some(3), Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_stopped_master_drops_the_near_level_until_it_is_back() {
+    let mut cluster = RedisCluster::start(3);
+    let writer = cluster_cache(&cluster, false).await;
+    let reader = cluster_cache(&cluster, true).await;
+    for key in spread_keys() {
+        writer.set(&key, &1u64, None).await.unwrap();
+        until_near_hit(&reader, &key).await;
+    }
+    cluster.stop_node(0);
+    let started = Instant::now();
+    while reader.stats().near.unwrap().entries > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the near level outlived the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reader.stats().near.unwrap().flushes >= 1);
+    cluster.restart_node(0);
+    // The restarted master lost its data; the others did not. Whatever the
+    // reader serves converges to what the writer wrote after the restart,
+    // and near hits come back once every master tracks again.
+    let started = Instant::now();
+    for key in spread_keys() {
+        loop {
+            let wrote = writer.set(&key, &7u64, None).await.is_ok();
+            if wrote && reader.get::<u64>(&key).await.unwrap() == Some(7) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{key} never converged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for key in spread_keys() {
+        until_near_hit(&reader, &key).await;
+        writer.set(&key, &8u64, None).await.unwrap();
+        until_reads(&reader, &key, Some(8), Duration::from_secs(1)).await;
+    }
 }

@@ -8,7 +8,6 @@ use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use syn::parse::discouraged::Speculative;
 use syn::parse::{ParseStream, Parser};
-use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
 
 use crate::ctxt::Ctxt;
@@ -99,27 +98,6 @@ pub(crate) enum Ttl {
     Secs(u64, Span),
     /// `ttl = expr`: an expression of type `Duration`.
     Expr(Box<Expr>),
-}
-
-impl Ttl {
-    /// `Option<Duration>` tokens.
-    pub(crate) fn to_option(ttl: Option<&Ttl>, krate: &TokenStream) -> TokenStream {
-        match ttl {
-            None => quote!(::core::option::Option::None),
-            Some(Ttl::Secs(secs, span)) => quote::quote_spanned! {*span=>
-                ::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))
-            },
-            Some(Ttl::Expr(expr)) => {
-                let span = expr.span();
-                let duration = crate::key::respan(&quote!(#krate::__private::Duration), span);
-                let ttl = quote::format_ident!("__cache_ttl", span = Span::mixed_site());
-                quote!({
-                    let #ttl: #duration = #expr;
-                    ::core::option::Option::Some(#ttl)
-                })
-            }
-        }
-    }
 }
 
 /// Everything `#[cached(...)]` accepts.

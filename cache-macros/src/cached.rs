@@ -3,7 +3,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, Ident, ItemFn, Type};
+use syn::{Expr, Ident, Type};
 
 use crate::attr::{self, CachedArgs, Ttl};
 use crate::ctxt::Ctxt;
@@ -12,48 +12,16 @@ use crate::key::{self, Access, KeySpec};
 
 /// Entry point: `args` are the attribute's tokens, `item` the function.
 pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
-    let cx = Ctxt::new();
-    let args = attr::parse_cached(args, &cx);
-    let Some(func) = parse_fn(item, &cx, "cached") else {
-        return with_errors(cx, item);
-    };
-    let func = Func::analyze(func, &cx, "cached");
-    let spec = check(&cx, &args, &func);
-    match cx.check() {
-        Ok(()) => generate(&args, &func, &spec),
-        Err(e) => {
-            let errors = e.to_compile_error();
-            quote!(#errors #item)
-        }
-    }
-}
-
-/// Parses the annotated item as a function with a body.
-pub(crate) fn parse_fn(item: &TokenStream, cx: &Ctxt, macro_name: &str) -> Option<ItemFn> {
-    if let Ok(f) = syn::parse2::<ItemFn>(item.clone()) {
-        return Some(f);
-    }
-    let hint = if syn::parse2::<syn::TraitItemFn>(item.clone()).is_ok() {
-        " (put it on the method in the `impl`, not on the trait's declaration)"
-    } else {
-        ""
-    };
-    cx.error_at(
-        Span::call_site(),
-        format!("#[{macro_name}] goes on an `async fn` with a body{hint}"),
-    );
-    None
-}
-
-/// Reports all errors, then re-emits the item unchanged so that callers of
-/// the function don't get follow-up errors.
-pub(crate) fn with_errors(cx: Ctxt, item: &TokenStream) -> TokenStream {
-    let errors = cx
-        .check()
-        .err()
-        .map(|e| e.to_compile_error())
-        .unwrap_or_default();
-    quote!(#errors #item)
+    crate::expand::expand_attr_with(
+        "cached",
+        args,
+        item,
+        attr::parse_cached,
+        |cx, args, func| {
+            let spec = check(cx, args, func);
+            (cx.error_count() == 0).then(|| generate(args, func, &spec))
+        },
+    )
 }
 
 /// Validates the arguments against the function; returns how the key is
@@ -202,8 +170,8 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     };
 
     let bind_handle = bind_cached_handle(args.cache.as_ref(), func, krate, &handle_var);
-    let ttl = Ttl::to_option(args.ttl.as_ref(), krate);
-    let none_ttl = Ttl::to_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
+    let ttl = ttl_option(args.ttl.as_ref(), krate);
+    let none_ttl = ttl_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
     let near = args.near.unwrap_or(true);
     let unless = if let Some(expr) = &args.unless {
         // The closure is the macro's (call-site spans, so lints about it
@@ -421,5 +389,24 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         #[allow(dead_code, unreachable_pub)]
         #vis const #prefix_const: &str = #prefix;
         #hint
+    }
+}
+
+/// `Option<Duration>` tokens for a TTL argument.
+fn ttl_option(ttl: Option<&Ttl>, krate: &TokenStream) -> TokenStream {
+    match ttl {
+        None => quote!(::core::option::Option::None),
+        Some(Ttl::Secs(secs, span)) => quote_spanned! {*span=>
+            ::core::option::Option::Some(#krate::__private::Duration::from_secs(#secs))
+        },
+        Some(Ttl::Expr(expr)) => {
+            let span = expr.span();
+            let duration = key::respan(&quote!(#krate::__private::Duration), span);
+            let ttl = format_ident!("__cache_ttl", span = Span::mixed_site());
+            quote!({
+                let #ttl: #duration = #expr;
+                ::core::option::Option::Some(#ttl)
+            })
+        }
     }
 }

@@ -5,27 +5,23 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::attr::{self, InvalidatesArgs};
-use crate::cached::{parse_fn, resolve_handle, with_errors};
+use crate::cached::resolve_handle;
 use crate::ctxt::Ctxt;
 use crate::func::Func;
 use crate::key;
 
 /// Entry point: `args` are the attribute's tokens, `item` the function.
 pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
-    let cx = Ctxt::new();
-    let args = attr::parse_invalidates(args, &cx);
-    let Some(func) = parse_fn(item, &cx, "invalidates") else {
-        return with_errors(cx, item);
-    };
-    let func = Func::analyze(func, &cx, "invalidates");
-    check(&cx, &args, &func);
-    match cx.check() {
-        Ok(()) => generate(&args, &func),
-        Err(e) => {
-            let errors = e.to_compile_error();
-            quote!(#errors #item)
-        }
-    }
+    crate::expand::expand_attr_with(
+        "invalidates",
+        args,
+        item,
+        attr::parse_invalidates,
+        |cx, args, func| {
+            check(cx, args, func);
+            (cx.error_count() == 0).then(|| generate(args, func))
+        },
+    )
 }
 
 fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {

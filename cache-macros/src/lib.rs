@@ -28,6 +28,7 @@
 mod attr;
 mod cached;
 mod ctxt;
+mod expand;
 mod func;
 mod invalidates;
 mod key;

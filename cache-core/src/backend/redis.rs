@@ -305,17 +305,50 @@ impl RedisBackend {
 
     /// Addresses of the cluster's reachable masters.
     async fn masters(node: &Arc<ClusterNode>) -> Result<Vec<(String, u16)>, BackendError> {
+        let masters = Self::cluster_masters(node, |flags, _| {
+            !flags.contains("fail") && !flags.contains("noaddr")
+        })
+        .await?;
+        if masters.is_empty() {
+            return Err(BackendError::new(
+                ErrorKind::Connection,
+                "no reachable cluster master",
+            ));
+        }
+        Ok(masters)
+    }
+
+    /// The masters that serve slots, reachable or not (sorted): the nodes
+    /// whose changes client tracking must hear about. Empty for a single
+    /// server.
+    pub(crate) async fn slot_masters(&self) -> Result<Vec<(String, u16)>, BackendError> {
+        match &self.topology {
+            Topology::Single(_) => Ok(Vec::new()),
+            Topology::Cluster(node) => {
+                let mut masters =
+                    Self::cluster_masters(node, |flags, slots| slots && !flags.contains("noaddr"))
+                        .await?;
+                masters.sort();
+                Ok(masters)
+            }
+        }
+    }
+
+    /// The masters in `CLUSTER NODES` that `keep(flags, serves_slots)`.
+    async fn cluster_masters(
+        node: &Arc<ClusterNode>,
+        keep: impl Fn(&str, bool) -> bool,
+    ) -> Result<Vec<(String, u16)>, BackendError> {
         let nodes: String = on_cluster!(node, |conn| redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(conn))?;
         let mut masters = Vec::new();
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 8 {
+            if fields.len() < 8 || !fields[2].contains("master") {
                 continue;
             }
-            let flags = fields[2];
-            if !flags.contains("master") || flags.contains("fail") || flags.contains("noaddr") {
+            if !keep(fields[2], fields.len() > 8) {
                 continue;
             }
             let addr = fields[1].split('@').next().unwrap_or_default();
@@ -324,12 +357,6 @@ impl RedisBackend {
             {
                 masters.push((host.to_owned(), port));
             }
-        }
-        if masters.is_empty() {
-            return Err(BackendError::new(
-                ErrorKind::Connection,
-                "no reachable cluster master",
-            ));
         }
         Ok(masters)
     }

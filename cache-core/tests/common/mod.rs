@@ -84,6 +84,15 @@ pub(crate) fn calls(server: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Calls of `command` every node of `cluster` has answered so far.
+pub(crate) fn cluster_calls(cluster: &RedisCluster, command: &str) -> u64 {
+    cluster
+        .nodes()
+        .iter()
+        .map(|node| calls(node, command))
+        .sum()
+}
+
 /// Reads `key` until it returns `want`, bounded; returns how long it took.
 pub(crate) async fn until_reads(
     cache: &Cache,
