@@ -4,14 +4,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::backend::redis::RedisBackend;
-use crate::backend::{Backend, BackendKind};
-use crate::cache::Cache;
+use crate::backend::{Backend, BackendKind, MemoryBackend, Primary};
+use crate::breaker::Breaker;
+use crate::cache::{Cache, Inner};
 use crate::config::{
     CacheConfig, RedisTarget, TlsVariables, read_pem_certificates, read_pem_key,
     validate_namespace, validate_url,
 };
 use crate::error::{ConfigError, ErrorKind};
+use crate::flight::Flights;
+use crate::near::NearCache;
+use crate::resilience::Resilience;
+use crate::stats::StatsRegistry;
+use crate::tracking::Tracker;
 
 /// Names of the builder's TLS settings, used in its errors.
 const BUILDER_TLS: TlsVariables = TlsVariables {
@@ -233,9 +242,7 @@ impl CacheBuilder {
             return Ok(Cache::from_parts(
                 config,
                 BackendKind::Disabled,
-                None,
-                None,
-                None,
+                Primary::Disabled,
             ));
         }
         let Some(target) = config.redis.clone() else {
@@ -274,15 +281,9 @@ impl CacheBuilder {
         };
         let backend = Arc::new(backend);
         let probe = backend.clone();
-        let cache = Cache::from_parts(
-            config,
-            backend.kind(),
-            Some(backend.clone()),
-            None,
-            Some(backend),
-        );
+        let cache = Cache::from_parts(config, backend.kind(), Primary::Redis(backend));
         let wait = cache.inner.config.timeout * 4;
-        let failure = match tokio::time::timeout(wait, cache.inner.primary.ping()).await {
+        let failure = match tokio::time::timeout(wait, probe.ping()).await {
             Ok(Ok(())) => {
                 tracing::info!(target = %target.redacted(), "cache connected to Redis");
                 let namespace = &cache.inner.config.namespace;
@@ -334,4 +335,136 @@ impl CacheBuilder {
         }
         Ok(cache)
     }
+}
+
+// ----- making a cache ------------------------------------------------------
+
+impl Cache {
+    /// Reads [`CacheConfig::from_env`] and builds: `REDIS_URL` set means
+    /// Redis (degraded, not failed, if it is down), unset means in-memory.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::ConfigError> {
+    /// // With no REDIS_URL in the environment this is an in-memory cache.
+    /// let cache = cache_core::Cache::from_env().await?;
+    /// cache.install();
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_env() -> Result<Cache, ConfigError> {
+        Cache::builder()
+            .config(CacheConfig::from_env()?)
+            .build()
+            .await
+    }
+
+    /// A builder starting from [`CacheConfig::default`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .namespace("app")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// An in-memory cache with default settings.
+    pub fn memory() -> Cache {
+        Cache::memory_with(CacheConfig::default())
+    }
+
+    /// An in-memory cache with `config` (its `redis` field is ignored).
+    pub fn memory_with(config: CacheConfig) -> Cache {
+        let backend = MemoryBackend::new(config.memory_capacity);
+        Cache::from_parts(config, BackendKind::Memory, Primary::Memory(backend))
+    }
+
+    /// A cache over any [`Backend`] (for example `cache-testkit`'s
+    /// `TestCache`). When `backend.kind().is_remote()`, calls get the
+    /// timeout, circuit breaker and in-memory fallback of `config`.
+    pub fn with_backend(backend: Arc<dyn Backend>, config: CacheConfig) -> Cache {
+        let kind = backend.kind();
+        Cache::from_parts(config, kind, Primary::Custom(backend))
+    }
+
+    /// A cache over `primary`, of kind `kind`.
+    pub(crate) fn from_parts(config: CacheConfig, kind: BackendKind, primary: Primary) -> Cache {
+        let resilience = kind.is_remote().then(|| {
+            Resilience::new(
+                Breaker::new(config.breaker_failures, config.breaker_cooldown),
+                MemoryBackend::new(config.memory_capacity),
+            )
+        });
+        let generations = config.prefix_generations.unwrap_or(matches!(
+            kind,
+            BackendKind::Redis | BackendKind::RedisCluster
+        ));
+        let redis_target = match (&config.redis, kind) {
+            (Some(target), BackendKind::Redis | BackendKind::RedisCluster) => Some(target),
+            _ => None,
+        };
+        let near_capacity = config.near_capacity.filter(|_| redis_target.is_some());
+        let tracker = redis_target
+            .filter(|_| generations || near_capacity.is_some())
+            .and_then(|target| {
+                // Already read and checked when the backend connected.
+                let tls = config
+                    .tls_certificates(crate::config::TlsVariables::ENV)
+                    .ok()
+                    .flatten();
+                let (namespace, near) = (&config.namespace, near_capacity.is_some());
+                match target {
+                    RedisTarget::Single(url) => {
+                        Tracker::single(url, namespace, config.timeout, near, tls.as_ref())
+                    }
+                    RedisTarget::Cluster(urls) => Tracker::cluster(
+                        urls.first()?,
+                        namespace,
+                        config.timeout,
+                        near,
+                        tls.as_ref(),
+                    ),
+                }
+            });
+        let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {
+            NearCache::new(capacity, config.default_ttl.max(Duration::from_secs(1)))
+        });
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                config,
+                kind,
+                primary,
+                resilience,
+                stats: StatsRegistry::new(),
+                flights: Flights::default(),
+                lease_tokens: AtomicU64::new(seed()),
+                generations,
+                tracker,
+                near,
+            }),
+        };
+        cache.start_tracking();
+        cache
+    }
+}
+
+/// A random start for lease tokens and generations.
+fn seed() -> u64 {
+    static COUNTER: OnceLock<AtomicU64> = OnceLock::new();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let pid = u64::from(std::process::id());
+    let n = COUNTER
+        .get_or_init(|| AtomicU64::new(1))
+        .fetch_add(1, Ordering::Relaxed);
+    // Distinct per process and per cache; only needs to be unlikely to collide.
+    (nanos ^ (pid << 40) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }

@@ -1,22 +1,20 @@
-//! The [`Cache`] handle: configuration, the direct API, and the resilience
-//! layer (timeouts, circuit breaker, in-memory fallback, replay of
-//! invalidations missed during an outage).
+//! The [`Cache`] handle and the direct API. How a cache is made is in
+//! `builder.rs`; what happens on the way to the backend (resilience,
+//! generations, the near level, leases) has a module each.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::redis::RedisBackend;
-use crate::backend::{Backend, BackendKind, MemoryBackend};
-use crate::breaker::Breaker;
-use crate::builder::CacheBuilder;
-use crate::codec::{self, DecodeError};
-use crate::config::{CacheConfig, RedisTarget};
-use crate::error::{CacheError, ConfigError};
+use crate::backend::Backend;
+use crate::backend::{BackendKind, Primary};
+use crate::codec;
+use crate::config::CacheConfig;
+use crate::error::CacheError;
 use crate::flight::Flights;
 use crate::keys::glob_literal;
 use crate::load::ReadThrough;
@@ -24,22 +22,6 @@ use crate::near::NearCache;
 use crate::resilience::Resilience;
 use crate::stats::{Event, PrefixEntry, StatsRegistry};
 use crate::tracking::Tracker;
-
-/// Bytes read from a backend: shared with the memory store, or owned.
-pub(crate) enum RawBytes {
-    Shared(Arc<crate::backend::memory::Slot>),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for RawBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            RawBytes::Shared(b) => b,
-            RawBytes::Owned(b) => b,
-        }
-    }
-}
 
 /// A handle to a cache: cheap to clone (one `Arc`), safe to share.
 ///
@@ -62,12 +44,7 @@ pub struct Cache {
 pub(crate) struct Inner {
     pub(crate) config: CacheConfig,
     pub(crate) kind: BackendKind,
-    pub(crate) primary: Arc<dyn Backend>,
-    /// Set when the primary is the built-in memory backend (no dynamic dispatch, no resilience).
-    pub(crate) memory: Option<MemoryBackend>,
-    /// Set when the primary is the built-in Redis backend: the hit path calls
-    /// it directly (no boxed `async_trait` future per GET).
-    pub(crate) redis: Option<Arc<RedisBackend>>,
+    pub(crate) primary: Primary,
     pub(crate) resilience: Option<Resilience>,
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
@@ -92,134 +69,6 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Reads [`CacheConfig::from_env`] and builds: `REDIS_URL` set means
-    /// Redis (degraded, not failed, if it is down), unset means in-memory.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_core::ConfigError> {
-    /// // With no REDIS_URL in the environment this is an in-memory cache.
-    /// let cache = cache_core::Cache::from_env().await?;
-    /// cache.install();
-    /// # Ok(()) }
-    /// ```
-    pub async fn from_env() -> Result<Cache, ConfigError> {
-        Cache::builder()
-            .config(CacheConfig::from_env()?)
-            .build()
-            .await
-    }
-
-    /// A builder starting from [`CacheConfig::default`].
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), cache_core::ConfigError> {
-    /// let cache = cache_core::Cache::builder()
-    ///     .redis_url("redis://127.0.0.1:6379")
-    ///     .namespace("app")
-    ///     .build()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
-    }
-
-    /// An in-memory cache with default settings.
-    pub fn memory() -> Cache {
-        Cache::memory_with(CacheConfig::default())
-    }
-
-    /// An in-memory cache with `config` (its `redis` field is ignored).
-    pub fn memory_with(config: CacheConfig) -> Cache {
-        let backend = MemoryBackend::new(config.memory_capacity);
-        Cache::from_parts(
-            config,
-            BackendKind::Memory,
-            Some(Arc::new(backend.clone())),
-            Some(backend),
-            None,
-        )
-    }
-
-    /// A cache over any [`Backend`] (for example `cache-testkit`'s
-    /// `TestCache`). When `backend.kind().is_remote()`, calls get the
-    /// timeout, circuit breaker and in-memory fallback of `config`.
-    pub fn with_backend(backend: Arc<dyn Backend>, config: CacheConfig) -> Cache {
-        let kind = backend.kind();
-        Cache::from_parts(config, kind, Some(backend), None, None)
-    }
-
-    /// `memory` / `redis`: the primary again, typed, when it is one of the
-    /// built-in backends (the hit path calls it without dynamic dispatch).
-    pub(crate) fn from_parts(
-        config: CacheConfig,
-        kind: BackendKind,
-        backend: Option<Arc<dyn Backend>>,
-        memory: Option<MemoryBackend>,
-        redis: Option<Arc<RedisBackend>>,
-    ) -> Cache {
-        let resilience = kind.is_remote().then(|| {
-            Resilience::new(
-                Breaker::new(config.breaker_failures, config.breaker_cooldown),
-                MemoryBackend::new(config.memory_capacity),
-            )
-        });
-        let primary = backend.unwrap_or_else(|| Arc::new(MemoryBackend::new(1)));
-        let generations = config.prefix_generations.unwrap_or(matches!(
-            kind,
-            BackendKind::Redis | BackendKind::RedisCluster
-        ));
-        let redis_target = match (&config.redis, kind) {
-            (Some(target), BackendKind::Redis | BackendKind::RedisCluster) => Some(target),
-            _ => None,
-        };
-        let near_capacity = config.near_capacity.filter(|_| redis_target.is_some());
-        let tracker = redis_target
-            .filter(|_| generations || near_capacity.is_some())
-            .and_then(|target| {
-                // Already read and checked when the backend connected.
-                let tls = config
-                    .tls_certificates(crate::config::TlsVariables::ENV)
-                    .ok()
-                    .flatten();
-                let (namespace, near) = (&config.namespace, near_capacity.is_some());
-                match target {
-                    RedisTarget::Single(url) => {
-                        Tracker::single(url, namespace, config.timeout, near, tls.as_ref())
-                    }
-                    RedisTarget::Cluster(urls) => Tracker::cluster(
-                        urls.first()?,
-                        namespace,
-                        config.timeout,
-                        near,
-                        tls.as_ref(),
-                    ),
-                }
-            });
-        let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {
-            NearCache::new(capacity, config.default_ttl.max(Duration::from_secs(1)))
-        });
-        let cache = Cache {
-            inner: Arc::new(Inner {
-                config,
-                kind,
-                primary,
-                memory,
-                redis,
-                resilience,
-                stats: StatsRegistry::new(),
-                flights: Flights::default(),
-                lease_tokens: AtomicU64::new(seed()),
-                generations,
-                tracker,
-                near,
-            }),
-        };
-        cache.start_tracking();
-        cache
-    }
-
     /// Namespace of this cache's keys.
     pub fn namespace(&self) -> &str {
         &self.inner.config.namespace
@@ -281,65 +130,6 @@ impl Cache {
 
     fn prefix_of(key: &str) -> &str {
         key.split(':').next().unwrap_or(key)
-    }
-
-    /// Encodes with size check and counting.
-    pub(crate) fn encode<T: Serialize + ?Sized>(
-        &self,
-        entry: &PrefixEntry,
-        key: &str,
-        value: &T,
-        generation: Option<u64>,
-    ) -> Result<Vec<u8>, CacheError> {
-        let bytes = codec::encode_labeled(self.inner.config.codec, value, generation).map_err(
-            |message| CacheError::Encode {
-                key: key.to_owned(),
-                message,
-            },
-        )?;
-        if bytes.len() > self.inner.config.max_value_bytes {
-            self.inner.stats.record(entry, Event::Oversized);
-            tracing::warn!(
-                key,
-                size = bytes.len(),
-                limit = self.inner.config.max_value_bytes,
-                "value over max_value_bytes not stored"
-            );
-            return Err(CacheError::TooLarge {
-                key: key.to_owned(),
-                size: bytes.len(),
-                limit: self.inner.config.max_value_bytes,
-            });
-        }
-        Ok(bytes)
-    }
-
-    /// Decodes, counting a failure as a decode failure (the caller treats it as a miss).
-    pub(crate) fn decode<T: DeserializeOwned>(
-        &self,
-        entry: &PrefixEntry,
-        key: &str,
-        bytes: &[u8],
-    ) -> Option<T> {
-        match codec::decode(bytes, self.inner.config.max_value_bytes) {
-            Ok(v) => Some(v),
-            Err(err) => {
-                self.inner.stats.record(entry, Event::DecodeFailure);
-                let reason = match err {
-                    DecodeError::Foreign => {
-                        "not written by cache-core (or by a newer format)".to_owned()
-                    }
-                    DecodeError::TooLarge => "over max_value_bytes".to_owned(),
-                    DecodeError::Payload(m) => m,
-                };
-                tracing::debug!(key, %reason, "stored value did not decode; treating as a miss");
-                None
-            }
-        }
-    }
-
-    pub(crate) fn next_lease_marker(&self) -> Vec<u8> {
-        codec::lease_marker(self.inner.lease_tokens.fetch_add(1, Ordering::Relaxed))
     }
 
     // ----- the direct API -----------------------------------------------------
@@ -726,19 +516,4 @@ impl Cache {
         let full = format!("{}:*", glob_literal(&self.inner.config.namespace));
         Ok(self.raw_delete_pattern(&entry, &full).await)
     }
-}
-
-fn seed() -> u64 {
-    static COUNTER: OnceLock<AtomicU64> = OnceLock::new();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let pid = u64::from(std::process::id());
-    let n = COUNTER
-        .get_or_init(|| AtomicU64::new(1))
-        .fetch_add(1, Ordering::Relaxed);
-    // Distinct per process and per cache; only needs to be unlikely to collide.
-    (nanos ^ (pid << 40) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }

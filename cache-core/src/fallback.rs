@@ -5,8 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::backend::RawBytes;
 use crate::backend::{Backend, MemoryBackend};
-use crate::cache::{Cache, RawBytes};
+use crate::cache::Cache;
 use crate::error::{BackendError, ErrorKind};
 use crate::resilience::{Missed, Resilience};
 use crate::stats::{Event, PrefixEntry};
@@ -53,7 +54,7 @@ impl Cache {
     // ----- raw operations with fallback (storage keys) ------------------------
 
     pub(crate) async fn raw_get(&self, entry: &PrefixEntry, skey: &str) -> Option<RawBytes> {
-        if let Some(memory) = &self.inner.memory {
+        if let Some(memory) = self.inner.primary.memory() {
             return memory.get_bytes(skey).await.map(RawBytes::Shared);
         }
         if let Some(res) = &self.inner.resilience
@@ -63,7 +64,7 @@ impl Cache {
             return None;
         }
         let timeout = self.inner.config.timeout;
-        let read = match &self.inner.redis {
+        let read = match self.inner.primary.redis() {
             Some(redis) => {
                 self.on_primary_for(entry, timeout, Some(skey), |_| redis.get_direct(skey))
                     .await
@@ -102,7 +103,7 @@ impl Cache {
         bytes: Vec<u8>,
         ttl: Duration,
     ) {
-        if let Some(memory) = &self.inner.memory {
+        if let Some(memory) = self.inner.primary.memory() {
             let _ = memory.set(skey, bytes, ttl).await;
             self.inner.stats.record(entry, Event::Set);
             return;

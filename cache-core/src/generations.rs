@@ -24,7 +24,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::cache::{Cache, RawBytes};
+use crate::backend::RawBytes;
+use crate::cache::Cache;
 use crate::error::ErrorKind;
 use crate::resilience::Missed;
 use crate::stats::{Event, PrefixEntry};
@@ -174,7 +175,7 @@ impl Cache {
             );
         }
         let gkey = self.generation_key(prefix);
-        let (value, generation) = if let Some(memory) = &self.inner.memory {
+        let (value, generation) = if let Some(memory) = self.inner.primary.memory() {
             (
                 memory.get_bytes(skey).await.map(RawBytes::Shared),
                 memory.get_bytes(&gkey).await.map(|s| s.to_vec()),

@@ -98,7 +98,12 @@ impl Cache {
         if !self.is_enabled() {
             return BackendInfo::default();
         }
-        match tokio::time::timeout(self.inner.config.timeout * 4, self.inner.primary.info()).await {
+        match tokio::time::timeout(
+            self.inner.config.timeout * 4,
+            self.inner.primary.backend().info(),
+        )
+        .await
+        {
             Ok(Ok(info)) => info,
             _ => BackendInfo::default(),
         }
@@ -114,13 +119,14 @@ impl Cache {
         }
         let started = Instant::now();
         let timeout = self.inner.config.timeout * 4;
-        let ping = tokio::time::timeout(timeout, self.inner.primary.ping()).await;
+        let ping = tokio::time::timeout(timeout, self.inner.primary.backend().ping()).await;
         let latency = started.elapsed();
         let mut health = Health::new(HealthStatus::Healthy, self.inner.kind.name(), circuit);
         match ping {
             Ok(Ok(())) => {
                 health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
-                if let Ok(Ok(info)) = tokio::time::timeout(timeout, self.inner.primary.info()).await
+                if let Ok(Ok(info)) =
+                    tokio::time::timeout(timeout, self.inner.primary.backend().info()).await
                 {
                     health.redis_version = info.version;
                     health.used_memory_bytes = info.used_memory_bytes;
@@ -167,9 +173,11 @@ impl Cache {
         let probe = format!("{}:%health", self.inner.config.namespace);
         let written = tokio::time::timeout(
             timeout,
-            self.inner
-                .primary
-                .set(&probe, b"1".to_vec(), std::time::Duration::from_secs(1)),
+            self.inner.primary.backend().set(
+                &probe,
+                b"1".to_vec(),
+                std::time::Duration::from_secs(1),
+            ),
         )
         .await;
         match written {

@@ -119,6 +119,20 @@
 //!   backends, `delete_pattern`, `invalidate_prefix` and the `_cache_key`
 //!   companions, and expired entries that free their memory, are worth more
 //!   than that difference.
+//! - Resilience (timeouts, breaker, fallback, replay) is part of the cache,
+//!   not a `Backend` wrapper in the style of redis-rs's
+//!   `ConnectionManager`: what it does on a failure involves the cache's own
+//!   state, which a backend never sees. A failed write must evict the near
+//!   cache and seal the key's single-flight, a fallback read is counted
+//!   against the key's prefix, leases taken in the fallback must be found
+//!   by the invalidation that removes them, and a missed prefix
+//!   invalidation is replayed as a generation change. Reconnection, which
+//!   needs none of that, stays below, in the Redis backend's connections.
+//! - Client tracking on a cluster uses broadcast mode on every master:
+//!   the node a key lives on reports its changes, so a tracking connection
+//!   per master is needed whatever the mode, and broadcast mode lets reads
+//!   use the normal cluster connection instead of routing each through the
+//!   right tracking connection.
 //!
 //! # What a hit costs
 //! A Redis hit is one `GET` on a shared multiplexed connection (prefix

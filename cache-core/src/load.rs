@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::__private::Mode;
 use crate::__private::TypedCopy;
-use crate::cache::{Cache, RawBytes};
+use crate::backend::RawBytes;
+use crate::cache::Cache;
 use crate::codec;
 use crate::flight::{self, Leader, Role, Waited};
 use crate::stats::{Event, PrefixEntry};
@@ -128,7 +129,7 @@ impl Cache {
         prefix: &str,
         near: bool,
     ) -> (Read, Option<u64>) {
-        let memory_now = match &self.inner.memory {
+        let memory_now = match self.inner.primary.memory() {
             Some(memory) if !self.generations_on() => memory_get_now(memory, skey),
             _ => None,
         };

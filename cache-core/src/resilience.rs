@@ -253,7 +253,7 @@ impl Cache {
         Fut: Future<Output = Result<T, BackendError>>,
     {
         let Some(res) = &self.inner.resilience else {
-            return op(&*self.inner.primary).await;
+            return op(self.inner.primary.backend()).await;
         };
         let permit = res.breaker.allow();
         if permit == Permit::Rejected {
@@ -273,11 +273,11 @@ impl Cache {
             self.fail(entry, res, guard.take(), &e);
             return Err(e);
         }
-        let primary = &self.inner.primary;
+        let primary = self.inner.primary.backend();
         let result = if primary.enforces_timeouts() {
-            op(&**primary).await
+            op(primary).await
         } else {
-            match tokio::time::timeout(timeout, op(&**primary)).await {
+            match tokio::time::timeout(timeout, op(primary)).await {
                 Ok(result) => result,
                 Err(_) => Err(BackendError::new(
                     ErrorKind::Timeout,
@@ -293,7 +293,7 @@ impl Cache {
             Err(e)
                 if e.kind == ErrorKind::Timeout
                     && let Some(key) = key
-                    && self.answers_at_once(&**primary).await =>
+                    && self.answers_at_once(primary).await =>
             {
                 guard.take();
                 res.breaker.on_success();
@@ -368,7 +368,7 @@ impl Cache {
                 let answered = matches!(
                     tokio::time::timeout(
                         cache.inner.config.timeout * 4,
-                        cache.inner.primary.ping()
+                        cache.inner.primary.backend().ping()
                     )
                     .await,
                     Ok(Ok(()))
@@ -393,7 +393,7 @@ impl Cache {
         if !res.needs_recovery.load(Ordering::Acquire) {
             return Ok(());
         }
-        let primary = self.inner.primary.clone();
+        let primary = self.inner.primary.backend();
         // Nothing is reconciled until the backend really answers.
         self.bounded(primary.ping()).await?;
         let mut replayed = 0;
@@ -408,7 +408,7 @@ impl Cache {
                 std::mem::take(&mut *pending)
             };
             replayed += batch.len().max(usize::from(batch.everything));
-            if let Err(e) = self.bounded(self.replay(&*primary, &batch)).await {
+            if let Err(e) = self.bounded(self.replay(primary, &batch)).await {
                 // Keep them for the next attempt.
                 res.pending().merge(batch);
                 return Err(e);

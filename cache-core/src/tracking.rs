@@ -330,7 +330,7 @@ impl Tracker {
         let (clients, masters) = match &self.target {
             Target::Single(client) => (vec![client.clone()], Vec::new()),
             Target::Cluster { template, tls } => {
-                let Some(redis) = &inner.redis else {
+                let Some(redis) = inner.primary.redis() else {
                     return Err(redis::RedisError::from((
                         redis::ErrorKind::Client,
                         "no cluster connection",
@@ -439,7 +439,7 @@ impl Tracker {
                 return false;
             }
         }
-        if let (Target::Cluster { .. }, Some(redis)) = (&self.target, &inner.redis) {
+        if let (Target::Cluster { .. }, Some(redis)) = (&self.target, inner.primary.redis()) {
             // A failed query is the data path's business, not tracking's.
             if let Ok(masters) = redis.slot_masters().await {
                 return masters == links.masters;

@@ -13,11 +13,13 @@ use async_trait::async_trait;
 use crate::error::BackendError;
 
 pub(crate) mod memory;
+pub(crate) mod primary;
 #[macro_use]
 pub(crate) mod connection;
 pub(crate) mod redis;
 
 pub use memory::MemoryBackend;
+pub(crate) use primary::{Primary, RawBytes};
 
 /// Which kind of store a backend is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
