@@ -164,6 +164,36 @@ async fn a_lost_tracking_connection_drops_the_near_level() {
 }
 
 #[tokio::test]
+async fn a_tracking_connection_that_stops_answering_drops_the_near_level() {
+    let mut server = RedisServer::start();
+    let writer = plain_cache(&server).await;
+    let reader = Cache::builder()
+        .redis_url(server.url())
+        .namespace("app")
+        .near_cache(10_000)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    writer.set("customer:1", &1u64, None).await.unwrap();
+    until_near_hit(&reader, "customer:1").await;
+    let flushes = reader.stats().near.unwrap().flushes;
+    // No disconnection, no failed call: the server just stops answering, as
+    // behind a half-open connection. Nothing tells the reader but its own
+    // heartbeat.
+    server.pause();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let near = reader.stats().near.unwrap();
+    server.resume();
+    assert!(near.flushes > flushes, "{near:?}");
+    assert_eq!(near.entries, 0, "{near:?}");
+    // Tracking comes back once the server answers, and so do near hits.
+    until_near_hit(&reader, "customer:1").await;
+    writer.set("customer:1", &2u64, None).await.unwrap();
+    until_reads(&reader, "customer:1", Some(2), Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
 async fn a_restarted_redis_leaves_nothing_stale() {
     let mut server = RedisServer::start();
     let writer = plain_cache(&server).await;
