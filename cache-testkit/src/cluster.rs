@@ -140,20 +140,19 @@ impl RedisCluster {
         .create()
     }
 
-    /// Joins the nodes with `redis-cli --cluster create` and waits for `ok`.
+    /// Joins the nodes with `redis-cli --cluster create` (bounded by
+    /// [`CREATE_TIMEOUT`]) and waits for `ok`.
     fn create(self) -> RedisCluster {
         let cluster = self;
         let mut create = Command::new("redis-cli");
         if let Some(dir) = &cluster.tls_dir {
             create.arg("--tls").arg("--cacert").arg(dir.join("ca.crt"));
         }
-        let output = create
+        create
             .args(["--cluster", "create"])
             .args(cluster.nodes.iter().map(|node| node.addr().to_string()))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cache-testkit: cannot run redis-cli: {e}"));
+            .args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let output = output_within(&mut create, CREATE_TIMEOUT);
         if !output.status.success() {
             panic!(
                 "cache-testkit: `redis-cli --cluster create` failed ({}):\n{}\n{}",
@@ -395,4 +394,38 @@ fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Longest `redis-cli --cluster create` may take before the fixture gives up.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `command` to completion like `Command::output`, but kills it and
+/// panics if it is still running after `timeout` (a hung `redis-cli` must
+/// not hang the test run).
+fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cache-testkit: cannot run redis-cli: {e}"));
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < timeout => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let output = child.wait_with_output().ok();
+                panic!(
+                    "cache-testkit: `redis-cli --cluster create` did not finish within {timeout:?}:\n{}",
+                    output.map_or_else(String::new, |o| String::from_utf8_lossy(&o.stdout)
+                        .into_owned())
+                );
+            }
+        }
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("cache-testkit: cannot read redis-cli's output: {e}"))
 }
