@@ -152,6 +152,23 @@ impl CacheBuilder {
         self.config.near_capacity = Some(capacity.max(1));
         self
     }
+    /// The most bytes the near cache may hold (see
+    /// [`CacheConfig::near_max_bytes`]; at least 1 KiB).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .near_cache(100_000)
+    ///     .near_cache_max_bytes(16 * 1024 * 1024)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn near_cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.config.near_max_bytes = bytes.max(1024);
+        self
+    }
     /// Fail [`build`](Self::build) when Redis cannot be used at start-up
     /// (unreachable, wrong password, missing permission, unknown database,
     /// TLS handshake failure) instead of starting degraded on the in-memory
@@ -432,7 +449,11 @@ impl Cache {
                 }
             });
         let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {
-            NearCache::new(capacity, config.default_ttl.max(Duration::from_secs(1)))
+            NearCache::new(
+                capacity,
+                config.near_max_bytes,
+                config.default_ttl.max(Duration::from_secs(1)),
+            )
         });
         let cache = Cache {
             inner: Arc::new(Inner {

@@ -63,6 +63,7 @@ impl RedisTarget {
 /// | `REDIS_TCP_NODELAY` | [`tcp_nodelay`](Self::tcp_nodelay) | `true` |
 /// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | on for Redis, off for memory |
 /// | `CACHE_NEAR_CAPACITY` | [`near_capacity`](Self::near_capacity) | unset: no near cache |
+/// | `CACHE_NEAR_MAX_BYTES` | [`near_max_bytes`](Self::near_max_bytes) | `67108864` (64 MiB) |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 /// | `CACHE_REQUIRE_REDIS` | [`require_redis`](Self::require_redis) | `false` |
 /// | `REDIS_TLS_CA_FILE` | [`tls_ca_file`](Self::tls_ca_file) (PEM CA trusted besides the system roots) | unset: system roots only |
@@ -175,8 +176,9 @@ pub struct CacheConfig {
     /// and Redis Cluster each process holds the generations it has read and
     /// Redis tells it when one changes (RESP3 client tracking), so a hit
     /// stays one `GET`; while tracking is not established (and on custom
-    /// backends) a hit reads the value and the generation in one `MGET`. Off, `invalidate_prefix` is SCAN + UNLINK, whose cost is
-    /// the size of the whole database, not of the prefix.
+    /// backends) a hit reads the value and the generation in one `MGET`.
+    /// Off, `invalidate_prefix` is SCAN + UNLINK, whose cost is the size of
+    /// the whole database, not of the prefix.
     pub prefix_generations: Option<bool>,
     /// Entries of the near cache (`CACHE_NEAR_CAPACITY`; `None`, the
     /// default, means no near cache): a process-local level of decoded
@@ -186,6 +188,11 @@ pub struct CacheConfig {
     /// another instance's write or delete reaches it once Redis' message
     /// about it arrives (see the crate docs for the measured window).
     pub near_capacity: Option<u64>,
+    /// Bytes the near cache may hold (`CACHE_NEAR_MAX_BYTES`, 64 MiB by
+    /// default), stored keys and values counted: whichever of this and
+    /// [`near_capacity`](Self::near_capacity) is reached first evicts. A
+    /// value over 64 KiB is never kept in the near cache.
+    pub near_max_bytes: u64,
     /// Fail start-up instead of running degraded when Redis is unreachable
     /// or refuses the configuration (`CACHE_REQUIRE_REDIS`, default off).
     pub require_redis: bool,
@@ -219,6 +226,7 @@ impl Default for CacheConfig {
             tcp_nodelay: true,
             prefix_generations: None,
             near_capacity: None,
+            near_max_bytes: 64 * 1024 * 1024,
             require_redis: false,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -269,6 +277,9 @@ impl CacheConfig {
         }
         if let Some(v) = get("CACHE_NEAR_CAPACITY") {
             config.near_capacity = Some(parse_num("CACHE_NEAR_CAPACITY", &v, 1, 100_000_000)?);
+        }
+        if let Some(v) = get("CACHE_NEAR_MAX_BYTES") {
+            config.near_max_bytes = parse_num("CACHE_NEAR_MAX_BYTES", &v, 1024, 1 << 40)?;
         }
         if let Some(v) = get("CACHE_NAMESPACE") {
             validate_namespace("CACHE_NAMESPACE", &v)?;

@@ -57,10 +57,7 @@ impl Cache {
         if let Some(memory) = self.inner.primary.memory() {
             return memory.get_bytes(skey).await.map(RawBytes::Shared);
         }
-        if let Some(res) = &self.inner.resilience
-            && res.is_suspect(skey)
-            && self.oversized(entry, res, skey).await
-        {
+        if self.suspect_too_large(entry, skey).await {
             return None;
         }
         let timeout = self.inner.config.timeout;
@@ -81,19 +78,63 @@ impl Cache {
         };
         match read {
             Ok(v) => v.map(RawBytes::Owned),
-            // Something other than a string sits at the key: unreadable
-            // bytes, so the caller counts it, deletes it and stores anew
-            // (instead of waiting on a lease it can never take).
-            Err(e) if e.kind == ErrorKind::WrongType => Some(RawBytes::Owned(Vec::new())),
-            Err(_) => {
-                let res = self.inner.resilience.as_ref()?;
-                let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
-                if v.is_some() {
-                    self.inner.stats.record(entry, Event::FallbackHit);
-                }
-                v
-            }
+            Err(e) => self.failed_remote_read(entry, skey, &e).await,
         }
+    }
+
+    /// [`raw_get`](Self::raw_get) of a Redis key with the time it has left
+    /// (`None` when it never expires or the answer came from the fallback),
+    /// for the near cache, whose entries must not outlive their Redis key.
+    pub(crate) async fn raw_get_with_ttl(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+    ) -> (Option<RawBytes>, Option<Duration>) {
+        let Some(redis) = self.inner.primary.redis() else {
+            return (self.raw_get(entry, skey).await, None);
+        };
+        if self.suspect_too_large(entry, skey).await {
+            return (None, None);
+        }
+        let timeout = self.inner.config.timeout;
+        let read = self
+            .on_primary_for(entry, timeout, Some(skey), |_| redis.get_with_ttl(skey))
+            .await;
+        match read {
+            Ok((v, left)) => (v.map(RawBytes::Owned), left),
+            Err(e) => (self.failed_remote_read(entry, skey, &e).await, None),
+        }
+    }
+
+    /// Whether `skey`, whose last read timed out, turned out too large to
+    /// read (it is then deleted and counted).
+    async fn suspect_too_large(&self, entry: &PrefixEntry, skey: &str) -> bool {
+        match &self.inner.resilience {
+            Some(res) if res.is_suspect(skey) => self.oversized(entry, res, skey).await,
+            _ => false,
+        }
+    }
+
+    /// What a failed read of the remote primary returns: a mark for a key
+    /// of another type, else the fallback's answer.
+    async fn failed_remote_read(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        error: &BackendError,
+    ) -> Option<RawBytes> {
+        // Something other than a string sits at the key: unreadable bytes,
+        // so the caller counts it, deletes it and stores anew (instead of
+        // waiting on a lease it can never take).
+        if error.kind == ErrorKind::WrongType {
+            return Some(RawBytes::Owned(Vec::new()));
+        }
+        let res = self.inner.resilience.as_ref()?;
+        let v = res.fallback.get_bytes(skey).await.map(RawBytes::Shared);
+        if v.is_some() {
+            self.inner.stats.record(entry, Event::FallbackHit);
+        }
+        v
     }
 
     pub(crate) async fn raw_set(

@@ -288,13 +288,13 @@ impl Cache {
             return Some(RawBytes::Shared(slot));
         }
         let ticket = near.ticket(skey);
-        match self.raw_get(entry, skey).await {
-            Some(RawBytes::Owned(bytes))
+        match self.raw_get_with_ttl(entry, skey).await {
+            (Some(RawBytes::Owned(bytes)), left)
                 if !bytes.is_empty() && !crate::codec::is_lease(&bytes) && tracker.live() =>
             {
-                Some(RawBytes::Shared(near.install(ticket, skey, bytes)))
+                Some(RawBytes::Shared(near.install(ticket, skey, bytes, left)))
             }
-            other => other,
+            (other, _) => other,
         }
     }
 

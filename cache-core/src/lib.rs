@@ -75,7 +75,9 @@
 //! - **Near cache** (opt-in, Redis or Redis Cluster):
 //!   `Cache::builder().near_cache(n)` ([`CacheBuilder::near_cache`]) or
 //!   `CACHE_NEAR_CAPACITY=n` keeps up to `n` decoded values in process in
-//!   front of Redis, so a near hit makes no round trip. Redis client
+//!   front of Redis (and at most `CACHE_NEAR_MAX_BYTES`, 64 MiB by
+//!   default), so a near hit makes no round trip. An entry lives no longer
+//!   than its Redis key had left when it was read. Redis client
 //!   tracking tells every process when a key changes: an instance's own
 //!   write or invalidation clears its near cache before the call returns,
 //!   another instance's reaches it once Redis' message arrives (the

@@ -93,12 +93,23 @@ pub struct NearStats {
 }
 
 impl NearCache {
-    /// A near level of at most `capacity` entries, each kept at most `ttl`
-    /// (Redis' own expiry of the key evicts it sooner).
-    pub(crate) fn new(capacity: u64, ttl: Duration) -> Self {
+    /// A near level of at most `capacity` entries and about `max_bytes`
+    /// bytes, each entry kept at most `ttl` (and never longer than its Redis
+    /// key had left when it was read).
+    ///
+    /// One moka weigher enforces both bounds: an entry weighs one unit per
+    /// `max_bytes / capacity` bytes (at least one), and the total weight is
+    /// capped at `capacity`, so neither the entries nor the bytes can pass
+    /// their bound.
+    pub(crate) fn new(capacity: u64, max_bytes: u64, ttl: Duration) -> Self {
+        let unit = (max_bytes / capacity.max(1)).max(1);
         NearCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
+                .weigher(move |key: &String, entry: &NearEntry| {
+                    let bytes = (key.len() + entry.slot.bytes.len()) as u64;
+                    u32::try_from(bytes.div_ceil(unit).max(1)).unwrap_or(u32::MAX)
+                })
                 .expire_after(PerEntryTtl)
                 .build(),
             stripes: (0..STRIPES).map(|_| KeyStripe::default()).collect(),
@@ -128,12 +139,20 @@ impl NearCache {
         }
     }
 
-    /// Keeps `bytes` (read with `ticket`) at `skey` unless an invalidation
-    /// of it (or of everything) was processed since the ticket was taken.
-    /// Returns the slot to read through, installed or not.
-    pub(crate) fn install(&self, ticket: NearTicket, skey: &str, bytes: Vec<u8>) -> Arc<Slot> {
+    /// Keeps `bytes` (read with `ticket`) at `skey` for at most `remaining`
+    /// (the Redis key's TTL when it was read; `None`: no expiry) unless an
+    /// invalidation of it (or of everything) was processed since the ticket
+    /// was taken. Returns the slot to read through, installed or not.
+    pub(crate) fn install(
+        &self,
+        ticket: NearTicket,
+        skey: &str,
+        bytes: Vec<u8>,
+        remaining: Option<Duration>,
+    ) -> Arc<Slot> {
         let slot = slot(skey, bytes);
-        if slot.bytes.len() > NEAR_MAX_VALUE_BYTES {
+        let ttl = remaining.map_or(self.ttl, |left| left.min(self.ttl));
+        if slot.bytes.len() > NEAR_MAX_VALUE_BYTES || ttl.is_zero() {
             return slot;
         }
         let stripe = &self.stripes[ticket.stripe];
@@ -145,7 +164,7 @@ impl NearCache {
                 skey.to_owned(),
                 NearEntry {
                     slot: slot.clone(),
-                    ttl: self.ttl,
+                    ttl,
                 },
             );
         }
@@ -177,5 +196,56 @@ impl NearCache {
             evictions: self.evictions.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(near: &NearCache, key: &str, len: usize, remaining: Option<Duration>) {
+        let ticket = near.ticket(key);
+        near.install(ticket, key, vec![7; len], remaining);
+    }
+
+    #[test]
+    fn an_entry_lives_no_longer_than_its_redis_key_had_left() {
+        let near = NearCache::new(100, 1 << 20, Duration::from_secs(60));
+        install(&near, "k:short", 10, Some(Duration::from_millis(50)));
+        install(&near, "k:forever", 10, None);
+        install(&near, "k:gone", 10, Some(Duration::ZERO));
+        assert!(near.get("k:short").is_some());
+        assert!(near.get("k:gone").is_none(), "no time left: not kept");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(near.get("k:short").is_none(), "expired with its Redis key");
+        assert!(near.get("k:forever").is_some(), "kept for the cache's TTL");
+    }
+
+    #[test]
+    fn bytes_are_bounded_as_well_as_entries() {
+        // 1,000 entries or 20,000 bytes: 100 values of 1,000 bytes are far
+        // fewer entries than allowed, but five times the bytes.
+        let near = NearCache::new(1_000, 20_000, Duration::from_secs(60));
+        for i in 0..100 {
+            install(&near, &format!("k:{i}"), 1_000, None);
+        }
+        near.entries.run_pending_tasks();
+        let held: u64 = near
+            .entries
+            .iter()
+            .map(|(k, e)| (k.len() + e.slot.bytes.len()) as u64)
+            .sum();
+        assert!(held <= 20_000 + 1_100, "{held} bytes held");
+        assert!(
+            near.entries.entry_count() >= 10,
+            "the bound still admits entries"
+        );
+        // Small values: the entry bound applies.
+        let near = NearCache::new(50, 1 << 30, Duration::from_secs(60));
+        for i in 0..200 {
+            install(&near, &format!("k:{i}"), 10, None);
+        }
+        near.entries.run_pending_tasks();
+        assert!(near.entries.entry_count() <= 50);
     }
 }

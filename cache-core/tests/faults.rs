@@ -321,6 +321,9 @@ async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
         ("CACHE_CB_FAILURES", "x"),
         ("CACHE_CB_COOLDOWN_S", "1e3"),
         ("CACHE_NAMESPACE", "a*b"),
+        ("CACHE_NEAR_CAPACITY", "0"),
+        ("CACHE_NEAR_MAX_BYTES", "12"),
+        ("CACHE_NEAR_MAX_BYTES", "64MiB"),
     ] {
         let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(var, value)]));
         let err = CacheConfig::from_lookup(lookup(pairs)).unwrap_err();
@@ -336,6 +339,8 @@ async fn malformed_configuration_is_a_typed_error_naming_the_variable() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("redis_url"), "{err}");
+    let near = CacheConfig::from_lookup(lookup(&[("CACHE_NEAR_MAX_BYTES", "1048576")])).unwrap();
+    assert_eq!(near.near_max_bytes, 1_048_576);
     let disabled = CacheConfig::from_lookup(lookup(&[("CACHE_ENABLED", "false")])).unwrap();
     let cache = Cache::builder().config(disabled).build().await.unwrap();
     cache.set("x:1", &1, None).await.unwrap();

@@ -188,6 +188,26 @@ impl RedisBackend {
         self.query(&keyed_cmd("GET", [key])).await
     }
 
+    /// GET and PTTL in one round trip: the value and how long it has left
+    /// (`None` when it never expires). A key that vanished between the two
+    /// commands reads as having no time left.
+    pub(crate) async fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<Duration>), BackendError> {
+        let mut pipe = redis::pipe();
+        pipe.get(key).pttl(key);
+        let (value, pttl): (Option<Vec<u8>>, i64) = match &self.topology {
+            Topology::Single(node) => on_single!(node, |conn| pipe.query_async(conn)),
+            Topology::Cluster(node) => on_cluster!(node, |conn| pipe.query_async(conn)),
+        }?;
+        let left = match pttl {
+            -1 => None,
+            ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        };
+        Ok((value, left))
+    }
+
     async fn invoke(
         &self,
         script: &Script,
