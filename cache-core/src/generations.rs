@@ -298,6 +298,31 @@ impl Cache {
         }
     }
 
+    /// The near level's entry at `skey` when it can be served without
+    /// awaiting anything: tracking established, the prefix's generation
+    /// held (with generations on), and the entry labeled with it. The same
+    /// answer [`near_or_raw_get`](Self::near_or_raw_get) gives for a hit.
+    pub(crate) fn near_hit_now(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+    ) -> Option<(std::sync::Arc<crate::backend::memory::Slot>, Option<u64>)> {
+        let (near, tracker) = (self.inner.near.as_ref()?, self.inner.tracker.as_ref()?);
+        if !tracker.live() {
+            return None;
+        }
+        let current = match self.generations_on() {
+            true => Some(entry.generation.held()?),
+            false => None,
+        };
+        let slot = near.get(skey)?;
+        if crate::codec::label(&slot, current) != crate::codec::Label::Current {
+            return None;
+        }
+        self.inner.stats.record(entry, Event::NearHit);
+        Some((slot, current))
+    }
+
     /// This process changed `skeys`: its near level must not serve them
     /// again (Redis' own message about the change arrives later).
     pub(crate) fn near_evict(&self, skeys: &[String]) {

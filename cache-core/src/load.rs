@@ -119,9 +119,9 @@ impl Cache {
     /// Reads the stored bytes; with prefix generations on, also the current
     /// generation, and a value labeled with an older one counts as missing
     /// (it is overwritten like garbage). A memory read completes in one
-    /// synchronous poll ([`memory_get_now`]); any other read is awaited
-    /// behind a box (it is a round trip anyway). Either way no backend's
-    /// future nests into the caller's.
+    /// synchronous poll ([`memory_get_now`]) and a near hit is synchronous;
+    /// any other read is awaited behind a box (it is a round trip anyway).
+    /// Either way no backend's future nests into the caller's.
     pub(crate) async fn read_raw(
         &self,
         entry: &PrefixEntry,
@@ -133,9 +133,15 @@ impl Cache {
             Some(memory) if !self.generations_on() => memory_get_now(memory, skey),
             _ => None,
         };
-        let (raw, current) = match memory_now {
-            Some(found) => (found.map(RawBytes::Shared), None),
-            None => {
+        // A near hit needs no await either: no box for it.
+        let near_now = match memory_now {
+            None if near => self.near_hit_now(entry, skey),
+            _ => None,
+        };
+        let (raw, current) = match (memory_now, near_now) {
+            (Some(found), _) => (found.map(RawBytes::Shared), None),
+            (None, Some((slot, current))) => (Some(RawBytes::Shared(slot)), current),
+            (None, None) => {
                 let read: Step<'_, _> = Box::pin(self.raw_get_current(entry, skey, prefix, near));
                 read.await
             }
