@@ -94,12 +94,11 @@ pub const BACKEND_NAME: &str = "test";
 /// let cache = test.cache();
 /// cache.set("customer:42", &"Ada", Some(Duration::from_secs(60))).await.unwrap();
 /// assert_eq!(cache.get::<String>("customer:42").await.unwrap().as_deref(), Some("Ada"));
-/// test.assert_sets("customer:42", 1);
-/// test.assert_hits("customer:42", 1);
+/// test.key("customer:42").assert_sets(1).assert_hits(1);
 ///
 /// test.advance(Duration::from_secs(61)); // expired, no sleeping
 /// assert_eq!(cache.get::<String>("customer:42").await.unwrap(), None);
-/// test.assert_misses("customer:42", 1);
+/// test.key("customer:42").assert_misses(1);
 /// # }
 /// ```
 #[derive(Clone)]
