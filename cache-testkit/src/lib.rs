@@ -100,11 +100,11 @@
 //! # async fn main() { second_read_comes_from_the_cache().await }
 //! ```
 //!
-//! [`TestCache::key`] and [`TestCache::prefix`] give a [`LogView`] with the
-//! same counts and chainable assertions for every kind of event (hits,
-//! misses, sets, deletes, invalidations, injected failures); the flat
-//! methods (`test.assert_hits(key, n)`, `test.prefix_misses(prefix)`, ...)
-//! count the same things.
+//! [`TestCache::key`] and [`TestCache::prefix`] give a [`LogView`]: the same
+//! counts (`test.prefix("customer").misses()`) and chainable assertions
+//! (`test.key("customer:42").assert_hits(1)`) for every kind of event: hits,
+//! misses, sets, deletes, invalidations, pattern deletes
+//! (`test.key("search:*").assert_pattern_deletes(1)`) and injected failures.
 //!
 //! A failed assertion prints what the backend saw for that key:
 //!
@@ -155,8 +155,7 @@
 //!         assert_eq!(db.loads.load(Ordering::SeqCst), 2);
 //!     })
 //!     .await;
-//!     test.assert_misses("customer:42", 2);
-//!     test.assert_hits("customer:42", 1);
+//!     test.key("customer:42").assert_misses(2).assert_hits(1);
 //! }
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() { entries_expire_after_an_hour().await }
@@ -192,8 +191,7 @@
 //!         db.customer(42).await.unwrap(); // reloaded
 //!     })
 //!     .await;
-//!     test.assert_deletes("customer:42", 1);
-//!     test.assert_misses("customer:42", 2);
+//!     test.key("customer:42").assert_deletes(1).assert_misses(2);
 //!     assert_eq!(db.loads.load(Ordering::SeqCst), 2);
 //! }
 //! # #[tokio::main(flavor = "current_thread")]
@@ -257,8 +255,8 @@
 //!     assert_eq!(stats.total.errors["circuit_open"], 1);
 //!     assert_eq!(stats.total.decode_failures, 1);
 //!     assert_eq!(stats.total.fallback_hits, 1);
-//!     test.assert_failures("customer:1", 1);
-//!     test.assert_failures("customer:4", 3);
+//!     test.key("customer:1").assert_failures(1);
+//!     test.key("customer:4").assert_failures(3);
 //! }
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() { a_broken_cache_does_not_break_the_service().await }

@@ -1,7 +1,7 @@
 //! [`LogView`]: the operation log of one key or one prefix, with the same
 //! counts and assertions for every kind of event.
 
-use crate::test_cache::{LogEntry, Scope, TestCache};
+use crate::test_cache::{LogEntry, Op, Scope, TestCache};
 
 /// What the backend did at one key ([`TestCache::key`]) or over every key
 /// of one prefix ([`TestCache::prefix`]). Every count has an assertion that
@@ -22,6 +22,11 @@ use crate::test_cache::{LogEntry, Scope, TestCache};
 /// test.key("customer:42").assert_sets(1).assert_hits(1).assert_misses(0);
 /// test.prefix("customer").assert_hits(1).assert_misses(1);
 /// assert_eq!(test.key("customer:7").misses(), 1);
+///
+/// // A pattern delete is logged under its pattern, and at each key it removed.
+/// cache.delete_pattern("customer:*").await.unwrap();
+/// test.key("customer:*").assert_pattern_deletes(1);
+/// test.key("customer:42").assert_invalidations(1);
 /// # }
 /// ```
 #[derive(Clone, Copy)]
@@ -35,67 +40,61 @@ impl<'t> LogView<'t> {
         LogView { test, scope }
     }
 
-    /// Reads that found bytes.
+    /// How many entries of this scope `keep` accepts.
+    fn count(&self, keep: impl Fn(&LogEntry) -> bool) -> usize {
+        let scope = self.scope;
+        self.test.count(|e| scope.contains(e) && keep(e))
+    }
+
+    /// Reads that found bytes ([`Op::Get`] with `found`).
     pub fn hits(&self) -> usize {
-        match self.scope {
-            Scope::Key(key) => self.test.hits(key),
-            Scope::Prefix(prefix) => self.test.prefix_hits(prefix),
-        }
+        self.count(LogEntry::is_hit)
     }
 
     /// Reads that found nothing.
     pub fn misses(&self) -> usize {
-        match self.scope {
-            Scope::Key(key) => self.test.misses(key),
-            Scope::Prefix(prefix) => self.test.prefix_misses(prefix),
-        }
+        self.count(LogEntry::is_miss)
     }
 
     /// Values written (`set`, `set_many`, and `set_if_lease` that stored).
     pub fn sets(&self) -> usize {
-        match self.scope {
-            Scope::Key(key) => self.test.sets(key),
-            Scope::Prefix(prefix) => self.test.prefix_sets(prefix),
-        }
+        self.count(LogEntry::is_set)
     }
 
     /// Key deletes (whether or not the key existed).
     pub fn deletes(&self) -> usize {
-        match self.scope {
-            Scope::Key(key) => self.test.deletes(key),
-            Scope::Prefix(prefix) => self.test.prefix_deletes(prefix),
-        }
+        self.count(LogEntry::is_delete)
     }
 
     /// Invalidations: for a key, deletes of it plus pattern deletes that
-    /// removed it; for a prefix, key deletes plus pattern deletes of the
-    /// prefix (each counted once however many keys it removed).
+    /// removed it; for a prefix, key deletes plus pattern deletes whose
+    /// pattern starts with `prefix:` (as `#[invalidates(prefix = ..)]` and
+    /// `Cache::invalidate_prefix` issue), each counted once however many
+    /// keys it removed.
     pub fn invalidations(&self) -> usize {
         match self.scope {
-            Scope::Key(key) => self.test.invalidations(key),
-            Scope::Prefix(prefix) => self.test.prefix_invalidations(prefix),
+            Scope::Key(_) => self.count(|e| e.is_delete() || e.op == Op::RemovedByPattern),
+            Scope::Prefix(_) => {
+                self.count(|e| e.is_delete() || matches!(e.op, Op::DeletePattern { .. }))
+            }
         }
     }
 
     /// Calls that ran into an injected fault.
     pub fn failures(&self) -> usize {
-        match self.scope {
-            Scope::Key(key) => self.test.failures(key),
-            Scope::Prefix(prefix) => self.test.prefix_failures(prefix),
-        }
+        self.count(LogEntry::is_fault)
+    }
+
+    /// Pattern deletes: on a key view, those with exactly this (logical)
+    /// pattern (`test.key("search:*")`); on a prefix view, those whose
+    /// pattern starts with `prefix:` (`test.prefix("search")`).
+    pub fn pattern_deletes(&self) -> usize {
+        self.count(|e| matches!(e.op, Op::DeletePattern { .. }))
     }
 
     /// The log entries of this scope, oldest first.
     pub fn entries(&self) -> Vec<LogEntry> {
-        match self.scope {
-            Scope::Key(key) => self.test.log_for(key),
-            Scope::Prefix(prefix) => self
-                .test
-                .log()
-                .into_iter()
-                .filter(|e| e.prefix() == prefix)
-                .collect(),
-        }
+        self.test.entries_of(self.scope)
     }
 
     /// Panics (printing this scope's log) unless there were exactly `n` hits.
@@ -139,6 +138,14 @@ impl<'t> LogView<'t> {
     pub fn assert_failures(&self, n: usize) -> &Self {
         self.test
             .check("faulted call(s)", self.scope, n, self.failures());
+        self
+    }
+
+    /// Panics unless there were exactly `n` [pattern deletes](Self::pattern_deletes).
+    #[track_caller]
+    pub fn assert_pattern_deletes(&self, n: usize) -> &Self {
+        self.test
+            .check("pattern delete(s)", self.scope, n, self.pattern_deletes());
         self
     }
 }

@@ -53,13 +53,15 @@ async fn run(tag: usize) {
     let reloads = if expire { distinct } else { 0 };
     let misses = distinct + 1 + reloads;
     let hits = distinct * (rounds - 1);
-    test.assert_prefix_misses("item", misses);
-    test.assert_prefix_hits("item", hits);
-    test.assert_prefix_sets("item", misses);
-    test.assert_deletes("item:0", 1);
-    test.assert_prefix_invalidations("item", 1);
-    test.assert_misses("item:0", 2 + usize::from(expire));
-    test.assert_hits("item:1", rounds - 1);
+    test.prefix("item")
+        .assert_misses(misses)
+        .assert_hits(hits)
+        .assert_sets(misses)
+        .assert_invalidations(1);
+    test.key("item:0")
+        .assert_deletes(1)
+        .assert_misses(2 + usize::from(expire));
+    test.key("item:1").assert_hits(rounds - 1);
     // Exactly the backend calls this test caused: per miss a read, a lease
     // and the store under the lease; per hit one read; one delete.
     assert_eq!(test.calls() as usize, 3 * misses + hits + 1, "test {tag}");

@@ -149,9 +149,9 @@ async fn second_call_is_a_hit_and_skips_the_database() {
     })
     .await;
     assert_eq!(loads(&repo.db.customer_loads), 1);
-    test.assert_misses("customer:42", 1);
-    test.assert_sets("customer:42", 1);
-    test.assert_hits("customer:42", 1);
+    test.key("customer:42").assert_misses(1);
+    test.key("customer:42").assert_sets(1);
+    test.key("customer:42").assert_hits(1);
     assert_eq!(
         CustomerRepository::get_customer_cache_key(&42),
         "customer:42"
@@ -180,9 +180,9 @@ async fn entries_expire_after_their_ttl_when_the_clock_advances() {
         assert_eq!(loads(&repo.db.customer_loads), 2, "expired, reloaded");
     })
     .await;
-    test.assert_misses("customer:1", 2);
-    test.assert_hits("customer:1", 1);
-    test.assert_sets("customer:1", 2);
+    test.key("customer:1").assert_misses(2);
+    test.key("customer:1").assert_hits(1);
+    test.key("customer:1").assert_sets(2);
 }
 
 #[tokio::test]
@@ -195,8 +195,8 @@ async fn errors_are_returned_and_never_cached() {
     })
     .await;
     assert_eq!(loads(&repo.db.customer_loads), 2);
-    test.assert_sets("customer:999", 0);
-    test.assert_misses("customer:999", 2);
+    test.key("customer:999").assert_sets(0);
+    test.key("customer:999").assert_misses(2);
     assert!(!test.contains("customer:999"), "no lease left behind");
 }
 
@@ -216,7 +216,7 @@ async fn none_is_cached_with_its_own_ttl() {
     assert_eq!(loads(&repo.db.email_loads), 2);
     let nobody = CustomerRepository::find_by_email_cache_key("nobody@example.com");
     let two = CustomerRepository::find_by_email_cache_key("c2@example.com");
-    test.assert_hits(&nobody, 1);
+    test.key(&nobody).assert_hits(1);
     assert_eq!(test.remaining_ttl(&nobody), Some(Duration::from_secs(60)));
     assert_eq!(test.remaining_ttl(&two), Some(Duration::from_secs(600)));
 
@@ -238,9 +238,9 @@ async fn update_invalidates_the_customer_key() {
     })
     .await;
     assert_eq!(loads(&repo.db.customer_loads), 2);
-    test.assert_deletes("customer:3", 1);
-    test.assert_misses("customer:3", 2);
-    test.assert_hits("customer:3", 0);
+    test.key("customer:3").assert_deletes(1);
+    test.key("customer:3").assert_misses(2);
+    test.key("customer:3").assert_hits(0);
     assert_eq!(test.stats().prefixes["customer"].invalidations, 1);
 }
 
@@ -257,7 +257,7 @@ async fn a_failed_update_still_invalidates() {
         );
     })
     .await;
-    test.assert_deletes("customer:3", 1);
+    test.key("customer:3").assert_deletes(1);
     assert!(!test.contains("customer:3"));
 }
 
@@ -275,17 +275,17 @@ async fn reindex_drops_every_search_key() {
     })
     .await;
     assert_eq!(loads(&repo.db.search_loads), 3);
-    test.assert_prefix_hits("search", 1);
-    test.assert_prefix_misses("search", 3);
-    assert_eq!(test.pattern_deletes("search:*"), 1);
+    test.prefix("search").assert_hits(1);
+    test.prefix("search").assert_misses(3);
+    assert_eq!(test.key("search:*").pattern_deletes(), 1);
     // The hashed keys are stable: 32 hex digits after the prefix.
     let key = CustomerRepository::search_cache_key("customer", &0);
     assert!(
         key.starts_with("search:") && key.len() == "search:".len() + 32,
         "{key}"
     );
-    test.assert_invalidations(&key, 1);
-    test.assert_hits(&key, 1);
+    test.key(&key).assert_invalidations(1);
+    test.key(&key).assert_hits(1);
     assert!(test.contains("customer:1"), "other prefixes untouched");
 }
 
@@ -314,11 +314,11 @@ async fn an_injected_failure_does_not_reach_the_caller() {
     })
     .await;
     assert_eq!(loads(&repo.db.customer_loads), 3);
-    test.assert_failures("customer:1", 1);
-    test.assert_hits("customer:1", 1);
-    test.assert_failures("customer:2", 2);
-    test.assert_sets("customer:2", 0);
-    test.assert_failures("customer:3", 1);
+    test.key("customer:1").assert_failures(1);
+    test.key("customer:1").assert_hits(1);
+    test.key("customer:2").assert_failures(2);
+    test.key("customer:2").assert_sets(0);
+    test.key("customer:3").assert_failures(1);
     let stats = test.stats();
     assert_eq!(stats.total.errors["timeout"], 1);
     assert_eq!(stats.total.errors["connection"], 3);
@@ -357,7 +357,7 @@ async fn while_the_cache_is_down_the_service_keeps_answering() {
     // After recovery the value is cached again.
     test.clear_log();
     test.scope(repo.get_customer(42)).await.unwrap();
-    test.assert_hits("customer:42", 1);
+    test.key("customer:42").assert_hits(1);
 }
 
 #[tokio::test]
@@ -373,7 +373,7 @@ async fn garbage_in_the_cache_is_reloaded_and_overwritten() {
     test.clear_log();
     test.scope(repo.get_customer(2)).await.unwrap();
     assert_eq!(loads(&repo.db.customer_loads), 1);
-    test.assert_hits("customer:2", 1);
+    test.key("customer:2").assert_hits(1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +390,7 @@ async fn concurrent_misses_load_once() {
         assert_eq!(result.unwrap().unwrap().id, 42);
     }
     assert_eq!(loads(&repo.db.customer_loads), 1);
-    test.assert_sets("customer:42", 1);
+    test.key("customer:42").assert_sets(1);
     let stats = test.stats();
     assert_eq!(stats.prefixes["customer"].loads, 1);
     assert_eq!(

@@ -1,149 +1,17 @@
 //! End-to-end: the service's router on a real port, over HTTP/1.1, against
 //! an in-memory SQLite database and a real redis-server (cache-testkit).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cache_core::Cache;
 use cache_testkit::RedisServer;
+use common::{get, request, send_json};
 use customer_service::{AppState, ServerConfig, app, db, serve as serve_router};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A response: status, lower-cased headers, body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {}: body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Asserts the status and that the body is a JSON `{"error": "..."}`.
-    fn assert_error(&self, status: u16) {
-        assert_eq!(self.status, status, "body: {}", self.text());
-        assert!(
-            self.header("content-type")
-                .is_some_and(|v| v.starts_with("application/json")),
-            "error without JSON content type: {:?}",
-            self.headers
-        );
-        let error = self.json();
-        assert!(
-            error["error"].as_str().is_some_and(|m| !m.is_empty()),
-            "no error message: {error}"
-        );
-    }
-}
-
-/// A minimal HTTP/1.1 client: one request per connection.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body);
-    // The server may answer (413) and close before reading a large body.
-    let _ = stream.write_all(&raw).await;
-    let mut buf = Vec::new();
-    let _ = stream.read_to_end(&mut buf).await;
-    parse(&buf)
-}
-
-fn parse(buf: &[u8]) -> Reply {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = buf[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size_line = String::from_utf8_lossy(&data[..eol]);
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("0").trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&data[start..start + size]);
-        data = &data[start + size + 2..];
-    }
-    out
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Reply {
-    request(addr, "GET", path, &[], b"").await
-}
-
-async fn send_json(addr: SocketAddr, method: &str, path: &str, body: &Value) -> Reply {
-    request(
-        addr,
-        method,
-        path,
-        &[("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
-}
+use tokio::net::TcpListener;
 
 /// Serves the router for `state` on a free loopback port.
 async fn serve(state: AppState) -> SocketAddr {

@@ -5,110 +5,46 @@
 //! alerts work; with Redis, an outage moves the breaker and fallback
 //! gauges the alerts read, and recovery moves them back.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use cache_testkit::RedisServer;
+use common::{Service, get, raw};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 const OPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ops");
 
 /// Labels Prometheus adds at scrape time; the service does not export them.
 const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
-/// The service binary on a free port with an in-memory database and cache.
-struct Service {
-    _child: Child,
-    addr: SocketAddr,
+/// The service binary on a free port with an in-memory database and cache,
+/// and a short header timeout so that the test can have a connection cut off
+/// quickly (`env` can change it).
+async fn start_with(env: &[(&str, &str)]) -> Service {
+    let env: Vec<(&str, &str)> = [("HTTP_HEADER_TIMEOUT_MS", "200")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    Service::start(&env).await
 }
 
-impl Service {
-    async fn start() -> Service {
-        Service::start_with(&[]).await
-    }
+async fn start() -> Service {
+    start_with(&[]).await
+}
 
-    async fn start_with(env: &[(&str, &str)]) -> Service {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_customer-service"));
-        for var in [
-            "REDIS_URL",
-            "CACHE_ENABLED",
-            "CACHE_NAMESPACE",
-            "ADMIN_TOKEN",
-        ] {
-            cmd.env_remove(var);
-        }
-        let mut child = cmd
-            .env("PORT", "0")
-            .env("DATABASE_URL", "sqlite::memory:")
-            .env("RUST_LOG", "info")
-            // Short, so that the test can have a connection cut off quickly.
-            .env("HTTP_HEADER_TIMEOUT_MS", "200")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn customer-service");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    return addr.parse::<SocketAddr>().ok();
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("the service did not say where it listens");
-        // Keep draining stdout so the service never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Service {
-            _child: child,
-            addr,
-        }
-    }
+/// The status of `GET path`.
+async fn status(service: &Service, path: &str) -> u16 {
+    get(service.addr, path).await.status
+}
 
-    /// Sends `raw` on a fresh connection; the status and body of the answer.
-    async fn send(&self, raw: &[u8]) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
-        stream.write_all(raw).await.expect("write");
-        let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
-            .await
-            .expect("reply in time")
-            .expect("read");
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let status = reply
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP reply: {reply}"));
-        let body = reply
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let head = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
-        self.send(head.as_bytes()).await
-    }
-
-    async fn scrape(&self) -> Exported {
-        let (status, body) = self.get("/metrics").await;
-        assert_eq!(status, 200, "{body}");
-        Exported::parse(&body)
-    }
+async fn scrape(service: &Service) -> Exported {
+    let reply = get(service.addr, "/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    Exported::parse(&reply.text())
 }
 
 /// The labels of one series.
@@ -362,9 +298,9 @@ fn alert_exprs() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn cache_series_exist_from_start_up() {
-    let service = Service::start().await;
+    let service = start().await;
     // The very first request: nothing has touched the cache yet.
-    let metrics = service.scrape().await;
+    let metrics = scrape(&service).await;
     for prefix in ["customer", "churn", "query"] {
         for name in [
             "cache_hits_total",
@@ -398,9 +334,9 @@ async fn cache_series_exist_from_start_up() {
     assert_eq!(metrics.value("cache_fallback_active", &[]), Some(0.0));
 
     // Then the figures move: a miss, then a hit.
-    assert_eq!(service.get("/api/customers/7").await.0, 200);
-    assert_eq!(service.get("/api/customers/7").await.0, 200);
-    let metrics = service.scrape().await;
+    assert_eq!(status(&service, "/api/customers/7").await, 200);
+    assert_eq!(status(&service, "/api/customers/7").await, 200);
+    let metrics = scrape(&service).await;
     let customer = [("prefix", "customer")];
     assert_eq!(metrics.value("cache_hits_total", &customer), Some(1.0));
     assert_eq!(metrics.value("cache_misses_total", &customer), Some(1.0));
@@ -410,24 +346,30 @@ async fn cache_series_exist_from_start_up() {
 
 #[tokio::test]
 async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
-    let service = Service::start().await;
+    let service = start().await;
     // Traffic for the series that exist only once something happened: a
     // request of each kind, a refused head, a connection cut off.
-    assert_eq!(service.get("/api/customers/1").await.0, 200);
-    assert_eq!(service.get("/api/customers/1/churn-risk").await.0, 200);
+    assert_eq!(status(&service, "/api/customers/1").await, 200);
+    assert_eq!(status(&service, "/api/customers/1/churn-risk").await, 200);
     assert_eq!(
-        service.get("/api/customers?segment=smb&limit=2").await.0,
+        status(&service, "/api/customers?segment=smb&limit=2").await,
         200
     );
-    assert_eq!(service.send(b"NOT HTTP AT ALL\r\n\r\n").await.0, 400);
+    assert_eq!(
+        raw(service.addr, b"NOT HTTP AT ALL\r\n\r\n")
+            .await
+            .expect("a reply")
+            .status,
+        400
+    );
     let mut silent = TcpStream::connect(service.addr).await.expect("connect");
     let mut sink = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut sink))
         .await
         .expect("the silent connection is cut off")
         .ok();
-    service.get("/health").await;
-    let metrics = service.scrape().await;
+    get(service.addr, "/health").await;
+    let metrics = scrape(&service).await;
 
     let mut queries = dashboard_exprs();
     queries.extend(alert_exprs());
@@ -491,22 +433,22 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
 async fn an_outage_shows_on_metrics_and_recovery_clears_it() {
     let mut redis = RedisServer::start();
     let url = redis.url();
-    let service = Service::start_with(&[
+    let service = start_with(&[
         ("REDIS_URL", url.as_str()),
         ("CACHE_TIMEOUT_MS", "100"),
         ("CACHE_CB_FAILURES", "1"),
     ])
     .await;
-    assert_eq!(service.get("/api/customers/1").await.0, 200);
-    let metrics = service.scrape().await;
+    assert_eq!(status(&service, "/api/customers/1").await, 200);
+    let metrics = scrape(&service).await;
     assert_eq!(metrics.value("cache_circuit_state", &[]), Some(0.0));
     assert_eq!(metrics.value("cache_fallback_active", &[]), Some(0.0));
 
     // Redis goes away: the request still answers, from the database; the
     // breaker opens and the value lands in the in-memory fallback.
     redis.stop();
-    assert_eq!(service.get("/api/customers/2").await.0, 200);
-    let metrics = service.scrape().await;
+    assert_eq!(status(&service, "/api/customers/2").await, 200);
+    let metrics = scrape(&service).await;
     assert_eq!(
         metrics.value("cache_circuit_state", &[]),
         Some(2.0),
@@ -521,8 +463,8 @@ async fn an_outage_shows_on_metrics_and_recovery_clears_it() {
         .unwrap_or(0.0);
     assert!(errors >= 1.0, "no connection error counted: {metrics:?}");
     // Served from the fallback meanwhile.
-    assert_eq!(service.get("/api/customers/2").await.0, 200);
-    let metrics = service.scrape().await;
+    assert_eq!(status(&service, "/api/customers/2").await, 200);
+    let metrics = scrape(&service).await;
     assert_eq!(
         metrics.value("cache_fallback_hits_total", &[("prefix", "customer")]),
         Some(1.0)
@@ -532,7 +474,7 @@ async fn an_outage_shows_on_metrics_and_recovery_clears_it() {
     redis.restart();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = service.scrape().await;
+        let metrics = scrape(&service).await;
         if metrics.value("cache_circuit_state", &[]) == Some(0.0)
             && metrics.value("cache_fallback_active", &[]) == Some(0.0)
         {

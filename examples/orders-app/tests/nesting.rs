@@ -61,7 +61,7 @@ fn four_blocks_deep_on_a_current_thread_runtime() {
     assert_eq!(triv, Ok(1));
     assert_eq!(total, Ok(200));
     assert_eq!(repo.loads(), 1, "the second total is a hit");
-    test.assert_prefix_hits("order_total", 1);
+    test.prefix("order_total").assert_hits(1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +98,7 @@ async fn spawned_tasks_four_blocks_deep_on_a_multi_thread_runtime() {
     );
     // `order_total` reads `order`, which the task had just cached.
     assert_eq!(repo.loads(), 4);
-    test.assert_prefix_hits("order", 4);
+    test.prefix("order").assert_hits(4);
 }
 
 #[tokio::test]
@@ -130,7 +130,7 @@ async fn tokio_join_inside_a_scope_and_an_invalidation() {
         .await
     })
     .await;
-    test.assert_prefix_hits("order_total", 0);
+    test.prefix("order_total").assert_hits(0);
     assert_eq!(test.stats().prefixes["order_total"].misses, 2);
 }
 
