@@ -66,6 +66,13 @@ pub(crate) struct Settings {
     pub(crate) quick: bool,
 }
 
+/// Prints `message` and exits with status 2 (bad command line).
+fn usage_error(message: &str) -> ! {
+    eprintln!("{message} (try --help)");
+    std::process::exit(2);
+}
+
+/// Reads the command line; prints usage and exits on `--help` or bad input.
 pub(crate) fn parse_args() -> Settings {
     let mut quick = false;
     let mut rounds = None;
@@ -77,13 +84,13 @@ pub(crate) fn parse_args() -> Settings {
                 rounds = Some(
                     args.next()
                         .and_then(|v| v.parse().ok())
-                        .expect("--rounds takes a number"),
+                        .unwrap_or_else(|| usage_error("--rounds takes a number")),
                 );
             }
             "--only" => {
                 let list: Vec<String> = args
                     .next()
-                    .expect("--only takes a comma-separated list of cases")
+                    .unwrap_or_else(|| usage_error("--only takes a comma-separated list of cases"))
                     .split(',')
                     .map(str::to_owned)
                     .collect();
@@ -99,11 +106,14 @@ pub(crate) fn parse_args() -> Settings {
                 let calls = args
                     .next()
                     .and_then(|v| v.parse().ok())
-                    .expect("--count takes a number of calls");
+                    .unwrap_or_else(|| usage_error("--count takes a number of calls"));
                 let _ = COUNT.set(calls);
             }
             "--svg" => {
-                let _ = SVG_PATH.set(args.next().expect("--svg takes a file path"));
+                let path = args
+                    .next()
+                    .unwrap_or_else(|| usage_error("--svg takes a file path"));
+                let _ = SVG_PATH.set(path);
             }
             "-h" | "--help" => {
                 println!(

@@ -20,13 +20,14 @@
 //! Every throughput figure is ops/s with 64 concurrent tasks; every latency
 //! figure is single-task p50/p99. Cases are interleaved (A B C … A B C …) for
 //! several rounds and the median over rounds is reported. One JSON line per
-//! case goes to stdout, then a readable table; progress goes to stderr.
+//! case goes to stdout, then a readable table and each target with its
+//! like-for-like baseline and verdict; progress goes to stderr.
 //!
 //! Modules: [`args`] (the command line and the case names), [`payload`] (the
 //! record and the `#[cached]` functions), [`ops`] (one call per hit case, and
 //! the setup they share), [`measure`](mod@measure) (throughput, latency, rounds, the
 //! `--count` markers), [`cases`] (the cases that are not one call repeated),
-//! [`report`] (JSON lines and the table) and [`svg`].
+//! [`report`] (JSON lines, the table, the targets) and [`svg`].
 
 #[cfg(feature = "cached-crate")]
 mod cached_crate;

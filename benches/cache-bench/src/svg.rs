@@ -47,14 +47,7 @@ pub(crate) fn svg_chart(title: &str, rows: &[(&str, f64)]) -> String {
     for (i, (name, v)) in rows.iter().enumerate() {
         let y = TOP + ROW_H * i as f64;
         let ours = name.starts_with("cache") && !name.starts_with("cached_crate");
-        let ours = ours
-            || matches!(
-                *name,
-                "miss_path"
-                    | "redis_paused"
-                    | "invalidate_prefix_100k"
-                    | "invalidate_prefix_100k_generations"
-            );
+        let ours = ours || matches!(*name, "miss_path" | "redis_paused");
         let fill = if ours { "#2b6cb0" } else { "#a0aec0" };
         let end = x(*v);
         let _ = writeln!(
