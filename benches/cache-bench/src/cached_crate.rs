@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use cache_testkit::RedisServer;
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 
-use crate::{
-    BASE_ID, COLD_IDS, Customer, FLIGHT_CALLERS, HOT_KEYS, Op, Rounds, Settings, customer, hot_id,
-    latency, percentile_us,
-};
+use crate::args::Settings;
+use crate::cases::FLIGHT_CALLERS;
+use crate::measure::{Rounds, latency, percentile_us};
+use crate::ops::Op;
+use crate::payload::{BASE_ID, COLD_IDS, Customer, HOT_KEYS, customer, hot_id};
 
 static FLIGHT_BODY_RUNS: AtomicU64 = AtomicU64::new(0);
 

@@ -1,0 +1,19 @@
+//! The cases that are not one call repeated: single flight, a paused Redis,
+//! prefix invalidation, writes among foreign keys, the near cache's
+//! invalidation window, and paired latency.
+
+mod flight;
+mod invalidation;
+mod near_window;
+mod paired;
+mod paused;
+mod writes;
+
+#[cfg(feature = "cached-crate")]
+pub(crate) use flight::FLIGHT_CALLERS;
+pub(crate) use flight::single_flight;
+pub(crate) use invalidation::{invalidate_prefix, invalidate_prefix_generations};
+pub(crate) use near_window::near_invalidation_window;
+pub(crate) use paired::paired_p50;
+pub(crate) use paused::redis_paused;
+pub(crate) use writes::write_with_foreign_keys;
