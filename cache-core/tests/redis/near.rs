@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{calls, cluster_calls, kill_tracking_clients, until_reads};
 use cache_core::{Cache, cached};
 use cache_testkit::{RedisCluster, RedisServer};
-use common::{calls, cluster_calls, kill_tracking_clients, until_reads};
-
-mod common;
 
 async fn near_cache(server: &RedisServer) -> Cache {
     Cache::builder()

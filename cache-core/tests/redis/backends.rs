@@ -1,13 +1,11 @@
 //! The direct API, run as the same test bodies against every backend:
 //! memory, a real redis-server and a real 3-master Redis Cluster.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::{Kind, on};
 use cache_core::{Cache, keys::escape};
-use common::{Kind, on};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

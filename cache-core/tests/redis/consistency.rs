@@ -4,14 +4,12 @@
 //! and the race tests also run with leases switched off to show they detect
 //! the failure the mechanism prevents.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::{Kind, load_racing_invalidation, on};
 use cache_core::Cache;
-use common::{Kind, load_racing_invalidation, on};
 
 static NS: AtomicUsize = AtomicUsize::new(0);
 

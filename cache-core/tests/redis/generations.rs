@@ -3,17 +3,15 @@
 //! from a load that raced the invalidation. On memory, a redis-server and a
 //! 3-master cluster.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cache_core::{Cache, cached};
-use cache_testkit::{RedisCluster, RedisServer};
-use common::{
+use crate::common::{
     CLUSTER, Kind, SERVER, calls, cluster_calls, kill_tracking_clients, load_racing_invalidation,
     on, until_reads,
 };
+use cache_core::{Cache, cached};
+use cache_testkit::{RedisCluster, RedisServer};
 
 static NS: AtomicUsize = AtomicUsize::new(0);
 

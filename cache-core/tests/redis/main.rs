@@ -1,0 +1,15 @@
+//! The runtime against real redis-servers and Redis Clusters (and the test
+//! kit's backend where faults are injected): every backend's behaviour,
+//! consistency under races, prefix generations, the near cache, resilience
+//! and faults. One test binary (one link) for all; each module's doc says
+//! what it covers.
+
+mod common;
+
+mod backends;
+mod cluster_faults;
+mod consistency;
+mod faults;
+mod generations;
+mod near;
+mod resilience;
