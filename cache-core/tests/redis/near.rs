@@ -412,3 +412,115 @@ async fn on_a_cluster_a_stopped_master_drops_the_near_level_until_it_is_back() {
         until_reads(&reader, &key, Some(8), Duration::from_secs(1)).await;
     }
 }
+
+/// Sends `args` to one node (not through the cluster client).
+fn on_node<T: redis::FromRedisValue>(node: &RedisServer, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut node.client().get_connection().unwrap())
+        .unwrap()
+}
+
+/// Assigns `slots` to the node `owner` on every node of `cluster`.
+fn assign_slots(cluster: &RedisCluster, slots: &[u16], owner: &str) {
+    for node in cluster.nodes() {
+        let mut conn = node.client().get_connection().unwrap();
+        let mut pipe = redis::pipe();
+        for slot in slots {
+            pipe.cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(*slot)
+                .arg("NODE")
+                .arg(owner)
+                .ignore();
+        }
+        let () = pipe.query(&mut conn).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_master_that_takes_over_slots_is_tracked() {
+    let cluster = RedisCluster::start(4);
+    let ids: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|node| on_node(node, &["CLUSTER", "MYID"]))
+        .collect();
+    // Node 3 starts with no slots: it is not a master anyone tracks (and it
+    // stays a master without them).
+    for node in cluster.nodes() {
+        let _: () = on_node(
+            node,
+            &["CONFIG", "SET", "cluster-allow-replica-migration", "no"],
+        );
+    }
+    let shards: String = on_node(&cluster.nodes()[0], &["CLUSTER", "NODES"]);
+    let mut node3_slots = Vec::new();
+    for line in shards.lines().filter(|l| l.starts_with(&ids[3])) {
+        for range in line.split_whitespace().skip(8) {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            node3_slots.extend(from.parse::<u16>().unwrap()..=to.parse::<u16>().unwrap());
+        }
+    }
+    assert!(!node3_slots.is_empty());
+    assign_slots(&cluster, &node3_slots, &ids[0]);
+    assert!(cluster.wait_until_ok(Duration::from_secs(15)));
+
+    let writer = cluster_cache(&cluster, false).await;
+    let reader = cluster_cache(&cluster, true).await;
+    let key = "customer:1";
+    writer.set(key, &1u64, None).await.unwrap();
+    until_near_hit(&reader, key).await;
+
+    // The key's slot moves to node 3, key included.
+    let slot: i64 = on_node(
+        &cluster.nodes()[0],
+        &["CLUSTER", "KEYSLOT", "app:customer:1"],
+    );
+    let slot = slot.to_string();
+    let source = cluster
+        .nodes()
+        .iter()
+        .position(|node| {
+            let keys: i64 = on_node(node, &["CLUSTER", "COUNTKEYSINSLOT", &slot]);
+            keys > 0
+        })
+        .expect("the key is somewhere");
+    let (from, to) = (&cluster.nodes()[source], &cluster.nodes()[3]);
+    let _: () = on_node(
+        to,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &ids[source]],
+    );
+    let _: () = on_node(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &ids[3]]);
+    let _: () = on_node(
+        from,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &to.port().to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            "app:customer:1",
+        ],
+    );
+    assign_slots(&cluster, &[slot.parse().unwrap()], &ids[3]);
+    assert!(cluster.wait_until_ok(Duration::from_secs(15)));
+
+    // The reader may hold the key again, read from node 3; node 3 reports
+    // its changes once the reader notices the new master.
+    until_reads(&reader, key, Some(1), Duration::from_secs(5)).await;
+    for _ in 0..50 {
+        let _ = reader.get::<u64>(key).await;
+    }
+    writer.set(key, &2u64, None).await.unwrap();
+    let window = until_reads(&reader, key, Some(2), Duration::from_secs(5)).await;
+    eprintln!("a change on the new master reached the near level after {window:?}");
+    // And from then on, every change does at once.
+    until_near_hit(&reader, key).await;
+    writer.set(key, &3u64, None).await.unwrap();
+    until_reads(&reader, key, Some(3), Duration::from_secs(1)).await;
+}
