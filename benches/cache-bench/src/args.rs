@@ -28,6 +28,7 @@ pub(crate) static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "invalidate_prefix_100k_generations",
         "write_with_300k_foreign_keys",
         "near_invalidation_window",
+        "near_invalidation_window_cluster",
     ];
     if cfg!(feature = "cached-crate") {
         let at = |cases: &Vec<&str>, after: &str| {

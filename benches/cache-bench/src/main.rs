@@ -43,7 +43,7 @@ mod svg;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cache_testkit::RedisServer;
+use cache_testkit::{RedisCluster, RedisServer};
 
 use crate::args::{CASES, COUNT, Settings, parse_args, selected};
 use crate::measure::{Rounds, TASKS, count_calls, measure};
@@ -66,6 +66,8 @@ async fn run(s: Settings) {
     let started = Instant::now();
     let server = RedisServer::start();
     let mut paused_server = RedisServer::start();
+    // Started on first use: only the cluster case needs it.
+    let mut cluster: Option<RedisCluster> = None;
     let url = server.url();
     eprintln!(
         "cache-bench: redis at {url}, payload {} bytes bincode (+3 envelope), {TASKS} tasks, {} rounds{}",
@@ -153,7 +155,13 @@ async fn run(s: Settings) {
                     cases::invalidate_prefix(r, &hit.redis_cache_gen, &mut hit.raw_conn).await;
                 }
                 "near_invalidation_window" => {
-                    cases::near_invalidation_window(r, &url, s.quick).await;
+                    let target = cases::Target::Single(&url);
+                    cases::near_invalidation_window(r, target, s.quick, name).await;
+                }
+                "near_invalidation_window_cluster" => {
+                    let urls = cluster.get_or_insert_with(|| RedisCluster::start(3)).urls();
+                    let target = cases::Target::Cluster(&urls);
+                    cases::near_invalidation_window(r, target, s.quick, name).await;
                 }
                 "write_with_300k_foreign_keys" => {
                     cases::write_with_foreign_keys(

@@ -262,7 +262,7 @@ fn note(name: &str, r: &Rounds) -> String {
             x("cut_off_at_2s"),
             time(x("healthy_p99_us")),
         ),
-        "near_invalidation_window" => format!(
+        "near_invalidation_window" | "near_invalidation_window_cluster" => format!(
             "another instance's change seen by a near cache after: idle p50 {} / p99 {}; \
              reader under load (p50/p99 columns) max {}",
             time(x("idle_p50_us")),

@@ -13,7 +13,7 @@ mod writes;
 pub(crate) use flight::FLIGHT_CALLERS;
 pub(crate) use flight::single_flight;
 pub(crate) use invalidation::{invalidate_prefix, invalidate_prefix_generations};
-pub(crate) use near_window::near_invalidation_window;
+pub(crate) use near_window::{Target, near_invalidation_window};
 pub(crate) use paired::paired_p50;
 pub(crate) use paused::redis_paused;
 pub(crate) use writes::write_with_foreign_keys;

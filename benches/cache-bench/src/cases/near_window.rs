@@ -8,15 +8,33 @@ use cache_core::Cache;
 
 use crate::measure::{Rounds, percentile_us};
 
+/// Where the two instances of the window case connect.
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// One redis-server.
+    Single(&'a str),
+    /// A Redis Cluster (its node URLs).
+    Cluster(&'a [String]),
+}
+
 /// How long another instance's near cache keeps serving a value after a
 /// write or delete returned: a writer changes (or deletes) a key, a reader
 /// with a near cache polls it until it sees the change. Measured idle and
 /// with the reader under load (64 tasks reading other keys, 50,000 reads
-/// per second in all).
-pub(crate) async fn near_invalidation_window(rounds: &mut Rounds, url: &str, quick: bool) {
+/// per second in all). `case` names the JSON lines.
+pub(crate) async fn near_invalidation_window(
+    rounds: &mut Rounds,
+    target: Target<'_>,
+    quick: bool,
+    case: &str,
+) {
     let trials = if quick { 2_000 } else { 10_000 };
     let build = |near: bool| async move {
-        let b = Cache::builder().redis_url(url).namespace("benchwindow");
+        let b = match target {
+            Target::Single(url) => Cache::builder().redis_url(url),
+            Target::Cluster(urls) => Cache::builder().redis_cluster(urls.to_vec()),
+        }
+        .namespace("benchwindow");
         if near { b.near_cache(10_000) } else { b }
             .build()
             .await
@@ -93,7 +111,7 @@ pub(crate) async fn near_invalidation_window(rounds: &mut Rounds, url: &str, qui
         println!(
             "{}",
             serde_json::json!({
-                "case": "near_invalidation_window",
+                "case": case,
                 "reader": tag,
                 "trials": trials,
                 "p50_us": percentile_us(ns, 0.50),

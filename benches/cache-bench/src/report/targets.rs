@@ -221,12 +221,18 @@ pub(super) fn print_targets(run: &Run<'_>, s: Settings) {
             )
         },
     );
-    target(
-        run,
-        &["near_invalidation_window"],
-        "another instance's change reaches a near cache (near_invalidation_window)",
-        || {
-            let Some(r) = run.case("near_invalidation_window") else {
+    for (case, label) in [
+        (
+            "near_invalidation_window",
+            "another instance's change reaches a near cache (near_invalidation_window)",
+        ),
+        (
+            "near_invalidation_window_cluster",
+            "the same on a 3-master Redis Cluster (near_invalidation_window_cluster)",
+        ),
+    ] {
+        target(run, &[case], label, || {
+            let Some(r) = run.case(case) else {
                 return (String::new(), "", false);
             };
             let idle = r.extra_median("idle_p99_us").unwrap_or(f64::NAN);
@@ -240,8 +246,8 @@ pub(super) fn print_targets(run: &Run<'_>, s: Settings) {
                 "≤ 500 µs",
                 idle.max(loaded) <= 500.0,
             )
-        },
-    );
+        });
+    }
     target(
         run,
         &["write_with_300k_foreign_keys"],
