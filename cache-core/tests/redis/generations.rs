@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::{
-    CLUSTER, Kind, SERVER, calls, cluster_calls, kill_tracking_clients, load_racing_invalidation,
-    on, until_reads,
+    COUNTED_CLUSTER, COUNTED_SERVER, Kind, calls, cluster_calls, kill_tracking_clients,
+    load_racing_invalidation, on_counted, until_reads,
 };
 use cache_core::{Cache, cached};
 use cache_testkit::{RedisCluster, RedisServer};
@@ -21,7 +21,7 @@ async fn cache(kind: Kind, generations: bool) -> Cache {
         .namespace(&ns)
         .prefix_generations(generations)
         .timeout(Duration::from_secs(2));
-    on(kind, b).build().await.unwrap()
+    on_counted(kind, b).build().await.unwrap()
 }
 
 /// SCAN calls the server(s) have answered so far.
@@ -39,8 +39,14 @@ fn scans(kind: Kind) -> u64 {
     };
     match kind {
         Kind::Memory => 0,
-        Kind::Redis => read(SERVER.get().unwrap()),
-        Kind::Cluster => CLUSTER.get().unwrap().nodes().iter().map(read).sum(),
+        Kind::Redis => read(COUNTED_SERVER.get().unwrap()),
+        Kind::Cluster => COUNTED_CLUSTER
+            .get()
+            .unwrap()
+            .nodes()
+            .iter()
+            .map(read)
+            .sum(),
     }
 }
 

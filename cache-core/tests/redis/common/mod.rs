@@ -34,6 +34,25 @@ pub(crate) fn on(kind: Kind, builder: CacheBuilder) -> CacheBuilder {
     }
 }
 
+/// A redis-server and a cluster only the generations tests use: they count
+/// the commands a server answered, which the other modules' tests (sharing
+/// [`SERVER`] and [`CLUSTER`] in this binary) would change under them.
+pub(crate) static COUNTED_SERVER: OnceLock<RedisServer> = OnceLock::new();
+pub(crate) static COUNTED_CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+/// [`on`], with [`COUNTED_SERVER`] and [`COUNTED_CLUSTER`].
+pub(crate) fn on_counted(kind: Kind, builder: CacheBuilder) -> CacheBuilder {
+    match kind {
+        Kind::Memory => builder,
+        Kind::Redis => builder.redis_url(COUNTED_SERVER.get_or_init(RedisServer::start).url()),
+        Kind::Cluster => builder.redis_cluster(
+            COUNTED_CLUSTER
+                .get_or_init(|| RedisCluster::start(3))
+                .urls(),
+        ),
+    }
+}
+
 /// A load of `key` reads the database (1) and stalls; meanwhile the database
 /// becomes 2 and `invalidate` runs; then the load finishes. Returns what the
 /// racing load itself returned and what the cache serves afterwards.
