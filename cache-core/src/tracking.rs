@@ -39,6 +39,11 @@ const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 /// invalidations is given up within about this long.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// Shortest wait for a heartbeat `PING`: a Redis that is only slow for a
+/// moment (a long command of another client) should not cost every
+/// instance its near level, which would send all reads to it at once.
+const HEARTBEAT_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
+
 pub(crate) fn parse_generation(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
@@ -433,8 +438,10 @@ impl Tracker {
         for connection in &links.connections {
             let mut connection = connection.clone();
             let ping = redis::cmd("PING");
-            let answer =
-                tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut connection));
+            let answer = tokio::time::timeout(
+                (self.timeout * 4).max(HEARTBEAT_TIMEOUT_FLOOR),
+                ping.query_async::<String>(&mut connection),
+            );
             if !matches!(answer.await, Ok(Ok(_))) {
                 return false;
             }

@@ -180,7 +180,8 @@ async fn a_tracking_connection_that_stops_answering_drops_the_near_level() {
     // behind a half-open connection. Nothing tells the reader but its own
     // heartbeat.
     server.pause();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The heartbeat pings every second and waits up to a second.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let near = reader.stats().near.unwrap();
     server.resume();
     assert!(near.flushes > flushes, "{near:?}");
