@@ -281,10 +281,7 @@ impl Cache {
             tracker.ensure_connecting(&self.inner);
             return self.raw_get(entry, skey).await;
         }
-        if let Some(slot) = near.get(skey)
-            && crate::codec::label(&slot, current) == crate::codec::Label::Current
-        {
-            self.inner.stats.record(entry, Event::NearHit);
+        if let Some(slot) = self.near_current(near, entry, skey, current) {
             return Some(RawBytes::Shared(slot));
         }
         let ticket = near.ticket(skey);
@@ -315,12 +312,25 @@ impl Cache {
             true => Some(entry.generation.held()?),
             false => None,
         };
+        Some((self.near_current(near, entry, skey, current)?, current))
+    }
+
+    /// A near hit: the entry at `skey`, if it carries the generation
+    /// `current` (counted as a near hit).
+    #[inline]
+    fn near_current(
+        &self,
+        near: &crate::near::NearCache,
+        entry: &PrefixEntry,
+        skey: &str,
+        current: Option<u64>,
+    ) -> Option<std::sync::Arc<crate::backend::memory::Slot>> {
         let slot = near.get(skey)?;
         if crate::codec::label(&slot, current) != crate::codec::Label::Current {
             return None;
         }
         self.inner.stats.record(entry, Event::NearHit);
-        Some((slot, current))
+        Some(slot)
     }
 
     /// This process changed `skeys`: its near level must not serve them

@@ -233,6 +233,19 @@ impl Tracker {
         }
     }
 
+    /// Loses tracking if the set `lost` belongs to is the one in use (a
+    /// replaced set's trouble changes nothing); returns whether it was.
+    fn lose_if_current(&self, inner: &Inner, lost: &Arc<AtomicBool>) -> bool {
+        let current = self.links.load();
+        let in_use = current
+            .as_ref()
+            .is_some_and(|links| Arc::ptr_eq(&links.lost, lost));
+        if in_use {
+            self.lose(inner);
+        }
+        in_use
+    }
+
     /// Handles one push message from a tracking connection (runs inside the
     /// connection's driver, in the order its node sent them).
     fn on_push(&self, inner: &Inner, lost: &Arc<AtomicBool>, push: PushInfo) {
@@ -263,15 +276,7 @@ impl Tracker {
             },
             PushKind::Disconnection => {
                 lost.store(true, Ordering::Release);
-                // Only if these are the connections in use (a replaced set's
-                // disconnection changes nothing).
-                let current = self.links.load();
-                if current
-                    .as_ref()
-                    .is_some_and(|links| Arc::ptr_eq(&links.lost, lost))
-                {
-                    self.lose(inner);
-                }
+                self.lose_if_current(inner, lost);
             }
             _ => {}
         }
@@ -474,15 +479,10 @@ async fn heartbeat(weak: Weak<Inner>, lost: Arc<AtomicBool>) {
         }
         if !tracker.still_sound(&inner, &links).await {
             // Only if the set was not replaced while we asked.
-            let current = tracker.links.load();
-            if current
-                .as_ref()
-                .is_some_and(|l| Arc::ptr_eq(&l.lost, &lost))
-            {
+            if tracker.lose_if_current(&inner, &lost) {
                 tracing::debug!(
                     "client tracking lost: a tracking connection stopped answering or the cluster changed"
                 );
-                tracker.lose(&inner);
                 tracker.ensure_connecting(&inner);
             }
             return;

@@ -26,27 +26,10 @@ async fn cache(kind: Kind, generations: bool) -> Cache {
 
 /// SCAN calls the server(s) have answered so far.
 fn scans(kind: Kind) -> u64 {
-    let read = |server: &RedisServer| -> u64 {
-        let info: String = ::redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
     match kind {
         Kind::Memory => 0,
-        Kind::Redis => read(COUNTED_SERVER.get().unwrap()),
-        Kind::Cluster => COUNTED_CLUSTER
-            .get()
-            .unwrap()
-            .nodes()
-            .iter()
-            .map(read)
-            .sum(),
+        Kind::Redis => calls(COUNTED_SERVER.get().unwrap(), "scan"),
+        Kind::Cluster => cluster_calls(COUNTED_CLUSTER.get().unwrap(), "scan"),
     }
 }
 
