@@ -255,6 +255,7 @@ impl CacheBuilder {
             return Err(error);
         }
         let config = self.config;
+        config.validate()?;
         if !config.enabled {
             return Ok(Cache::from_parts(
                 config,

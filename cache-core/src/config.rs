@@ -64,6 +64,7 @@ impl RedisTarget {
 /// | `CACHE_CB_FAILURES` | [`breaker_failures`](Self::breaker_failures) | `5` |
 /// | `CACHE_CB_COOLDOWN_S` | [`breaker_cooldown`](Self::breaker_cooldown) | `30` |
 /// | `CACHE_FALLBACK_TTL_S` | [`fallback_ttl_cap`](Self::fallback_ttl_cap) | `30` |
+/// | `CACHE_LEASE_TTL_MS` | [`lease_ttl`](Self::lease_ttl) (renewed while the load runs) | `3000` |
 /// | `CACHE_CODEC` | [`codec`](Self::codec) (`bincode` or `json`) | `bincode` |
 /// | `REDIS_TCP_NODELAY` | [`tcp_nodelay`](Self::tcp_nodelay) | `true` |
 /// | `CACHE_PREFIX_GENERATIONS` | [`prefix_generations`](Self::prefix_generations) | on for Redis, off for memory |
@@ -294,6 +295,10 @@ impl CacheConfig {
             config.default_ttl =
                 Duration::from_secs(parse_num("CACHE_DEFAULT_TTL", &v, 1, u64::MAX / 1000)?);
         }
+        if let Some(v) = get("CACHE_LEASE_TTL_MS") {
+            config.lease_ttl =
+                Duration::from_millis(parse_num("CACHE_LEASE_TTL_MS", &v, 10, 3_600_000)?);
+        }
         if let Some(v) = get("REDIS_POOL_SIZE") {
             config.pool_size = parse_num("REDIS_POOL_SIZE", &v, 1, 1024)? as u32;
         }
@@ -330,6 +335,39 @@ impl CacheConfig {
         config.tls_key_file = get(KEY_VAR).map(PathBuf::from);
         config.tls_certificates(TlsVariables::ENV)?;
         Ok(config)
+    }
+
+    /// Checks the settings a builder (or code that fills the fields
+    /// directly) may have set to values the cache cannot work with; the
+    /// environment path checks each variable as it reads it. Zero durations
+    /// are refused: a zero TTL would keep values for an instant, a zero
+    /// timeout would fail every call, a zero lease would protect no load.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |setting: &'static str, value: Duration| {
+            if value.is_zero() {
+                Err(invalid(
+                    setting,
+                    "0",
+                    "expected a duration greater than zero",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        positive("default_ttl", self.default_ttl)?;
+        positive("timeout", self.timeout)?;
+        positive("lease_ttl", self.lease_ttl)?;
+        if self.pool_size == 0 {
+            return Err(invalid("pool_size", "0", "expected at least 1"));
+        }
+        if self.breaker_failures == 0 {
+            return Err(invalid(
+                "circuit_breaker",
+                "0",
+                "expected at least 1 failure",
+            ));
+        }
+        Ok(())
     }
 
     /// A printable description of the backend target with passwords redacted
@@ -475,4 +513,63 @@ pub(crate) fn redact_text(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<CacheConfig, ConfigError> {
+        CacheConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn the_lease_ttl_is_read_in_milliseconds_and_checked() {
+        let config = from(&[("CACHE_LEASE_TTL_MS", "1500")]).unwrap();
+        assert_eq!(config.lease_ttl, Duration::from_millis(1500));
+        for bad in ["0", "abc", "-5"] {
+            assert!(matches!(
+                from(&[("CACHE_LEASE_TTL_MS", bad)]),
+                Err(ConfigError::Invalid {
+                    variable: "CACHE_LEASE_TTL_MS",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn zero_durations_from_the_builder_are_errors_like_from_the_environment() {
+        assert!(matches!(
+            from(&[("CACHE_DEFAULT_TTL", "0")]),
+            Err(ConfigError::Invalid {
+                variable: "CACHE_DEFAULT_TTL",
+                ..
+            })
+        ));
+        let zero = Duration::ZERO;
+        let cases = [
+            ("default_ttl", crate::Cache::builder().default_ttl(zero)),
+            ("timeout", crate::Cache::builder().timeout(zero)),
+            ("lease_ttl", crate::Cache::builder().lease_ttl(zero)),
+            ("pool_size", crate::Cache::builder().pool_size(0)),
+        ];
+        for (setting, builder) in cases {
+            match builder.build().await {
+                Err(ConfigError::Invalid { variable, .. }) => assert_eq!(variable, setting),
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
+        assert!(
+            crate::Cache::builder()
+                .default_ttl(Duration::from_millis(1))
+                .build()
+                .await
+                .is_ok()
+        );
+    }
 }

@@ -4,17 +4,19 @@
 //! A stored key is `{namespace}:{prefix}:{rest}`. Values substituted into a
 //! key template are percent-escaped (`*` → `%2A`, `:` → `%3A`, ...), so user
 //! data can never add a glob character or a segment separator to a key: an
-//! argument holding `"*"` names exactly one key, never a pattern.
+//! argument holding `"*"` names exactly one key, never a pattern. Braces are
+//! escaped too: on Redis Cluster a `{tag}` in a key picks its slot, and that
+//! choice belongs to the code, not to its callers' data.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 /// Characters that are percent-escaped in substituted values.
 fn needs_escape(c: char) -> bool {
-    matches!(c, '*' | '?' | '[' | ']' | ':' | '\\' | '%') || c.is_ascii_control()
+    matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | ':' | '\\' | '%') || c.is_ascii_control()
 }
 
-/// Escapes a value for use inside a key: `* ? [ ] : \ %` and ASCII control
+/// Escapes a value for use inside a key: `* ? [ ] { } : \ %` and ASCII control
 /// characters become `%XX`. The mapping is injective, so two different values
 /// never share a key.
 ///
@@ -51,7 +53,7 @@ pub(crate) fn push_escaped_str(out: &mut String, value: &str) {
 /// Appends the `Display` form of `value` to `buf`, escaped.
 pub(crate) fn push_escaped_display<T: fmt::Display + ?Sized>(buf: &mut String, value: &T) {
     // Format straight into the key, then escape only if needed (rare: ids
-    // and names seldom hold `* ? [ ] : \ %` or control characters).
+    // and names seldom hold `* ? [ ] { } : \ %` or control characters).
     let start = buf.len();
     let _ = write!(buf, "{value}");
     if buf.as_bytes()[start..]
@@ -200,6 +202,18 @@ pub(crate) fn glob_literal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn braces_are_escaped_so_user_data_cannot_pick_a_cluster_slot() {
+        // On Redis Cluster only the part between the first `{` and `}` of a
+        // key is hashed: unescaped, a value holding `{tenant}` would choose
+        // the slot of every key it appears in.
+        assert_eq!(escape("{tenant}a"), "%7Btenant%7Da");
+        let mut key = String::from("ns:p:");
+        push_escaped_display(&mut key, "{t}");
+        assert_eq!(key, "ns:p:%7Bt%7D");
+        assert!(!escape("}{").contains(['{', '}']));
+    }
 
     #[test]
     fn glob_matches_like_redis() {

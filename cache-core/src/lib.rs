@@ -36,7 +36,7 @@
 //!
 //! # What you get
 //! - **Keys** `{namespace}:{prefix}:{key}`; template values are escaped so
-//!   user data never adds `*`, `?`, `[`, `]` or `:` to a key ([`keys`]).
+//!   user data never adds `*`, `?`, `[`, `]`, `{`, `}` or `:` to a key ([`keys`]).
 //! - **Backends**: Redis (a bb8 pool managing shared multiplexed
 //!   connections), Redis Cluster, and in-process memory (moka), behind one
 //!   [`Backend`] trait; `cache-testkit` adds a controllable test backend.

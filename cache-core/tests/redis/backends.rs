@@ -294,3 +294,45 @@ on_every_backend!(
     escaping,
     bad_input
 );
+
+#[cache_core::cached(prefix = "tenant", key = "{name}", cache = cache)]
+async fn tenant_row(cache: &Cache, name: &str) -> String {
+    name.to_owned()
+}
+
+/// On Redis Cluster only the part of a key between its first `{` and `}`
+/// picks the slot: user data holding the same `{tag}` must not put its keys
+/// on one shard.
+#[tokio::test]
+async fn braces_in_user_data_do_not_choose_the_cluster_slot() {
+    let cache = fresh(Kind::Cluster).await;
+    let names = ["{acme}1", "{acme}2", "{acme}3", "{acme}4"];
+    let mut slots = std::collections::HashSet::new();
+    let client = crate::common::CLUSTER
+        .get()
+        .expect("started by fresh")
+        .client();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for name in names {
+        assert_eq!(tenant_row(&cache, name).await, name);
+        let skey = cache.storage_key(&tenant_row_cache_key(name));
+        assert!(!skey.contains(['{', '}']), "{skey}");
+        let slot: u16 = ::redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&skey)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        slots.insert(slot);
+        assert_eq!(
+            cache
+                .get::<String>(&tenant_row_cache_key(name))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(name)
+        );
+    }
+    // Unescaped, all four would hash `acme` alone: one slot.
+    assert!(slots.len() > 1, "{slots:?}");
+}
