@@ -11,9 +11,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::CacheError;
-use crate::stats::{Event, PrefixEntry};
-
 /// First byte of every value this crate writes.
 pub const ENVELOPE_MAGIC: u8 = 0xC4;
 /// Version of the envelope layout.
@@ -216,74 +213,6 @@ pub(crate) fn is_lease(bytes: &[u8]) -> bool {
         && bytes[0] == ENVELOPE_MAGIC
         && bytes[1] == FORMAT_VERSION
         && bytes[2] == LEASE_CODEC_ID
-}
-
-// ----- the cache's use of the codec -----------------------------------------
-
-impl crate::Cache {
-    /// Encodes with size check and counting.
-    pub(crate) fn encode<T: Serialize + ?Sized>(
-        &self,
-        entry: &PrefixEntry,
-        key: &str,
-        value: &T,
-        generation: Option<u64>,
-    ) -> Result<Vec<u8>, CacheError> {
-        let bytes =
-            encode_labeled(self.inner.config.codec, value, generation).map_err(|message| {
-                CacheError::Encode {
-                    key: key.to_owned(),
-                    message,
-                }
-            })?;
-        if bytes.len() > self.inner.config.max_value_bytes {
-            self.inner.stats.record(entry, Event::Oversized);
-            tracing::warn!(
-                key,
-                size = bytes.len(),
-                limit = self.inner.config.max_value_bytes,
-                "value over max_value_bytes not stored"
-            );
-            return Err(CacheError::TooLarge {
-                key: key.to_owned(),
-                size: bytes.len(),
-                limit: self.inner.config.max_value_bytes,
-            });
-        }
-        Ok(bytes)
-    }
-
-    /// Decodes, counting a failure as a decode failure (the caller treats it as a miss).
-    pub(crate) fn decode<T: DeserializeOwned>(
-        &self,
-        entry: &PrefixEntry,
-        key: &str,
-        bytes: &[u8],
-    ) -> Option<T> {
-        match decode(bytes, self.inner.config.max_value_bytes) {
-            Ok(v) => Some(v),
-            Err(err) => {
-                self.inner.stats.record(entry, Event::DecodeFailure);
-                let reason = match err {
-                    DecodeError::Foreign => {
-                        "not written by cache-core (or by a newer format)".to_owned()
-                    }
-                    DecodeError::TooLarge => "over max_value_bytes".to_owned(),
-                    DecodeError::Payload(m) => m,
-                };
-                tracing::debug!(key, %reason, "stored value did not decode; treating as a miss");
-                None
-            }
-        }
-    }
-
-    pub(crate) fn next_lease_marker(&self) -> Vec<u8> {
-        lease_marker(
-            self.inner
-                .lease_tokens
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        )
-    }
 }
 
 #[cfg(test)]

@@ -178,38 +178,29 @@ pub mod macros_guide {}
 pub mod metrics_guide {}
 
 mod backend;
-mod breaker;
-mod builder;
 mod cache;
 mod clock;
 pub mod codec;
 mod config;
+mod consistency;
 mod error;
-mod fallback;
-mod flight;
-mod generations;
-mod health;
-mod install;
+mod held;
 pub mod keys;
-mod leases;
-mod load;
-mod near;
-mod resilience;
 mod stats;
-mod tracking;
+mod store;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
 pub use backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
-pub use builder::CacheBuilder;
 pub use cache::Cache;
+pub use cache::builder::CacheBuilder;
+pub use cache::health::{Health, HealthStatus};
 pub use codec::{Codec, CodecKind};
 pub use config::{CacheConfig, RedisTarget, redact_url};
+pub use consistency::near::NearStats;
 pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
-pub use health::{Health, HealthStatus};
-pub use near::NearStats;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 
 pub use cache_macros::{cached, invalidates};
@@ -238,5 +229,5 @@ pub use async_trait::async_trait;
 /// # }
 /// ```
 pub async fn uncached<F: std::future::Future>(fut: F) -> F::Output {
-    install::BYPASS.scope(true, fut).await
+    cache::install::BYPASS.scope(true, fut).await
 }

@@ -147,7 +147,7 @@ pub(crate) struct PrefixEntry {
     prefix: Arc<str>,
     /// The prefix's generation as this process last saw it (prefix
     /// generations with server-assisted tracking).
-    pub(crate) generation: crate::tracking::HeldGeneration,
+    pub(crate) generation: crate::held::HeldGeneration,
 }
 
 impl PrefixEntry {
@@ -156,8 +156,13 @@ impl PrefixEntry {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             metrics: PrefixMetrics::new(prefix),
             prefix: Arc::from(prefix),
-            generation: crate::tracking::HeldGeneration::default(),
+            generation: crate::held::HeldGeneration::default(),
         }
+    }
+
+    /// The prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// This thread's stripe.
@@ -484,35 +489,6 @@ impl CacheStats {
         metrics::gauge!(FALLBACK_ACTIVE).set(if self.fallback_active { 1.0 } else { 0.0 });
         for (prefix, figures) in &self.prefixes {
             metrics::gauge!(HIT_RATIO, "prefix" => prefix.clone()).set(figures.hit_rate);
-        }
-    }
-}
-
-impl crate::Cache {
-    /// Creates the figures of `prefixes` now, at zero, instead of at their
-    /// first use: every per-prefix `metrics` series
-    /// ([`metrics_guide`](crate::metrics_guide)) exists from start-up,
-    /// so `rate()` and absence alerts work before the first request, and
-    /// [`stats`](Self::stats) lists the prefixes. Call it once after the
-    /// metrics recorder is installed, with the prefixes of your
-    /// `#[cached]` functions. A name is taken up to its first `:`
-    /// (`"customer:"` is `customer`); empty names and repeats are ignored.
-    ///
-    /// ```
-    /// let cache = cache_core::Cache::memory();
-    /// cache.register_prefixes(["customer", "churn", "query"]);
-    /// assert_eq!(cache.stats().prefixes["churn"].hits, 0);
-    /// ```
-    pub fn register_prefixes<I, S>(&self, prefixes: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        for prefix in prefixes {
-            let prefix = prefix.as_ref().split(':').next().unwrap_or_default();
-            if !prefix.is_empty() {
-                let _ = self.inner.stats.prefix(prefix);
-            }
         }
     }
 }

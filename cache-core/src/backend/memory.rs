@@ -394,6 +394,24 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn renew_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let result = self
+            .compute_own(key, |own| match Self::live(own) {
+                Some(mut e) if **e.slot == *marker => {
+                    e.expires_at = Instant::now().checked_add(ttl);
+                    Op::Put(e)
+                }
+                _ => Op::Nop,
+            })
+            .await;
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
+    }
+
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
     }

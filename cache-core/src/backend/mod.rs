@@ -14,8 +14,6 @@ use crate::error::BackendError;
 
 pub(crate) mod memory;
 pub(crate) mod primary;
-#[macro_use]
-pub(crate) mod connection;
 pub(crate) mod redis;
 
 pub use memory::MemoryBackend;
@@ -148,6 +146,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool, BackendError>;
     /// Deletes `key` only if it still holds `marker`.
     async fn release_lease(&self, key: &str, marker: Vec<u8>) -> Result<(), BackendError>;
+    /// Extends `key`'s expiry to `ttl` from now if it still holds `marker`;
+    /// `false` when it does not (the lease was lost). The cache renews a
+    /// lease this way while its load runs, so a slow load keeps it.
+    ///
+    /// The default reads the key and then sets its expiry: two calls, so a
+    /// lease deleted between them could be given an expiry it no longer
+    /// needs (a deleted key has none to extend, so nothing is revived).
+    /// Backends that can do it atomically should.
+    async fn renew_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        match self.get(key).await? {
+            Some(held) if held == marker => self.expire(key, ttl).await,
+            _ => Ok(false),
+        }
+    }
     /// Size in bytes of the value at `key`, without fetching it (`None`:
     /// no such key, or the backend cannot tell). The cache asks before
     /// reading a key whose last read failed on its own, so that a value too

@@ -7,20 +7,19 @@ use std::time::Duration;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::Cache;
 use crate::backend::redis::RedisBackend;
+use crate::backend::redis::tracking::Tracker;
 use crate::backend::{Backend, BackendKind, MemoryBackend, Primary};
-use crate::breaker::Breaker;
-use crate::cache::{Cache, Inner};
 use crate::config::{
     CacheConfig, RedisTarget, TlsVariables, read_pem_certificates, read_pem_key,
     validate_namespace, validate_url,
 };
+use crate::consistency::Consistency;
+use crate::consistency::near::NearCache;
 use crate::error::{ConfigError, ErrorKind};
-use crate::flight::Flights;
-use crate::near::NearCache;
-use crate::resilience::Resilience;
 use crate::stats::StatsRegistry;
-use crate::tracking::Tracker;
+use crate::store::Store;
 
 /// Names of the builder's TLS settings, used in its errors.
 const BUILDER_TLS: TlsVariables = TlsVariables {
@@ -300,11 +299,11 @@ impl CacheBuilder {
         let backend = Arc::new(backend);
         let probe = backend.clone();
         let cache = Cache::from_parts(config, backend.kind(), Primary::Redis(backend));
-        let wait = cache.inner.config.timeout * 4;
+        let wait = cache.config().timeout * 4;
         let failure = match tokio::time::timeout(wait, probe.ping()).await {
             Ok(Ok(())) => {
                 tracing::info!(target = %target.redacted(), "cache connected to Redis");
-                let namespace = &cache.inner.config.namespace;
+                let namespace = &cache.config().namespace;
                 let missing = match tokio::time::timeout(
                     wait * 4,
                     probe.check_permissions(namespace),
@@ -321,7 +320,7 @@ impl CacheBuilder {
                     "the Redis user may not run {} on `{namespace}:*`; grant them (see the README's minimal ACL)",
                     missing.join(", ")
                 );
-                if cache.inner.config.require_redis {
+                if cache.config().require_redis {
                     tracing::error!(target = %target.redacted(), "{reason}");
                     return Err(ConfigError::RedisUnavailable {
                         target: target.redacted(),
@@ -338,7 +337,7 @@ impl CacheBuilder {
                 format!("no answer to PING within {wait:?}"),
             ),
         };
-        if cache.inner.config.require_redis {
+        if cache.config().require_redis {
             tracing::error!(target = %target.redacted(), error = %failure, "Redis is required (CACHE_REQUIRE_REDIS) but unusable at start");
             return Err(ConfigError::RedisUnavailable {
                 target: target.redacted(),
@@ -410,20 +409,32 @@ impl Cache {
         Cache::from_parts(config, kind, Primary::Custom(backend))
     }
 
-    /// A cache over `primary`, of kind `kind`.
+    /// A cache over `primary`, of kind `kind`: the store, the consistency
+    /// layer on it, and the handle on that.
     pub(crate) fn from_parts(config: CacheConfig, kind: BackendKind, primary: Primary) -> Cache {
-        let resilience = kind.is_remote().then(|| {
-            Resilience::new(
-                Breaker::new(config.breaker_failures, config.breaker_cooldown),
-                MemoryBackend::new(config.memory_capacity),
-            )
-        });
+        let stats = Arc::new(StatsRegistry::new());
         let generations = config.prefix_generations.unwrap_or(matches!(
             kind,
             BackendKind::Redis | BackendKind::RedisCluster
         ));
-        let redis_target = match (&config.redis, kind) {
-            (Some(target), BackendKind::Redis | BackendKind::RedisCluster) => Some(target),
+        let redis = primary.redis().cloned();
+        let store = Store::new(
+            primary,
+            kind.is_remote(),
+            crate::store::Settings {
+                timeout: config.timeout,
+                fallback_ttl_cap: config.fallback_ttl_cap,
+                max_value_bytes: config.max_value_bytes,
+                lease_ttl: config.lease_ttl,
+                namespace: config.namespace.clone(),
+                breaker_failures: config.breaker_failures,
+                breaker_cooldown: config.breaker_cooldown,
+                fallback_capacity: config.memory_capacity,
+            },
+            stats.clone(),
+        );
+        let redis_target = match (&config.redis, &redis) {
+            (Some(target), Some(_)) => Some(target),
             _ => None,
         };
         let near_capacity = config.near_capacity.filter(|_| redis_target.is_some());
@@ -442,6 +453,7 @@ impl Cache {
                     }
                     RedisTarget::Cluster(urls) => Tracker::cluster(
                         urls.first()?,
+                        redis.clone()?,
                         namespace,
                         config.timeout,
                         near,
@@ -456,22 +468,20 @@ impl Cache {
                 config.default_ttl.max(Duration::from_secs(1)),
             )
         });
-        let cache = Cache {
-            inner: Arc::new(Inner {
-                config,
-                kind,
-                primary,
-                resilience,
-                stats: StatsRegistry::new(),
-                flights: Flights::default(),
-                lease_tokens: AtomicU64::new(seed()),
+        let layer = Consistency::new(
+            store,
+            stats.clone(),
+            crate::consistency::Settings {
+                namespace: config.namespace.clone(),
                 generations,
-                tracker,
-                near,
-            }),
-        };
-        cache.start_tracking();
-        cache
+                leases: config.leases,
+                lease_ttl: config.lease_ttl,
+            },
+            tracker,
+            near,
+            seed(),
+        );
+        Cache::from_layer(config, kind, stats, layer)
     }
 }
 

@@ -4,8 +4,8 @@ use serde::Serialize;
 
 use std::time::Instant;
 
+use super::Cache;
 use crate::backend::BackendInfo;
-use crate::cache::Cache;
 use crate::stats::{CacheStats, CircuitState};
 
 /// Overall state of the cache.
@@ -76,10 +76,8 @@ impl Cache {
     /// Hit/miss figures, total and per prefix, with the circuit state and backend.
     pub fn stats(&self) -> CacheStats {
         let (total, prefixes) = self.inner.stats.snapshot();
-        let (circuit, fallback_active) = match &self.inner.resilience {
-            Some(res) => (res.breaker.state(), res.fallback_active()),
-            None => (CircuitState::NotApplicable, false),
-        };
+        let store = self.inner.layer.store();
+        let (circuit, fallback_active) = (store.circuit(), store.fallback_active());
         CacheStats {
             enabled: self.is_enabled(),
             backend: self.inner.kind.name(),
@@ -89,7 +87,7 @@ impl Cache {
             fallback_active,
             total,
             prefixes,
-            near: self.inner.near.as_ref().map(|near| near.stats()),
+            near: self.inner.layer.near_stats(),
         }
     }
 
@@ -100,7 +98,7 @@ impl Cache {
         }
         match tokio::time::timeout(
             self.inner.config.timeout * 4,
-            self.inner.primary.backend().info(),
+            self.inner.layer.store().backend().info(),
         )
         .await
         {
@@ -119,14 +117,14 @@ impl Cache {
         }
         let started = Instant::now();
         let timeout = self.inner.config.timeout * 4;
-        let ping = tokio::time::timeout(timeout, self.inner.primary.backend().ping()).await;
+        let ping = tokio::time::timeout(timeout, self.inner.layer.store().backend().ping()).await;
         let latency = started.elapsed();
         let mut health = Health::new(HealthStatus::Healthy, self.inner.kind.name(), circuit);
         match ping {
             Ok(Ok(())) => {
                 health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
                 if let Ok(Ok(info)) =
-                    tokio::time::timeout(timeout, self.inner.primary.backend().info()).await
+                    tokio::time::timeout(timeout, self.inner.layer.store().backend().info()).await
                 {
                     health.redis_version = info.version;
                     health.used_memory_bytes = info.used_memory_bytes;
@@ -134,7 +132,7 @@ impl Cache {
                     health.total_keys = info.total_keys;
                     health.missing_permissions = info.missing_permissions;
                 }
-                health.tracking = self.inner.tracker.as_ref().map(|t| t.live());
+                health.tracking = self.inner.layer.tracking();
                 if circuit == CircuitState::Open {
                     health.status = HealthStatus::Degraded;
                     health.error = Some("circuit breaker open; recovering".to_owned());
@@ -168,12 +166,12 @@ impl Cache {
     /// checked with a write of our own (a 1 s key in the namespace), so
     /// health reports the backend as it is now, not as the last write left it.
     async fn write_still_failing(&self, timeout: std::time::Duration) -> Option<String> {
-        let res = self.inner.resilience.as_ref()?;
-        let failure = res.write_failure()?;
+        let store = self.inner.layer.store();
+        let failure = store.write_failure()?;
         let probe = format!("{}:%health", self.inner.config.namespace);
         let written = tokio::time::timeout(
             timeout,
-            self.inner.primary.backend().set(
+            self.inner.layer.store().backend().set(
                 &probe,
                 b"1".to_vec(),
                 std::time::Duration::from_secs(1),
@@ -182,7 +180,7 @@ impl Cache {
         .await;
         match written {
             Ok(Ok(())) => {
-                res.note_write(Ok(()));
+                store.note_write(Ok(()));
                 None
             }
             Ok(Err(e)) => Some(format!("writes are failing: {e}")),

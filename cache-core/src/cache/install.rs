@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::cache::Cache;
+use super::Cache;
 
 static INSTALLED: RwLock<Option<Cache>> = RwLock::new(None);
 /// Bumped by every `install`; threads keep a copy of the installed cache and
@@ -78,6 +78,6 @@ impl Cache {
     /// The cache the macros would use here: the [`scope`](Self::scope)d one,
     /// else the [installed](Self::install) one.
     pub fn current() -> Option<Cache> {
-        crate::__private::current_handle().map(|handle| Cache::clone(&handle))
+        SCOPED.try_with(Cache::clone).ok().or_else(Self::installed)
     }
 }

@@ -21,12 +21,18 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
 
-use super::connection::*;
+use self::connection::*;
+#[cfg(feature = "tls")]
+use self::tls::{certificates, install_crypto_provider};
 use super::{Backend, BackendInfo, BackendKind};
 use crate::config::{RedisTarget, TlsMaterial, redact_url};
 use crate::error::{BackendError, ErrorKind};
 
+#[macro_use]
+mod connection;
 mod acl;
+pub(crate) mod tls;
+pub(crate) mod tracking;
 
 /// `name key...` in a buffer sized up front: `cmd(name).arg(key)` would
 /// grow it once more, a reallocation on every hit (the hit path's `GET`,
@@ -54,6 +60,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+const RENEW_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
 const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -74,6 +86,7 @@ pub(crate) struct RedisBackend {
     missing_permissions: ArcSwapOption<Vec<String>>,
     description: String,
     set_if_lease: Script,
+    renew_lease: Script,
     release_lease: Script,
 }
 
@@ -172,6 +185,7 @@ impl RedisBackend {
             missing_permissions: ArcSwapOption::empty(),
             description: target.redacted(),
             set_if_lease: Script::new(SET_IF_LEASE),
+            renew_lease: Script::new(RENEW_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
         })
     }
@@ -515,6 +529,19 @@ impl Backend for RedisBackend {
         self.invoke(&self.release_lease, key, &[&marker])
             .await
             .map(|_| ())
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        marker: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let ttl = px(ttl).to_string();
+        let renewed = self
+            .invoke(&self.renew_lease, key, &[&marker, ttl.as_bytes()])
+            .await?;
+        Ok(renewed == 1)
     }
 
     async fn value_len(&self, key: &str) -> Result<Option<u64>, BackendError> {

@@ -1,5 +1,7 @@
 //! Redis server-assisted client tracking: the connections on which Redis
-//! tells this process that a key changed, and the generations held under it.
+//! tells this process that a key changed. What is held under tracking
+//! (generations, near entries) belongs to the consistency layer, which
+//! hears about changes and losses through [`Listener`].
 //!
 //! - A single server: one RESP3 connection with `CLIENT TRACKING ON`.
 //!   Generation keys are read on it, so Redis tracks exactly the keys this
@@ -17,7 +19,7 @@
 //! `FLUSHALL`. Nothing is held again until tracking is re-established.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -26,10 +28,10 @@ use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
 };
 
-use crate::cache::Inner;
+use super::RedisBackend;
+use super::tls::client_with_tls;
 use crate::clock;
 use crate::config::TlsMaterial;
-use crate::stats::CircuitState;
 
 /// Least time between two attempts to establish tracking.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
@@ -44,55 +46,13 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// instance its near level, which would send all reads to it at once.
 const HEARTBEAT_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 
-pub(crate) fn parse_generation(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
-/// A prefix's generation as this process holds it.
-///
-/// Invariant: `value` is non-zero only while Redis tracks it for this
-/// process. Installing a generation read from Redis is refused if an
-/// invalidation of it (or a loss of tracking) was processed after the read
-/// began: the read takes a ticket (`changes`, and the tracker's epoch) before
-/// it is sent, and the install compares the ticket under `lock`, which the
-/// invalidation also takes. Without the ticket, a reply installed after the
-/// invalidation that overtook it would be held forever (Redis reports a
-/// tracked key's change once).
-#[derive(Default)]
-pub(crate) struct HeldGeneration {
-    /// The generation, or 0 when none is held.
-    value: AtomicU64,
-    /// Bumped by every invalidation of this prefix's generation.
-    changes: AtomicU64,
-    lock: Mutex<()>,
-}
-
-impl HeldGeneration {
-    pub(crate) fn held(&self) -> Option<u64> {
-        match self.value.load(Ordering::Acquire) {
-            0 => None,
-            g => Some(g),
-        }
-    }
-
-    pub(crate) fn ticket(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
-    }
-
-    /// Installs `generation` if nothing changed since `ticket` was taken.
-    pub(crate) fn install(&self, ticket: u64, generation: u64, tracker: &Tracker, epoch: u64) {
-        let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.changes.load(Ordering::Acquire) == ticket && tracker.is_current(epoch) {
-            self.value.store(generation, Ordering::Release);
-        }
-    }
-
-    /// Drops the held generation (Redis says it changed, or tracking is lost).
-    pub(crate) fn invalidate(&self) {
-        let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.value.store(0, Ordering::Release);
-    }
+/// Who is told what Redis reports: the consistency layer, which holds
+/// generations and near entries under tracking.
+pub(crate) trait Listener: Send + Sync + 'static {
+    /// `key` (a full storage key) changed.
+    fn changed(&self, key: &[u8]);
+    /// Anything held may be stale: Redis flushed, or tracking was lost.
+    fn everything_changed(&self);
 }
 
 /// Where the tracking connections go.
@@ -104,6 +64,8 @@ enum Target {
     Cluster {
         template: ConnectionInfo,
         tls: Option<TlsMaterial>,
+        /// Asked for the masters that serve slots.
+        backend: Arc<RedisBackend>,
     },
 }
 
@@ -116,9 +78,13 @@ struct Links {
     lost: Arc<AtomicBool>,
 }
 
-/// The tracking connections of one cache, and the epoch that tells held
-/// state from before a loss of tracking from state after it.
+/// The tracking connections of one cache, and the epoch that tells state
+/// held before a loss of tracking from state held after it.
 pub(crate) struct Tracker {
+    state: Arc<State>,
+}
+
+struct State {
     target: Target,
     timeout: Duration,
     /// The connections, while tracking is established on all of them.
@@ -130,10 +96,10 @@ pub(crate) struct Tracker {
     /// When the last connection attempt started ([`clock::now_ms`]): one
     /// attempt per [`RECONNECT_INTERVAL`] while Redis is away.
     last_attempt_ms: AtomicU64,
-    /// `{namespace}:%gen:`, to map a key Redis names back to its prefix.
-    key_head: String,
     /// The broadcast prefix, if tracking is in broadcast mode.
     broadcast: Option<String>,
+    /// Told about every change and loss.
+    listener: OnceLock<Arc<dyn Listener>>,
 }
 
 impl Tracker {
@@ -147,20 +113,20 @@ impl Tracker {
         tls: Option<&TlsMaterial>,
     ) -> Option<Tracker> {
         let info = resp3(url.into_connection_info().ok()?);
-        let client = crate::backend::connection::client_with_tls(info, tls).ok()?;
+        let client = client_with_tls(info, tls).ok()?;
         Some(Tracker::new(
             Target::Single(client),
-            namespace,
             timeout,
             near.then(|| format!("{namespace}:")),
         ))
     }
 
-    /// A tracker for the cluster reached through `first_url` (nothing
-    /// connects yet). Always in broadcast mode: the generation keys with no
-    /// near cache, every key of the namespace with one.
+    /// A tracker for the cluster `backend` talks to, reached like
+    /// `first_url` (nothing connects yet). Always in broadcast mode: the
+    /// generation keys with no near cache, every key of the namespace with one.
     pub(crate) fn cluster(
         first_url: &str,
+        backend: Arc<RedisBackend>,
         namespace: &str,
         timeout: Duration,
         near: bool,
@@ -176,125 +142,159 @@ impl Tracker {
             Target::Cluster {
                 template,
                 tls: tls.cloned(),
+                backend,
             },
-            namespace,
             timeout,
             Some(prefix),
         ))
     }
 
-    fn new(target: Target, namespace: &str, timeout: Duration, broadcast: Option<String>) -> Self {
+    fn new(target: Target, timeout: Duration, broadcast: Option<String>) -> Self {
         Tracker {
-            target,
-            timeout: timeout.max(Duration::from_millis(10)),
-            links: ArcSwapOption::empty(),
-            epoch: AtomicU64::new(0),
-            connecting: AtomicBool::new(false),
-            last_attempt_ms: AtomicU64::new(0),
-            key_head: format!("{namespace}:%gen:"),
-            broadcast,
+            state: Arc::new(State {
+                target,
+                timeout: timeout.max(Duration::from_millis(10)),
+                links: ArcSwapOption::empty(),
+                epoch: AtomicU64::new(0),
+                connecting: AtomicBool::new(false),
+                last_attempt_ms: AtomicU64::new(0),
+                broadcast,
+                listener: OnceLock::new(),
+            }),
         }
+    }
+
+    /// Names who hears about changes; set once, before tracking starts.
+    pub(crate) fn listen(&self, listener: Arc<dyn Listener>) {
+        let _ = self.state.listener.set(listener);
     }
 
     /// The current epoch: taken with a ticket before a read.
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.state.epoch.load(Ordering::Acquire)
     }
 
-    fn is_current(&self, epoch: u64) -> bool {
-        self.epoch.load(Ordering::Acquire) == epoch && self.live()
+    /// Whether tracking is established and was not lost since `epoch`.
+    pub(crate) fn is_current(&self, epoch: u64) -> bool {
+        self.state.epoch.load(Ordering::Acquire) == epoch && self.live()
     }
 
     /// Whether tracking is established.
     pub(crate) fn live(&self) -> bool {
-        self.links.load().is_some()
+        self.state.links.load().is_some()
     }
 
     /// Whether generation keys must be read on the tracking connection
     /// (default mode) rather than anywhere (broadcast mode).
     pub(crate) fn reads_on_tracking_connection(&self) -> bool {
-        self.broadcast.is_none()
+        self.state.broadcast.is_none()
+    }
+
+    /// Starts connecting in the background unless tracking is established
+    /// or an attempt is running (at most one attempt per
+    /// [`RECONNECT_INTERVAL`]).
+    pub(crate) fn ensure_connecting(&self) {
+        self.state.ensure_connecting();
+    }
+
+    /// Reads `gkey` on the (single server's) tracking connection, so Redis
+    /// tracks it for us. `None` when tracking is not established; an error
+    /// when the read failed, which gives tracking up (so that the next calls
+    /// go straight to the breaker-guarded path): `Timeout` when Redis did
+    /// not answer in time, else the connection is gone (for instance with
+    /// the runtime that drove it) and a new one is made.
+    pub(crate) async fn read(&self, gkey: &str) -> Option<Result<Option<Vec<u8>>, ReadFailure>> {
+        let state = &self.state;
+        let links = state.links.load_full()?;
+        let mut connection = links.connections.first()?.clone();
+        let failure = match tokio::time::timeout(
+            state.timeout,
+            redis::cmd("GET").arg(gkey).query_async(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => return Some(Ok(reply)),
+            Ok(Err(e)) if e.is_timeout() => ReadFailure::Timeout,
+            Ok(Err(_)) => ReadFailure::Gone,
+            Err(_) => ReadFailure::Timeout,
+        };
+        state.lose();
+        state.ensure_connecting();
+        Some(Err(failure))
+    }
+}
+
+/// Why a read on the tracking connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFailure {
+    /// Redis did not answer in time.
+    Timeout,
+    /// The connection is gone.
+    Gone,
+}
+
+impl State {
+    fn listener(&self) -> Option<&Arc<dyn Listener>> {
+        self.listener.get()
     }
 
     /// Tracking is lost: nothing held can be trusted any more.
-    fn lose(&self, inner: &Inner) {
+    fn lose(&self) {
         self.links.store(None);
-        self.drop_everything(inner);
+        self.drop_everything();
     }
 
-    /// Nothing held can be trusted: generations and the near level.
-    fn drop_everything(&self, inner: &Inner) {
+    /// Nothing held can be trusted: a new epoch, and the listener told.
+    fn drop_everything(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        for entry in inner.stats.entries() {
-            entry.generation.invalidate();
-        }
-        if let Some(near) = &inner.near {
-            near.flush();
+        if let Some(listener) = self.listener() {
+            listener.everything_changed();
         }
     }
 
     /// Loses tracking if the set `lost` belongs to is the one in use (a
     /// replaced set's trouble changes nothing); returns whether it was.
-    fn lose_if_current(&self, inner: &Inner, lost: &Arc<AtomicBool>) -> bool {
+    fn lose_if_current(&self, lost: &Arc<AtomicBool>) -> bool {
         let current = self.links.load();
         let in_use = current
             .as_ref()
             .is_some_and(|links| Arc::ptr_eq(&links.lost, lost));
         if in_use {
-            self.lose(inner);
+            self.lose();
         }
         in_use
     }
 
     /// Handles one push message from a tracking connection (runs inside the
     /// connection's driver, in the order its node sent them).
-    fn on_push(&self, inner: &Inner, lost: &Arc<AtomicBool>, push: PushInfo) {
+    fn on_push(&self, lost: &Arc<AtomicBool>, push: PushInfo) {
         match push.kind {
             PushKind::Invalidate => match push.data.first() {
                 Some(Value::Array(keys)) => {
+                    let Some(listener) = self.listener() else {
+                        return;
+                    };
                     for key in keys {
-                        let name: &[u8] = match key {
-                            Value::BulkString(bytes) => bytes,
-                            Value::SimpleString(s) => s.as_bytes(),
-                            _ => continue,
-                        };
-                        match std::str::from_utf8(name)
-                            .ok()
-                            .and_then(|k| k.strip_prefix(&self.key_head))
-                        {
-                            Some(prefix) => inner.stats.prefix(prefix).generation.invalidate(),
-                            None => {
-                                if let Some(near) = &inner.near {
-                                    near.invalidate(name);
-                                }
-                            }
+                        match key {
+                            Value::BulkString(bytes) => listener.changed(bytes),
+                            Value::SimpleString(s) => listener.changed(s.as_bytes()),
+                            _ => {}
                         }
                     }
                 }
                 // FLUSHDB / FLUSHALL: everything changed.
-                _ => self.drop_everything(inner),
+                _ => self.drop_everything(),
             },
             PushKind::Disconnection => {
                 lost.store(true, Ordering::Release);
-                self.lose_if_current(inner, lost);
+                self.lose_if_current(lost);
             }
             _ => {}
         }
     }
 
-    /// Starts connecting in the background unless tracking is established
-    /// or an attempt is running.
-    pub(crate) fn ensure_connecting(&self, inner: &Arc<Inner>) {
-        if self.live() {
-            return;
-        }
-        // Not while the breaker keeps calls away from Redis, and not more
-        // often than every RECONNECT_INTERVAL.
-        if inner
-            .resilience
-            .as_ref()
-            .is_some_and(|res| res.breaker.state() != CircuitState::Closed)
-        {
+    fn ensure_connecting(self: &Arc<Self>) {
+        if self.links.load().is_some() {
             return;
         }
         if clock::within(
@@ -312,17 +312,14 @@ impl Tracker {
             self.connecting.store(false, Ordering::Release);
             return;
         };
-        let weak = Arc::downgrade(inner);
+        let weak = Arc::downgrade(self);
         runtime.spawn(async move {
-            let Some(inner) = weak.upgrade() else { return };
-            let Some(tracker) = &inner.tracker else {
-                return;
-            };
-            let result = tracker.connect(&inner).await;
-            tracker.connecting.store(false, Ordering::Release);
+            let Some(state) = weak.upgrade() else { return };
+            let result = state.connect().await;
+            state.connecting.store(false, Ordering::Release);
             match result {
                 Ok(lost) => {
-                    drop(inner);
+                    drop(state);
                     heartbeat(weak, lost).await;
                 }
                 Err(e) => tracing::debug!(
@@ -335,37 +332,32 @@ impl Tracker {
 
     /// Establishes tracking on every connection the target needs; returns
     /// the set's loss flag.
-    async fn connect(&self, inner: &Arc<Inner>) -> redis::RedisResult<Arc<AtomicBool>> {
+    async fn connect(self: &Arc<Self>) -> redis::RedisResult<Arc<AtomicBool>> {
         let lost = Arc::new(AtomicBool::new(false));
         let (clients, masters) = match &self.target {
             Target::Single(client) => (vec![client.clone()], Vec::new()),
-            Target::Cluster { template, tls } => {
-                let Some(redis) = inner.primary.redis() else {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "no cluster connection",
-                    )));
-                };
-                let masters = redis.slot_masters().await.map_err(|e| {
+            Target::Cluster {
+                template,
+                tls,
+                backend,
+            } => {
+                let masters = backend.slot_masters().await.map_err(|e| {
                     redis::RedisError::from((redis::ErrorKind::Client, "cluster nodes", e.message))
                 })?;
                 let mut clients = Vec::with_capacity(masters.len());
                 for (host, port) in &masters {
                     let info = template.clone().set_addr(at(template.addr(), host, *port));
-                    clients.push(crate::backend::connection::client_with_tls(
-                        info,
-                        tls.as_ref(),
-                    )?);
+                    clients.push(client_with_tls(info, tls.as_ref())?);
                 }
                 (clients, masters)
             }
         };
         let mut connections = Vec::with_capacity(clients.len());
         for client in &clients {
-            connections.push(self.track_on(client, inner, &lost).await?);
+            connections.push(self.track_on(client, &lost).await?);
         }
         // Whatever was held before these connections is not tracked by them.
-        self.lose(inner);
+        self.lose();
         self.links.store(Some(Arc::new(Links {
             connections,
             masters,
@@ -374,7 +366,7 @@ impl Tracker {
         // A disconnection between subscribing and storing found no links to
         // drop: drop them now.
         if lost.load(Ordering::Acquire) {
-            self.lose(inner);
+            self.lose();
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "a tracking connection dropped while connecting",
@@ -386,20 +378,17 @@ impl Tracker {
 
     /// One RESP3 connection to `client` with tracking on.
     async fn track_on(
-        &self,
+        self: &Arc<Self>,
         client: &redis::Client,
-        inner: &Arc<Inner>,
         lost: &Arc<AtomicBool>,
     ) -> redis::RedisResult<MultiplexedConnection> {
-        let (for_pushes, flag) = (Arc::downgrade(inner), lost.clone());
+        let (for_pushes, flag) = (Arc::downgrade(self), lost.clone());
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(move |push: PushInfo| {
-                if let Some(inner) = for_pushes.upgrade()
-                    && let Some(tracker) = &inner.tracker
-                {
-                    tracker.on_push(&inner, &flag, push);
+                if let Some(state) = for_pushes.upgrade() {
+                    state.on_push(&flag, push);
                 }
                 Ok::<(), std::convert::Infallible>(())
             });
@@ -415,31 +404,9 @@ impl Tracker {
         Ok(connection)
     }
 
-    /// Reads `gkey` on the (single server's) tracking connection, so Redis
-    /// tracks it for us. `None` when tracking is not established or the read
-    /// failed; a failed read gives tracking up (held generations with it),
-    /// so that the next calls go straight to the breaker-guarded path.
-    pub(crate) async fn read(&self, inner: &Inner, gkey: &str) -> Option<Option<u64>> {
-        let links = self.links.load_full()?;
-        let mut connection = links.connections.first()?.clone();
-        let reply: Option<Vec<u8>> = match tokio::time::timeout(
-            self.timeout,
-            redis::cmd("GET").arg(gkey).query_async(&mut connection),
-        )
-        .await
-        {
-            Ok(Ok(reply)) => reply,
-            _ => {
-                self.lose(inner);
-                return None;
-            }
-        };
-        Some(reply.as_deref().and_then(parse_generation))
-    }
-
     /// Whether every tracking connection of `links` answers, and (on a
     /// cluster) the masters are still the ones tracked.
-    async fn still_sound(&self, inner: &Inner, links: &Links) -> bool {
+    async fn still_sound(&self, links: &Links) -> bool {
         for connection in &links.connections {
             let mut connection = connection.clone();
             let ping = redis::cmd("PING");
@@ -451,9 +418,9 @@ impl Tracker {
                 return false;
             }
         }
-        if let (Target::Cluster { .. }, Some(redis)) = (&self.target, inner.primary.redis()) {
+        if let Target::Cluster { backend, .. } = &self.target {
             // A failed query is the data path's business, not tracking's.
-            if let Ok(masters) = redis.slot_masters().await {
+            if let Ok(masters) = backend.slot_masters().await {
                 return masters == links.masters;
             }
         }
@@ -464,26 +431,23 @@ impl Tracker {
 /// Pings the tracking connections of the set `lost` belongs to every
 /// [`HEARTBEAT`] while they are the ones in use; gives tracking up when one
 /// does not answer or the cluster's masters changed.
-async fn heartbeat(weak: Weak<Inner>, lost: Arc<AtomicBool>) {
+async fn heartbeat(weak: Weak<State>, lost: Arc<AtomicBool>) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
-        let Some(inner) = weak.upgrade() else { return };
-        let Some(tracker) = &inner.tracker else {
-            return;
-        };
-        let Some(links) = tracker.links.load_full() else {
+        let Some(state) = weak.upgrade() else { return };
+        let Some(links) = state.links.load_full() else {
             return;
         };
         if !Arc::ptr_eq(&links.lost, &lost) {
             return;
         }
-        if !tracker.still_sound(&inner, &links).await {
+        if !state.still_sound(&links).await {
             // Only if the set was not replaced while we asked.
-            if tracker.lose_if_current(&inner, &lost) {
+            if state.lose_if_current(&lost) {
                 tracing::debug!(
                     "client tracking lost: a tracking connection stopped answering or the cluster changed"
                 );
-                tracker.ensure_connecting(&inner);
+                state.ensure_connecting();
             }
             return;
         }

@@ -1,0 +1,432 @@
+//! The direct API. Every read goes through the consistency layer's one read
+//! operation and every removal through its one invalidation operation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Cache;
+use super::read_through::ReadThrough;
+use crate::codec;
+use crate::consistency::invalidate::Invalidation;
+use crate::consistency::read::{Key, Read};
+use crate::error::CacheError;
+use crate::keys::glob_literal;
+use crate::stats::{Event, PrefixEntry};
+use crate::store::Deadline;
+
+impl Cache {
+    /// The value at `key` (`"prefix:rest"`), or `None` when absent, expired,
+    /// or not decodable as `T` (counted as a decode failure).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(None);
+        }
+        let skey = self.storage_key(key);
+        let deadline = self.inner.layer.store().deadline();
+        Ok(self.get_one(key, &skey, &deadline).await)
+    }
+
+    /// One typed read through the read operation, counted as a hit or a miss.
+    async fn get_one<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        skey: &str,
+        deadline: &Deadline,
+    ) -> Option<T> {
+        let prefix = Self::prefix_of(key);
+        let entry = self.inner.stats.prefix(prefix);
+        let read_key = Key {
+            skey,
+            prefix,
+            near: true,
+        };
+        let (read, _) = self.inner.layer.read(&entry, read_key, deadline).await;
+        let value = match read {
+            Read::Bytes(bytes) => self.decode(&entry, key, &bytes),
+            // Decoded only to count foreign or corrupt bytes.
+            Read::Unlabeled(bytes) => self.decode::<T>(&entry, key, &bytes).and(None),
+            Read::Leased | Read::Missing { .. } => None,
+        };
+        let event = if value.is_some() {
+            Event::Hit
+        } else {
+            Event::Miss
+        };
+        self.inner.stats.record(&entry, event);
+        value
+    }
+
+    /// Whether `key` holds what a read would return: not a lease marker (a
+    /// load in progress), not a value an invalidation left behind (with
+    /// prefix generations, an older generation's value stays stored until
+    /// its TTL ends). Bytes that are not ours (a counter, a foreign value)
+    /// count as present, as Redis' `EXISTS` says.
+    async fn visible(
+        &self,
+        entry: &PrefixEntry,
+        key: &str,
+        skey: &str,
+        deadline: &Deadline,
+    ) -> bool {
+        let read_key = Key {
+            skey,
+            prefix: Self::prefix_of(key),
+            near: false,
+        };
+        match self.inner.layer.read(entry, read_key, deadline).await.0 {
+            Read::Bytes(_) => true,
+            Read::Unlabeled(bytes) => !codec::is_envelope(&bytes),
+            Read::Leased | Read::Missing { .. } => false,
+        }
+    }
+
+    /// Stores `value` at `key` for `ttl` (the default TTL when `None`).
+    /// An oversized value is not stored and returns [`CacheError::TooLarge`].
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let prefix = Self::prefix_of(key);
+        let entry = self.inner.stats.prefix(prefix);
+        let layer = &self.inner.layer;
+        let deadline = layer.store().deadline();
+        let generation = layer.generation_for(&entry, prefix, &deadline).await;
+        let bytes = self.encode(&entry, key, value, generation)?;
+        let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
+        layer
+            .write(&entry, &self.storage_key(key), bytes, ttl, &deadline)
+            .await;
+        Ok(())
+    }
+
+    /// Deletes `key`; `true` when it existed. A delete that cannot reach Redis
+    /// is remembered and replayed before Redis is trusted again.
+    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(false);
+        }
+        let keys = [self.storage_key(key)];
+        let deleted = self
+            .invalidate(Invalidation {
+                keys: &keys,
+                ..Invalidation::default()
+            })
+            .await;
+        Ok(deleted > 0)
+    }
+
+    /// Deletes several keys at once; returns how many existed.
+    pub async fn delete_many(&self, keys: &[&str]) -> Result<u64, CacheError> {
+        for key in keys {
+            Self::check_key(key)?;
+        }
+        if keys.is_empty() || !self.is_enabled() {
+            return Ok(0);
+        }
+        let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
+        Ok(self
+            .invalidate(Invalidation {
+                keys: &skeys,
+                ..Invalidation::default()
+            })
+            .await)
+    }
+
+    /// Whether `key` holds a value: not a load's lease marker, and (with
+    /// prefix generations) not a value its prefix's invalidation left
+    /// behind. It reads the key (a `GET`, the same read every other read
+    /// API makes) rather than asking `EXISTS`; [`ttl`](Self::ttl) and
+    /// [`expire`](Self::expire) apply the same test.
+    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(false);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let deadline = self.inner.layer.store().deadline();
+        Ok(self
+            .visible(&entry, key, &self.storage_key(key), &deadline)
+            .await)
+    }
+
+    /// Sets a new TTL on `key`; `false` when it does not exist.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(false);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let store = self.inner.layer.store();
+        let deadline = store.deadline();
+        if !self.visible(&entry, key, &skey, &deadline).await {
+            return Ok(false);
+        }
+        let skey = skey.as_str();
+        let cap = store.fallback_ttl(ttl);
+        Ok(store
+            .with_fallback(
+                &entry,
+                &deadline,
+                |b| async move { b.expire(skey, ttl).await },
+                |f| async move { crate::backend::Backend::expire(&f, skey, cap).await },
+            )
+            .await
+            .unwrap_or(false))
+    }
+
+    /// Remaining TTL of `key`; `None` when it does not exist (or never expires).
+    pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(None);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        let store = self.inner.layer.store();
+        let deadline = store.deadline();
+        if !self.visible(&entry, key, &skey, &deadline).await {
+            return Ok(None);
+        }
+        let skey = skey.as_str();
+        Ok(store
+            .with_fallback(
+                &entry,
+                &deadline,
+                |b| async move { b.ttl(skey).await },
+                |f| async move { crate::backend::Backend::ttl(&f, skey).await },
+            )
+            .await
+            .unwrap_or(None))
+    }
+
+    /// The values at `keys`, in order. Each key is read by the same read
+    /// operation as [`get`](Self::get), all at once: on Redis the reads are
+    /// pipelined on one connection (one round trip), and on a cluster sent
+    /// to their nodes concurrently.
+    pub async fn get_many<T: DeserializeOwned>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>, CacheError> {
+        for key in keys {
+            Self::check_key(key)?;
+        }
+        if keys.is_empty() || !self.is_enabled() {
+            return Ok(keys.iter().map(|_| None).collect());
+        }
+        let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
+        let deadline = self.inner.layer.store().deadline();
+        let reads: Vec<_> = keys
+            .iter()
+            .zip(&skeys)
+            .map(|(key, skey)| Box::pin(self.get_one::<T>(key, skey, &deadline)))
+            .collect();
+        Ok(join_all(reads).await)
+    }
+
+    /// Stores every `(key, value)` for `ttl` (a pipeline on Redis).
+    pub async fn set_many<T: Serialize>(
+        &self,
+        entries: &[(&str, T)],
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        if entries.is_empty() || !self.is_enabled() {
+            return Ok(());
+        }
+        let ttl = ttl.unwrap_or(self.inner.config.default_ttl);
+        let layer = &self.inner.layer;
+        let deadline = layer.store().deadline();
+        let mut encoded = Vec::with_capacity(entries.len());
+        // One generation read per prefix, not per entry.
+        let mut generations: Vec<(&str, Option<u64>)> = Vec::new();
+        for (key, value) in entries {
+            Self::check_key(key)?;
+            let prefix = Self::prefix_of(key);
+            let entry = self.inner.stats.prefix(prefix);
+            let generation = match generations.iter().find(|(p, _)| *p == prefix) {
+                Some((_, g)) => *g,
+                None => {
+                    let g = layer.generation_for(&entry, prefix, &deadline).await;
+                    generations.push((prefix, g));
+                    g
+                }
+            };
+            encoded.push((
+                self.storage_key(key),
+                self.encode(&entry, key, value, generation)?,
+            ));
+            self.inner.stats.record(&entry, Event::Set);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(entries[0].0));
+        layer.write_many(&entry, encoded, ttl, &deadline).await;
+        Ok(())
+    }
+
+    /// Adds `delta` to the integer counter at `key` (created at 0) and returns
+    /// the new value. Counters are plain integers (Redis `INCRBY`), not
+    /// envelope values: read them with `incr(key, 0)`.
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        Self::check_key(key)?;
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        let entry = self.inner.stats.prefix(Self::prefix_of(key));
+        let skey = self.storage_key(key);
+        Ok(self.inner.layer.increment(&entry, &skey, delta).await?)
+    }
+
+    /// Subtracts `delta`; see [`incr`](Self::incr).
+    pub async fn decr(&self, key: &str, delta: i64) -> Result<i64, CacheError> {
+        self.incr(key, delta.checked_neg().unwrap_or(i64::MAX))
+            .await
+    }
+
+    /// The value at `key`, or the result of `load` (stored for `ttl`).
+    /// Concurrent callers share one load (single-flight in the process,
+    /// leases across processes); an invalidation during the load wins.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::CacheError> {
+    /// let cache = cache_core::Cache::memory();
+    /// let v: u32 = cache.get_or_set("answer:1", None, || async { 42 }).await?;
+    /// let again: u32 = cache.get_or_set("answer:1", None, || async { 0 }).await?;
+    /// assert_eq!((v, again), (42, 42));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_set<T, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<T, CacheError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        Self::check_key(key)?;
+        let prefix = Self::prefix_of(key);
+        Ok(self
+            .load_through::<T, super::typed::PlainMode, _, _>(ReadThrough {
+                prefix,
+                skey: super::typed::KeyString::from(self.storage_key(key)),
+                ttl,
+                none_ttl: None,
+                unless: |_: &T| false,
+                typed: None,
+                near: true,
+                body: load(),
+            })
+            .await)
+    }
+
+    /// Deletes every key of this namespace matching the glob `pattern`
+    /// (`"customer:*"`): SCAN + UNLINK in batches of 1000, on every master of
+    /// a cluster; never `KEYS`. Returns how many keys were deleted.
+    pub async fn delete_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        Self::check_key(pattern)?;
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        let patterns = [format!(
+            "{}:{}",
+            glob_literal(&self.inner.config.namespace),
+            pattern
+        )];
+        Ok(self
+            .invalidate(Invalidation {
+                patterns: &patterns,
+                ..Invalidation::default()
+            })
+            .await)
+    }
+
+    /// Invalidates every key of `prefix` (`"customer"` → `customer:*`); glob
+    /// characters in `prefix` are taken literally. With prefix generations
+    /// (the default on Redis) this replaces the prefix's generation in one
+    /// write and returns 0: the old values become invisible at once and
+    /// expire by their TTL. Without, it deletes them (SCAN + UNLINK) and
+    /// returns how many it deleted.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
+        Self::check_key(prefix)?;
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        Ok(self
+            .invalidate(Invalidation {
+                prefixes: &[prefix],
+                ..Invalidation::default()
+            })
+            .await)
+    }
+
+    /// Deletes every key of this cache's namespace, and nothing else (never `FLUSHDB`).
+    pub async fn clear(&self) -> Result<u64, CacheError> {
+        if !self.is_enabled() {
+            return Ok(0);
+        }
+        Ok(self
+            .invalidate(Invalidation {
+                everything: true,
+                ..Invalidation::default()
+            })
+            .await)
+    }
+
+    /// One call of the consistency layer's invalidation operation.
+    async fn invalidate(&self, what: Invalidation<'_>) -> u64 {
+        self.inner.layer.invalidate(what).await
+    }
+
+    /// Runs an invalidation of `keys` (logical `"prefix:rest"` keys) and
+    /// `prefixes` as one call of the invalidation operation (what
+    /// `#[invalidates]` does after its body).
+    pub(crate) async fn invalidate_all(&self, keys: &[String], prefixes: &[&str]) {
+        if !self.is_enabled() {
+            return;
+        }
+        let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
+        self.inner
+            .layer
+            .invalidate(Invalidation {
+                keys: &skeys,
+                prefixes,
+                ..Invalidation::default()
+            })
+            .await;
+    }
+}
+
+/// Polls every future of a set together and collects their outputs in
+/// order (`futures::future::join_all`, without the dependency).
+async fn join_all<F: Future>(mut pending: Vec<Pin<Box<F>>>) -> Vec<F::Output> {
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx: &mut Context<'_>| {
+        let mut all = true;
+        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(output) => *slot = Some(output),
+                    Poll::Pending => all = false,
+                }
+            }
+        }
+        if all { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}

@@ -1,0 +1,194 @@
+//! The one read operation: what a key holds, as far as any caller may see
+//! it. Every read API of the cache (`get`, `get_many`, `exists`, `ttl`,
+//! `expire`, `get_or_set`, the code `#[cached]` generates) asks
+//! [`Consistency::read`], which applies, in one place: the prefix
+//! generation label, the near level (only while tracking is established,
+//! with tickets), lease markers (a load in progress is not a value), and
+//! garbage (bytes of another type or another generation, to overwrite).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::Consistency;
+use super::near::NearCache;
+use crate::backend::RawBytes;
+use crate::backend::memory::{MemoryBackend, Slot};
+use crate::codec;
+use crate::stats::{Event, PrefixEntry};
+use crate::store::Deadline;
+
+/// What a read found, before decoding.
+pub(crate) enum Read {
+    /// Bytes of a value (not a lease, of the current prefix generation).
+    Bytes(RawBytes),
+    /// Another loader's lease: a load is in progress.
+    Leased,
+    /// Nothing usable; `garbage` when something is there that must be overwritten.
+    Missing { garbage: bool },
+    /// Bytes without a generation label although generations are on: never
+    /// served (they may predate an invalidation), but decoded once by a
+    /// typed reader to count foreign or corrupt bytes.
+    Unlabeled(RawBytes),
+}
+
+/// One key to read.
+#[derive(Clone, Copy)]
+pub(crate) struct Key<'a> {
+    /// The storage key, `{namespace}:{prefix}:{rest}`.
+    pub(crate) skey: &'a str,
+    /// Its prefix.
+    pub(crate) prefix: &'a str,
+    /// Whether the near level may answer (and keep what is read).
+    pub(crate) near: bool,
+}
+
+/// A boxed step (a remote read is a round trip anyway; the box keeps the
+/// backend's future out of every caller's).
+type Step<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The memory backend's read, polled once in place: it completes without
+/// waiting (moka's lookup is synchronous behind its `async` signature), and
+/// `None` (still pending) sends the caller to the awaited read. Polling here
+/// instead of awaiting keeps moka's future, dozens of types deep, out of
+/// the state of every `#[cached]` future, whose layout and auto traits a
+/// caller's crate computes through every future held inline (bounded by the
+/// default `recursion_limit`); a box would cost an allocation per hit.
+fn memory_get_now(memory: &MemoryBackend, skey: &str) -> Option<Option<Arc<Slot>>> {
+    let read = std::pin::pin!(memory.get_bytes(skey));
+    match read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(found) => Some(found),
+        std::task::Poll::Pending => None,
+    }
+}
+
+impl Consistency {
+    /// The one read: what `key` holds for a caller, and the prefix
+    /// generation it was checked against (with generations on). A memory
+    /// read and a near hit complete without awaiting anything; any other
+    /// read is awaited behind a box.
+    pub(crate) async fn read(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+        deadline: &Deadline,
+    ) -> (Read, Option<u64>) {
+        let memory_now = match self.store.memory() {
+            Some(memory) if !self.generations_on() => memory_get_now(memory, key.skey),
+            _ => None,
+        };
+        let near_now = match memory_now {
+            None if key.near => self.near_hit_now(entry, key.skey),
+            _ => None,
+        };
+        let (raw, current) = match (memory_now, near_now) {
+            (Some(found), _) => (found.map(RawBytes::Shared), None),
+            (None, Some((slot, current))) => (Some(RawBytes::Shared(slot)), current),
+            (None, None) => {
+                let read: Step<'_, _> = Box::pin(self.read_remote(entry, key, deadline));
+                read.await
+            }
+        };
+        (classify(raw, current), current)
+    }
+
+    /// A read that may wait: the prefix generation first (a value read
+    /// after a prefix invalidation this process saw is checked against the
+    /// new one), then the value, through the near level when it may answer.
+    async fn read_remote(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+        deadline: &Deadline,
+    ) -> (Option<RawBytes>, Option<u64>) {
+        if !self.generations_on() {
+            return (self.near_or_get(entry, key, None, deadline).await, None);
+        }
+        if let Some(g) = self.tracked_generation(entry, key.prefix, deadline).await {
+            return (
+                self.near_or_get(entry, key, Some(g), deadline).await,
+                Some(g),
+            );
+        }
+        self.read_with_generation(entry, key.skey, key.prefix, deadline)
+            .await
+    }
+
+    /// Reads `key` through the near level when there is one and tracking
+    /// is established (`current`: the generation the value must carry).
+    async fn near_or_get(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+        current: Option<u64>,
+        deadline: &Deadline,
+    ) -> Option<RawBytes> {
+        let (Some(near), Some(tracker), true) = (&self.near, &self.tracker, key.near) else {
+            return self.store.get(entry, key.skey, deadline).await;
+        };
+        if !tracker.live() {
+            self.reconnect_tracking(tracker);
+            return self.store.get(entry, key.skey, deadline).await;
+        }
+        if let Some(slot) = self.near_current(near, entry, key.skey, current) {
+            return Some(RawBytes::Shared(slot));
+        }
+        let ticket = near.ticket(key.skey);
+        match self.store.get_with_ttl(entry, key.skey, deadline).await {
+            (Some(RawBytes::Owned(bytes)), left)
+                if !bytes.is_empty() && !codec::is_lease(&bytes) && tracker.live() =>
+            {
+                Some(RawBytes::Shared(
+                    near.install(ticket, key.skey, bytes, left),
+                ))
+            }
+            (other, _) => other,
+        }
+    }
+
+    /// The near level's entry at `skey` when it can be served without
+    /// awaiting anything: tracking established, the prefix's generation
+    /// held (with generations on), and the entry labeled with it.
+    fn near_hit_now(&self, entry: &PrefixEntry, skey: &str) -> Option<(Arc<Slot>, Option<u64>)> {
+        let (near, tracker) = (self.near.as_ref()?, self.tracker.as_ref()?);
+        if !tracker.live() {
+            return None;
+        }
+        let current = match self.generations_on() {
+            true => Some(entry.generation.held()?),
+            false => None,
+        };
+        Some((self.near_current(near, entry, skey, current)?, current))
+    }
+
+    /// A near hit: the entry at `skey`, if it carries the generation
+    /// `current` (counted as a near hit).
+    #[inline]
+    fn near_current(
+        &self,
+        near: &NearCache,
+        entry: &PrefixEntry,
+        skey: &str,
+        current: Option<u64>,
+    ) -> Option<Arc<Slot>> {
+        let slot = near.get(skey)?;
+        if codec::label(&slot, current) != codec::Label::Current {
+            return None;
+        }
+        self.stats.record(entry, Event::NearHit);
+        Some(slot)
+    }
+}
+
+/// What raw bytes are to a reader that expects generation `current`.
+fn classify(raw: Option<RawBytes>, current: Option<u64>) -> Read {
+    match raw {
+        None => Read::Missing { garbage: false },
+        Some(bytes) if codec::is_lease(&bytes) => Read::Leased,
+        Some(bytes) => match codec::label(&bytes, current) {
+            codec::Label::Current => Read::Bytes(bytes),
+            codec::Label::Other => Read::Missing { garbage: true },
+            codec::Label::Unlabeled => Read::Unlabeled(bytes),
+        },
+    }
+}

@@ -1,0 +1,401 @@
+//! The guarded store: the one way down to a [`Backend`].
+//!
+//! [`Store`] owns the primary backend and, for a remote one, everything that
+//! keeps its failures away from callers: a timeout on every call (one
+//! [`Deadline`] per cache call, so a call that meets several steps still
+//! ends on time), a circuit breaker with a background probe, an in-memory
+//! fallback with the backend's lease semantics, the replay of invalidations
+//! the backend missed, and the keys suspected of being too large to read.
+//! It knows storage keys and bytes only: labels, generations, leases as a
+//! protocol, flights and the near level belong to the consistency layer
+//! above it, which sees the store through its methods alone.
+//!
+//! Invariants this layer owns:
+//! - no call waits longer than its deadline, whatever lock, reconnection or
+//!   recovery it meets (a recovery runs in the background; a call that finds
+//!   one running uses the fallback);
+//! - an invalidation that did not reach the backend is remembered (bounded)
+//!   and replayed before the backend is trusted again, including those made
+//!   while the replay runs; then the fallback is dropped;
+//! - a value written to the fallback is never read from it once the backend
+//!   is trusted again.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, MemoryBackend, Primary};
+use crate::error::{BackendError, ErrorKind};
+use crate::stats::{CircuitState, PrefixEntry, StatsRegistry};
+
+pub(crate) mod breaker;
+mod leases;
+mod ops;
+mod recovery;
+mod suspects;
+
+use breaker::{Breaker, Permit};
+use recovery::Recovery;
+use suspects::Suspects;
+
+/// What the store needs to know of the configuration.
+pub(crate) struct Settings {
+    /// Bound on one call's work against the backend.
+    pub(crate) timeout: Duration,
+    /// Longest TTL of a value in the fallback.
+    pub(crate) fallback_ttl_cap: Duration,
+    /// Values larger than this are not ours (suspect keys are checked against it).
+    pub(crate) max_value_bytes: usize,
+    /// How long a lease lasts without renewal.
+    pub(crate) lease_ttl: Duration,
+    /// The namespace, for whole-namespace replays.
+    pub(crate) namespace: String,
+    /// Breaker threshold and cooldown.
+    pub(crate) breaker_failures: u32,
+    pub(crate) breaker_cooldown: Duration,
+    /// Entries the fallback may hold.
+    pub(crate) fallback_capacity: u64,
+}
+
+/// When one cache call must be done with the backend. A call that needs
+/// several backend steps (a generation, a value, a lease) shares one
+/// deadline among them; a step that finds it passed fails as a timeout
+/// without waiting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    /// A deadline `budget` from now.
+    pub(crate) fn after(budget: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + budget,
+            budget,
+        }
+    }
+
+    /// Time left, if any.
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        self.at
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Whether the whole budget is still there (nothing waited yet beyond a
+    /// few microseconds), so a backend that enforces the timeout itself
+    /// needs no timer of ours.
+    fn untouched(&self, left: Duration) -> bool {
+        self.budget.saturating_sub(left) < Duration::from_millis(1)
+    }
+
+    /// The same budget again, from now (after a loader ran: its time is not
+    /// the cache's).
+    pub(crate) fn renewed(&self) -> Self {
+        Deadline::after(self.budget)
+    }
+}
+
+/// The resilience state of a remote backend.
+struct Guard {
+    breaker: Breaker,
+    fallback: MemoryBackend,
+    recovery: Recovery,
+    suspects: Suspects,
+    write_failure: ops::WriteFailure,
+    scripts: leases::ScriptsRefused,
+}
+
+/// The store behind a cache (see the module docs).
+pub(crate) struct Store {
+    primary: Primary,
+    guard: Option<Guard>,
+    settings: Settings,
+    stats: Arc<StatsRegistry>,
+    /// This store, for background work (recovery, lease release).
+    me: Weak<Store>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.primary.backend().kind().name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store over `primary`; `remote` gives it timeouts, a breaker, a
+    /// fallback and replay.
+    pub(crate) fn new(
+        primary: Primary,
+        remote: bool,
+        settings: Settings,
+        stats: Arc<StatsRegistry>,
+    ) -> Arc<Store> {
+        let guard = remote.then(|| Guard {
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            fallback: MemoryBackend::new(settings.fallback_capacity),
+            recovery: Recovery::default(),
+            suspects: Suspects::default(),
+            write_failure: ops::WriteFailure::default(),
+            scripts: leases::ScriptsRefused::default(),
+        });
+        Arc::new_cyclic(|me| Store {
+            primary,
+            guard,
+            settings,
+            stats,
+            me: me.clone(),
+        })
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The primary backend (health, info).
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.primary.backend()
+    }
+
+    /// The built-in memory backend, when that is the store: it is read
+    /// without any guard.
+    pub(crate) fn memory(&self) -> Option<&MemoryBackend> {
+        self.primary.memory()
+    }
+
+    /// A deadline for one cache call.
+    pub(crate) fn deadline(&self) -> Deadline {
+        Deadline::after(self.settings.timeout)
+    }
+
+    /// The circuit breaker's state (`NotApplicable` without one).
+    pub(crate) fn circuit(&self) -> CircuitState {
+        match &self.guard {
+            Some(guard) => guard.breaker.state(),
+            None => CircuitState::NotApplicable,
+        }
+    }
+
+    /// Whether the fallback may hold data or invalidations await replay.
+    pub(crate) fn fallback_active(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_some_and(|guard| guard.recovery.needed())
+    }
+
+    /// Whether calls reach the backend right now (breaker closed, nothing
+    /// to replay first).
+    pub(crate) fn trusted(&self) -> bool {
+        match &self.guard {
+            Some(guard) => {
+                guard.breaker.state() == CircuitState::Closed && !guard.recovery.needed()
+            }
+            None => true,
+        }
+    }
+
+    /// Caps `ttl` for the fallback.
+    pub(crate) fn fallback_ttl(&self, ttl: Duration) -> Duration {
+        ttl.min(self.settings.fallback_ttl_cap)
+    }
+
+    /// Bound of bulk work (pattern deletes, replays).
+    pub(crate) fn bulk_timeout(&self) -> Duration {
+        (self.settings.timeout * 40).max(Duration::from_secs(10))
+    }
+
+    /// The backend could not be asked (down, slow, breaker open, not yet
+    /// trusted again).
+    pub(crate) fn unavailable(error: &BackendError) -> bool {
+        error.kind.is_availability() || error.kind == ErrorKind::CircuitOpen
+    }
+
+    /// Runs `op` on the primary within `deadline`, with the breaker and
+    /// recovery in front of it. `key`: the call reads this one key, so a
+    /// timeout while the backend keeps answering is blamed on the key (see
+    /// [`Suspects`]), not on the backend.
+    pub(crate) async fn call<'s, T, Fut>(
+        &'s self,
+        entry: &PrefixEntry,
+        deadline: &Deadline,
+        key: Option<&str>,
+        op: impl FnOnce(&'s dyn Backend) -> Fut,
+    ) -> Result<T, BackendError>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let primary = self.primary.backend();
+        let Some(guard) = &self.guard else {
+            return op(primary).await;
+        };
+        if guard.recovery.needed() {
+            self.while_recovering(entry, guard, deadline).await?;
+        }
+        let permit = guard.breaker.allow();
+        if permit == Permit::Rejected {
+            // Normally running already; this covers a task that ended just
+            // as the backend failed again.
+            self.start_recovery();
+            self.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(BackendError::new(
+                ErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
+        }
+        let mut permit = PermitGuard {
+            breaker: &guard.breaker,
+            permit: Some(permit),
+        };
+        let Some(left) = deadline.remaining() else {
+            return Err(BackendError::new(
+                ErrorKind::Timeout,
+                "the call's time was spent before this step",
+            ));
+        };
+        let result = if primary.enforces_timeouts() && deadline.untouched(left) {
+            op(primary).await
+        } else {
+            match tokio::time::timeout(left, op(primary)).await {
+                Ok(result) => result,
+                Err(_) => Err(BackendError::new(
+                    ErrorKind::Timeout,
+                    format!("no answer within {left:?}"),
+                )),
+            }
+        };
+        match &result {
+            Ok(_) => {
+                permit.take();
+                guard.breaker.on_success();
+            }
+            Err(e)
+                if e.kind == ErrorKind::Timeout
+                    && let Some(key) = key
+                    && self.answers_at_once(primary).await =>
+            {
+                permit.take();
+                guard.breaker.on_success();
+                self.stats.record_error(entry, e.kind);
+                if guard.suspects.add(key) {
+                    tracing::warn!(
+                        key,
+                        "reading this key timed out while Redis answered a PING at once; its size is checked before the next read"
+                    );
+                }
+            }
+            // A command the ACL refuses proves Redis is up: a configuration
+            // error, not an outage.
+            Err(e) if e.kind.is_availability() && !e.is_permission_denied() => {
+                guard.breaker.on_failure(permit.take());
+                self.stats.record_error(entry, e.kind);
+                tracing::debug!(error = %e, "cache backend call failed; using the in-memory fallback");
+                if guard.breaker.state() != CircuitState::Closed {
+                    self.start_recovery();
+                }
+            }
+            Err(e) => {
+                permit.take();
+                guard.breaker.on_success();
+                self.stats.record_error(entry, e.kind);
+            }
+        }
+        result
+    }
+
+    /// A call made while missed invalidations await replay: until they are
+    /// replayed the backend may serve what they removed. The replay runs in
+    /// the background; the call asks the backend for a `PING` within its
+    /// deadline (so an outage keeps counting against the breaker, which
+    /// then opens as usual), and if the backend answers, wakes the replay
+    /// and waits for it for what is left of its deadline. `Ok`: replayed,
+    /// go on; otherwise the fallback answers the call.
+    async fn while_recovering(
+        &self,
+        entry: &PrefixEntry,
+        guard: &Guard,
+        deadline: &Deadline,
+    ) -> Result<(), BackendError> {
+        self.start_recovery();
+        let recovering = || {
+            BackendError::new(
+                ErrorKind::CircuitOpen,
+                "replaying missed invalidations before trusting the backend again",
+            )
+        };
+        let permit = guard.breaker.allow();
+        if permit == Permit::Rejected {
+            self.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(recovering());
+        }
+        let mut permit = PermitGuard {
+            breaker: &guard.breaker,
+            permit: Some(permit),
+        };
+        let Some(left) = deadline.remaining() else {
+            return Err(recovering());
+        };
+        let error = match tokio::time::timeout(left, self.primary.backend().ping()).await {
+            Ok(Ok(())) => {
+                permit.take();
+                guard.breaker.on_success();
+                let Some(left) = deadline.remaining() else {
+                    return Err(recovering());
+                };
+                return match guard.recovery.replayed_within(left).await {
+                    true => Ok(()),
+                    false => Err(recovering()),
+                };
+            }
+            Ok(Err(e)) => e,
+            Err(_) => BackendError::new(ErrorKind::Timeout, format!("no answer within {left:?}")),
+        };
+        if error.kind.is_availability() && !error.is_permission_denied() {
+            guard.breaker.on_failure(permit.take());
+        } else {
+            permit.take();
+            guard.breaker.on_success();
+        }
+        self.stats.record_error(entry, error.kind);
+        Err(recovering())
+    }
+
+    /// Whether the backend answers a `PING` at once (within a tenth of a
+    /// second, or the call timeout if shorter): a slow key is told from a
+    /// slow backend without stretching the call much past its deadline.
+    async fn answers_at_once(&self, primary: &dyn Backend) -> bool {
+        let bound = self.settings.timeout.min(Duration::from_millis(100));
+        matches!(
+            tokio::time::timeout(bound, primary.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The guard's fallback, when there is one.
+    fn fallback(&self) -> Option<&MemoryBackend> {
+        self.guard.as_ref().map(|guard| &guard.fallback)
+    }
+}
+
+/// Hands an unused breaker permit back (a probe abandoned by a dropped call
+/// must not keep the breaker from probing again).
+struct PermitGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Option<Permit>,
+}
+
+impl PermitGuard<'_> {
+    fn take(&mut self) -> Permit {
+        self.permit.take().unwrap_or(Permit::Allowed)
+    }
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit);
+        }
+    }
+}
