@@ -1,8 +1,9 @@
 //! The runtime against real redis-servers and Redis Clusters (and the test
 //! kit's backend where faults are injected): every backend's behaviour,
-//! consistency under races, prefix generations, the near cache, resilience
-//! and faults. One test binary (one link) for all; each module's doc says
-//! what it covers.
+//! consistency under races, prefix generations, the near cache, the
+//! consistency promise over every read, invalidation and configuration,
+//! resilience and faults. One test binary (one link) for all; each module's
+//! doc says what it covers.
 
 mod common;
 
@@ -12,4 +13,5 @@ mod consistency;
 mod faults;
 mod generations;
 mod near;
+mod promise_matrix;
 mod resilience;
