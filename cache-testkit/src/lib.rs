@@ -282,6 +282,8 @@
 //!   has its own `Cache`: two service instances on one Redis.
 
 mod cluster;
+mod ports;
+mod process;
 mod redis_server;
 mod test_cache;
 mod view;
