@@ -15,12 +15,16 @@
 //!
 //! # Testing your cached code
 //!
-//! Add the kit as a dev-dependency next to `tokio` (with the `macros` and
-//! `rt` features):
+//! The crates are not published: depend on a checkout of this repository
+//! by path (here next to your service, in `../cache-rs`), with the kit as a
+//! dev-dependency next to `tokio` (with the `macros` and `rt` features):
 //!
 //! ```toml
+//! [dependencies]
+//! cache-core = { path = "../cache-rs/cache-core" }
+//!
 //! [dev-dependencies]
-//! cache-testkit = "0.1"
+//! cache-testkit = { path = "../cache-rs/cache-testkit" }
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! ```
 //!
