@@ -146,6 +146,20 @@ impl Running {
         matches!(child.try_wait(), Ok(None))
     }
 
+    /// Sends `sig` (e.g. `QUIT`, for a server that then takes its own child
+    /// processes down), gives the process `grace` to exit, then
+    /// [`terminate`](Running::terminate)s it.
+    pub(crate) fn stop_with(mut self, sig: &str, grace: Duration) {
+        if !self.paused && try_signal(self.pid, sig).is_ok() {
+            let deadline = Instant::now() + grace;
+            let child = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.terminate();
+    }
+
     /// SIGCONT if paused, SIGKILL, reap; then retire the watchdog.
     pub(crate) fn terminate(mut self) {
         let child = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
