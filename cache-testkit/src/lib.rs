@@ -9,18 +9,33 @@
 //!   port (no persistence, killed on drop) with `stop`/`restart`/`pause`/
 //!   `resume` for fault tests.
 //! - [`RedisCluster`]: a local Redis Cluster of `n` real masters.
+//! - [`RedisSentinel`]: a primary, its replica and three real
+//!   `redis-sentinel`s watching it; force a failover, or stop the primary.
+//! - [`Postgres`]: a throwaway PostgreSQL cluster on a free loopback port.
+//! - [`TcpProxy`]: a loopback TCP proxy in front of any of them that can
+//!   cut its clients off (reset and refuse, or a silent blackhole) and
+//!   restore them, while the server carries on.
 //!
 //! The Redis fixtures need `redis-server` and `redis-cli` on `PATH`
-//! (`apt-get install -y redis-server`); `TestCache` needs nothing.
+//! (`apt-get install -y redis-server`), [`RedisSentinel`] also
+//! `redis-sentinel` (`apt-get install -y redis-sentinel`), [`Postgres`] the
+//! `postgresql` package; `TestCache` and [`TcpProxy`] need nothing. Every
+//! fixture listens on `127.0.0.1` only, is synchronous (usable from plain
+//! `#[test]`s and `#[tokio::test]`s) and kills its processes on drop; see
+//! [Fixtures for integration tests](#fixtures-for-integration-tests).
 //!
 //! # Testing your cached code
 //!
-//! Add the kit as a dev-dependency next to `tokio` (with the `macros` and
-//! `rt` features):
+//! The crates are not published: depend on a checkout of this repository
+//! by path (here next to your service, in `../cache-rs`), with the kit as a
+//! dev-dependency next to `tokio` (with the `macros` and `rt` features):
 //!
 //! ```toml
+//! [dependencies]
+//! cache-core = { path = "../cache-rs/cache-core" }
+//!
 //! [dev-dependencies]
-//! cache-testkit = "0.1"
+//! cache-testkit = { path = "../cache-rs/cache-testkit" }
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! ```
 //!
@@ -280,14 +295,75 @@
 //!   `test.scope(...)` too.
 //! - A [`TestCache::another_instance`] shares the store, clock and log but
 //!   has its own `Cache`: two service instances on one Redis.
+//!
+//! # Fixtures for integration tests
+//!
+//! Each fixture starts real processes on free loopback ports (below the
+//! kernel's ephemeral range) in a temporary directory of its own, and
+//! removes both on drop. They start in well under three seconds.
+//!
+//! A Redis server, and a proxy that partitions one client from it:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cache_testkit::{RedisServer, TcpProxy};
+//!
+//! let redis = RedisServer::start();
+//! let proxy = TcpProxy::start(redis.addr());
+//! let client = redis::Client::open(proxy.url_for(&redis.url())).unwrap();
+//! let mut conn = client.get_connection().unwrap();
+//! let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut conn).unwrap();
+//!
+//! proxy.blackhole(); // a silent partition: requests time out
+//! conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+//! assert!(redis::cmd("GET").arg("k").query::<String>(&mut conn).is_err());
+//!
+//! proxy.cut(); // connections reset, new ones refused
+//! proxy.restore(); // reachable again
+//! let mut conn = client.get_connection().unwrap();
+//! let v: String = redis::cmd("GET").arg("k").query(&mut conn).unwrap();
+//! assert_eq!(v, "v");
+//! ```
+//!
+//! Redis Sentinel, with a forced failover:
+//!
+//! ```no_run
+//! let sentinel = cache_testkit::RedisSentinel::start(); // monitors "mymaster"
+//! let urls = sentinel.sentinel_urls(); // redis://127.0.0.1:<port> x 3
+//! let old = sentinel.primary_addr();
+//! let new = sentinel.failover(); // returns once the old primary replicates the new one
+//! assert_ne!(old, new);
+//! # drop(urls);
+//! ```
+//!
+//! PostgreSQL (`initdb` runs as an unprivileged user when the tests run as
+//! root):
+//!
+//! ```no_run
+//! let pg = cache_testkit::Postgres::start();
+//! let url = pg.url(); // postgres://postgres@127.0.0.1:<port>/postgres
+//! let out = std::process::Command::new("psql")
+//!     .args([url.as_str(), "-Atc", "select 1"])
+//!     .output()
+//!     .unwrap();
+//! assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+//! ```
 
 mod cluster;
+mod ports;
+mod postgres;
+mod process;
 mod redis_server;
+mod sentinel;
+mod tcp_proxy;
 mod test_cache;
 mod view;
 
 pub use cluster::RedisCluster;
+pub use postgres::Postgres;
 pub use redis_server::RedisServer;
+pub use sentinel::RedisSentinel;
+pub use tcp_proxy::TcpProxy;
 pub use test_cache::{
     BACKEND_NAME, Fault, LogEntry, Method, Op, TestCache, TestCacheBuilder, test_config,
 };

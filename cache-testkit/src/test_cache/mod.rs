@@ -7,12 +7,9 @@
 //! - `faults`: fault injection;
 //! - here: [`TestCache`], its builder, the store and log accessors and the
 //!   scoped views ([`TestCache::key`], [`TestCache::prefix`]) that count and
-//!   assert ([`LogView`]);
-//! - `compat`: the older flat count and assertion methods, kept for
-//!   existing tests.
+//!   assert ([`LogView`]).
 
 mod backend;
-mod compat;
 mod faults;
 mod log;
 
