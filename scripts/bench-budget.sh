@@ -40,7 +40,7 @@ fi
 
 if [[ -z "$bin" ]]; then
     cargo build --release -p cache-bench >&2
-    bin=target/release/cache-bench
+    bin=${CARGO_TARGET_DIR:-target}/release/cache-bench
 fi
 [[ -x "$bin" ]] || { echo "bench-budget: $bin is not an executable" >&2; exit 1; }
 
