@@ -18,8 +18,9 @@
 # and count_end markers, on every thread of the process, one worker thread.
 # Exit status: 0 all within budget, 1 a case over its budget (or a failed
 # measurement). Installs valgrind and redis-server (Debian/Ubuntu, apt-get)
-# when they are missing. Cold (empty target/): about 5-6 minutes on 2 cores,
-# nearly all of it the release build; the counting itself takes ~30 s.
+# when they are missing. Cold (empty target/) on 2 cores: about 2-5.5 minutes
+# (idle or busy machine), nearly all of it the release build; the counting
+# itself takes ~25 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
