@@ -21,8 +21,8 @@
 #
 # Every crate gets the workspace's Cargo.lock, so the versions of shared
 # dependencies match the workspace's; they share one target directory.
-# Cold (no work directory yet): about 10-15 minutes on 2 busy cores (the
-# release dependencies of cache-core and `cached`), then ~3-5 minutes.
+# On 2 cores: ~5-6 minutes with no work directory yet (the dependencies of
+# cache-core and `cached`), then ~1 minute (+1 with --debug-time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(realpath "${COMPILE_COST_REPO:-.}")
@@ -34,7 +34,7 @@ for arg in "$@"; do
     case "$arg" in
         --debug-time) debug_time=1 ;;
         --clean) clean=1 ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set/d;p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compile-cost: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
