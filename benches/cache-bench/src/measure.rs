@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::args::Settings;
 use crate::ops::Op;
+use crate::payload::HOT_KEYS;
 
 /// Concurrent tasks in the throughput measurements.
 pub(crate) const TASKS: usize = 64;
@@ -221,10 +222,12 @@ fn count_end(case: &str, elapsed: Duration) {
     eprintln!("counted {case} in {elapsed:.2?}");
 }
 
-/// One `--count` measurement: 1,000 warm-up calls, then `calls` sequential
-/// calls from one task between the two markers.
+/// One `--count` measurement: warm-up calls over the whole hot set (so a
+/// near cache holds every key before counting starts, and a short count is
+/// not inflated by first reads), then `calls` sequential calls from one task
+/// between the two markers.
 pub(crate) async fn count_calls<O: Op>(case: &str, op: &Arc<O>, calls: u64) {
-    for i in 0..1000 {
+    for i in 0..2 * HOT_KEYS {
         assert!(op.call(i).await, "{case}: warm-up call failed");
     }
     let started = Instant::now();
