@@ -640,8 +640,11 @@ impl RedisServer {
         let Some(client_auth) = self.tls else {
             return redis::Client::open(self.authed_url()).expect("a loopback redis URL is valid");
         };
+        // Deprecated in rustls 0.23.48 without a replacement for ring.
+        #[allow(deprecated)]
+        let ring = rustls::crypto::ring::default_provider();
         // Never panics on a second install: one provider is then in already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = ring.install_default();
         let read = |name: &str| {
             fs::read(self.dir.join(name))
                 .unwrap_or_else(|e| panic!("cache-testkit: cannot read {name}: {e}"))
