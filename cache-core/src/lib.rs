@@ -138,35 +138,13 @@
 //!
 //! # What a hit costs
 //! A Redis hit is one `GET` on a shared multiplexed connection (prefix
-//! generations included, once client tracking is established); a near-cache or memory hit is
-//! one lookup in process, with no round trip. Around that, cache-core's own
-//! code avoids writing memory that other cores also write (on a busy
-//! multi-core service such writes cost more than the lookup itself); what
-//! remains are the reference counts of the connection handle redis-rs needs
-//! per command and of the stored value moka hands out:
-//! - `cache = expr` is borrowed for the call when the macro can see the body
-//!   does not move what it names, and the installed cache is reached
-//!   through a per-thread `Arc` (no shared reference count);
-//! - stats counters are striped per thread and summed when read;
-//! - the shared Redis connection sits in an `ArcSwap` (an `RwLock` read
-//!   is a shared write), and the breaker writes only when it changes;
-//! - the storage key is built in a per-thread buffer that the next call
-//!   reuses (no allocation on a hit), and integer and string placeholders
-//!   are written without `core::fmt` (same bytes as `Display`); the memory
-//!   backend keys moka by a seeded 128-bit hash of it (each entry keeps its
-//!   key and every read checks it, so a collision can never return another
-//!   key's value);
-//! - the miss path's steps (single-flight, lease, store) are boxed futures
-//!   of their own, so a hit does not carry the state of a load; a remote
-//!   read is boxed too (it is a round trip anyway), and a memory read
-//!   completes in one poll in place without a box, so no backend's future
-//!   nests into the caller's.
-//!
-//! docs/BENCHMARKS.md has the figures, each against the baseline that does
-//! the same work without this crate: raw redis-rs `GET` + decode on one
-//! multiplexed connection, moka keyed the way this cache must key it (a
-//! `{namespace}:{prefix}:{key}` string, a TTL per entry), and the `cached`
-//! crate's Redis store.
+//! generations included, once client tracking is established); a near-cache
+//! or memory hit is one lookup in process, with no round trip; no hit runs
+//! the function's body or checks a connection out of the pool.
+//! `docs/BENCHMARKS.md` in the repository has the measured figures, each
+//! next to what does the same work without this crate (raw redis-rs, moka
+//! keyed the same way, the `cached` crate's Redis store), and how to
+//! reproduce them.
 #![warn(missing_docs)]
 
 /// The `#[cached]` and `#[invalidates]` guide: every argument with a runnable example.

@@ -211,7 +211,10 @@ impl RedisCluster {
             .retries(2);
         let builder = match &self.tls_dir {
             Some(dir) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                // Deprecated in rustls 0.23.48 without a replacement for ring.
+                #[allow(deprecated)]
+                let ring = rustls::crypto::ring::default_provider();
+                let _ = ring.install_default();
                 builder.certs(redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(

@@ -86,7 +86,10 @@ impl RedisServer {
             return redis::Client::open(self.authed_url()).expect("a loopback redis URL is valid");
         };
         // Never panics on a second install: one provider is then in already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Deprecated in rustls 0.23.48 without a replacement for ring.
+        #[allow(deprecated)]
+        let ring = rustls::crypto::ring::default_provider();
+        let _ = ring.install_default();
         let read = |name: &str| {
             fs::read(self.dir.join(name))
                 .unwrap_or_else(|e| panic!("cache-testkit: cannot read {name}: {e}"))

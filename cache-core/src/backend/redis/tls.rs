@@ -9,8 +9,13 @@ use crate::config::TlsMaterial;
 #[cfg(feature = "tls")]
 pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // rustls 0.23.48 deprecates this function (ring has no post-quantum
+        // key exchange) and offers no other way to name the ring provider in
+        // 0.23; it stays this crate's provider, so the lint is allowed here.
+        #[allow(deprecated)]
+        let ring = rustls::crypto::ring::default_provider();
         // Losing a race to another installer is fine: one provider is in.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = ring.install_default();
     }
 }
 
