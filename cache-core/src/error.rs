@@ -198,7 +198,7 @@ impl From<redis::RedisError> for BackendError {
             }
             _ => (classify(&err), None),
         };
-        let message = crate::config::redact_text(&text);
+        let message = crate::redact::redact_text(&text);
         BackendError::new(
             kind,
             match fix {

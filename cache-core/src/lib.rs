@@ -164,6 +164,7 @@ mod consistency;
 mod error;
 mod held;
 pub mod keys;
+mod redact;
 mod stats;
 mod store;
 
@@ -176,9 +177,10 @@ pub use cache::Cache;
 pub use cache::builder::CacheBuilder;
 pub use cache::health::{Health, HealthStatus};
 pub use codec::{Codec, CodecKind};
-pub use config::{CacheConfig, RedisTarget, redact_url};
+pub use config::{CacheConfig, RedisTarget};
 pub use consistency::near::NearStats;
 pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
+pub use redact::redact_url;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 
 pub use cache_macros::{cached, invalidates};

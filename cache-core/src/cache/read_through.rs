@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Cache;
 use super::typed::{KeyString, Mode, TypedCopy};
@@ -130,7 +130,11 @@ impl Cache {
                 }
                 AfterMiss::RunUncached => return body.await,
                 AfterMiss::Load(loading) => {
+                    let started = Instant::now();
                     let result = body.await;
+                    // The body's time is not the cache's: what was left of
+                    // the call's budget before it is left after it.
+                    let deadline = loading.deadline().extended_by(started.elapsed());
                     self.inner.stats.record(&entry, Event::Load);
                     let encoded = M::stored(&result).filter(|s| !unless(s)).and_then(|value| {
                         let bytes = self
@@ -143,8 +147,6 @@ impl Cache {
                         };
                         Some((bytes, ttl.unwrap_or(self.inner.config.default_ttl)))
                     });
-                    // The body's time is not the cache's: a new budget.
-                    let deadline = deadline.renewed();
                     let done: Step<'_, ()> =
                         Box::pin(layer.complete(&entry, &skey, loading, encoded, &deadline));
                     done.await;

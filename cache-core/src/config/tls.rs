@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use super::{CacheConfig, RedisTarget, redact_url};
+use super::{CacheConfig, RedisTarget};
 use crate::error::ConfigError;
+use crate::redact::redact_url;
 
 impl CacheConfig {
     /// The TLS material named by [`tls_ca_file`](Self::tls_ca_file),

@@ -57,12 +57,20 @@ pub(crate) struct Loading<'c> {
     lease: LeaseGuard,
     /// The generation to label the loaded value with.
     generation: Option<u64>,
+    /// The call's deadline as the load starts (a wait for another process's
+    /// load gave it a new one).
+    deadline: Deadline,
 }
 
 impl Loading<'_> {
     /// The generation the loaded value must be labeled with.
     pub(crate) fn generation(&self) -> Option<u64> {
         self.generation
+    }
+
+    /// The call's deadline as the load started.
+    pub(crate) fn deadline(&self) -> Deadline {
+        self.deadline
     }
 }
 
@@ -175,15 +183,16 @@ impl Consistency {
                 .delete(entry, std::slice::from_ref(&skey.to_owned()), deadline)
                 .await;
         }
-        let unleased = |leader, generation| {
+        let unleased = |leader, generation, deadline| {
             AfterMiss::Load(Loading {
                 leader,
                 lease: LeaseGuard::none(),
                 generation,
+                deadline,
             })
         };
         if !self.settings.leases {
-            return unleased(leader, generation);
+            return unleased(leader, generation, *deadline);
         }
         let give_up = Instant::now() + self.settings.lease_ttl * MOST_LEASE_WAITS;
         let mut pause = Duration::from_millis(5);
@@ -198,12 +207,13 @@ impl Consistency {
                         leader,
                         lease,
                         generation,
+                        deadline,
                     });
                 }
                 // Another process holds the lease (or just stored): wait for its value.
                 Ok(false) => {
                     if Instant::now() >= give_up {
-                        return unleased(leader, generation);
+                        return unleased(leader, generation, deadline.renewed());
                     }
                     self.stats.record(entry, Event::LeaseWait);
                     tokio::time::sleep(pause).await;
@@ -229,7 +239,7 @@ impl Consistency {
                     }
                 }
                 // Backend unavailable: load without a lease (the store goes to the fallback).
-                Err(_) => return unleased(leader, generation),
+                Err(_) => return unleased(leader, generation, deadline),
             }
         }
     }

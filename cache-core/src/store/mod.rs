@@ -90,10 +90,19 @@ impl Deadline {
         self.budget.saturating_sub(left) < Duration::from_millis(1)
     }
 
-    /// The same budget again, from now (after a loader ran: its time is not
-    /// the cache's).
+    /// The same budget again, from now (each look while waiting for
+    /// another process's load is a call of its own).
     pub(crate) fn renewed(&self) -> Self {
         Deadline::after(self.budget)
+    }
+
+    /// This deadline moved `by` later: what was left of the budget before a
+    /// loader ran is left after it (the loader's time is not the cache's).
+    pub(crate) fn extended_by(&self, by: Duration) -> Self {
+        Deadline {
+            at: self.at + by,
+            budget: self.budget,
+        }
     }
 }
 

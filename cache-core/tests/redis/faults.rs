@@ -615,3 +615,92 @@ async fn health_recovers_after_a_store_refused_mid_load() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A stopped Redis (SIGSTOP: connections stay open, nothing answers) under
+/// concurrent calls of every kind: no call waits much past its timeout,
+/// whatever lock, reconnection, lease or recovery it meets, before the
+/// breaker opens, while it is open, and as Redis comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_never_holds_a_call_much_past_its_timeout() {
+    const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .namespace("stopped")
+        .timeout(CALL_TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..8u32 {
+        cache.set(&format!("k:{i}"), &i, None).await.unwrap();
+    }
+    let slowest = std::sync::Arc::new(std::sync::Mutex::new((Duration::ZERO, String::new())));
+    let run = |until: Instant| {
+        let mut tasks = Vec::new();
+        for task in 0..16u32 {
+            let (cache, slowest) = (cache.clone(), slowest.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u32;
+                while Instant::now() < until {
+                    n += 1;
+                    let key = format!("k:{}", (task + n) % 8);
+                    let started = Instant::now();
+                    let what = match n % 5 {
+                        0 => {
+                            let _ = cache.get::<u32>(&key).await.unwrap();
+                            "get"
+                        }
+                        1 => {
+                            let _ = cache
+                                .get_or_set(&key, None, || async { 1u32 })
+                                .await
+                                .unwrap();
+                            "get_or_set"
+                        }
+                        2 => {
+                            cache.set(&key, &n, None).await.unwrap();
+                            "set"
+                        }
+                        3 => {
+                            cache.delete(&key).await.unwrap();
+                            "delete"
+                        }
+                        _ => {
+                            let _ = cache.invalidate_prefix("k").await.unwrap();
+                            "invalidate_prefix"
+                        }
+                    };
+                    let took = started.elapsed();
+                    {
+                        let mut worst = slowest.lock().unwrap();
+                        if took > worst.0 {
+                            *worst = (took, what.to_owned());
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        tasks
+    };
+    let tasks = run(Instant::now() + Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.pause();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.resume();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (took, what) = slowest.lock().unwrap().clone();
+    // The timeout, and a tenth of a second to tell a slow key from a slow
+    // Redis, and scheduling on a shared machine.
+    assert!(
+        took < CALL_TIMEOUT + Duration::from_millis(300),
+        "the slowest call ({what}) took {took:?}"
+    );
+    eventually("back on Redis", async || {
+        cache.set("k:0", &5u32, None).await.unwrap();
+        cache.stats().circuit == CircuitState::Closed && !cache.stats().fallback_active
+    })
+    .await;
+}

@@ -15,3 +15,4 @@ mod generations;
 mod near;
 mod promise_matrix;
 mod resilience;
+mod slow_loads;

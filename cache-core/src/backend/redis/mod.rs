@@ -25,8 +25,9 @@ use self::connection::*;
 #[cfg(feature = "tls")]
 use self::tls::{certificates, install_crypto_provider};
 use super::{Backend, BackendInfo, BackendKind};
-use crate::config::{RedisTarget, TlsMaterial, redact_url};
+use crate::config::{RedisTarget, TlsMaterial};
 use crate::error::{BackendError, ErrorKind};
+use crate::redact::redact_url;
 
 #[macro_use]
 mod connection;
