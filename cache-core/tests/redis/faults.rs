@@ -622,12 +622,25 @@ async fn health_recovers_after_a_store_refused_mid_load() {
 /// breaker opens, while it is open, and as Redis comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_never_holds_a_call_much_past_its_timeout() {
+    stopped_redis_under_load(5).await;
+}
+
+/// The same with a breaker that never opens: every call meets the stopped
+/// Redis (and the reconnections that follow a timeout), and still none
+/// waits much past its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_with_the_breaker_kept_closed_never_holds_a_call() {
+    stopped_redis_under_load(1_000_000).await;
+}
+
+async fn stopped_redis_under_load(breaker_failures: u32) {
     const CALL_TIMEOUT: Duration = Duration::from_millis(250);
     let mut server = RedisServer::start();
     let cache = Cache::builder()
         .redis_url(server.url())
         .namespace("stopped")
         .timeout(CALL_TIMEOUT)
+        .circuit_breaker(breaker_failures, Duration::from_secs(30))
         .build()
         .await
         .unwrap();

@@ -88,7 +88,7 @@ impl RedisBackend {
             // error to log (the caller reports the list once).
             let answer: redis::RedisResult<Value> = match &self.topology {
                 Topology::Single(node) => {
-                    let (mut conn, _) = node.connection().await?;
+                    let (mut conn, _, _) = node.connection().await?;
                     cmd.query_async(&mut conn).await
                 }
                 Topology::Cluster(node) => {

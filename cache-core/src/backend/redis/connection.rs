@@ -61,10 +61,11 @@ impl bb8::ManageConnection for Manager {
 macro_rules! on_single {
     ($node:expr, |$conn:ident| $body:expr) => {{
         let node: &SingleNode = $node;
-        let (mut held, id) = node.connection().await?;
+        let started = std::time::Instant::now();
+        let (mut held, id, waited) = node.connection().await?;
         let first = {
             let $conn = &mut held;
-            $body.await
+            node.bounded(started, waited, $body).await
         };
         match first {
             Ok(value) => Ok(value),
@@ -72,7 +73,9 @@ macro_rules! on_single {
                 tracing::debug!(error = %e, "Redis connection dropped; retrying on a fresh one");
                 let (mut held, id) = node.replace(id).await?;
                 let $conn = &mut held;
-                $body.await.map_err(|e| node.failed(id, e))
+                node.bounded(started, true, $body)
+                    .await
+                    .map_err(|e| node.failed(id, e))
             }
             Err(e) => Err(node.failed(id, e)),
         }
@@ -120,6 +123,9 @@ pub(crate) struct SingleNode {
     pub(crate) shared: ArcSwapOption<TrackedConnection>,
     /// Held while a fresh connection replaces a missing or broken one.
     pub(crate) refresh: tokio::sync::Mutex<()>,
+    /// The cache's call timeout: no call waits longer, the wait for a
+    /// fresh connection included.
+    pub(crate) timeout: Duration,
 }
 
 impl SingleNode {
@@ -127,21 +133,59 @@ impl SingleNode {
     /// [`mark_broken`](Self::mark_broken). Only the connection itself is
     /// cloned per call: every extra shared refcount bumped here is a
     /// contended write on the hit path.
-    pub(crate) async fn connection(&self) -> Result<(MultiplexedConnection, usize), BackendError> {
-        if let Some(found) = self.current() {
-            return Ok(found);
+    pub(crate) async fn connection(
+        &self,
+    ) -> Result<(MultiplexedConnection, usize, bool), BackendError> {
+        if let Some((conn, id)) = self.current() {
+            return Ok((conn, id, false));
         }
-        let _guard = self.refresh.lock().await;
-        if let Some(found) = self.current() {
-            return Ok(found);
+        // Bounded: calls queue here while one of them reconnects, and a
+        // Redis that accepts connections without answering (stopped) makes
+        // each reconnection last the whole timeout.
+        let refreshed = tokio::time::timeout(self.timeout, async {
+            let _guard = self.refresh.lock().await;
+            if let Some(found) = self.current() {
+                return Ok(found);
+            }
+            let tracked = self
+                .fresh_connection()
+                .await
+                .inspect_err(log_operator_error)?;
+            let found = (tracked.conn.clone(), identity(&tracked));
+            self.shared.store(Some(Arc::new(tracked)));
+            Ok(found)
+        })
+        .await;
+        match refreshed {
+            Ok(Ok((conn, id))) => Ok((conn, id, true)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::new(
+                ErrorKind::Timeout,
+                format!("no Redis connection within {:?}", self.timeout),
+            )),
         }
-        let tracked = self
-            .fresh_connection()
-            .await
-            .inspect_err(log_operator_error)?;
-        let found = (tracked.conn.clone(), identity(&tracked));
-        self.shared.store(Some(Arc::new(tracked)));
-        Ok(found)
+    }
+
+    /// Runs a command: as is when the connection was at hand (redis-rs'
+    /// response timeout bounds it), else within what the wait for the
+    /// connection left of the timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        started: std::time::Instant,
+        waited: bool,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        if !waited {
+            return command.await;
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, command).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer from Redis within the call timeout",
+            ))),
+        }
     }
 
     pub(crate) async fn fresh_connection(&self) -> Result<TrackedConnection, BackendError> {
@@ -202,20 +246,29 @@ impl SingleNode {
         id: usize,
     ) -> Result<(MultiplexedConnection, usize), BackendError> {
         self.mark_broken(id);
-        let _guard = self.refresh.lock().await;
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        let tracked = self
-            .pool
-            .dedicated_connection()
-            .await
-            .map_err(BackendError::from)
-            .inspect_err(log_operator_error)?;
-        let _ = self.pool.add(tracked.clone());
-        let found = (tracked.conn.clone(), identity(&tracked));
-        self.shared.store(Some(Arc::new(tracked)));
-        Ok(found)
+        let replaced = tokio::time::timeout(self.timeout, async {
+            let _guard = self.refresh.lock().await;
+            if let Some(found) = self.current() {
+                return Ok(found);
+            }
+            let tracked = self
+                .pool
+                .dedicated_connection()
+                .await
+                .map_err(BackendError::from)
+                .inspect_err(log_operator_error)?;
+            let _ = self.pool.add(tracked.clone());
+            let found = (tracked.conn.clone(), identity(&tracked));
+            self.shared.store(Some(Arc::new(tracked)));
+            Ok(found)
+        })
+        .await;
+        replaced.unwrap_or_else(|_| {
+            Err(BackendError::new(
+                ErrorKind::Timeout,
+                format!("no Redis connection within {:?}", self.timeout),
+            ))
+        })
     }
 
     /// Flags the connection `id` broken (so bb8 discards its copy) and

@@ -162,6 +162,7 @@ impl RedisBackend {
                     pool,
                     shared: ArcSwapOption::empty(),
                     refresh: tokio::sync::Mutex::new(()),
+                    timeout: bounded,
                 })
             }
             RedisTarget::Cluster(urls) => {
