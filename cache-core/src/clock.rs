@@ -21,3 +21,8 @@ pub(crate) fn ms(duration: Duration) -> u64 {
 pub(crate) fn within(stamp: u64, window: Duration) -> bool {
     stamp != 0 && now_ms().saturating_sub(stamp) < ms(window)
 }
+
+/// Microseconds since this process first asked, plus one (never `0`).
+pub(crate) fn now_us() -> u64 {
+    START.elapsed().as_micros() as u64 + 1
+}

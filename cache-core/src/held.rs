@@ -25,6 +25,7 @@ pub(crate) struct HeldGeneration {
 }
 
 impl HeldGeneration {
+    #[inline]
     pub(crate) fn held(&self) -> Option<u64> {
         match self.value.load(Ordering::Acquire) {
             0 => None,

@@ -270,6 +270,7 @@ impl StatsRegistry {
         out
     }
 
+    #[inline]
     pub(crate) fn record(&self, entry: &PrefixEntry, event: Event) {
         bump(entry.counters(), event);
         // `Event as usize` is its index in `Event::ALL` (checked at compile time).

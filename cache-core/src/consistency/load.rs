@@ -70,7 +70,7 @@ impl Loading<'_> {
 
     /// The call's deadline as the load started.
     pub(crate) fn deadline(&self) -> Deadline {
-        self.deadline
+        self.deadline.clone()
     }
 }
 
@@ -192,11 +192,11 @@ impl Consistency {
             })
         };
         if !self.settings.leases {
-            return unleased(leader, generation, *deadline);
+            return unleased(leader, generation, deadline.clone());
         }
         let give_up = Instant::now() + self.settings.lease_ttl * MOST_LEASE_WAITS;
         let mut pause = Duration::from_millis(5);
-        let mut deadline = *deadline;
+        let mut deadline = deadline.clone();
         let key = Key { near: false, ..key };
         loop {
             let marker = codec::lease_marker(self.next_token());

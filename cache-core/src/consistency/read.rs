@@ -95,15 +95,41 @@ impl Consistency {
     /// A read that may wait: the prefix generation first (a value read
     /// after a prefix invalidation this process saw is checked against the
     /// new one), then the value, through the near level when it may answer.
+    /// The common case, a generation held (or none needed) and no near
+    /// level in the way, is one store read; the others are boxed, so their
+    /// state does not weigh on it.
     async fn read_remote(
         &self,
         entry: &PrefixEntry,
         key: Key<'_>,
         deadline: &Deadline,
     ) -> (Option<RawBytes>, Option<u64>) {
-        if !self.generations_on() {
-            return (self.near_or_get(entry, key, None, deadline).await, None);
+        let current = match self.generations_on() {
+            false => None,
+            true => match entry.generation.held() {
+                Some(g) => Some(g),
+                None => {
+                    let read: Step<'_, _> =
+                        Box::pin(self.read_without_held_generation(entry, key, deadline));
+                    return read.await;
+                }
+            },
+        };
+        if key.near && self.near.is_some() {
+            let read: Step<'_, _> = Box::pin(self.near_or_get(entry, key, current, deadline));
+            return (read.await, current);
         }
+        (self.store.get(entry, key.skey, deadline).await, current)
+    }
+
+    /// [`read_remote`](Self::read_remote) when no generation is held: one
+    /// is read (and held, under tracking), or read with the value (`MGET`).
+    async fn read_without_held_generation(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+        deadline: &Deadline,
+    ) -> (Option<RawBytes>, Option<u64>) {
         if let Some(g) = self.tracked_generation(entry, key.prefix, deadline).await {
             return (
                 self.near_or_get(entry, key, Some(g), deadline).await,
@@ -149,6 +175,7 @@ impl Consistency {
     /// The near level's entry at `skey` when it can be served without
     /// awaiting anything: tracking established, the prefix's generation
     /// held (with generations on), and the entry labeled with it.
+    #[inline]
     fn near_hit_now(&self, entry: &PrefixEntry, skey: &str) -> Option<(Arc<Slot>, Option<u64>)> {
         let (near, tracker) = (self.near.as_ref()?, self.tracker.as_ref()?);
         if !tracker.live() {
@@ -181,6 +208,7 @@ impl Consistency {
 }
 
 /// What raw bytes are to a reader that expects generation `current`.
+#[inline]
 fn classify(raw: Option<RawBytes>, current: Option<u64>) -> Read {
     match raw {
         None => Read::Missing { garbage: false },

@@ -37,6 +37,7 @@ impl Breaker {
         }
     }
 
+    #[inline]
     pub(crate) fn allow(&self) -> Permit {
         let opened = self.opened_at.load(Acquire);
         if opened == 0 {
@@ -57,6 +58,7 @@ impl Breaker {
     }
 
     /// Returns true when this success closed an open breaker.
+    #[inline]
     pub(crate) fn on_success(&self) -> bool {
         // Write only when there is something to reset: a store on every
         // success would bounce this line between cores on the hit path.

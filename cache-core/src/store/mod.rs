@@ -21,10 +21,12 @@
 //!   is trusted again.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backend::{Backend, MemoryBackend, Primary};
+use crate::clock;
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{CircuitState, PrefixEntry, StatsRegistry};
 
@@ -60,38 +62,60 @@ pub(crate) struct Settings {
 /// When one cache call must be done with the backend. A call that needs
 /// several backend steps (a generation, a value, a lease) shares one
 /// deadline among them; a step that finds it passed fails as a timeout
-/// without waiting.
-#[derive(Clone, Copy, Debug)]
+/// without waiting. The clock starts at the first step (a call that makes
+/// one step, a hit, reads the clock once), and that first step relies on
+/// the backend's own timeout where it has one.
+#[derive(Debug)]
 pub(crate) struct Deadline {
-    at: Instant,
+    /// When the first step began ([`clock::now_us`]); 0: not yet.
+    started_us: AtomicU64,
     budget: Duration,
 }
 
+impl Clone for Deadline {
+    fn clone(&self) -> Self {
+        Deadline {
+            started_us: AtomicU64::new(self.started_us.load(Ordering::Relaxed)),
+            budget: self.budget,
+        }
+    }
+}
+
 impl Deadline {
-    /// A deadline `budget` from now.
+    /// A budget of `budget`, starting at the first step.
     pub(crate) fn after(budget: Duration) -> Self {
         Deadline {
-            at: Instant::now() + budget,
+            started_us: AtomicU64::new(0),
             budget,
         }
     }
 
-    /// Time left, if any.
+    /// Time left for a step, if any, and whether this is the first step
+    /// (which starts the clock).
+    #[inline]
+    fn claim(&self) -> Option<(Duration, bool)> {
+        let started = self.started_us.load(Ordering::Relaxed);
+        let now = clock::now_us();
+        if started == 0 {
+            self.started_us.store(now, Ordering::Relaxed);
+            return Some((self.budget, true));
+        }
+        let spent = Duration::from_micros(now.saturating_sub(started));
+        Some(
+            self.budget
+                .checked_sub(spent)
+                .filter(|left| !left.is_zero())?,
+        )
+        .map(|l| (l, false))
+    }
+
+    /// Time left, if any (starting the clock if no step did yet).
     pub(crate) fn remaining(&self) -> Option<Duration> {
-        self.at
-            .checked_duration_since(Instant::now())
-            .filter(|left| !left.is_zero())
+        self.claim().map(|(left, _)| left)
     }
 
-    /// Whether the whole budget is still there (nothing waited yet beyond a
-    /// few microseconds), so a backend that enforces the timeout itself
-    /// needs no timer of ours.
-    fn untouched(&self, left: Duration) -> bool {
-        self.budget.saturating_sub(left) < Duration::from_millis(1)
-    }
-
-    /// The same budget again, from now (each look while waiting for
-    /// another process's load is a call of its own).
+    /// The same budget again, from the next step (each look while waiting
+    /// for another process's load is a call of its own).
     pub(crate) fn renewed(&self) -> Self {
         Deadline::after(self.budget)
     }
@@ -99,12 +123,20 @@ impl Deadline {
     /// This deadline moved `by` later: what was left of the budget before a
     /// loader ran is left after it (the loader's time is not the cache's).
     pub(crate) fn extended_by(&self, by: Duration) -> Self {
+        let started = self.started_us.load(Ordering::Relaxed);
+        let moved = match started {
+            0 => 0,
+            at => at.saturating_add(by.as_micros() as u64),
+        };
         Deadline {
-            at: self.at + by,
+            started_us: AtomicU64::new(moved),
             budget: self.budget,
         }
     }
 }
+
+/// A boxed step, for paths the hit path does not take.
+type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The resilience state of a remote backend.
 struct Guard {
@@ -241,30 +273,11 @@ impl Store {
             return op(primary).await;
         };
         if guard.recovery.needed() {
-            self.while_recovering(entry, guard, deadline).await?;
+            let waited: Step<'_, _> = Box::pin(self.while_recovering(entry, guard, deadline));
+            waited.await?;
         }
-        let permit = guard.breaker.allow();
-        if permit == Permit::Rejected {
-            // Normally running already; this covers a task that ended just
-            // as the backend failed again.
-            self.start_recovery();
-            self.stats.record_error(entry, ErrorKind::CircuitOpen);
-            return Err(BackendError::new(
-                ErrorKind::CircuitOpen,
-                "circuit breaker open",
-            ));
-        }
-        let mut permit = PermitGuard {
-            breaker: &guard.breaker,
-            permit: Some(permit),
-        };
-        let Some(left) = deadline.remaining() else {
-            return Err(BackendError::new(
-                ErrorKind::Timeout,
-                "the call's time was spent before this step",
-            ));
-        };
-        let result = if primary.enforces_timeouts() && deadline.untouched(left) {
+        let (permit, left, first) = self.admit(entry, guard, deadline)?;
+        let result = if first && primary.enforces_timeouts() {
             op(primary).await
         } else {
             match tokio::time::timeout(left, op(primary)).await {
@@ -276,14 +289,71 @@ impl Store {
             }
         };
         match &result {
-            Ok(_) => {
-                permit.take();
-                guard.breaker.on_success();
+            Ok(_) => Self::succeeded(guard, permit),
+            Err(e) => {
+                let settled: Step<'_, ()> = Box::pin(self.failed(entry, guard, permit, key, e));
+                settled.await;
             }
-            Err(e)
-                if e.kind == ErrorKind::Timeout
-                    && let Some(key) = key
-                    && self.answers_at_once(primary).await =>
+        }
+        result
+    }
+
+    /// Lets a call through the breaker and starts or checks its deadline:
+    /// its permit, the time it has, and whether it is the call's first step.
+    #[inline]
+    fn admit<'g>(
+        &self,
+        entry: &PrefixEntry,
+        guard: &'g Guard,
+        deadline: &Deadline,
+    ) -> Result<(PermitGuard<'g>, Duration, bool), BackendError> {
+        let permit = guard.breaker.allow();
+        if permit == Permit::Rejected {
+            // Normally running already; this covers a task that ended just
+            // as the backend failed again.
+            self.start_recovery();
+            self.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(BackendError::new(
+                ErrorKind::CircuitOpen,
+                "circuit breaker open",
+            ));
+        }
+        let permit = PermitGuard {
+            breaker: &guard.breaker,
+            permit: Some(permit),
+        };
+        let Some((left, first)) = deadline.claim() else {
+            return Err(BackendError::new(
+                ErrorKind::Timeout,
+                "the call's time was spent before this step",
+            ));
+        };
+        Ok((permit, left, first))
+    }
+
+    /// A call that succeeded: the breaker hears it.
+    #[inline]
+    fn succeeded(guard: &Guard, mut permit: PermitGuard<'_>) {
+        permit.take();
+        guard.breaker.on_success();
+    }
+
+    /// A call that failed: blamed on its key if the backend answers at
+    /// once (a timeout reading one key), else on the backend (the breaker
+    /// counts availability failures), and counted.
+    async fn failed(
+        &self,
+        entry: &PrefixEntry,
+        guard: &Guard,
+        mut permit: PermitGuard<'_>,
+        key: Option<&str>,
+        error: &BackendError,
+    ) {
+        let primary = self.primary.backend();
+        match error {
+            e if e.kind == ErrorKind::Timeout
+                && let Some(key) = key
+                && self.answers_at_once(primary).await =>
             {
                 permit.take();
                 guard.breaker.on_success();
@@ -297,7 +367,7 @@ impl Store {
             }
             // A command the ACL refuses proves Redis is up: a configuration
             // error, not an outage.
-            Err(e) if e.kind.is_availability() && !e.is_permission_denied() => {
+            e if e.kind.is_availability() && !e.is_permission_denied() => {
                 guard.breaker.on_failure(permit.take());
                 self.stats.record_error(entry, e.kind);
                 tracing::debug!(error = %e, "cache backend call failed; using the in-memory fallback");
@@ -305,13 +375,66 @@ impl Store {
                     self.start_recovery();
                 }
             }
-            Err(e) => {
+            e => {
                 permit.take();
                 guard.breaker.on_success();
                 self.stats.record_error(entry, e.kind);
             }
         }
-        result
+    }
+
+    /// A Redis `GET` of `skey`, the hit path: [`call`](Self::call) written
+    /// out for the one command, so that it is one future, not three nested
+    /// ones (`None` when the built-in Redis backend is not the store).
+    #[inline]
+    pub(crate) async fn redis_get(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        deadline: &Deadline,
+    ) -> Option<Result<Option<Vec<u8>>, BackendError>> {
+        let (Some(redis), Some(guard)) = (self.primary.redis(), &self.guard) else {
+            return None;
+        };
+        if guard.recovery.needed() {
+            let read: Step<'_, _> =
+                Box::pin(self.call(entry, deadline, Some(skey), |_| redis.get_direct(skey)));
+            return Some(read.await);
+        }
+        let (permit, left, first) = match self.admit(entry, guard, deadline) {
+            Ok(admitted) => admitted,
+            Err(e) => return Some(Err(e)),
+        };
+        let result = if first && redis.enforces_timeouts() {
+            redis.get_direct(skey).await
+        } else {
+            // A later step of the call (or a cluster): boxed, so the timer
+            // does not weigh on the hit path's future.
+            let bounded: Step<'_, _> = Box::pin(async move {
+                match tokio::time::timeout(left, redis.get_direct(skey)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(BackendError::new(
+                        ErrorKind::Timeout,
+                        format!("no answer within {left:?}"),
+                    )),
+                }
+            });
+            bounded.await
+        };
+        match result {
+            Ok(value) => {
+                Self::succeeded(guard, permit);
+                Some(Ok(value))
+            }
+            // Boxed with what it needs: the hit path's future holds neither.
+            Err(e) => {
+                let settled: Step<'_, _> = Box::pin(async move {
+                    self.failed(entry, guard, permit, Some(skey), &e).await;
+                    Err(e)
+                });
+                Some(settled.await)
+            }
+        }
     }
 
     /// A call made while missed invalidations await replay: until they are

@@ -12,6 +12,9 @@ use crate::backend::{Backend, MemoryBackend, RawBytes};
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{Event, PrefixEntry};
 
+/// A boxed step, for paths the hit path does not take.
+type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// How long a failed write keeps `health()` degraded without another write.
 const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 
@@ -62,31 +65,43 @@ impl Store {
         deadline: &Deadline,
     ) -> Option<RawBytes> {
         if let Some(memory) = self.primary.memory() {
-            return memory.get_bytes(skey).await.map(RawBytes::Shared);
+            // Boxed: moka's future is large, and this is not the Redis hit path.
+            let read: Step<'_, _> = Box::pin(memory.get_bytes(skey));
+            return read.await.map(RawBytes::Shared);
         }
-        if self.too_large(entry, skey, deadline).await {
-            return None;
-        }
-        let read = match self.primary.redis() {
-            // An inherent method: no boxed future on the hit path.
-            Some(redis) => {
-                self.call(entry, deadline, Some(skey), |_| redis.get_direct(skey))
-                    .await
+        if self.suspected(skey) {
+            let check: Step<'_, bool> = Box::pin(self.too_large(entry, skey, deadline));
+            if check.await {
+                return None;
             }
+        }
+        let read = match self.redis_get(entry, skey, deadline).await {
+            Some(read) => read,
             None => {
-                self.call(
-                    entry,
-                    deadline,
-                    Some(skey),
-                    |b| async move { b.get(skey).await },
-                )
-                .await
+                let read: Step<'_, _> =
+                    Box::pin(self.call(entry, deadline, Some(skey), |b| async move {
+                        b.get(skey).await
+                    }));
+                read.await
             }
         };
         match read {
             Ok(v) => v.map(RawBytes::Owned),
-            Err(e) => self.failed_read(entry, skey, &e).await,
+            Err(e) => {
+                let failed: Step<'_, _> =
+                    Box::pin(async move { self.failed_read(entry, skey, &e).await });
+                failed.await
+            }
         }
+    }
+
+    /// Whether `skey` is suspected of being too large to read (one atomic
+    /// load while no key is).
+    #[inline]
+    fn suspected(&self, skey: &str) -> bool {
+        self.guard
+            .as_ref()
+            .is_some_and(|guard| guard.suspects.contains(skey))
     }
 
     /// [`get`](Self::get) of a Redis key with the time it has left (`None`
@@ -165,9 +180,6 @@ impl Store {
         let Some(guard) = &self.guard else {
             return false;
         };
-        if !guard.suspects.contains(skey) {
-            return false;
-        }
         let len = self
             .call(
                 entry,

@@ -33,6 +33,7 @@ impl Suspects {
         added
     }
 
+    #[inline]
     pub(super) fn contains(&self, key: &str) -> bool {
         self.any.load(Ordering::Acquire) && self.keys().contains(key)
     }

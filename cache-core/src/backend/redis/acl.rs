@@ -88,7 +88,10 @@ impl RedisBackend {
             // error to log (the caller reports the list once).
             let answer: redis::RedisResult<Value> = match &self.topology {
                 Topology::Single(node) => {
-                    let (mut conn, _, _) = node.connection().await?;
+                    let (mut conn, _) = match node.current() {
+                        Some(found) => found,
+                        None => node.connection().await?,
+                    };
                     cmd.query_async(&mut conn).await
                 }
                 Topology::Cluster(node) => {

@@ -61,19 +61,33 @@ impl bb8::ManageConnection for Manager {
 macro_rules! on_single {
     ($node:expr, |$conn:ident| $body:expr) => {{
         let node: &SingleNode = $node;
-        let started = std::time::Instant::now();
-        let (mut held, id, waited) = node.connection().await?;
+        // The shared connection is at hand on every call but the first after
+        // a failure: that one (boxed, so its state stays out of the hit
+        // path's future) waits for a fresh connection, bounded by the call
+        // timeout, and the command gets what is left of it.
+        let (mut held, id, left) = match node.current() {
+            Some((conn, id)) => (conn, id, None),
+            None => {
+                let started = std::time::Instant::now();
+                let (conn, id) = Box::pin(node.connection()).await?;
+                (conn, id, Some(node.timeout.saturating_sub(started.elapsed())))
+            }
+        };
         let first = {
             let $conn = &mut held;
-            node.bounded(started, waited, $body).await
+            match left {
+                None => $body.await,
+                Some(left) => Box::pin(bounded(left, $body)).await,
+            }
         };
         match first {
             Ok(value) => Ok(value),
             Err(e) if driver_gone(&e) => {
                 tracing::debug!(error = %e, "Redis connection dropped; retrying on a fresh one");
-                let (mut held, id) = node.replace(id).await?;
+                let started = std::time::Instant::now();
+                let (mut held, id) = Box::pin(node.replace(id)).await?;
                 let $conn = &mut held;
-                node.bounded(started, true, $body)
+                Box::pin(bounded(node.timeout.saturating_sub(started.elapsed()), $body))
                     .await
                     .map_err(|e| node.failed(id, e))
             }
@@ -133,15 +147,11 @@ impl SingleNode {
     /// [`mark_broken`](Self::mark_broken). Only the connection itself is
     /// cloned per call: every extra shared refcount bumped here is a
     /// contended write on the hit path.
-    pub(crate) async fn connection(
-        &self,
-    ) -> Result<(MultiplexedConnection, usize, bool), BackendError> {
-        if let Some((conn, id)) = self.current() {
-            return Ok((conn, id, false));
-        }
-        // Bounded: calls queue here while one of them reconnects, and a
-        // Redis that accepts connections without answering (stopped) makes
-        // each reconnection last the whole timeout.
+    /// The shared connection, made anew if it is missing or broken (calls
+    /// queue here while one of them reconnects, and a Redis that accepts
+    /// connections without answering makes each reconnection last the whole
+    /// timeout: the wait is bounded by it).
+    pub(crate) async fn connection(&self) -> Result<(MultiplexedConnection, usize), BackendError> {
         let refreshed = tokio::time::timeout(self.timeout, async {
             let _guard = self.refresh.lock().await;
             if let Some(found) = self.current() {
@@ -156,36 +166,12 @@ impl SingleNode {
             Ok(found)
         })
         .await;
-        match refreshed {
-            Ok(Ok((conn, id))) => Ok((conn, id, true)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(BackendError::new(
+        refreshed.unwrap_or_else(|_| {
+            Err(BackendError::new(
                 ErrorKind::Timeout,
                 format!("no Redis connection within {:?}", self.timeout),
-            )),
-        }
-    }
-
-    /// Runs a command: as is when the connection was at hand (redis-rs'
-    /// response timeout bounds it), else within what the wait for the
-    /// connection left of the timeout.
-    pub(crate) async fn bounded<T>(
-        &self,
-        started: std::time::Instant,
-        waited: bool,
-        command: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> redis::RedisResult<T> {
-        if !waited {
-            return command.await;
-        }
-        let left = self.timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, command).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer from Redis within the call timeout",
-            ))),
-        }
+            ))
+        })
     }
 
     pub(crate) async fn fresh_connection(&self) -> Result<TrackedConnection, BackendError> {
@@ -216,6 +202,7 @@ impl SingleNode {
         ))
     }
 
+    #[inline]
     pub(crate) fn current(&self) -> Option<(MultiplexedConnection, usize)> {
         let guard = self.shared.load();
         guard
@@ -282,6 +269,21 @@ impl SingleNode {
             // Only if it still holds that connection (a fresh one may be in).
             let _ = self.shared.compare_and_swap(&current, None);
         }
+    }
+}
+
+/// Runs a command within `left` (what waiting for a connection left of the
+/// call timeout).
+pub(crate) async fn bounded<T>(
+    left: Duration,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(left, command).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer from Redis within the call timeout",
+        ))),
     }
 }
 

@@ -51,6 +51,11 @@ fn keyed_cmd<'k>(name: &str, keys: impl IntoIterator<Item = &'k str> + Clone) ->
     cmd
 }
 
+/// A boxed read of one key.
+type BoxedRead<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send + 'a>,
+>;
+
 /// Keys per SCAN step and per UNLINK batch.
 const SCAN_BATCH: usize = 1000;
 
@@ -201,7 +206,23 @@ impl RedisBackend {
 
     /// GET, for the hit path (an inherent method: no boxed future).
     pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.query(&keyed_cmd("GET", [key])).await
+        // The hit path: the shared connection at hand, one command, a
+        // future of a few hundred bytes (small enough that the box the
+        // caller puts it in comes from the allocator's per-thread cache).
+        // Anything else (no connection yet, a connection whose driver is
+        // gone, a cluster) takes the general path, boxed.
+        if let Topology::Single(node) = &self.topology
+            && let Some((mut conn, id)) = node.current()
+        {
+            match keyed_cmd("GET", [key]).query_async(&mut conn).await {
+                Ok(value) => return Ok(value),
+                Err(e) if !driver_gone(&e) => return Err(node.failed(id, e)),
+                Err(_) => {}
+            }
+        }
+        let general: BoxedRead<'_> =
+            Box::pin(async move { self.query(&keyed_cmd("GET", [key])).await });
+        general.await
     }
 
     /// GET and PTTL in one round trip: the value and how long it has left
