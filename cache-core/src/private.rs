@@ -180,8 +180,8 @@ pub fn invalidation(
 }
 
 async fn run_invalidation(cache: Cache, keys: Vec<String>, prefixes: &'static [&'static str]) {
-    cache.invalidate_all(&keys, prefixes).await;
-    tracing::debug!(keys = ?keys, prefixes = ?prefixes, "invalidated");
+    let delivered = cache.invalidate_all(&keys, prefixes).await;
+    tracing::debug!(keys = ?keys, prefixes = ?prefixes, delivered, "invalidated");
 }
 
 impl InvalidationGuard {

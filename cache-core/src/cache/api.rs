@@ -389,15 +389,16 @@ impl Cache {
 
     /// One call of the consistency layer's invalidation operation.
     async fn invalidate(&self, what: Invalidation<'_>) -> u64 {
-        self.inner.layer.invalidate(what).await
+        self.inner.layer.invalidate(what).await.deleted
     }
 
     /// Runs an invalidation of `keys` (logical `"prefix:rest"` keys) and
     /// `prefixes` as one call of the invalidation operation (what
-    /// `#[invalidates]` does after its body).
-    pub(crate) async fn invalidate_all(&self, keys: &[String], prefixes: &[&str]) {
+    /// `#[invalidates]` does after its body). Returns whether the backend
+    /// confirmed all of it (what it did not is remembered and replayed).
+    pub(crate) async fn invalidate_all(&self, keys: &[String], prefixes: &[&str]) -> bool {
         if !self.is_enabled() {
-            return;
+            return true;
         }
         let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
         self.inner
@@ -407,7 +408,8 @@ impl Cache {
                 prefixes,
                 ..Invalidation::default()
             })
-            .await;
+            .await
+            .delivered
     }
 }
 

@@ -218,16 +218,18 @@ impl Consistency {
     /// Replaces the generation of `prefix`: every value labeled with the old
     /// one becomes invisible at once, in this process before this returns.
     /// If the backend cannot be reached, the new generation is remembered
-    /// and written before the backend is trusted again.
+    /// and written before the backend is trusted again (and this returns
+    /// `false`: not delivered yet).
     pub(super) async fn bump_generation(
         &self,
         entry: &PrefixEntry,
         prefix: &str,
         deadline: &Deadline,
-    ) {
+    ) -> bool {
         let gkey = self.generation_key(prefix);
         let bytes = self.fresh_generation().to_string().into_bytes();
-        self.store
+        let delivered = self
+            .store
             .write_invalidation(entry, &gkey, bytes, GENERATION_TTL, deadline)
             .await;
         // This process's next read fetches the new generation (and has Redis
@@ -235,5 +237,6 @@ impl Consistency {
         entry.generation.invalidate();
         self.flights
             .seal_all(&format!("{}:{prefix}:", self.settings.namespace));
+        delivered
     }
 }

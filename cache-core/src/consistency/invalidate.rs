@@ -15,6 +15,18 @@ use crate::keys::glob_literal;
 use crate::stats::{Event, PrefixEntry};
 use crate::store::Deadline;
 
+/// What an invalidation did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Outcome {
+    /// Keys deleted (a prefix invalidated by a generation change deletes none).
+    pub(crate) deleted: u64,
+    /// Whether the backend confirmed every part of it. When it did not,
+    /// the store remembers the missing parts and replays them before it
+    /// trusts the backend again; a durable caller (an outbox) keeps its
+    /// record until a later delivery is confirmed.
+    pub(crate) delivered: bool,
+}
+
 /// Everything one call removes.
 #[derive(Default)]
 pub(crate) struct Invalidation<'a> {
@@ -29,47 +41,56 @@ pub(crate) struct Invalidation<'a> {
 }
 
 impl Consistency {
-    /// Removes what `what` names; returns how many keys were deleted (a
-    /// prefix invalidated by a generation change deletes none).
-    pub(crate) async fn invalidate(&self, what: Invalidation<'_>) -> u64 {
+    /// Removes what `what` names.
+    pub(crate) async fn invalidate(&self, what: Invalidation<'_>) -> Outcome {
         let deadline = self.store.deadline();
         let mut deleted = 0;
+        let mut delivered = true;
+        let mut add = |(n, confirmed): (u64, bool)| {
+            deleted += n;
+            delivered &= confirmed;
+        };
         for key in what.keys {
             let entry = self.stats.prefix(prefix_of_storage_key(key));
             self.stats.record(&entry, Event::Invalidation);
         }
         if let Some(first) = what.keys.first() {
             let entry = self.stats.prefix(prefix_of_storage_key(first));
-            deleted += self.delete_keys(&entry, what.keys, &deadline).await;
+            add(self.delete_keys(&entry, what.keys, &deadline).await);
         }
         for prefix in what.prefixes {
             let entry = self.stats.prefix(prefix);
             self.stats.record(&entry, Event::Invalidation);
             if self.generations_on() {
-                self.bump_generation(&entry, prefix, &deadline).await;
+                add((0, self.bump_generation(&entry, prefix, &deadline).await));
             } else {
                 let pattern = format!(
                     "{}:{}:*",
                     glob_literal(&self.settings.namespace),
                     glob_literal(prefix)
                 );
-                deleted += self.delete_pattern(&entry, &pattern).await;
+                add(self.delete_pattern(&entry, &pattern).await);
             }
         }
         for pattern in what.patterns {
             let entry = self.stats.prefix(prefix_of_storage_key(pattern));
             self.stats.record(&entry, Event::Invalidation);
-            deleted += self.delete_pattern(&entry, pattern).await;
+            add(self.delete_pattern(&entry, pattern).await);
         }
         if what.everything {
             let entry = self.stats.prefix("_all");
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
-            deleted += self.delete_pattern(&entry, &all).await;
+            add(self.delete_pattern(&entry, &all).await);
         }
-        deleted
+        Outcome { deleted, delivered }
     }
 
-    async fn delete_keys(&self, entry: &PrefixEntry, skeys: &[String], deadline: &Deadline) -> u64 {
+    async fn delete_keys(
+        &self,
+        entry: &PrefixEntry,
+        skeys: &[String],
+        deadline: &Deadline,
+    ) -> (u64, bool) {
         // Evicted again after the delete: a read between the two could
         // have installed the old value.
         self.near_evict(skeys);
@@ -80,7 +101,7 @@ impl Consistency {
         self.store.delete(entry, skeys, deadline).await
     }
 
-    async fn delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
+    async fn delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> (u64, bool) {
         self.near_flush();
         let _flush_after = NearFlushOnDrop(self);
         self.flights.seal_all("");

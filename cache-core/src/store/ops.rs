@@ -297,13 +297,13 @@ impl Store {
 
     /// Deletes `skeys` from the backend and the fallback; a delete the
     /// backend did not receive is remembered and replayed. Returns how many
-    /// existed.
+    /// existed, and whether the backend confirmed the delete.
     pub(crate) async fn delete(
         &self,
         entry: &PrefixEntry,
         skeys: &[String],
         deadline: &Deadline,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let mut fallback_deleted = 0;
         if let Some(fallback) = self.fallback() {
             fallback_deleted = fallback.delete(skeys).await.unwrap_or(0);
@@ -317,17 +317,17 @@ impl Store {
             )
             .await
         {
-            Ok(n) => n,
+            Ok(n) => (n, true),
             Err(_) => {
                 self.remember(Missed::Keys(skeys));
-                fallback_deleted
+                (fallback_deleted, false)
             }
         }
     }
 
     /// Deletes every key matching `pattern` (SCAN + UNLINK), in the
     /// fallback too; remembered and replayed when the backend missed it.
-    pub(crate) async fn delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> u64 {
+    pub(crate) async fn delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> (u64, bool) {
         let mut fallback_deleted = 0;
         if let Some(fallback) = self.fallback() {
             fallback_deleted = fallback.delete_pattern(pattern).await.unwrap_or(0);
@@ -339,10 +339,10 @@ impl Store {
             })
             .await
         {
-            Ok(n) => n,
+            Ok(n) => (n, true),
             Err(_) => {
                 self.remember(Missed::Pattern(pattern));
-                fallback_deleted
+                (fallback_deleted, false)
             }
         }
     }
@@ -357,7 +357,7 @@ impl Store {
         bytes: Vec<u8>,
         ttl: Duration,
         deadline: &Deadline,
-    ) {
+    ) -> bool {
         if let Some(fallback) = self.fallback() {
             let _ = fallback.set(key, bytes.clone(), ttl).await;
         }
@@ -369,7 +369,9 @@ impl Store {
             .await;
         if result.is_err() {
             self.remember(Missed::Write(key, &bytes, ttl));
+            return false;
         }
+        true
     }
 
     /// Stores `marker` at `key` only if the key is absent, in the backend,
