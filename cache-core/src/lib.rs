@@ -42,26 +42,33 @@
 //!   [`Backend`] trait; `cache-testkit` adds a controllable test backend.
 //! - **Codec**: bincode 2 by default, JSON on request, in a small envelope;
 //!   undecodable bytes are a counted miss, never an error ([`codec`]).
-//! - **Resilience**: every Redis call is bounded by a timeout (250 ms), a
-//!   circuit breaker (5 failures) skips a dead Redis, an in-memory fallback
-//!   with TTLs capped at 30 s serves meanwhile, and invalidations that could
-//!   not reach Redis are remembered (each once, bounded: past 10,000 they
-//!   fold into whole-prefix invalidations) and replayed before Redis is
-//!   trusted again, including those made while the replay runs; then the
-//!   fallback is cleared. While the breaker is open a background probe pings
-//!   Redis (250 ms, backing off to 1 s), so the cache is back on Redis about
-//!   a second after Redis answers; without it, a call after the 30 s
-//!   cooldown probes. Loads during an outage take their lease in the
-//!   fallback, so an invalidation wins over a slow loader there too. A write
-//!   Redis refuses while answering (out of memory) makes
-//!   [`Cache::health`] report degraded with Redis' reason until a write
-//!   succeeds. Redis down at start is not an error.
+//! - **Resilience**: every cache call is bounded by one timeout (250 ms)
+//!   across all the Redis steps it takes, whatever lock, reconnection or
+//!   recovery it meets; a circuit breaker (5 failures) skips a dead Redis,
+//!   an in-memory fallback with TTLs capped at 30 s serves meanwhile, and
+//!   invalidations that could not reach Redis are remembered (each once,
+//!   bounded: past 10,000 they fold into deletes of their prefixes) and
+//!   replayed by a background task before Redis is trusted again, including
+//!   those made while the replay runs; then the fallback is cleared. The
+//!   task probes Redis at once, then every 250 ms backing off to 1 s, so the
+//!   cache is back on Redis about a second after Redis answers; a call that
+//!   finds Redis answering wakes it and waits for the replay within its own
+//!   timeout. Loads during an outage take their lease in the fallback, so an
+//!   invalidation wins over a slow loader there too. A write Redis refuses
+//!   while answering (out of memory) makes [`Cache::health`] report degraded
+//!   with Redis' reason until a write succeeds. Redis down at start is not
+//!   an error.
 //! - **Consistency**: misses take a lease (a marker stored at the key with
 //!   `SET NX`); the store is a compare-and-set on that lease, and an
 //!   invalidation deletes it, so a load that started before an invalidation
-//!   can never store its (stale) value after it. The same lease makes other
-//!   processes wait for one load instead of stampeding, and within a process
-//!   concurrent misses share one load (single-flight).
+//!   can never store its (stale) value after it. The lease is renewed while
+//!   the load runs (`CACHE_LEASE_TTL_MS` is how long it lasts unrenewed), so
+//!   a slow load keeps it: it is stored, and callers waiting on it, in this
+//!   process and in others, get its value instead of running the body too.
+//!   Within a process concurrent misses share one load (single-flight).
+//!   Every read API goes through one read operation and every kind of
+//!   invalidation through one invalidation operation, so what one of them
+//!   checks, all of them do (`get_many` included).
 //! - **O(1) prefix invalidation**, on by default for Redis and Redis
 //!   Cluster ([`prefix_generations`](CacheConfig::prefix_generations),
 //!   `CACHE_PREFIX_GENERATIONS`): values are labeled with their prefix's
@@ -121,15 +128,21 @@
 //!   backends, `delete_pattern`, `invalidate_prefix` and the `_cache_key`
 //!   companions, and expired entries that free their memory, are worth more
 //!   than that difference.
-//! - Resilience (timeouts, breaker, fallback, replay) is part of the cache,
-//!   not a `Backend` wrapper in the style of redis-rs's
-//!   `ConnectionManager`: what it does on a failure involves the cache's own
-//!   state, which a backend never sees. A failed write must evict the near
-//!   cache and seal the key's single-flight, a fallback read is counted
-//!   against the key's prefix, leases taken in the fallback must be found
-//!   by the invalidation that removes them, and a missed prefix
-//!   invalidation is replayed as a generation change. Reconnection, which
-//!   needs none of that, stays below, in the Redis backend's connections.
+//! - The runtime is four layers, each a type that owns its state: the
+//!   [`Cache`] handle (API, keys, codec), a consistency layer (generations,
+//!   near level, flights, leases; one read and one invalidation operation),
+//!   a guarded store (timeouts, breaker, fallback, replay) and the
+//!   [`Backend`]. Lower layers report upward through narrow interfaces (an
+//!   invalidation's outcome, a listener for Redis' tracking messages),
+//!   never through the handle. The repository's `docs/CONTRIBUTING.md`
+//!   says which layer owns which invariant; a test keeps the modules free of
+//!   dependency cycles.
+//! - `exists`, `ttl` and `expire` read the key (the same `GET` every read
+//!   makes) rather than asking `EXISTS`: a load's lease marker, or a value
+//!   its prefix's invalidation left behind, is not a value.
+//! - `get_many` reads each key with that same read, all at once: pipelined
+//!   on one connection (one round trip), sent to their nodes concurrently
+//!   on a cluster.
 //! - Client tracking on a cluster uses broadcast mode on every master:
 //!   the node a key lives on reports its changes, so a tracking connection
 //!   per master is needed whatever the mode, and broadcast mode lets reads
