@@ -177,6 +177,7 @@ mod consistency;
 mod error;
 mod held;
 pub mod keys;
+pub mod outbox;
 mod redact;
 mod stats;
 mod store;

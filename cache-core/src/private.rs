@@ -162,6 +162,22 @@ where
         .await
 }
 
+/// Records an `#[invalidates(outbox = ..)]` invalidation through
+/// `connection` (nothing without a cache: there is no namespace to record).
+pub async fn outbox_record<C: crate::outbox::OutboxConnection + ?Sized>(
+    cache: Option<&Cache>,
+    connection: &mut C,
+    keys: &[String],
+    prefixes: &[&str],
+) -> Result<(), crate::outbox::OutboxError> {
+    match cache {
+        Some(cache) if cache.is_enabled() => {
+            crate::outbox::record(connection, cache.namespace(), keys, prefixes).await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Invalidation that runs when the body is done, or when the future is dropped.
 #[must_use = "call .finish().await after the body"]
 pub struct InvalidationGuard {
