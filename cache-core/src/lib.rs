@@ -172,7 +172,7 @@ mod store;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
+pub use backend::{Backend, BackendInfo, BackendKind, InvalidationWrite, MemoryBackend};
 pub use cache::Cache;
 pub use cache::builder::CacheBuilder;
 pub use cache::health::{Health, HealthStatus};

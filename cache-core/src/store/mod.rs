@@ -32,6 +32,7 @@ pub(crate) mod breaker;
 mod leases;
 mod ops;
 mod recovery;
+mod replicas;
 mod suspects;
 
 use breaker::{Breaker, Permit};
@@ -55,6 +56,8 @@ pub(crate) struct Settings {
     pub(crate) breaker_cooldown: Duration,
     /// Entries the fallback may hold.
     pub(crate) fallback_capacity: u64,
+    /// Replicas that must acknowledge an invalidation (0: none).
+    pub(crate) wait_replicas: u32,
 }
 
 /// When one cache call must be done with the backend. A call that needs
