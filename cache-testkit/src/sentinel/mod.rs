@@ -31,7 +31,7 @@ const SERVER_ARGS: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
 ///
 /// The sentinels are tuned for tests: `down-after-milliseconds 1000`,
 /// `failover-timeout 5000`, and (through `SENTINEL DEBUG`) `INFO` polling
-/// every 100 ms and hello messages every 200 ms. [`RedisSentinel::start`]
+/// every 100 ms and hello messages every 500 ms. [`RedisSentinel::start`]
 /// returns once the replica is in sync and every sentinel knows the
 /// replica and the two other sentinels (about a second), so stopping the
 /// primary ([`RedisSentinel::servers_mut`]) makes them fail over on their

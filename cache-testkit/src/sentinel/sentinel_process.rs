@@ -24,15 +24,22 @@ const DOWN_AFTER_MS: u64 = 1_000;
 const FAILOVER_TIMEOUT_MS: u64 = 5_000;
 /// Sentinel's internal periods, shortened for tests with `SENTINEL DEBUG`
 /// (Redis 7.0+): `INFO` every 100 ms instead of 10 s, hello messages every
-/// 200 ms instead of 2 s (so a demoted primary is turned into a replica
-/// after 0.8 s rather than 8 s), and TILT mode only after a 10 s stall of
+/// 500 ms instead of 2 s (so a demoted primary is turned into a replica
+/// after 2 s rather than 8 s), and TILT mode only after a 10 s stall of
 /// the sentinel's timer (the default, 2 s, is within reach of a busy test
 /// machine).
+///
+/// Four hello periods is also how long a sentinel that has not heard of a
+/// failover yet waits before it turns the promoted replica back into a
+/// replica of the old primary; the leader's news takes about an `INFO`
+/// period, a timer tick and a hello period to arrive. With 200 ms hello
+/// periods (0.8 s) a busy 2-core machine lost that race now and then, and
+/// the sentinels failed over twice.
 const DEBUG_PERIODS: [&str; 6] = [
     "info-period",
     "100",
     "publish-period",
-    "200",
+    "500",
     "tilt-trigger",
     "10000",
 ];
