@@ -409,3 +409,75 @@ async fn with_wait_no_invalidation_is_lost_to_a_failover() {
         assert_eq!(reader.get::<u64>(key).await.unwrap(), None, "{key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_tls_for_the_sentinels_and_the_primary() {
+    let sentinel = Arc::new(
+        RedisSentinel::builder()
+            .password("datapw")
+            .sentinel_password("sentpw")
+            .tls()
+            .start(),
+    );
+    let secured = |data_url: &str| {
+        Cache::builder()
+            .redis_sentinel(sentinel.authed_sentinel_urls(), sentinel.master_name())
+            .sentinel_data_url(data_url)
+            .tls_ca_file(sentinel.tls_ca_file())
+            .namespace("secure")
+    };
+    let cache = secured("rediss://:datapw@primary")
+        .near_cache(100)
+        .build()
+        .await
+        .unwrap();
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), Some(1));
+    let health = cache.health().await;
+    assert_eq!(health.status, HealthStatus::Healthy, "{health:?}");
+    eventually("tracking over TLS", Duration::from_secs(5), async || {
+        cache.health().await.tracking == Some(true)
+    })
+    .await;
+    let shown = format!("{cache:?} {:?} {health:?}", cache.stats());
+    assert!(
+        !shown.contains("datapw") && !shown.contains("sentpw"),
+        "{shown}"
+    );
+
+    // A failover is followed over TLS, with both passwords.
+    let old = sentinel.primary_addr().to_string();
+    let new = {
+        let sentinel = sentinel.clone();
+        tokio::task::spawn_blocking(move || sentinel.failover())
+            .await
+            .unwrap()
+    };
+    assert_ne!(new.to_string(), old);
+    eventually("the cache follows", Duration::from_secs(5), async || {
+        primary_of(&cache).await == Some(new.to_string())
+    })
+    .await;
+    cache.set("customer:2", &2u64, None).await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:2").await.unwrap(), Some(2));
+
+    // A wrong password for the primary is a configuration error, redacted.
+    let refused = secured("rediss://:wrongpw@primary")
+        .require_redis(true)
+        .build()
+        .await;
+    match refused {
+        Err(ConfigError::RedisUnavailable {
+            kind,
+            reason,
+            target,
+        }) => {
+            assert_eq!(kind, cache_core::ErrorKind::Auth, "{reason}");
+            assert!(
+                !format!("{reason}{target}").contains("wrongpw"),
+                "{reason} {target}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -132,6 +132,9 @@ pub(crate) struct SentinelNode {
     /// The primary last left for another, and when.
     left: Mutex<Option<((String, u16), Instant)>>,
     listeners: Mutex<Vec<Arc<dyn SwitchListener>>>,
+    /// Why the last lookup found no primary, for the error calls get while
+    /// none is known (a refused password must read as one).
+    last_failure: Mutex<Option<BackendError>>,
 }
 
 impl SentinelNode {
@@ -243,6 +246,7 @@ impl SentinelNode {
             watching: AtomicBool::new(false),
             left: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
+            last_failure: Mutex::new(None),
         });
         // Exported at 0 from start-up, so a rate over it exists.
         metrics::counter!(FAILOVERS_METRIC).increment(0);
@@ -260,13 +264,28 @@ impl SentinelNode {
             Some(primary) => Ok(primary),
             None => {
                 self.resolve_soon();
-                Err(BackendError::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "no primary known for `{}`: no sentinel has named a reachable one yet",
-                        self.master
+                let last = self
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                Err(match last {
+                    Some(e) => BackendError::new(
+                        if e.kind.needs_operator() {
+                            e.kind
+                        } else {
+                            ErrorKind::Connection
+                        },
+                        format!("no primary known for `{}`: {}", self.master, e.message),
                     ),
-                ))
+                    None => BackendError::new(
+                        ErrorKind::Connection,
+                        format!(
+                            "no primary known for `{}`: no sentinel has named a reachable one yet",
+                            self.master
+                        ),
+                    ),
+                })
             }
         }
     }
@@ -320,8 +339,15 @@ impl SentinelNode {
     }
 
     /// Asks the sentinels for the primary (redis-rs's lookup) and switches
-    /// to it if it is another one.
+    /// to it if it is another one; a failure is kept for
+    /// [`primary`](Self::primary)'s error.
     async fn resolve(&self) -> Result<(), BackendError> {
+        let result = self.look_up_and_switch().await;
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = result.clone().err();
+        result
+    }
+
+    async fn look_up_and_switch(&self) -> Result<(), BackendError> {
         let bound = (self.timeout * 4).max(LOOKUP_FLOOR);
         let client = {
             let mut lookup = self.lookup.lock().await;
