@@ -205,6 +205,7 @@ async fn a_forced_failover_under_load_is_followed_without_caller_errors() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let announced = switch_announcements(&sentinel);
+    let flushes_before = cache.stats().near.unwrap().flushes;
     let asked = Instant::now();
     let failover = {
         let sentinel = sentinel.clone();
@@ -302,7 +303,69 @@ async fn a_forced_failover_under_load_is_followed_without_caller_errors() {
         async || cache.get::<u64>("gen:1").await.unwrap().is_none(),
     )
     .await;
-    assert!(cache.stats().near.unwrap().flushes >= 1);
+    assert!(cache.stats().near.unwrap().flushes > flushes_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_primary_is_failed_over_and_followed() {
+    let mut sentinel = RedisSentinel::start();
+    let old = sentinel.primary_addr();
+    let cache = on(&sentinel, "stopped")
+        .circuit_breaker(3, Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    let announced = switch_announcements(&sentinel);
+    let stopped = Instant::now();
+    sentinel
+        .servers_mut()
+        .iter_mut()
+        .find(|s| s.addr() == old)
+        .unwrap()
+        .stop();
+    // Meanwhile calls are answered (from the fallback), without errors.
+    let mut calls = 0u64;
+    let followed = loop {
+        let value: u64 = cache
+            .get_or_set("customer:2", None, || async { 2 })
+            .await
+            .unwrap();
+        assert_eq!(value, 2);
+        calls += 1;
+        if let Some(now) = primary_of(&cache).await
+            && now != old.to_string()
+        {
+            break Instant::now();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "never followed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let switch = *announced
+        .lock()
+        .unwrap()
+        .first()
+        .expect("no +switch-master");
+    eprintln!(
+        "sentinel failover of a stopped primary: stopped to followed {:?}, +switch-master to followed {:?}, {calls} calls meanwhile",
+        followed - stopped,
+        followed.saturating_duration_since(switch)
+    );
+    assert!(followed.saturating_duration_since(switch) < FOLLOW_BOUND);
+    // The breaker closes and the fallback is dropped once Redis is back.
+    eventually(
+        "healthy on the new primary",
+        Duration::from_secs(5),
+        async || {
+            cache.health().await.status == HealthStatus::Healthy && !cache.stats().fallback_active
+        },
+    )
+    .await;
+    cache.set("customer:3", &3u64, None).await.unwrap();
+    assert!(exists(sentinel.primary_addr(), "stopped:customer:3"));
 }
 
 /// Deletes `keys` one after another through `cache` until `stop`, and
