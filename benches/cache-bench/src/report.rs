@@ -289,8 +289,10 @@ fn note(name: &str, r: &Rounds) -> String {
         ),
         "sentinel_failover" => format!(
             "time per op: +switch-master to the cache following; from SENTINEL FAILOVER {}; \
-             deletes lost: {:.0} of {:.0} with WAIT 1, {:.0} of {:.0} without",
+             WAIT 1 replayed {} after following; deletes lost: {:.0} of {:.0} with WAIT 1, \
+             {:.0} of {:.0} without",
             time(x("asked_to_followed_ms") * 1000.0),
+            time(x("wait_replayed_after_followed_ms") * 1000.0),
             x("wait_deletes_lost"),
             x("wait_deletes"),
             x("no_wait_deletes_lost"),

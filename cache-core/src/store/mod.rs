@@ -117,6 +117,8 @@ struct Guard {
     suspects: Suspects,
     write_failure: ops::WriteFailure,
     scripts: leases::ScriptsRefused,
+    /// The last replay failed for want of replicas (see `replicas.rs`).
+    replicas_behind: std::sync::atomic::AtomicBool,
 }
 
 /// The store behind a cache (see the module docs).
@@ -153,6 +155,7 @@ impl Store {
             suspects: Suspects::default(),
             write_failure: ops::WriteFailure::default(),
             scripts: leases::ScriptsRefused::default(),
+            replicas_behind: Default::default(),
         });
         Arc::new_cyclic(|me| Store {
             primary,
@@ -337,6 +340,10 @@ impl Store {
                 "replaying missed invalidations before trusting the backend again",
             )
         };
+        if self.waiting_for_replicas(guard) {
+            self.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(recovering());
+        }
         let permit = guard.breaker.allow();
         if permit == Permit::Rejected {
             self.stats.record_error(entry, ErrorKind::CircuitOpen);

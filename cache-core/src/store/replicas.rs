@@ -5,8 +5,16 @@
 //! remembered and replayed like one the backend missed, and its replay
 //! waits for the replicas too. So a replica promoted by a failover holds
 //! every invalidation this store counted as delivered.
+//!
+//! A replay that fails for want of replicas (after a failover the new
+//! primary has one replica fewer until the old primary is made one) is
+//! retried by the recovery task, but calls do not wait for it: they go to
+//! the fallback at once instead of spending their deadline on a replay
+//! that cannot finish yet.
 
-use super::{Deadline, Store};
+use std::sync::atomic::Ordering;
+
+use super::{Deadline, Guard, Store};
 use crate::backend::{Backend, InvalidationWrite};
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::PrefixEntry;
@@ -62,12 +70,22 @@ impl Store {
         write: InvalidationWrite<'_>,
     ) -> Result<(), BackendError> {
         let deadline = Deadline::after(self.bulk_timeout());
-        match self.invalidate_on(primary, write, &deadline).await? {
-            (_, true) => Ok(()),
-            (_, false) => Err(BackendError::new(
+        let (_, delivered) = self.invalidate_on(primary, write, &deadline).await?;
+        if let Some(guard) = &self.guard {
+            guard.replicas_behind.store(!delivered, Ordering::Release);
+        }
+        match delivered {
+            true => Ok(()),
+            false => Err(BackendError::new(
                 ErrorKind::Timeout,
                 "a replayed invalidation was not acknowledged by enough replicas",
             )),
         }
+    }
+
+    /// Whether the last replay failed for want of replicas, so a call
+    /// should not wait for the next one.
+    pub(super) fn waiting_for_replicas(&self, guard: &Guard) -> bool {
+        self.settings.wait_replicas > 0 && guard.replicas_behind.load(Ordering::Acquire)
     }
 }

@@ -130,8 +130,10 @@ fn lost(primary: std::net::SocketAddr, namespace: &str, done: &[String]) -> usiz
 /// one after another, one with `WAIT 1` and one without: how long after a
 /// sentinel announced the new primary (`+switch-master`) the cache sent its
 /// calls there, how long from asking for the failover, and how many
-/// acknowledged deletes the new primary does not have. One failover per
-/// round, alternately away from and back to the first primary.
+/// acknowledged deletes the new primary does not have, and how long after
+/// following the cache with `WAIT` had replayed the deletes the old primary
+/// did not pass on (until then it serves from its fallback). One failover
+/// per round, alternately away from and back to the first primary.
 pub(crate) async fn sentinel_failover(rounds: &mut Rounds, sentinel: &Arc<RedisSentinel>) {
     let round = format!("{}", rounds.p50_us.len());
     let (durable_ns, plain_ns) = (format!("fdur{round}"), format!("fplain{round}"));
@@ -210,11 +212,12 @@ pub(crate) async fn sentinel_failover(rounds: &mut Rounds, sentinel: &Arc<RedisS
         waited.await.expect("invalidator"),
         unwaited.await.expect("invalidator"),
     );
-    // Replays of the durable cache land once the old primary replicates.
-    let replayed = Instant::now();
-    while durable.stats().fallback_active && replayed.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Replays of the durable cache land once the old primary replicates
+    // the new one (it is the new primary's only replica).
+    while durable.stats().fallback_active && followed.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let replayed_ms = followed.elapsed().as_secs_f64() * 1000.0;
     let switch = announced.lock().expect("lock").unwrap_or(followed);
     let lost_waited = lost(new, &durable_ns, &waited);
     let lost_unwaited = lost(new, &plain_ns, &unwaited);
@@ -226,6 +229,7 @@ pub(crate) async fn sentinel_failover(rounds: &mut Rounds, sentinel: &Arc<RedisS
         (followed - asked).as_secs_f64() * 1000.0,
     );
     rounds.push_extra("switch_announced_to_followed_ms", follow_ms);
+    rounds.push_extra("wait_replayed_after_followed_ms", replayed_ms);
     rounds.push_extra("wait_deletes", waited.len() as f64);
     rounds.push_extra("wait_deletes_lost", lost_waited as f64);
     rounds.push_extra("no_wait_deletes", unwaited.len() as f64);
