@@ -408,6 +408,14 @@ impl CacheBuilder {
                     Ok(Ok(missing)) => missing,
                     _ => Vec::new(), // unreachable now: the calls will tell
                 };
+                let wanted = cache.config().wait_replicas;
+                if wanted > 0
+                    && let Ok(Ok(replicas)) =
+                        tokio::time::timeout(wait, probe.connected_replicas()).await
+                    && replicas < u64::from(wanted)
+                {
+                    tracing::warn!(target = %target.redacted(), replicas, wanted, "the primary has fewer replicas than CACHE_WAIT_REPLICAS: invalidations are not acknowledged and the cache serves from its fallback until enough replicas are connected");
+                }
                 if missing.is_empty() {
                     return Ok(cache);
                 }

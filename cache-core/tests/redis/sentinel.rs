@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_core::{Cache, CacheBuilder, CacheConfig, ConfigError, HealthStatus};
-use cache_testkit::RedisSentinel;
+use cache_testkit::{RedisSentinel, RedisServer};
 
 /// How long after the sentinels announce a new primary the cache may take
 /// to send its calls there.
@@ -366,6 +366,43 @@ async fn a_stopped_primary_is_failed_over_and_followed() {
     .await;
     cache.set("customer:3", &3u64, None).await.unwrap();
     assert!(exists(sentinel.primary_addr(), "stopped:customer:3"));
+}
+
+#[tokio::test]
+async fn an_invalidation_no_replica_acknowledges_is_replayed_once_one_does() {
+    // One server without a replica: `WAIT 1` cannot be acknowledged.
+    let server = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .namespace("lonely")
+        .wait_replicas(1)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    cache.set("customer:1", &1u64, None).await.unwrap();
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), Some(1));
+    cache.delete("customer:1").await.unwrap();
+    // The primary has the delete, but it counts as not delivered: remembered,
+    // and the cache serves from its fallback until a replica has it.
+    assert!(!exists(server.addr(), "lonely:customer:1"));
+    let stats = cache.stats();
+    assert!(stats.fallback_active, "{stats:?}");
+    assert!(
+        stats.total.errors.get("timeout").copied().unwrap_or(0) >= 1,
+        "{stats:?}"
+    );
+    assert_eq!(cache.get::<u64>("customer:1").await.unwrap(), None);
+    let port = server.port().to_string();
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    eventually(
+        "replayed once a replica acknowledges",
+        Duration::from_secs(10),
+        async || !cache.stats().fallback_active,
+    )
+    .await;
+    cache.set("customer:2", &2u64, None).await.unwrap();
+    assert!(exists(server.addr(), "lonely:customer:2"));
 }
 
 /// Deletes `keys` one after another through `cache` until `stop`, and

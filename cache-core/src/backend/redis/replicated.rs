@@ -38,6 +38,16 @@ impl RedisBackend {
             )),
         }
     }
+
+    /// The replicas connected to the primary now (`connected_slaves` of
+    /// `INFO replication`), to warn at start-up when fewer than the
+    /// invalidations wait for.
+    pub(crate) async fn connected_replicas(&self) -> Result<u64, BackendError> {
+        let info: String = self.query(redis::cmd("INFO").arg("replication")).await?;
+        Ok(super::info_field(&info, "connected_slaves")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
 }
 
 async fn on_waiting(
