@@ -321,6 +321,13 @@ impl CacheConfig {
             None => false,
         };
         config.redis = sentinel::from_env(&get)?;
+        if cluster && config.redis.is_some() {
+            return Err(invalid(
+                "REDIS_CLUSTER",
+                "true",
+                "a Redis Cluster is not found through sentinels: unset REDIS_SENTINELS or REDIS_CLUSTER",
+            ));
+        }
         if let Some(url) = get("REDIS_URL") {
             if config.redis.is_some() {
                 return Err(invalid(

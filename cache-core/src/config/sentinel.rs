@@ -211,7 +211,15 @@ mod tests {
 
     #[test]
     fn malformed_sentinel_settings_name_their_variable() {
-        let cases: [(&[(&str, &str)], &str); 8] = [
+        let cases: [(&[(&str, &str)], &str); 9] = [
+            (
+                &[
+                    ("REDIS_SENTINELS", "redis://h:1"),
+                    ("REDIS_SENTINEL_MASTER", "m"),
+                    ("REDIS_CLUSTER", "true"),
+                ],
+                "REDIS_CLUSTER",
+            ),
             (
                 &[("REDIS_SENTINELS", "redis://h:1")],
                 "REDIS_SENTINEL_MASTER",
