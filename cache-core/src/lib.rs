@@ -38,8 +38,28 @@
 //! - **Keys** `{namespace}:{prefix}:{key}`; template values are escaped so
 //!   user data never adds `*`, `?`, `[`, `]`, `{`, `}` or `:` to a key ([`keys`]).
 //! - **Backends**: Redis (a bb8 pool managing shared multiplexed
-//!   connections), Redis Cluster, and in-process memory (moka), behind one
-//!   [`Backend`] trait; `cache-testkit` adds a controllable test backend.
+//!   connections), a Redis primary followed through Redis Sentinel, Redis
+//!   Cluster, and in-process memory (moka), behind one [`Backend`] trait;
+//!   `cache-testkit` adds a controllable test backend.
+//! - **Redis Sentinel** ([`CacheBuilder::redis_sentinel`],
+//!   `REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`, [`RedisTarget::Sentinel`]):
+//!   the primary is found through the sentinels at start-up (redis-rs's
+//!   Sentinel client) and again after every failover, without a restart: a
+//!   subscription to `+switch-master` on one sentinel makes the cache
+//!   follow a few milliseconds after the announcement, and a `READONLY`
+//!   answer or a primary that stops answering makes it ask the sentinels
+//!   again. Client tracking moves with the primary: what was held under the
+//!   old one (near entries, generations) is dropped before calls reach the
+//!   new one. Passwords and TLS work for the sentinels and the primary
+//!   alike ([`CacheBuilder::sentinel_data_url`]).
+//! - **Invalidations that survive a failover** (opt-in,
+//!   [`CacheBuilder::wait_replicas`], `CACHE_WAIT_REPLICAS=n`): every key
+//!   delete and generation write waits for `n` replicas (`WAIT`, bounded
+//!   by the call's timeout); one fewer replicas acknowledge is remembered
+//!   and replayed like one Redis missed, so the replica a failover promotes
+//!   holds every invalidation that was delivered. Replication is
+//!   asynchronous otherwise: without it, deletes the old primary took just
+//!   before a failover can be lost (see the README's guarantees).
 //! - **Codec**: bincode 2 by default, JSON on request, in a small envelope;
 //!   undecodable bytes are a counted miss, never an error ([`codec`]).
 //! - **Resilience**: every cache call is bounded by one timeout (250 ms)
@@ -143,6 +163,18 @@
 //! - `get_many` reads each key with that same read, all at once: pipelined
 //!   on one connection (one round trip), sent to their nodes concurrently
 //!   on a cluster.
+//! - `WAIT` runs on a connection of its own, after the invalidation's
+//!   write on that same connection ([`Backend::invalidate_replicated`]):
+//!   `WAIT` counts the writes of the connection it is sent on, and Redis
+//!   answers nothing else on that connection until it returns, which on the
+//!   shared connection would stall every read of the process for as long
+//!   as the replicas take.
+//! - A `+switch-master` message is acted on at once (its new primary,
+//!   checked with `ROLE`), not through redis-rs's lookup: the lookup takes
+//!   the first sentinel's answer, and a sentinel that has not heard of the
+//!   failover yet still names the old primary, which answers `ROLE` as a
+//!   master until the sentinels demote it. For the same reason a lookup
+//!   does not take a primary back that the cache left in the last 10 s.
 //! - Client tracking on a cluster uses broadcast mode on every master:
 //!   the node a key lives on reports its changes, so a tracking connection
 //!   per master is needed whatever the mode, and broadcast mode lets reads
@@ -186,7 +218,7 @@ mod store;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
+pub use backend::{Backend, BackendInfo, BackendKind, InvalidationWrite, MemoryBackend};
 pub use cache::Cache;
 pub use cache::builder::CacheBuilder;
 pub use cache::health::{Health, HealthStatus};

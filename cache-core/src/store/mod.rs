@@ -34,6 +34,7 @@ pub(crate) mod breaker;
 mod leases;
 mod ops;
 mod recovery;
+mod replicas;
 mod suspects;
 
 use breaker::{Breaker, Permit};
@@ -57,6 +58,8 @@ pub(crate) struct Settings {
     pub(crate) breaker_cooldown: Duration,
     /// Entries the fallback may hold.
     pub(crate) fallback_capacity: u64,
+    /// Replicas that must acknowledge an invalidation (0: none).
+    pub(crate) wait_replicas: u32,
 }
 
 /// When one cache call must be done with the backend. A call that needs
@@ -146,6 +149,8 @@ struct Guard {
     suspects: Suspects,
     write_failure: ops::WriteFailure,
     scripts: leases::ScriptsRefused,
+    /// The last replay failed for want of replicas (see `replicas.rs`).
+    replicas_behind: std::sync::atomic::AtomicBool,
 }
 
 /// The store behind a cache (see the module docs).
@@ -182,6 +187,7 @@ impl Store {
             suspects: Suspects::default(),
             write_failure: ops::WriteFailure::default(),
             scripts: leases::ScriptsRefused::default(),
+            replicas_behind: Default::default(),
         });
         Arc::new_cyclic(|me| Store {
             primary,
@@ -457,6 +463,10 @@ impl Store {
                 "replaying missed invalidations before trusting the backend again",
             )
         };
+        if self.waiting_for_replicas(guard) {
+            self.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(recovering());
+        }
         let permit = guard.breaker.allow();
         if permit == Permit::Rejected {
             self.stats.record_error(entry, ErrorKind::CircuitOpen);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::recovery::Missed;
 use super::{Deadline, Store};
-use crate::backend::{Backend, MemoryBackend, RawBytes};
+use crate::backend::{Backend, InvalidationWrite, MemoryBackend, RawBytes};
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{Event, PrefixEntry};
 
@@ -309,15 +309,17 @@ impl Store {
             fallback_deleted = fallback.delete(skeys).await.unwrap_or(0);
         }
         match self
-            .call(
-                entry,
-                deadline,
-                None,
-                |b| async move { b.delete(skeys).await },
-            )
+            .call(entry, deadline, None, |b| {
+                self.invalidate_on(b, InvalidationWrite::Delete(skeys), deadline)
+            })
             .await
         {
-            Ok(n) => (n, true),
+            Ok((n, true)) => (n, true),
+            Ok((n, false)) => {
+                self.unreplicated(entry);
+                self.remember(Missed::Keys(skeys));
+                (n, false)
+            }
             Err(_) => {
                 self.remember(Missed::Keys(skeys));
                 (fallback_deleted, false)
@@ -334,12 +336,17 @@ impl Store {
         }
         let deadline = Deadline::after(self.bulk_timeout());
         match self
-            .call(entry, &deadline, None, |b| async move {
-                b.delete_pattern(pattern).await
+            .call(entry, &deadline, None, |b| {
+                self.invalidate_on(b, InvalidationWrite::DeletePattern(pattern), &deadline)
             })
             .await
         {
-            Ok(n) => (n, true),
+            Ok((n, true)) => (n, true),
+            Ok((n, false)) => {
+                self.unreplicated(entry);
+                self.remember(Missed::Pattern(pattern));
+                (n, false)
+            }
             Err(_) => {
                 self.remember(Missed::Pattern(pattern));
                 (fallback_deleted, false)
@@ -361,13 +368,20 @@ impl Store {
         if let Some(fallback) = self.fallback() {
             let _ = fallback.set(key, bytes.clone(), ttl).await;
         }
-        let copy = bytes.clone();
+        let write = InvalidationWrite::Write {
+            key,
+            value: &bytes,
+            ttl,
+        };
         let result = self
-            .call(entry, deadline, None, |b| async move {
-                b.set(key, copy, ttl).await
+            .call(entry, deadline, None, |b| {
+                self.invalidate_on(b, write, deadline)
             })
             .await;
-        if result.is_err() {
+        if let Ok((_, false)) = result {
+            self.unreplicated(entry);
+        }
+        if !matches!(result, Ok((_, true))) {
             self.remember(Missed::Write(key, &bytes, ttl));
             return false;
         }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::Store;
-use crate::backend::Backend;
+use crate::backend::{Backend, InvalidationWrite};
 use crate::error::{BackendError, ErrorKind};
 use crate::keys::glob_literal;
 use crate::stats::CircuitState;
@@ -277,18 +277,23 @@ impl Store {
     async fn replay(&self, primary: &dyn Backend, batch: &Pending) -> Result<(), BackendError> {
         if batch.everything {
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
-            primary.delete_pattern(&all).await?;
-            return Ok(());
+            return self
+                .replay_one(primary, InvalidationWrite::DeletePattern(&all))
+                .await;
         }
         let keys: Vec<String> = batch.keys.iter().cloned().collect();
         for chunk in keys.chunks(500) {
-            primary.delete(chunk).await?;
+            self.replay_one(primary, InvalidationWrite::Delete(chunk))
+                .await?;
         }
         for pattern in &batch.patterns {
-            primary.delete_pattern(pattern).await?;
+            self.replay_one(primary, InvalidationWrite::DeletePattern(pattern))
+                .await?;
         }
         for (key, (bytes, ttl)) in &batch.writes {
-            primary.set(key, bytes.clone(), *ttl).await?;
+            let (value, ttl) = (bytes.as_slice(), *ttl);
+            self.replay_one(primary, InvalidationWrite::Write { key, value, ttl })
+                .await?;
         }
         Ok(())
     }

@@ -16,9 +16,11 @@ impl RedisBackend {
     /// script...): Redis checks permissions before it runs a command, so
     /// `NOPERM` answers exactly the question. The result is kept for
     /// [`Backend::info`]. Other failures (unreachable server) are returned.
+    /// `wait`: invalidations wait for replicas (`WAIT`).
     pub(crate) async fn check_permissions(
         &self,
         namespace: &str,
+        wait: bool,
     ) -> Result<Vec<String>, BackendError> {
         let key = format!("{namespace}:%acl-probe");
         let key = key.as_str();
@@ -79,8 +81,18 @@ impl RedisBackend {
                 redis::cmd("CLIENT").arg("TRACKING").arg("OFF").clone(),
             ),
         ];
-        if let Topology::Cluster(_) = self.topology {
-            probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
+        match self.topology {
+            Topology::Cluster(_) => {
+                probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
+            }
+            // Finding the primary asks it for its role, from the sentinels'
+            // lookup and before commands go to it.
+            Topology::Sentinel(_) => probes.push(("role", redis::cmd("ROLE"))),
+            Topology::Single(_) => {}
+        }
+        if wait {
+            // `WAIT 0 0` returns at once: no replica is asked for.
+            probes.push(("wait", redis::cmd("WAIT").arg(0).arg(0).clone()));
         }
         let mut missing = Vec::new();
         for (name, cmd) in &probes {
@@ -92,6 +104,11 @@ impl RedisBackend {
                         Some(found) => found,
                         None => node.connection().await?,
                     };
+                    cmd.query_async(&mut conn).await
+                }
+                Topology::Sentinel(node) => {
+                    let primary = node.primary()?;
+                    let (mut conn, _) = primary.node.connection().await?;
                     cmd.query_async(&mut conn).await
                 }
                 Topology::Cluster(node) => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
+use redis::{ConnectionAddr, ConnectionInfo};
 
 use crate::clock;
 use crate::error::{BackendError, ErrorKind};
@@ -127,6 +128,13 @@ macro_rules! on_cluster {
 
 pub(crate) struct SingleNode {
     pub(crate) pool: bb8::Pool<Manager>,
+    /// A connection of its own for invalidations followed by `WAIT`
+    /// ([`waiting_connection`](Self::waiting_connection)), made on first use.
+    pub(crate) waiting: ArcSwapOption<TrackedConnection>,
+    /// The response timeout of its connections, and the cache's call
+    /// timeout: no call waits longer, the wait for a fresh connection
+    /// included.
+    pub(crate) timeout: Duration,
     /// The one shared connection every command runs on. One: a multiplexed
     /// connection pipelines any number of in-flight commands, and on the
     /// benchmark machine a second one cost 0.4–1.0 µs of client CPU per call
@@ -137,12 +145,82 @@ pub(crate) struct SingleNode {
     pub(crate) shared: ArcSwapOption<TrackedConnection>,
     /// Held while a fresh connection replaces a missing or broken one.
     pub(crate) refresh: tokio::sync::Mutex<()>,
-    /// The cache's call timeout: no call waits longer, the wait for a
-    /// fresh connection included.
-    pub(crate) timeout: Duration,
 }
 
 impl SingleNode {
+    /// A node reached through `client` (whose connection info is `info`):
+    /// nothing connects yet.
+    pub(crate) fn new(
+        info: ConnectionInfo,
+        client: redis::Client,
+        pool_size: u32,
+        timeout: Duration,
+    ) -> Result<SingleNode, BackendError> {
+        let bounded = timeout.max(Duration::from_millis(10));
+        let manager = Manager {
+            inner: bb8_redis::RedisConnectionManager::new(info)?,
+            client,
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(bounded))
+                .set_response_timeout(Some(bounded)),
+        };
+        let pool = bb8::Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(timeout.max(Duration::from_millis(50)))
+            .retry_connection(false)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .build_unchecked(manager);
+        Ok(SingleNode {
+            pool,
+            waiting: ArcSwapOption::empty(),
+            timeout: bounded,
+            shared: ArcSwapOption::empty(),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The connection invalidations followed by `WAIT` are made on: one of
+    /// their own, never in the pool (a checkout could hand out the shared
+    /// connection, which `WAIT` would block). A broken one is replaced.
+    pub(crate) async fn waiting_connection(
+        &self,
+    ) -> Result<(MultiplexedConnection, usize), BackendError> {
+        let current = self.waiting.load_full();
+        if let Some(conn) = current.as_deref()
+            && !conn.broken.load(Ordering::Relaxed)
+        {
+            return Ok((conn.conn.clone(), identity(conn)));
+        }
+        let fresh = self
+            .pool
+            .dedicated_connection()
+            .await
+            .map_err(BackendError::from)
+            .inspect_err(log_operator_error)?;
+        let found = (fresh.conn.clone(), identity(&fresh));
+        self.waiting.store(Some(Arc::new(fresh)));
+        Ok(found)
+    }
+
+    /// Classifies a failure on the waiting connection; a connection failure
+    /// or timeout gives it up.
+    pub(crate) fn waiting_failed(&self, id: usize, error: redis::RedisError) -> BackendError {
+        let error = BackendError::from(error);
+        if matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
+            let current = self.waiting.load_full();
+            if let Some(conn) = &current
+                && identity(conn) == id
+            {
+                conn.broken.store(true, Ordering::Relaxed);
+                let _ = self.waiting.compare_and_swap(&current, None);
+            }
+        }
+        log_operator_error(&error);
+        error
+    }
+
     /// A clone of the shared connection and an identity for
     /// [`mark_broken`](Self::mark_broken). Only the connection itself is
     /// cloned per call: every extra shared refcount bumped here is a
@@ -448,4 +526,33 @@ pub(crate) async fn connect_cluster(
         )
     })?
     .map_err(failed)
+}
+
+/// `template`'s kind of address (TLS or not, with its settings) at
+/// `host:port`: how a node another node names (a cluster master, the
+/// primary a sentinel names) is reached.
+pub(crate) fn at(template: &ConnectionAddr, host: &str, port: u16) -> ConnectionAddr {
+    match template {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    }
+}
+
+/// The host and port of a TCP address (`None` for a Unix socket).
+pub(crate) fn host_port(addr: &ConnectionAddr) -> Option<(String, u16)> {
+    match addr {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            Some((host.clone(), *port))
+        }
+        _ => None,
+    }
 }

@@ -1,5 +1,7 @@
-//! Redis backend: one server (bb8 pool + shared multiplexed connections) or a
-//! Redis Cluster (redis-rs `cluster-async`).
+//! Redis backend: one server (bb8 pool + shared multiplexed connections), a
+//! primary followed through Redis Sentinel (the same, on whichever server
+//! the sentinels name: `sentinel.rs`) or a Redis Cluster (redis-rs
+//! `cluster-async`).
 //!
 //! # Why the hit path does not check out of the pool
 //! Measured on the 2-core development machine (64 tasks, 207-byte values): one
@@ -22,16 +24,21 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
 
 use self::connection::*;
+use self::sentinel::{SentinelNode, SentinelSettings};
 #[cfg(feature = "tls")]
 use self::tls::{certificates, install_crypto_provider};
-use super::{Backend, BackendInfo, BackendKind};
+use super::{Backend, BackendInfo, BackendKind, InvalidationWrite};
 use crate::config::{RedisTarget, TlsMaterial};
 use crate::error::{BackendError, ErrorKind};
 use crate::redact::redact_url;
 
 #[macro_use]
 mod connection;
+#[macro_use]
+pub(crate) mod sentinel;
 mod acl;
+mod info;
+mod replicated;
 pub(crate) mod tls;
 pub(crate) mod tracking;
 
@@ -80,6 +87,8 @@ return 0";
 
 enum Topology {
     Single(SingleNode),
+    /// Behind an `Arc`: its background tasks hold it.
+    Sentinel(Arc<SentinelNode>),
     /// Behind an `Arc`: the cluster client is large, and a background
     /// reconnect holds the node.
     Cluster(Arc<ClusterNode>),
@@ -121,6 +130,11 @@ impl RedisBackend {
         let urls: Vec<&String> = match target {
             RedisTarget::Single(url) => vec![url],
             RedisTarget::Cluster(urls) => urls.iter().collect(),
+            RedisTarget::Sentinel {
+                sentinels,
+                data_url,
+                ..
+            } => sentinels.iter().chain(data_url).collect(),
         };
         #[cfg(feature = "tls")]
         if urls.iter().any(|u| u.starts_with("rediss://")) {
@@ -140,7 +154,6 @@ impl RedisBackend {
                     .into_connection_info()
                     .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
                     .set_tcp_settings(tcp_settings(nodelay));
-                let bounded = timeout.max(Duration::from_millis(10));
                 let client = match tls {
                     #[cfg(feature = "tls")]
                     Some(material) => {
@@ -148,28 +161,24 @@ impl RedisBackend {
                     }
                     _ => redis::Client::open(info.clone())?,
                 };
-                let manager = Manager {
-                    inner: bb8_redis::RedisConnectionManager::new(info)?,
-                    client,
-                    config: redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(bounded))
-                        .set_response_timeout(Some(bounded)),
-                };
-                let pool = bb8::Pool::builder()
-                    .max_size(pool_size.max(1))
-                    .min_idle(Some(0))
-                    .test_on_check_out(false)
-                    .connection_timeout(timeout.max(Duration::from_millis(50)))
-                    .retry_connection(false)
-                    .idle_timeout(Some(Duration::from_secs(600)))
-                    .build_unchecked(manager);
-                Topology::Single(SingleNode {
-                    pool,
-                    shared: ArcSwapOption::empty(),
-                    refresh: tokio::sync::Mutex::new(()),
-                    timeout: bounded,
-                })
+                Topology::Single(SingleNode::new(info, client, pool_size, timeout)?)
             }
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                data_url,
+            } => Topology::Sentinel(
+                SentinelNode::connect(SentinelSettings {
+                    sentinels,
+                    master,
+                    data_url: data_url.as_deref(),
+                    tls,
+                    pool_size,
+                    timeout,
+                    tcp: tcp_settings(nodelay),
+                })
+                .await?,
+            ),
             RedisTarget::Cluster(urls) => {
                 let builder =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
@@ -200,6 +209,7 @@ impl RedisBackend {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| cmd.query_async(conn)),
             Topology::Cluster(node) => on_cluster!(node, |conn| cmd.query_async(conn)),
         }
     }
@@ -236,6 +246,7 @@ impl RedisBackend {
         pipe.get(key).pttl(key);
         let (value, pttl): (Option<Vec<u8>>, i64) = match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| pipe.query_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| pipe.query_async(conn)),
             Topology::Cluster(node) => on_cluster!(node, |conn| pipe.query_async(conn)),
         }?;
         let left = match pttl {
@@ -257,6 +268,7 @@ impl RedisBackend {
         }
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| invocation.invoke_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| invocation.invoke_async(conn)),
             Topology::Cluster(node) => on_cluster!(node, |conn| invocation.invoke_async(conn)),
         }
     }
@@ -281,7 +293,7 @@ impl RedisBackend {
     /// server.
     pub(crate) async fn slot_masters(&self) -> Result<Vec<(String, u16)>, BackendError> {
         match &self.topology {
-            Topology::Single(_) => Ok(Vec::new()),
+            Topology::Single(_) | Topology::Sentinel(_) => Ok(Vec::new()),
             Topology::Cluster(node) => {
                 let mut masters =
                     Self::cluster_masters(node, |flags, slots| slots && !flags.contains("noaddr"))
@@ -374,10 +386,18 @@ fn parse<T: FromRedisValue>(value: Value) -> Result<T, BackendError> {
     T::from_redis_value(value).map_err(|e| BackendError::new(ErrorKind::Server, e.to_string()))
 }
 
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
+/// One `SET ... PX` per entry, replies ignored.
+fn set_pipeline(entries: &[(String, Vec<u8>)], ttl: Duration) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for (key, value) in entries {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(px(ttl))
+            .ignore();
+    }
+    pipe
 }
 
 fn px(ttl: Duration) -> u64 {
@@ -388,12 +408,13 @@ fn px(ttl: Duration) -> u64 {
 impl Backend for RedisBackend {
     fn enforces_timeouts(&self) -> bool {
         // A cluster call may retry on another node, so it keeps the outer bound.
-        matches!(self.topology, Topology::Single(_))
+        matches!(self.topology, Topology::Single(_) | Topology::Sentinel(_))
     }
 
     fn kind(&self) -> BackendKind {
         match self.topology {
             Topology::Single(_) => BackendKind::Redis,
+            Topology::Sentinel(_) => BackendKind::RedisSentinel,
             Topology::Cluster(_) => BackendKind::RedisCluster,
         }
     }
@@ -422,16 +443,12 @@ impl Backend for RedisBackend {
     ) -> Result<(), BackendError> {
         match &self.topology {
             Topology::Single(node) => {
-                let mut pipe = redis::pipe();
-                for (key, value) in &entries {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(px(ttl))
-                        .ignore();
-                }
+                let pipe = set_pipeline(&entries, ttl);
                 on_single!(node, |conn| pipe.query_async::<()>(conn))
+            }
+            Topology::Sentinel(node) => {
+                let pipe = set_pipeline(&entries, ttl);
+                on_sentinel!(node, |conn| pipe.query_async::<()>(conn))
             }
             Topology::Cluster(node) => {
                 // Keys live in different slots: one SET each, concurrently
@@ -504,7 +521,7 @@ impl Backend for RedisBackend {
 
     async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         match &self.topology {
-            Topology::Single(_) => self.scan_unlink(pattern, None).await,
+            Topology::Single(_) | Topology::Sentinel(_) => self.scan_unlink(pattern, None).await,
             Topology::Cluster(node) => {
                 let mut total = 0;
                 for (host, port) in Self::masters(node).await? {
@@ -572,49 +589,21 @@ impl Backend for RedisBackend {
         Ok((len > 0).then_some(len))
     }
 
+    async fn invalidate_replicated(
+        &self,
+        write: InvalidationWrite<'_>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(u64, u32), BackendError> {
+        self.write_and_wait(write, replicas, timeout).await
+    }
+
     async fn ping(&self) -> Result<(), BackendError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
     }
 
     async fn info(&self) -> Result<BackendInfo, BackendError> {
-        let nodes: Vec<(String, String, u64)> = match &self.topology {
-            Topology::Single(_) => {
-                let info: String = self.query(&redis::cmd("INFO")).await?;
-                let keys: u64 = self.query(&redis::cmd("DBSIZE")).await?;
-                vec![(info, String::new(), keys)]
-            }
-            Topology::Cluster(node) => {
-                let mut out = Vec::new();
-                for (host, port) in Self::masters(node).await? {
-                    let info: String =
-                        parse(Self::on_node(node, &host, port, redis::cmd("INFO")).await?)?;
-                    let keys: u64 =
-                        parse(Self::on_node(node, &host, port, redis::cmd("DBSIZE")).await?)?;
-                    out.push((info, host, keys));
-                }
-                out
-            }
-        };
-        let sum = |name: &str| -> Option<u64> {
-            nodes
-                .iter()
-                .map(|(info, _, _)| info_field(info, name).and_then(|v| v.parse::<u64>().ok()))
-                .sum()
-        };
-        Ok(BackendInfo {
-            version: nodes
-                .first()
-                .and_then(|(info, _, _)| info_field(info, "redis_version").map(str::to_owned)),
-            used_memory_bytes: sum("used_memory"),
-            connected_clients: sum("connected_clients"),
-            total_keys: Some(nodes.iter().map(|(_, _, k)| k).sum()),
-            missing_permissions: self
-                .missing_permissions
-                .load()
-                .as_deref()
-                .cloned()
-                .unwrap_or_default(),
-        })
+        self.server_info().await
     }
 }
