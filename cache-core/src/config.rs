@@ -118,6 +118,7 @@ impl RedisTarget {
 /// | `CACHE_NEAR_MAX_BYTES` | [`near_max_bytes`](Self::near_max_bytes) | `67108864` (64 MiB) |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 /// | `CACHE_REQUIRE_REDIS` | [`require_redis`](Self::require_redis) | `false` |
+/// | `CACHE_TRUST_PERSISTENCE` | [`trust_persistence`](Self::trust_persistence) | `false` |
 /// | `REDIS_TLS_CA_FILE` | [`tls_ca_file`](Self::tls_ca_file) (PEM CA trusted besides the system roots) | unset: system roots only |
 /// | `REDIS_TLS_CERT_FILE` | [`tls_cert_file`](Self::tls_cert_file) (PEM client certificate) | unset: no client certificate |
 /// | `REDIS_TLS_KEY_FILE` | [`tls_key_file`](Self::tls_key_file) (PEM private key of the client certificate) | unset |
@@ -248,6 +249,16 @@ pub struct CacheConfig {
     /// Fail start-up instead of running degraded when Redis is unreachable
     /// or refuses the configuration (`CACHE_REQUIRE_REDIS`, default off).
     pub require_redis: bool,
+    /// Whether values Redis kept across a restart (a snapshot or an
+    /// append-only file) are trusted (`CACHE_TRUST_PERSISTENCE`, default
+    /// `false`). A restart from persisted data can bring back values that
+    /// were invalidated after the data was saved, so by default a single
+    /// Redis server found restarted with data of an earlier run (its
+    /// `run_id` differs from the one recorded in the namespace) has the
+    /// cache's namespace cleared before the cache trusts it again: a cold
+    /// cache after such a restart, never an invalidated value. Set it only
+    /// when the persistence cannot lose writes (`appendfsync always`).
+    pub trust_persistence: bool,
     /// PEM file of CA certificates trusted for `rediss://` in addition to
     /// the system's root certificates (`REDIS_TLS_CA_FILE`).
     pub tls_ca_file: Option<PathBuf>,
@@ -289,6 +300,7 @@ impl Default for CacheConfig {
             near_capacity: None,
             near_max_bytes: 64 * 1024 * 1024,
             require_redis: false,
+            trust_persistence: false,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -400,6 +412,9 @@ impl CacheConfig {
         }
         if let Some(v) = get("CACHE_REQUIRE_REDIS") {
             config.require_redis = parse_bool("CACHE_REQUIRE_REDIS", &v)?;
+        }
+        if let Some(v) = get("CACHE_TRUST_PERSISTENCE") {
+            config.trust_persistence = parse_bool("CACHE_TRUST_PERSISTENCE", &v)?;
         }
         if let Some(v) = get("CACHE_WAIT_REPLICAS") {
             config.wait_replicas = parse_num("CACHE_WAIT_REPLICAS", &v, 0, 64)? as u32;

@@ -280,6 +280,12 @@ impl CacheBuilder {
         self.config.require_redis = required;
         self
     }
+    /// Trusts values a Redis server kept across a restart (see
+    /// [`CacheConfig::trust_persistence`]; default off).
+    pub fn trust_persistence(mut self, trusted: bool) -> Self {
+        self.config.trust_persistence = trusted;
+        self
+    }
     /// Trusts the CA certificates of this PEM file, besides the system's
     /// root certificates, for a `rediss://` server (`REDIS_TLS_CA_FILE`).
     /// The file is read and checked now; a missing or malformed one makes
@@ -369,6 +375,7 @@ impl CacheBuilder {
             config.timeout,
             config.tcp_nodelay,
             tls.as_ref(),
+            (!config.trust_persistence).then(|| format!("{}:%run", config.namespace)),
         )
         .await
         {

@@ -313,6 +313,17 @@ impl Store {
         guard: &'g Guard,
         deadline: &Deadline,
     ) -> Result<(PermitGuard<'g>, Duration, bool), BackendError> {
+        // A new connection found Redis restarted with old data (possibly
+        // outside any call: the start-up ping): clear before trusting it.
+        if let Some(redis) = self.primary.redis()
+            && redis.take_restart()
+        {
+            self.remember(recovery::Missed::Everything);
+            return Err(BackendError::new(
+                ErrorKind::CircuitOpen,
+                "Redis restarted with old data: clearing the namespace before trusting it",
+            ));
+        }
         let permit = guard.breaker.allow();
         if permit == Permit::Rejected {
             // Normally running already; this covers a task that ended just
@@ -356,6 +367,14 @@ impl Store {
         error: &BackendError,
     ) {
         let primary = self.primary.backend();
+        // The failure may be a new connection finding Redis restarted with
+        // old data: whatever it holds of this namespace is cleared before
+        // Redis is trusted again.
+        if let Some(redis) = self.primary.redis()
+            && redis.take_restart()
+        {
+            self.remember(recovery::Missed::Everything);
+        }
         match error {
             e if e.kind == ErrorKind::Timeout
                 && let Some(key) = key

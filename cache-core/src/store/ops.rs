@@ -354,6 +354,15 @@ impl Store {
         }
     }
 
+    /// The whole namespace was deleted: the server's record of its run
+    /// (kept in the namespace, to detect restarts with old data) is written
+    /// again.
+    pub(crate) async fn namespace_cleared(&self) {
+        if let Some(redis) = self.primary.redis() {
+            redis.mark_run().await;
+        }
+    }
+
     /// Writes `bytes` at `key` as part of an invalidation (a prefix
     /// generation): in the fallback too, and remembered and replayed with
     /// the same bytes when the backend missed it.

@@ -33,6 +33,8 @@ pub(crate) enum Missed<'a> {
     Pattern(&'a str),
     /// A key to write (a prefix generation): replayed with the same bytes.
     Write(&'a str, &'a [u8], Duration),
+    /// Every key of the namespace (the backend came back with old data).
+    Everything,
 }
 
 /// Invalidations the backend missed. Sets, so that an invalidation repeated
@@ -137,6 +139,12 @@ impl Recovery {
             }
             Missed::Write(key, bytes, ttl) => {
                 pending.writes.insert(key.to_owned(), (bytes.to_vec(), ttl));
+            }
+            Missed::Everything => {
+                *pending = Pending {
+                    everything: true,
+                    ..Pending::default()
+                };
             }
         }
         pending.bound(namespace);
@@ -277,9 +285,13 @@ impl Store {
     async fn replay(&self, primary: &dyn Backend, batch: &Pending) -> Result<(), BackendError> {
         if batch.everything {
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
-            return self
-                .replay_one(primary, InvalidationWrite::DeletePattern(&all))
-                .await;
+            self.replay_one(primary, InvalidationWrite::DeletePattern(&all))
+                .await?;
+            // The namespace's record of the server's run went with it.
+            if let Some(redis) = self.primary.redis() {
+                redis.mark_run().await;
+            }
+            return Ok(());
         }
         let keys: Vec<String> = batch.keys.iter().cloned().collect();
         for chunk in keys.chunks(500) {

@@ -717,3 +717,78 @@ async fn stopped_redis_under_load(breaker_failures: u32) {
     })
     .await;
 }
+
+/// Redis restarted from a snapshot taken before an invalidation brings the
+/// invalidated value back into Redis; neither the cache that saw the
+/// restart nor one started after it serves it (the namespace is cleared
+/// before Redis is trusted again), unless persistence is declared trusted.
+#[tokio::test]
+async fn redis_restored_from_an_older_snapshot_does_not_bring_invalidated_values_back() {
+    let mut server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    cache.set("customer:1", &"before", None).await.unwrap();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut admin).unwrap();
+    cache.delete("customer:1").await.unwrap();
+    assert_eq!(cache.get::<String>("customer:1").await.unwrap(), None);
+
+    // kill and restart from the snapshot: the deleted value is back in Redis.
+    server.stop();
+    server.restart();
+    assert!(raw_get(&server, "f:customer:1").is_some(), "restored");
+
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            cache.get::<String>("customer:1").await.unwrap(),
+            None,
+            "an invalidated value came back after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("back on Redis, the restored value gone", async || {
+        let stats = cache.stats();
+        stats.circuit == CircuitState::Closed
+            && !stats.fallback_active
+            && raw_get(&server, "f:customer:1").is_none()
+    })
+    .await;
+
+    // Once more, with a cache started after the restart.
+    cache.set("customer:2", &"before", None).await.unwrap();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut admin).unwrap();
+    cache.delete("customer:2").await.unwrap();
+    drop(cache);
+    server.stop();
+    server.restart();
+    let fresh = cache_for(&server.url()).await;
+    for _ in 0..20 {
+        assert_eq!(fresh.get::<String>("customer:2").await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Declared trusted: what Redis kept is served.
+    let trusting = Cache::builder()
+        .redis_url(server.url())
+        .namespace("trusted")
+        .trust_persistence(true)
+        .build()
+        .await
+        .unwrap();
+    trusting.set("customer:3", &"kept", None).await.unwrap();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut admin).unwrap();
+    server.stop();
+    server.restart();
+    eventually("the kept value is served", async || {
+        trusting
+            .get::<String>("customer:3")
+            .await
+            .unwrap()
+            .as_deref()
+            == Some("kept")
+    })
+    .await;
+}

@@ -145,6 +145,11 @@ pub(crate) struct SingleNode {
     pub(crate) shared: ArcSwapOption<TrackedConnection>,
     /// Held while a fresh connection replaces a missing or broken one.
     pub(crate) refresh: tokio::sync::Mutex<()>,
+    /// The key holding the `run_id` of the server that last used this
+    /// namespace (`None`: restarts are not checked; persistence trusted).
+    pub(crate) restart_marker: Option<String>,
+    /// Set when a new connection found the server restarted with old data.
+    pub(crate) restarted: AtomicBool,
 }
 
 impl SingleNode {
@@ -178,7 +183,16 @@ impl SingleNode {
             timeout: bounded,
             shared: ArcSwapOption::empty(),
             refresh: tokio::sync::Mutex::new(()),
+            restart_marker: None,
+            restarted: AtomicBool::new(false),
         })
+    }
+
+    /// Checks every new connection for a restart with old data (see
+    /// [`check_run`](Self::check_run)), with `marker` as the key.
+    pub(crate) fn with_restart_marker(mut self, marker: Option<String>) -> Self {
+        self.restart_marker = marker;
+        self
     }
 
     /// The connection invalidations followed by `WAIT` are made on: one of
@@ -222,9 +236,6 @@ impl SingleNode {
     }
 
     /// A clone of the shared connection and an identity for
-    /// [`mark_broken`](Self::mark_broken). Only the connection itself is
-    /// cloned per call: every extra shared refcount bumped here is a
-    /// contended write on the hit path.
     /// The shared connection, made anew if it is missing or broken (calls
     /// queue here while one of them reconnects, and a Redis that accepts
     /// connections without answering makes each reconnection last the whole
@@ -239,6 +250,7 @@ impl SingleNode {
                 .fresh_connection()
                 .await
                 .inspect_err(log_operator_error)?;
+            self.check_run(&tracked).await?;
             let found = (tracked.conn.clone(), identity(&tracked));
             self.shared.store(Some(Arc::new(tracked)));
             Ok(found)
@@ -280,6 +292,10 @@ impl SingleNode {
         ))
     }
 
+    /// A clone of the shared connection and an identity for
+    /// [`mark_broken`](Self::mark_broken). Only the connection itself is
+    /// cloned per call: every extra shared refcount bumped here is a
+    /// contended write on the hit path.
     #[inline]
     pub(crate) fn current(&self) -> Option<(MultiplexedConnection, usize)> {
         let guard = self.shared.load();
@@ -323,6 +339,7 @@ impl SingleNode {
                 .map_err(BackendError::from)
                 .inspect_err(log_operator_error)?;
             let _ = self.pool.add(tracked.clone());
+            self.check_run(&tracked).await?;
             let found = (tracked.conn.clone(), identity(&tracked));
             self.shared.store(Some(Arc::new(tracked)));
             Ok(found)

@@ -39,6 +39,7 @@ pub(crate) mod sentinel;
 mod acl;
 mod info;
 mod replicated;
+mod restart;
 pub(crate) mod tls;
 pub(crate) mod tracking;
 
@@ -126,6 +127,7 @@ impl RedisBackend {
         timeout: Duration,
         nodelay: bool,
         tls: Option<&TlsMaterial>,
+        restart_marker: Option<String>,
     ) -> Result<Self, BackendError> {
         let urls: Vec<&String> = match target {
             RedisTarget::Single(url) => vec![url],
@@ -161,7 +163,10 @@ impl RedisBackend {
                     }
                     _ => redis::Client::open(info.clone())?,
                 };
-                Topology::Single(SingleNode::new(info, client, pool_size, timeout)?)
+                Topology::Single(
+                    SingleNode::new(info, client, pool_size, timeout)?
+                        .with_restart_marker(restart_marker),
+                )
             }
             RedisTarget::Sentinel {
                 sentinels,
@@ -211,6 +216,23 @@ impl RedisBackend {
             Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
             Topology::Sentinel(node) => on_sentinel!(node, |conn| cmd.query_async(conn)),
             Topology::Cluster(node) => on_cluster!(node, |conn| cmd.query_async(conn)),
+        }
+    }
+
+    /// Whether a new connection found the server restarted with data of an
+    /// earlier run since this was last asked (a single server only).
+    pub(crate) fn take_restart(&self) -> bool {
+        match &self.topology {
+            Topology::Single(node) => node.take_restart(),
+            _ => false,
+        }
+    }
+
+    /// Records the server's `run_id` in the namespace again (after the
+    /// namespace was cleared, its marker with it).
+    pub(crate) async fn mark_run(&self) {
+        if let Topology::Single(node) = &self.topology {
+            node.mark_run().await;
         }
     }
 
