@@ -196,7 +196,12 @@ pub fn invalidation(
 }
 
 async fn run_invalidation(cache: Cache, keys: Vec<String>, prefixes: &'static [&'static str]) {
-    let delivered = cache.invalidate_all(&keys, prefixes).await;
+    // Boxed: the invalidation's steps (and a backend's) stay out of the
+    // caller's future, whose layout a caller's crate computes through every
+    // future held inline (bounded by the default `recursion_limit`).
+    let invalidate: std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> =
+        Box::pin(cache.invalidate_all(&keys, prefixes));
+    let delivered = invalidate.await;
     tracing::debug!(keys = ?keys, prefixes = ?prefixes, delivered, "invalidated");
 }
 
