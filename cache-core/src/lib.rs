@@ -225,7 +225,7 @@ pub use cache::health::{Health, HealthStatus};
 pub use codec::{Codec, CodecKind};
 pub use config::{CacheConfig, RedisTarget};
 pub use consistency::near::NearStats;
-pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
+pub use error::{BackendError, CacheError, ConfigError, ErrorKind, WriteRefused};
 pub use redact::redact_url;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 

@@ -178,6 +178,15 @@ pub async fn outbox_record<C: crate::outbox::OutboxConnection + ?Sized>(
     }
 }
 
+/// `#[invalidates(fail_closed)]`: refuses the write while the cache could
+/// not deliver its invalidation.
+pub fn refuse_when_undeliverable(cache: Option<&Cache>) -> Result<(), crate::WriteRefused> {
+    match cache {
+        Some(cache) => cache.check_deliverable(),
+        None => Ok(()),
+    }
+}
+
 /// Invalidation that runs when the body is done, or when the future is dropped.
 #[must_use = "call .finish().await after the body"]
 pub struct InvalidationGuard {

@@ -33,6 +33,14 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             "`outbox = ...` reports a failure to record the invalidation through the function's error: the function must return `Result<T, E>` with `E: From<cache_core::outbox::OutboxError>`",
         );
     }
+    if let Some(span) = args.fail_closed
+        && func.return_kind() != crate::func::ReturnKind::Result
+    {
+        cx.error_at(
+            span,
+            "`fail_closed` refuses the write through the function's error: the function must return `Result<T, E>` with `E: From<cache_core::WriteRefused>`",
+        );
+    }
     if args.empty {
         cx.error_at(
             Span::call_site(),
@@ -159,8 +167,20 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             }
         }
     });
+    // `fail_closed`: no write while its invalidation cannot be delivered.
+    let refuse = args.fail_closed.map(|span| {
+        let refused = format_ident!("__cache_refused", span = Span::mixed_site());
+        quote_spanned! {span=>
+            if let ::core::result::Result::Err(#refused) =
+                #krate::__private::refuse_when_undeliverable(#cache.as_ref())
+            {
+                return ::core::result::Result::Err(::core::convert::From::from(#refused));
+            }
+        }
+    });
     let new_body = quote! {
         let #cache = #handle;
+        #refuse
         let #key_list: ::std::vec::Vec<::std::string::String> =
             ::std::vec![#(#keys,)* #(#calls,)*];
         let #prefix_list: &'static [&'static str] = const { &[#(#prefixes,)* #(#fn_prefixes,)*] };

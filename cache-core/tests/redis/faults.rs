@@ -792,3 +792,57 @@ async fn redis_restored_from_an_older_snapshot_does_not_bring_invalidated_values
     })
     .await;
 }
+
+#[derive(Debug, PartialEq)]
+enum SaveError {
+    Refused,
+}
+
+impl From<cache_core::WriteRefused> for SaveError {
+    fn from(_: cache_core::WriteRefused) -> Self {
+        SaveError::Refused
+    }
+}
+
+#[cache_core::invalidates("customer:{id}", cache = cache, fail_closed)]
+async fn save_fail_closed(
+    cache: &Cache,
+    writes: &std::sync::atomic::AtomicU32,
+    id: u64,
+) -> Result<(), SaveError> {
+    let _ = id;
+    writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// `fail_closed`: while Redis is away a write is refused before its body
+/// runs (the caller can answer 503) instead of being acknowledged with an
+/// invalidation other instances would not see; once Redis is back, writes
+/// go through again.
+#[tokio::test]
+async fn fail_closed_refuses_writes_while_invalidations_cannot_be_delivered() {
+    let mut server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    let writes = std::sync::atomic::AtomicU32::new(0);
+    assert_eq!(save_fail_closed(&cache, &writes, 1).await, Ok(()));
+    server.stop();
+    // The first write after the outage began is accepted (nothing known
+    // yet) and its invalidation remembered; from then on writes are refused.
+    let _ = save_fail_closed(&cache, &writes, 1).await;
+    let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        save_fail_closed(&cache, &writes, 1).await,
+        Err(SaveError::Refused)
+    );
+    assert_eq!(
+        writes.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the body did not run"
+    );
+    assert!(cache.check_deliverable().is_err());
+    server.restart();
+    eventually("writes accepted again", async || {
+        save_fail_closed(&cache, &writes, 1).await.is_ok()
+    })
+    .await;
+}
