@@ -38,6 +38,11 @@
 #                      blackholed from 2 s until 2 s after SIGCONT, so B's
 #                      connection comes back before the writer's (runs
 #                      CHAOS_SECS + 2)
+#   cluster-kill       on a Redis Cluster of its own (3 masters, each with a
+#                      replica, node timeout 1 s; both instances reach it
+#                      directly, no proxy, no password): the master of
+#                      the most checked ids is killed (kill -9) at 2 s and
+#                      its replica takes over
 #
 # Environment: CHAOS_SECS (10), CHAOS_CONNECTIONS (16), CHAOS_IDS (8),
 # CHAOS_WRITE_PCT (5), CHAOS_OUTBOX_MODES ("off on"), CHAOS_OUT (logs and
@@ -46,7 +51,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_FAULTS=(baseline partition partition-restart password kill9 snapshot sigstop)
+ALL_FAULTS=(baseline partition partition-restart password kill9 snapshot sigstop cluster-kill)
 FAULTS=("$@")
 if [ ${#FAULTS[@]} -eq 0 ]; then FAULTS=("${ALL_FAULTS[@]}"); fi
 for f in "${FAULTS[@]}"; do
@@ -68,7 +73,10 @@ for tool in redis-server redis-cli curl timeout; do
 done
 
 echo "building (release): customer-service, loadgen, chaos-proxy" >&2
-cargo build --release --quiet -p customer-service -p loadgen -p chaos-proxy
+# Two builds: the service and loadgen with the same features as the other
+# scripts' (chaos-proxy pulls cache-testkit, which would change them).
+cargo build --release --quiet -p customer-service -p loadgen
+cargo build --release --quiet -p chaos-proxy
 BIN=target/release
 LOADGEN="$BIN/loadgen"
 
@@ -76,6 +84,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/chaos-replicas.XXXXXX")"
 OUT="${CHAOS_OUT:-$WORK}"
 mkdir -p "$OUT"
 REDIS_PID="" PROXY_PID="" A_PID="" B_PID="" CHECK_PID=""
+CLUSTER_PIDS=() CLUSTER_PORTS=()
 
 stop_pid() { # pid [signal]: stop one process this script started, and reap it
   local pid="$1" sig="${2:-TERM}"
@@ -94,6 +103,8 @@ teardown() {
   stop_pid "$B_PID"; B_PID=""
   stop_pid "$PROXY_PID"; PROXY_PID=""
   stop_pid "$REDIS_PID" 9; REDIS_PID=""
+  for p in "${CLUSTER_PIDS[@]}"; do stop_pid "$p" 9; done
+  CLUSTER_PIDS=() CLUSTER_PORTS=() CLUSTER_URL=""
   set -e
 }
 
@@ -173,6 +184,7 @@ start_instance() {
   else
     port="$B_PORT"; url="redis://:new@127.0.0.1:$REDIS_PORT"
   fi
+  if [ -n "$CLUSTER_URL" ]; then url="$CLUSTER_URL"; fi
   PORT="$port" REDIS_URL="$url" DATABASE_URL="sqlite://$RUN/db/customers.db?mode=rwc" \
     CACHE_NAMESPACE=chaos CACHE_NEAR_CAPACITY="${CACHE_NEAR_CAPACITY:-10000}" \
     CACHE_OUTBOX="$MODE" RUST_LOG="${RUST_LOG:-warn}" \
@@ -180,13 +192,92 @@ start_instance() {
   if [ "$which" = a ]; then A_PID=$!; else B_PID=$!; fi
 }
 
+# A free port whose cluster bus port (+10000) is free too, below the
+# kernel's ephemeral range.
+free_cluster_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+      ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+
+# Three masters and three replicas, joined by redis-cli --cluster create.
+CLUSTER_URL=""
+start_cluster() {
+  local port i
+  for i in 1 2 3 4 5 6; do
+    port="$(free_cluster_port)"
+    mkdir -p "$RUN/cluster-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+      --cluster-replica-validity-factor 0 --repl-diskless-sync-delay 0 \
+      --dir "$RUN/cluster-$port" --logfile "$OUT/cluster-$port-$TAG.log" </dev/null >/dev/null 2>&1 &
+    CLUSTER_PIDS+=($!); disown $!
+    CLUSTER_PORTS+=("$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 100); do timeout 5 redis-cli -p "$port" PING 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+  done
+  local addrs=()
+  for port in "${CLUSTER_PORTS[@]}"; do addrs+=("127.0.0.1:$port"); done
+  timeout 60 redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$OUT/cluster-create-$TAG.log" 2>&1
+  for _ in $(seq 200); do
+    local ok=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+      timeout 5 redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  # Every replica in sync with its master, so it can take over.
+  for _ in $(seq 200); do
+    if [ "$(for port in "${CLUSTER_PORTS[@]}"; do timeout 5 redis-cli -p "$port" INFO replication; done |
+      grep -c 'master_link_status:up')" -ge 3 ]; then break; fi
+    sleep 0.1
+  done
+  CLUSTER_URL=""
+  for port in "${CLUSTER_PORTS[@]}"; do CLUSTER_URL="${CLUSTER_URL:+$CLUSTER_URL,}redis://127.0.0.1:$port"; done
+}
+
+# The pid of the master serving the most of the checked ids' customer keys.
+busiest_master_pid() {
+  local port=${CLUSTER_PORTS[0]} id slot master best="" count
+  declare -A per
+  for id in $(seq 1 "$IDS"); do
+    slot=$(timeout 5 redis-cli -p "$port" CLUSTER KEYSLOT "chaos:customer:$id")
+    master=$(timeout 5 redis-cli -p "$port" CLUSTER NODES |
+      awk -v s="$slot" '$3 ~ /master/ { for (i = 9; i <= NF; i++) { split($i, r, "-"); if (r[2] == "") r[2] = r[1]; if (s >= r[1] && s <= r[2]) { split($2, a, "[:@]"); print a[2] } } }')
+    per[$master]=$(( ${per[$master]:-0} + 1 ))
+  done
+  count=0
+  for master in "${!per[@]}"; do
+    if [ "${per[$master]}" -gt "$count" ]; then count=${per[$master]}; best=$master; fi
+  done
+  for i in "${!CLUSTER_PORTS[@]}"; do
+    if [ "${CLUSTER_PORTS[$i]}" = "$best" ]; then
+      echo "cluster-kill ($MODE): killing the master on $best, serving $count of $IDS ids" >&2
+      echo "${CLUSTER_PIDS[$i]}"; return 0
+    fi
+  done
+}
+
 setup() {
   rm -rf "$RUN"; mkdir -p "$RUN/db"
   REDIS_PORT="$("$LOADGEN" free-port)"
   A_PORT="$("$LOADGEN" free-port)"
   B_PORT="$("$LOADGEN" free-port)"
-  start_redis
-  start_proxy
+  if [ "${1:-}" = cluster ]; then
+    start_cluster
+  else
+    start_redis
+    start_proxy
+  fi
   # A first: it creates and seeds the database.
   start_instance a
   wait_up "$A_PORT" ok
@@ -249,6 +340,12 @@ inject_sigstop() {
   at 9; proxy_restore
 }
 
+inject_cluster-kill() {
+  local pid
+  pid=$(busiest_master_pid)
+  at 2; kill -9 "$pid"
+}
+
 fault_secs() { if [ "$1" = sigstop ]; then echo $((SECS + 2)); else echo "$SECS"; fi; }
 fault_args() {
   case "$1" in
@@ -268,7 +365,8 @@ SUMMARY="$OUT/chaos-replicas-table.txt"
 for fault in "${FAULTS[@]}"; do
   for MODE in "${MODES[@]}"; do
     TAG="$fault-$MODE"
-    if ! setup; then
+    kind=single; [ "$fault" = cluster-kill ] && kind=cluster
+    if ! setup "$kind"; then
       printf '%-18s %-6s %s\n' "$fault" "$MODE" "setup failed" | tee -a "$SUMMARY"
       teardown; continue
     fi
