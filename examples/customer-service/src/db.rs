@@ -195,10 +195,11 @@ impl OutboxConnection for Tx {
         match self.inner.as_mut() {
             Some(TxInner::Sqlite(tx)) => tx.record(namespace, payload).await,
             Some(TxInner::Postgres(tx)) => tx.record(namespace, payload).await,
-            // `OutboxError` has no public constructor, and `#[invalidates]`
-            // records before the body runs, while the transaction is open:
-            // reaching this is a bug in the repository, not a runtime state.
-            None => panic!("an invalidation was recorded through a finished transaction"),
+            // `#[invalidates]` records before the body runs, while the
+            // transaction is open: reaching this is a bug in the repository.
+            None => Err(OutboxError::new(
+                "an invalidation was recorded through a finished transaction",
+            )),
         }
     }
 }
