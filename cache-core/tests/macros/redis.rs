@@ -44,7 +44,9 @@ async fn redis_keys(pattern: &str) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap();
-    keys.retain(|k| !k.contains(":%gen:"));
+    // The cache's own bookkeeping: prefix generations and the server's
+    // run marker (restart detection).
+    keys.retain(|k| !k.contains(":%gen:") && !k.ends_with(":%run"));
     keys.sort();
     keys
 }
