@@ -9,7 +9,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
-use crate::cache::install::{BYPASS, SCOPED};
+use crate::cache::call;
+use crate::cache::install::SCOPED;
+use crate::cache::shell::{Lazy, ReadThrough, Ready};
+use crate::error::Outcome;
+
+pub use crate::cache::policy::Policy;
 
 #[path = "private_keys.rs"]
 mod keys;
@@ -120,10 +125,6 @@ pub fn key_buffer(cache: Option<&Handle<'_>>, prefix: &str, rest: usize) -> KeyS
     key
 }
 
-fn bypassed() -> bool {
-    BYPASS.try_with(|b| *b).unwrap_or(false)
-}
-
 /// The body of every `#[cached]` function.
 #[allow(clippy::too_many_arguments)]
 pub async fn cached<R, M, F, U>(
@@ -135,6 +136,7 @@ pub async fn cached<R, M, F, U>(
     unless: U,
     typed: Option<TypedCopy<M::Stored>>,
     near: bool,
+    policy: Option<&Policy<'_, R, M::Stored>>,
     body: F,
 ) -> R
 where
@@ -142,24 +144,167 @@ where
     F: Future<Output = R>,
     U: FnOnce(&M::Stored) -> bool,
 {
-    let Some(cache) = cache else {
-        return body.await;
+    let claim = call::claim();
+    let cache = match cache {
+        Some(cache) if !claim.bypass => cache,
+        _ => return uncached_call(claim.report, body).await,
     };
-    if bypassed() {
-        return body.await;
+    let (result, outcome) = cache
+        .load_through::<R, M, Ready<F>, U>(
+            ReadThrough {
+                prefix,
+                skey: storage_key,
+                ttl,
+                none_ttl,
+                unless,
+                typed,
+                near,
+                body: Ready(body),
+                policy,
+            },
+            None,
+            claim.action,
+            None,
+        )
+        .await;
+    if claim.report {
+        call::report(outcome);
     }
-    cache
-        .load_through::<R, M, F, U>(crate::cache::read_through::ReadThrough {
-            prefix,
-            skey: storage_key,
-            ttl,
-            none_ttl,
-            unless,
-            typed,
-            near,
-            body,
-        })
-        .await
+    result
+}
+
+/// A `#[cached]` call that does not use the cache.
+async fn uncached_call<F: Future>(report: bool, body: F) -> F::Output {
+    if report {
+        call::report(Outcome::Uncached);
+    }
+    body.await
+}
+
+/// The body of a `#[cached]` function whose loads may outlive the call
+/// (`soft_timeout`, `refresh_ahead`): `body` makes a load that owns what
+/// it uses, and is called only when a load is needed.
+#[allow(clippy::too_many_arguments)]
+pub async fn cached_owned<R, M, C, F, U>(
+    cache: Option<Handle<'_>>,
+    prefix: &'static str,
+    storage_key: KeyString,
+    ttl: Option<Duration>,
+    none_ttl: Option<Duration>,
+    unless: U,
+    typed: Option<TypedCopy<M::Stored>>,
+    near: bool,
+    policy: Option<&Policy<'_, R, M::Stored>>,
+    body: C,
+) -> R
+where
+    R: Send + 'static,
+    M: Mode<R> + 'static,
+    M::Stored: Send + Sync + 'static,
+    C: FnOnce() -> F,
+    F: Future<Output = R> + Send + 'static,
+    U: FnOnce(&M::Stored) -> bool + Send + 'static,
+{
+    let claim = call::claim();
+    let cache = match cache {
+        Some(cache) if !claim.bypass => cache,
+        _ => return uncached_call(claim.report, body()).await,
+    };
+    let (result, outcome) = cache
+        .load_through::<R, M, Lazy<C>, U>(
+            ReadThrough {
+                prefix,
+                skey: storage_key,
+                ttl,
+                none_ttl,
+                unless,
+                typed,
+                near,
+                body: Lazy(body),
+                policy,
+            },
+            None,
+            claim.action,
+            Some(crate::cache::loader::spawn_job::<R, M, F, U>),
+        )
+        .await;
+    if claim.report {
+        call::report(outcome);
+    }
+    result
+}
+
+/// Errors a `hard_timeout` function can return.
+#[diagnostic::on_unimplemented(
+    message = "`hard_timeout` answers a load that takes too long with `Err(E::from(cache_core::LoadTimedOut))`, and `{Self}` can't carry it",
+    label = "the function's error type must implement `From<cache_core::LoadTimedOut>`",
+    note = "add `impl From<cache_core::LoadTimedOut> for {Self}` (e.g. a `Timeout(LoadTimedOut)` variant), or remove `hard_timeout`"
+)]
+pub trait CarriesTimeout {
+    /// `Self::from(timed_out)`.
+    fn from_timed_out(timed_out: crate::LoadTimedOut) -> Self;
+}
+
+impl<E: From<crate::LoadTimedOut>> CarriesTimeout for E {
+    fn from_timed_out(timed_out: crate::LoadTimedOut) -> Self {
+        E::from(timed_out)
+    }
+}
+
+/// `hard_timeout`'s error: `E::from(timed_out)`.
+pub fn timed_out<E: CarriesTimeout>(timed_out: crate::LoadTimedOut) -> E {
+    E::from_timed_out(timed_out)
+}
+
+/// Values a background load (`soft_timeout`, `refresh_ahead`) needs its own
+/// copy of: what a reference argument points to.
+#[diagnostic::on_unimplemented(
+    message = "`soft_timeout` and `refresh_ahead` finish loads in the background, after the caller has its answer, so the load needs its own copy of this argument: `{Self}` must implement `ToOwned` (e.g. `Clone`) with an owned form that is `Send + 'static`",
+    label = "borrowed by the body, which may outlive the call",
+    note = "derive or implement `Clone` for it, take it by value (an `Arc<..>`), or remove `soft_timeout`/`refresh_ahead`"
+)]
+pub trait OwnForBackground {
+    /// The owned copy.
+    type Owned: std::borrow::Borrow<Self> + Send + 'static;
+    /// Makes the copy.
+    fn own_for_background(&self) -> Self::Owned;
+}
+
+impl<T: ToOwned + ?Sized> OwnForBackground for T
+where
+    T::Owned: Send + 'static,
+{
+    type Owned = T::Owned;
+    fn own_for_background(&self) -> T::Owned {
+        self.to_owned()
+    }
+}
+
+/// The owned copy of a reference argument a background load uses.
+pub fn own<T: OwnForBackground + ?Sized>(value: &T) -> T::Owned {
+    value.own_for_background()
+}
+
+/// The receiver of a method whose loads may run in the background.
+#[diagnostic::on_unimplemented(
+    message = "`soft_timeout` and `refresh_ahead` finish loads in the background, after the caller has its answer, so the load needs its own copy of `self`: `{Self}` must be `Clone + Send + Sync + 'static`",
+    label = "`&self` is borrowed by the body, which may outlive the call",
+    note = "derive `Clone` for `{Self}` (keep what it holds behind `Arc`s so the copy is cheap), or remove `soft_timeout`/`refresh_ahead`"
+)]
+pub trait OwnSelf: Sized {
+    /// The copy.
+    fn own_self(&self) -> Self;
+}
+
+impl<T: Clone + Send + Sync + 'static> OwnSelf for T {
+    fn own_self(&self) -> T {
+        self.clone()
+    }
+}
+
+/// The owned copy of `self` a background load uses.
+pub fn own_self<T: OwnSelf>(this: &T) -> T {
+    this.own_self()
 }
 
 /// Records an `#[invalidates(outbox = ..)]` invalidation through
@@ -190,7 +335,15 @@ pub fn refuse_when_undeliverable(cache: Option<&Cache>) -> Result<(), crate::Wri
 /// Invalidation that runs when the body is done, or when the future is dropped.
 #[must_use = "call .finish().await after the body"]
 pub struct InvalidationGuard {
-    work: Option<(Cache, Vec<String>, &'static [&'static str])>,
+    work: Option<Work>,
+}
+
+/// What an `#[invalidates]` function invalidates.
+struct Work {
+    cache: Cache,
+    keys: Vec<String>,
+    prefixes: &'static [&'static str],
+    tags: Vec<String>,
 }
 
 /// Prepares the invalidation of `keys` (logical `"prefix:rest"` keys) and `prefixes`.
@@ -199,41 +352,62 @@ pub fn invalidation(
     keys: Vec<String>,
     prefixes: &'static [&'static str],
 ) -> InvalidationGuard {
+    invalidation_with_tags(cache, keys, prefixes, Vec::new())
+}
+
+/// [`invalidation`] of `tags` too (`#[invalidates(tags = [..])]`).
+pub fn invalidation_with_tags(
+    cache: Option<Cache>,
+    keys: Vec<String>,
+    prefixes: &'static [&'static str],
+    tags: Vec<String>,
+) -> InvalidationGuard {
     InvalidationGuard {
-        work: cache.map(|c| (c, keys, prefixes)),
+        work: cache.map(|cache| Work {
+            cache,
+            keys,
+            prefixes,
+            tags,
+        }),
     }
 }
 
-async fn run_invalidation(cache: Cache, keys: Vec<String>, prefixes: &'static [&'static str]) {
+async fn run_invalidation(work: Work) {
+    let Work {
+        cache,
+        keys,
+        prefixes,
+        tags,
+    } = work;
     // Boxed: the invalidation's steps (and a backend's) stay out of the
     // caller's future, whose layout a caller's crate computes through every
     // future held inline (bounded by the default `recursion_limit`).
     let invalidate: std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> =
-        Box::pin(cache.invalidate_all(&keys, prefixes));
+        Box::pin(cache.invalidate_all(&keys, prefixes, &tags));
     let delivered = invalidate.await;
-    tracing::debug!(keys = ?keys, prefixes = ?prefixes, delivered, "invalidated");
+    tracing::debug!(keys = ?keys, prefixes = ?prefixes, tags = ?tags, delivered, "invalidated");
 }
 
 impl InvalidationGuard {
     /// Runs the invalidation now.
     pub async fn finish(mut self) {
-        if let Some((cache, keys, prefixes)) = self.work.take() {
-            run_invalidation(cache, keys, prefixes).await;
+        if let Some(work) = self.work.take() {
+            run_invalidation(work).await;
         }
     }
 }
 
 impl Drop for InvalidationGuard {
     fn drop(&mut self) {
-        if let Some((cache, keys, prefixes)) = self.work.take() {
+        if let Some(work) = self.work.take() {
             // The future was dropped after the body started: the write may
             // have happened, so invalidate anyway.
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(run_invalidation(cache, keys, prefixes));
+                    handle.spawn(run_invalidation(work));
                 }
                 Err(_) => tracing::error!(
-                    ?keys,
+                    keys = ?work.keys,
                     "invalidation dropped outside a tokio runtime; keys may be stale"
                 ),
             }

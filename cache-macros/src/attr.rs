@@ -28,6 +28,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(no_companions);
     syn::custom_keyword!(outbox);
     syn::custom_keyword!(fail_closed);
+    syn::custom_keyword!(tags);
 }
 
 const CACHED_ARGS: &[&str] = &[
@@ -43,9 +44,18 @@ const CACHED_ARGS: &[&str] = &[
     "near",
     "crate",
     "no_companions",
+    "fail_safe",
+    "fail_safe_throttle",
+    "soft_timeout",
+    "hard_timeout",
+    "refresh_ahead",
+    "jitter",
+    "tags",
+    "ttl_from",
+    "sliding",
 ];
 
-const INVALIDATES_ARGS: &[&str] = &["prefix", "cache", "outbox", "fail_closed", "crate"];
+const INVALIDATES_ARGS: &[&str] = &["prefix", "tags", "cache", "outbox", "fail_closed", "crate"];
 
 /// An argument that may be given at most once (`serde_derive`'s `Attr`): a
 /// second occurrence is a "duplicate argument" error on its own span. An
@@ -119,6 +129,8 @@ pub(crate) struct CachedArgs {
     pub(crate) near: Option<bool>,
     pub(crate) krate: TokenStream,
     pub(crate) no_companions: bool,
+    /// Fail-safe, timeouts, refresh-ahead, jitter, tags, expiry.
+    pub(crate) loads: crate::loads::LoadArgs,
 }
 
 /// Everything `#[invalidates(...)]` accepts.
@@ -128,6 +140,8 @@ pub(crate) struct InvalidatesArgs {
     /// `_cache_key` companion computes for these arguments.
     pub(crate) calls: Vec<syn::ExprCall>,
     pub(crate) prefixes: Vec<LitStr>,
+    /// `tags = ["customer:{id}"]`: every value loaded under these tags.
+    pub(crate) tags: Option<(Span, Vec<Template>)>,
     pub(crate) cache: Option<Expr>,
     /// `outbox = tx`: the transaction or connection the invalidation is
     /// recorded through, in the same transaction as the body's write.
@@ -153,8 +167,12 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
     let mut version = Attr::none("version");
     let mut krate = Attr::none("crate");
     let mut no_companions = Attr::none("no_companions");
+    let mut loads = crate::loads::LoadAttrs::new();
 
     parse_list(tokens, cx, |input| {
+        if loads.parse(input, cx)? {
+            return Ok(());
+        }
         let lookahead = input.lookahead1();
         if lookahead.peek(kw::prefix) {
             let name: kw::prefix = input.parse()?;
@@ -237,6 +255,7 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
         near: near.get(),
         krate: krate.get().unwrap_or_else(default_crate),
         no_companions: no_companions.is_set(),
+        loads: loads.finish(),
     }
 }
 
@@ -250,8 +269,16 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
     let mut outbox = Attr::none("outbox");
     let mut fail_closed = Attr::none("fail_closed");
     let mut krate = Attr::none("crate");
+    let mut tags = Attr::none("tags");
 
     parse_list(tokens, cx, |input| {
+        if input.peek(kw::tags) && input.peek2(Token![=]) {
+            let name: kw::tags = input.parse()?;
+            let value = parse_value(input)?;
+            let templates = crate::loads::tag_list(&value, cx);
+            tags.set(cx, name, templates.map(|t| (name.span, t)));
+            return Ok(());
+        }
         let lookahead = input.lookahead1();
         if lookahead.peek(LitStr) {
             let lit: LitStr = input.parse()?;
@@ -310,6 +337,7 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
         keys,
         calls,
         prefixes,
+        tags: tags.get(),
         cache: cache.get(),
         outbox: outbox.get(),
         fail_closed: fail_closed.get(),
@@ -531,7 +559,7 @@ fn prefix_literal(value: &Expr, cx: &Ctxt) -> Option<LitStr> {
     Some(lit)
 }
 
-fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {
+pub(crate) fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {
     let whole_seconds = format!(
         "`{name}` is a whole number of seconds (at least 1), e.g. {name} = 3600, or an expression of type Duration, e.g. {name} = Duration::from_millis(1500)"
     );

@@ -34,6 +34,8 @@ fn check<'a>(cx: &Ctxt, args: &'a CachedArgs, func: &'a Func) -> KeySpec<'a> {
         );
     }
 
+    args.loads.check(cx, func);
+
     if let (Some((span, _)), None) = (&args.none_ttl, args.cache_none) {
         cx.error_at(
             *span,
@@ -172,7 +174,10 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let bind_handle = bind_cached_handle(args.cache.as_ref(), func, krate, &handle_var);
     let ttl = ttl_option(args.ttl.as_ref(), krate);
     let none_ttl = ttl_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
-    let near = args.near.unwrap_or(true);
+    // A sliding TTL is restarted on every hit, which Redis reports as a
+    // change of the key: a near copy would be dropped at each hit.
+    let near = args.near.unwrap_or(true) && args.loads.sliding.is_none();
+    let policy = args.loads.policy(krate);
     let unless = if let Some(expr) = &args.unless {
         // The closure is the macro's (call-site spans, so lints about it
         // don't fire in user code); `result` resolves from the user's tokens.
@@ -181,7 +186,14 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     } else {
         quote!(|_| false)
     };
-    let body = func.body_future();
+    let (entry, body) = if args.loads.owned() {
+        (
+            quote!(cached_owned::<#ret, #mode, _, _, _>),
+            crate::loads::owned_body(func, krate),
+        )
+    } else {
+        (quote!(cached::<#ret, #mode, _, _>), func.body_future())
+    };
 
     let new_body = quote! {
         #bind_handle
@@ -197,7 +209,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
             #buf
         };
         #assert_storable
-        #krate::__private::cached::<#ret, #mode, _, _>(
+        #krate::__private::#entry(
             #handle_var,
             #prefix,
             #key_var,
@@ -212,6 +224,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
                 (&#krate::__private::Probe::<<#mode as #krate::__private::Mode<#ret>>::Stored>::NEW).typed_copy()
             },
             #near,
+            #policy,
             #body,
         )
         .await
@@ -393,7 +406,7 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
 }
 
 /// `Option<Duration>` tokens for a TTL argument.
-fn ttl_option(ttl: Option<&Ttl>, krate: &TokenStream) -> TokenStream {
+pub(crate) fn ttl_option(ttl: Option<&Ttl>, krate: &TokenStream) -> TokenStream {
     match ttl {
         None => quote!(::core::option::Option::None),
         Some(Ttl::Secs(secs, span)) => quote_spanned! {*span=>

@@ -41,6 +41,15 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             "`fail_closed` refuses the write through the function's error: the function must return `Result<T, E>` with `E: From<cache_core::WriteRefused>`",
         );
     }
+    if let Some((span, tags)) = &args.tags {
+        crate::loads::check_tags(tags, func, cx, true);
+        if args.outbox.is_some() {
+            cx.error_at(
+                *span,
+                "`tags` are not recorded in the outbox yet: invalidate the tags in a function of their own, or list the keys",
+            );
+        }
+    }
     if args.empty {
         cx.error_at(
             Span::call_site(),
@@ -178,6 +187,18 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             }
         }
     });
+    let make_guard = match &args.tags {
+        None => quote!(#krate::__private::invalidation(#cache, #key_list, #prefix_list)),
+        Some((_, tags)) => {
+            let tags = crate::loads::tag_exprs(tags, krate);
+            quote!(#krate::__private::invalidation_with_tags(
+                #cache,
+                #key_list,
+                #prefix_list,
+                ::std::vec![#(#tags),*],
+            ))
+        }
+    };
     let new_body = quote! {
         let #cache = #handle;
         #refuse
@@ -185,7 +206,7 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             ::std::vec![#(#keys,)* #(#calls,)*];
         let #prefix_list: &'static [&'static str] = const { &[#(#prefixes,)* #(#fn_prefixes,)*] };
         #record
-        let #guard = #krate::__private::invalidation(#cache, #key_list, #prefix_list);
+        let #guard = #make_guard;
         let #output = #body.await;
         #guard.finish().await;
         #output

@@ -45,6 +45,7 @@ mod expand;
 mod func;
 mod invalidates;
 mod key;
+mod loads;
 mod template;
 
 use proc_macro::TokenStream;
@@ -66,9 +67,12 @@ use proc_macro::TokenStream;
 /// one key run the body once per process.
 ///
 /// The arguments (`prefix`, `ttl`, `key`, `skip`, `cache_none`, `none_ttl`,
-/// `unless`, `cache`, `version`, `near`, `crate`, `no_companions`), the
-/// generated `<name>_cache_key` companion and the compile-time errors are
-/// described, each with a runnable example, in `cache-core`'s
+/// `unless`, `cache`, `version`, `near`, `crate`, `no_companions`, and
+/// about loads `fail_safe`, `fail_safe_throttle`, `soft_timeout`,
+/// `hard_timeout`, `refresh_ahead`, `jitter`, `tags`, `ttl_from`,
+/// `sliding`), the generated `<name>_cache_key` companion and the
+/// compile-time errors are described, each with a runnable example, in
+/// `cache-core`'s
 /// [macros guide](../cache_core/macros_guide/index.html#cached).
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -89,8 +93,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// The invalidation runs after the body, whether it returned `Ok` or `Err`,
 /// and also when the future is dropped after the body started.
 ///
-/// The arguments (key templates, `function(arguments)`, `prefix`, `cache`, `outbox`, `fail_closed`,
-/// `crate`) are described, each with a runnable example, in `cache-core`'s
+/// The arguments (key templates, `function(arguments)`, `prefix`, `tags`, `cache`, `outbox`,
+/// `fail_closed`, `crate`) are described, each with a runnable example, in `cache-core`'s
 /// [macros guide](../cache_core/macros_guide/index.html#invalidates).
 #[proc_macro_attribute]
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
