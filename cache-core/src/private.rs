@@ -259,7 +259,7 @@ pub fn timed_out<E: CarriesTimeout>(timed_out: crate::LoadTimedOut) -> E {
 /// Values a background load (`soft_timeout`, `refresh_ahead`) needs its own
 /// copy of: what a reference argument points to.
 #[diagnostic::on_unimplemented(
-    message = "`soft_timeout` and `refresh_ahead` finish loads in the background, after the caller has its answer, so the load needs its own copy of this argument: `{Self}` must implement `ToOwned` (e.g. `Clone`) with an owned form that is `Send + 'static`",
+    message = "`soft_timeout` and `refresh_ahead` finish loads in the background, after the caller has its answer, so the load needs its own copy of this argument: `{Self}` must be `Clone + Send + 'static` (or `str`, or a slice of such)",
     label = "borrowed by the body, which may outlive the call",
     note = "derive or implement `Clone` for it, take it by value (an `Arc<..>`), or remove `soft_timeout`/`refresh_ahead`"
 )]
@@ -270,13 +270,24 @@ pub trait OwnForBackground {
     fn own_for_background(&self) -> Self::Owned;
 }
 
-impl<T: ToOwned + ?Sized> OwnForBackground for T
-where
-    T::Owned: Send + 'static,
-{
-    type Owned = T::Owned;
-    fn own_for_background(&self) -> T::Owned {
+impl<T: Clone + Send + 'static> OwnForBackground for T {
+    type Owned = T;
+    fn own_for_background(&self) -> T {
+        self.clone()
+    }
+}
+
+impl OwnForBackground for str {
+    type Owned = String;
+    fn own_for_background(&self) -> String {
         self.to_owned()
+    }
+}
+
+impl<T: Clone + Send + 'static> OwnForBackground for [T] {
+    type Owned = Vec<T>;
+    fn own_for_background(&self) -> Vec<T> {
+        self.to_vec()
     }
 }
 
@@ -305,6 +316,30 @@ impl<T: Clone + Send + Sync + 'static> OwnSelf for T {
 /// The owned copy of `self` a background load uses.
 pub fn own_self<T: OwnSelf>(this: &T) -> T {
     this.own_self()
+}
+
+/// The key of a `#[cached]` function for some arguments: implemented by
+/// the hidden struct `#[cached]` gives a free function (named like it), for
+/// the tuple of references to its key's arguments.
+#[diagnostic::on_unimplemented(
+    message = "`#[invalidates({Self}(..))]`: these arguments don't make a key of the `#[cached]` function `{Self}`",
+    label = "pass the arguments its key is built from, in the order of `{Self}_cache_key`'s parameters",
+    note = "`{Self}(..)` (two dots) drops every entry of `{Self}` instead"
+)]
+pub trait KeyOf<A> {
+    /// The key for `args`.
+    fn key_of(args: A) -> String;
+}
+
+/// The prefix of a `#[cached]` function (its hidden struct).
+pub trait CachedPrefix {
+    /// The prefix.
+    const PREFIX: &'static str;
+}
+
+/// `#[invalidates(f(a, b))]`: the key of `f` for `(&a, &b)`.
+pub fn key_of<F: KeyOf<A>, A>(args: A) -> String {
+    F::key_of(args)
 }
 
 /// Records an `#[invalidates(outbox = ..)]` invalidation through

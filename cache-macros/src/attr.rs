@@ -139,7 +139,9 @@ pub(crate) struct InvalidatesArgs {
     /// `get_customer(customer.id)`: the key a `#[cached]` function's
     /// `_cache_key` companion computes for these arguments.
     pub(crate) calls: Vec<syn::ExprCall>,
-    pub(crate) prefixes: Vec<LitStr>,
+    /// `prefix = SEARCH_CACHE_PREFIX`: paths to `&str` constants (checked
+    /// by the compiler; a string literal is refused, see `prefix_path`).
+    pub(crate) prefixes: Vec<syn::ExprPath>,
     /// `tags = ["customer:{id}"]`: every value loaded under these tags.
     pub(crate) tags: Option<(Span, Vec<Template>)>,
     pub(crate) cache: Option<Expr>,
@@ -264,7 +266,7 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
     let empty = tokens.is_empty();
     let mut keys = Vec::new();
     let mut calls = Vec::new();
-    let mut prefixes: Vec<LitStr> = Vec::new();
+    let mut prefixes: Vec<syn::ExprPath> = Vec::new();
     let mut cache = Attr::none("cache");
     let mut outbox = Attr::none("outbox");
     let mut fail_closed = Attr::none("fail_closed");
@@ -289,14 +291,15 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
         } else if lookahead.peek(kw::prefix) {
             input.parse::<kw::prefix>()?;
             let value = parse_value(input)?;
-            if let Some(lit) = prefix_literal(&value, cx) {
-                if prefixes.iter().any(|p| p.value() == lit.value()) {
-                    cx.error_spanned_by(
-                        &lit,
-                        format!("prefix \"{}\" is listed twice", lit.value()),
-                    );
+            if let Some(path) = prefix_path(&value, cx) {
+                let text = path.to_token_stream().to_string();
+                if prefixes
+                    .iter()
+                    .any(|p| p.to_token_stream().to_string() == text)
+                {
+                    cx.error_spanned_by(&path, format!("prefix `{text}` is listed twice"));
                 } else {
-                    prefixes.push(lit);
+                    prefixes.push(path);
                 }
             }
         } else if lookahead.peek(kw::cache) {
@@ -381,7 +384,7 @@ fn check_invalidation_key(t: &Template, cx: &Ctxt) {
         _ => {
             let hint = if t.placeholders().next().is_none() && !t.lit.value().contains(':') {
                 format!(
-                    "; to drop every key of the prefix write prefix = \"{}\"",
+                    "; to drop every key of the prefix \"{}\", name the `#[cached]` function that declares it: `function_name(..)`",
                     t.lit.value()
                 )
             } else {
@@ -557,6 +560,36 @@ fn prefix_literal(value: &Expr, cx: &Ctxt) -> Option<LitStr> {
         return None;
     }
     Some(lit)
+}
+
+/// `#[invalidates(prefix = ..)]`: the path of a `&str` constant, never a
+/// string literal. A literal can't be checked against the prefixes the
+/// `#[cached]` functions declare (a proc macro sees one item at a time), so
+/// a typo would compile and drop nothing; a path is resolved and
+/// type-checked by the compiler.
+fn prefix_path(value: &Expr, cx: &Ctxt) -> Option<syn::ExprPath> {
+    match value {
+        Expr::Path(path) => Some(path.clone()),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => {
+            cx.error_spanned_by(
+                lit,
+                format!(
+                    "#[invalidates(prefix = \"{}\")]: a prefix written as a string is never checked, so a typo would compile and drop nothing; name the `#[cached]` function instead: `function_name(..)` drops every entry of it, or `prefix = FUNCTION_NAME_CACHE_PREFIX` (the constant `#[cached]` generates; a `const` of your own for a prefix no function here declares)",
+                    lit.value()
+                ),
+            );
+            None
+        }
+        other => {
+            cx.error_spanned_by(
+                other,
+                "`prefix` takes the path of a `&str` constant, e.g. prefix = SEARCH_CACHE_PREFIX (the constant `#[cached]` generates for a function `search`), or name the function: `search(..)`",
+            );
+            None
+        }
+    }
 }
 
 pub(crate) fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {

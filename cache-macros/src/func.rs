@@ -413,7 +413,7 @@ fn words(tokens: &TokenStream) -> (Vec<String>, Vec<String>) {
 }
 
 /// Whether `ty` mentions `impl Trait` (not nameable in a `let`).
-fn contains_impl_trait(ty: &Type) -> bool {
+pub(crate) fn contains_impl_trait(ty: &Type) -> bool {
     ty.to_token_stream()
         .into_iter()
         .any(|tt| contains_impl(&tt))

@@ -53,7 +53,7 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
     if args.empty {
         cx.error_at(
             Span::call_site(),
-            "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(prefix = \"search\")]",
+            "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(search(..))]",
         );
     }
     for call in &args.calls {
@@ -86,6 +86,19 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             }
         }
     }
+}
+
+/// The path of a free function without type arguments (`get_item`,
+/// `repo::get_item`): `#[cached]` gives those a hidden struct of their
+/// name. `None` for methods (`Self::..`) and generic instantiations.
+fn free_function(path: &syn::ExprPath) -> Option<&syn::Path> {
+    let segments = &path.path.segments;
+    let plain = path.qself.is_none()
+        && segments.first().is_some_and(|s| s.ident != "Self")
+        && segments
+            .iter()
+            .all(|s| matches!(s.arguments, syn::PathArguments::None));
+    plain.then_some(&path.path)
 }
 
 /// `f(..)`.
@@ -127,6 +140,11 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             syn::Expr::Path(p) => p.clone(),
             _ => unreachable!("parse_call takes paths only"),
         };
+        if let Some(target) = free_function(&path) {
+            // The hidden struct `#[cached]` gives a free function.
+            let krate = key::respan(krate, call.span());
+            return quote_spanned!(call.span()=> <#target as #krate::__private::CachedPrefix>::PREFIX);
+        }
         if let Some(last) = path.path.segments.last_mut() {
             let upper = last
                 .ident
@@ -140,16 +158,28 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
         quote_spanned!(call.span()=> #path)
     });
     let calls = calls.into_iter().map(|call| {
+        let args = call
+            .args
+            .iter()
+            .map(|arg| quote_spanned!(arg.span()=> &(#arg)));
+        if let syn::Expr::Path(path) = &*call.func
+            && let Some(target) = free_function(path)
+        {
+            // Through the hidden struct of the function: a typo suggests
+            // the function's name, wrong arguments are one error naming
+            // the attribute.
+            let krate = key::respan(krate, call.span());
+            // The arity is fixed here, so a wrong count is the trait's
+            // error (naming the attribute), not an inference of the one impl.
+            let holes = call.args.iter().map(|_| quote!(_));
+            return quote_spanned!(call.span()=> #krate::__private::key_of::<#target, (#(#holes,)*)>((#(#args,)*)));
+        }
         let mut companion = (*call.func).clone();
         if let syn::Expr::Path(path) = &mut companion
             && let Some(last) = path.path.segments.last_mut()
         {
             last.ident = format_ident!("{}_cache_key", last.ident, span = last.ident.span());
         }
-        let args = call
-            .args
-            .iter()
-            .map(|arg| quote_spanned!(arg.span()=> &(#arg)));
         quote_spanned!(call.span()=> #companion(#(#args),*))
     });
     let prefixes = &args.prefixes;

@@ -84,7 +84,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```ignore
 /// use cache_core::invalidates;
 ///
-/// #[invalidates("customer:{customer.id}", prefix = "search")]
+/// #[invalidates("customer:{customer.id}", search(..))]
 /// async fn update_customer(db: &Db, customer: &Customer) -> Result<(), DbError> {
 ///     db.save(customer).await
 /// }

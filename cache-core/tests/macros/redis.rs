@@ -152,7 +152,7 @@ async fn search(_db: &(), q: &str, page: u32) -> Vec<String> {
     vec![format!("{q}{page}")]
 }
 
-#[invalidates(prefix = "search")]
+#[invalidates(prefix = SEARCH_CACHE_PREFIX)]
 async fn reindex() {}
 
 #[tokio::test]

@@ -82,7 +82,7 @@ async fn cached_read(cache: &Cache, db: &AtomicU64, id: u64) -> u64 {
 #[invalidates("pm:{id}", cache = cache)]
 async fn write_by_key(cache: &Cache, id: u64) {}
 
-#[invalidates(prefix = "pm", cache = cache)]
+#[invalidates(prefix = CACHED_READ_CACHE_PREFIX, cache = cache)]
 async fn write_by_prefix(cache: &Cache) {}
 
 #[invalidates(cached_read(id), cache = cache)]
