@@ -432,6 +432,11 @@ impl Cache {
     /// about it arrives (the prefix generations' window). The values stay
     /// stored until their TTL ends, never served again.
     ///
+    /// `tag` is the tag as a template produced it: the values substituted
+    /// into a template are escaped as in keys, so build it the same way,
+    /// `format!("segment:{}", keys::escape(segment))`, when a value may hold
+    /// `:`, `*`, `?`, brackets, braces or `%`.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {

@@ -18,4 +18,5 @@ mod promise_matrix;
 mod resilience;
 mod sentinel;
 mod slow_loads;
+mod tags;
 mod timeouts;
