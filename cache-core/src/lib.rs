@@ -231,7 +231,7 @@ pub use error::{
 pub use redact::redact_url;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 
-pub use cache_macros::{cached, invalidates};
+pub use cache_macros::{cached, invalidates, updates};
 
 /// Re-exported so custom [`Backend`] implementations use the same version.
 pub use async_trait::async_trait;

@@ -147,6 +147,7 @@ where
     let claim = call::claim();
     let cache = match cache {
         Some(cache) if !claim.bypass => cache,
+        _ if no_cache_to_update(&claim) => return std::future::pending().await,
         _ => return uncached_call(claim.report, body).await,
     };
     let (result, outcome) = cache
@@ -171,6 +172,19 @@ where
         call::report(outcome);
     }
     result
+}
+
+/// An `#[updates]` call without a cache has nothing to update: it says so
+/// (true), and the call never completes (its caller drops it), so the body
+/// does not run.
+fn no_cache_to_update(claim: &call::Claim) -> bool {
+    match &claim.action {
+        Some(call::Action::Update(_, done)) => {
+            done.store(true, Ordering::Release);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A `#[cached]` call that does not use the cache.
@@ -208,6 +222,7 @@ where
     let claim = call::claim();
     let cache = match cache {
         Some(cache) if !claim.bypass => cache,
+        _ if no_cache_to_update(&claim) => return std::future::pending().await,
         _ => return uncached_call(claim.report, body()).await,
     };
     let (result, outcome) = cache
@@ -447,5 +462,42 @@ impl Drop for InvalidationGuard {
                 ),
             }
         }
+    }
+}
+
+/// `#[updates(f(..))]` names a `#[cached]` function: implemented by the
+/// hidden struct `#[cached]` gives a free function.
+pub fn must_be_cached<F: CachedPrefix>() {}
+
+/// `#[updates(f(..))]` after its body returned `Ok(value)`: `call` (the
+/// `#[cached]` call, not yet polled) replaces its entry with `value`.
+pub async fn update_store<F: Future, T: Serialize + Send + 'static>(call: F, value: T) {
+    let payload: call::Payload =
+        Box::new(move |kind, out| crate::codec::encode_payload(kind, &value, out));
+    run_update(call, Some(payload)).await;
+}
+
+/// `#[updates(f(..))]` after its body returned `Err`: the write may have
+/// happened in part, so `call`'s entry is dropped.
+pub async fn update_drop<F: Future>(call: F) {
+    run_update(call, None).await;
+}
+
+/// Polls `call` with the update action until the update is done (the call
+/// itself never completes then, and is dropped before its body runs).
+async fn run_update<F: Future>(call: F, payload: Option<call::Payload>) {
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let action = call::Action::Update(payload, done.clone());
+    let mut fut = std::pin::pin!(call::with_action(action, call));
+    let completed = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
+        std::task::Poll::Pending if done.load(Ordering::Acquire) => std::task::Poll::Ready(false),
+        std::task::Poll::Pending => std::task::Poll::Pending,
+    })
+    .await;
+    if completed {
+        tracing::error!(
+            "#[updates]: the function it names ran without taking the update: it is not #[cached]; nothing was stored"
+        );
     }
 }

@@ -352,7 +352,7 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
 /// `path(args)` (`get_customer(id)`, `Self::view::<Summary>(id)`): a call
 /// of a `#[cached]` function naming one of its keys. Consumes the input
 /// only when it is one.
-fn parse_call(input: ParseStream<'_>) -> Option<syn::ExprCall> {
+pub(crate) fn parse_call(input: ParseStream<'_>) -> Option<syn::ExprCall> {
     if !(input.peek(Ident) || input.peek(Token![Self])) {
         return None;
     }
@@ -401,7 +401,7 @@ fn check_invalidation_key(t: &Template, cx: &Ctxt) {
     }
 }
 
-fn default_crate() -> TokenStream {
+pub(crate) fn default_crate() -> TokenStream {
     quote!(::cache_core)
 }
 
@@ -464,7 +464,7 @@ fn reject_value(input: ParseStream<'_>, name: &str, example: &str) -> syn::Resul
 }
 
 /// `= path` or `= "path"` (serde's spelling).
-fn parse_crate_path(input: ParseStream<'_>) -> syn::Result<TokenStream> {
+pub(crate) fn parse_crate_path(input: ParseStream<'_>) -> syn::Result<TokenStream> {
     input.parse::<Token![=]>()?;
     if input.peek(LitStr) {
         let lit: LitStr = input.parse()?;

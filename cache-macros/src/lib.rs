@@ -47,6 +47,7 @@ mod invalidates;
 mod key;
 mod loads;
 mod template;
+mod updates;
 
 use proc_macro::TokenStream;
 
@@ -99,4 +100,28 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
     invalidates::expand(args.into(), &item.into()).into()
+}
+
+/// Replaces the cached entry of a `#[cached]` function with the value an
+/// update returns (write-through), instead of dropping it.
+///
+/// ```ignore
+/// use cache_core::{cached, updates};
+///
+/// #[cached(prefix = "customer", key = "{id}")]
+/// async fn get_customer(db: &Db, id: u64) -> Result<Customer, DbError> { db.load(id).await }
+///
+/// #[updates(get_customer(db, customer.id))]
+/// async fn save_customer(db: &Db, customer: &Customer) -> Result<Customer, DbError> {
+///     db.save(customer).await
+/// }
+/// ```
+///
+/// After the body, an `Ok` value replaces the entry (a load of the key that
+/// started earlier can no longer store its older value); an `Err` drops
+/// the entry. Described, with a runnable example, in `cache-core`'s
+/// [macros guide](../cache_core/macros_guide/index.html#updates).
+#[proc_macro_attribute]
+pub fn updates(args: TokenStream, item: TokenStream) -> TokenStream {
+    updates::expand(args.into(), &item.into()).into()
 }

@@ -24,6 +24,14 @@ pub(crate) enum Action {
     Refresh,
     /// Store this value (and return it) instead of running the body.
     Prime(Payload),
+    /// `#[updates]`: drop the entry (the one invalidation), then store this
+    /// value, if any, as a load would; set the flag once done. The call
+    /// never completes: its caller drops it once the flag is set, so the
+    /// body never runs.
+    Update(
+        Option<Payload>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ),
 }
 
 /// The state one of the wrappers set up for the future it runs.

@@ -497,6 +497,32 @@ impl Cache {
         }
     }
 
+    /// `#[updates]`: the entry is invalidated through the one invalidation
+    /// (near entries evicted, flights sealed, the key and any load's lease
+    /// deleted, replayed if Redis missed it), so a load that started before
+    /// the update can no longer store its older value; then, for an `Ok`,
+    /// the new value is stored as [`prime`](crate::prime) stores it (the
+    /// function's TTL, labels and tags). Should that store fail, the entry
+    /// is gone, not stale: the next read loads it.
+    pub(super) async fn update_now<R, M: Mode<R>>(
+        &self,
+        load: &Load<'_, R, M::Stored>,
+        payload: Option<Payload>,
+    ) {
+        let keys = [load.key.skey.to_owned()];
+        self.inner
+            .layer
+            .invalidate(crate::consistency::invalidate::Invalidation {
+                keys: &keys,
+                ..Default::default()
+            })
+            .await;
+        if let Some(payload) = payload {
+            let stored = self.prime_now::<R, M>(load, payload).await;
+            drop(stored);
+        }
+    }
+
     /// [`prime`](crate::prime): stores the value `payload` encodes as this
     /// call's cached value (replacing whatever is there, including a load
     /// in progress, whose lease it overwrites), and answers with it.

@@ -77,6 +77,11 @@ impl Cache {
             policy,
         } = call;
         if !self.is_enabled() {
+            if let Some(Action::Update(_, done)) = &action {
+                // Nothing to update; the body must not run.
+                done.store(true, std::sync::atomic::Ordering::Release);
+                return std::future::pending().await;
+            }
             return (body.start().await, Outcome::Uncached);
         }
         let layer = &self.inner.layer;
@@ -104,6 +109,12 @@ impl Cache {
                 if let Some(answer) = primed.await {
                     return answer;
                 }
+            }
+            Some(Action::Update(payload, done)) => {
+                let updated: Step<'_, _> = Box::pin(self.update_now::<R, M>(&load, payload));
+                updated.await;
+                done.store(true, std::sync::atomic::Ordering::Release);
+                return std::future::pending().await;
             }
             Some(Action::Refresh) => {
                 let leased: Step<'_, _> = Box::pin(layer.lease_for_refresh(&entry, key, &deadline));

@@ -20,3 +20,4 @@ mod sentinel;
 mod slow_loads;
 mod tags;
 mod timeouts;
+mod updates;
