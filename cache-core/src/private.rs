@@ -352,11 +352,6 @@ pub trait CachedPrefix {
     const PREFIX: &'static str;
 }
 
-/// `#[invalidates(f(a, b))]`: the key of `f` for `(&a, &b)`.
-pub fn key_of<F: KeyOf<A>, A>(args: A) -> String {
-    F::key_of(args)
-}
-
 /// Records an `#[invalidates(outbox = ..)]` invalidation through
 /// `connection` (nothing without a cache: there is no namespace to record).
 pub async fn outbox_record<C: crate::outbox::OutboxConnection + ?Sized>(
@@ -464,10 +459,6 @@ impl Drop for InvalidationGuard {
         }
     }
 }
-
-/// `#[updates(f(..))]` names a `#[cached]` function: implemented by the
-/// hidden struct `#[cached]` gives a free function.
-pub fn must_be_cached<F: CachedPrefix>() {}
 
 /// `#[updates(f(..))]` after its body returned `Ok(value)`: `call` (the
 /// `#[cached]` call, not yet polled) replaces its entry with `value`.

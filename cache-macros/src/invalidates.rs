@@ -171,8 +171,21 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             let krate = key::respan(krate, call.span());
             // The arity is fixed here, so a wrong count is the trait's
             // error (naming the attribute), not an inference of the one impl.
+            // The struct is named in a nested function's bound: a typo there
+            // gets no "missing a type parameter" suggestion aimed at the
+            // user's function (the nested one's generics are the macro's).
             let holes = call.args.iter().map(|_| quote!(_));
-            return quote_spanned!(call.span()=> #krate::__private::key_of::<#target, (#(#holes,)*)>((#(#args,)*)));
+            let f = format_ident!("__cache_key_of", span = Span::mixed_site());
+            let a = format_ident!("__CacheArgs", span = Span::mixed_site());
+            return quote_spanned!(call.span()=> {
+                fn #f<#a>(args: #a) -> ::std::string::String
+                where
+                    #target: #krate::__private::KeyOf<#a>,
+                {
+                    <#target as #krate::__private::KeyOf<#a>>::key_of(args)
+                }
+                #f::<(#(#holes,)*)>((#(#args,)*))
+            });
         }
         let mut companion = (*call.func).clone();
         if let syn::Expr::Path(path) = &mut companion

@@ -116,7 +116,11 @@ fn generate(args: &UpdatesArgs, func: &Func) -> TokenStream {
     let value = format_ident!("__cache_value", span = Span::mixed_site());
     let check = free_function(call).map(|path| {
         let krate = crate::key::respan(krate, call.span());
-        quote_spanned!(call.span()=> #krate::__private::must_be_cached::<#path>();)
+        let f = format_ident!("__cache_must_be_cached", span = Span::mixed_site());
+        quote_spanned!(call.span()=>
+            #[allow(dead_code)]
+            fn #f() where #path: #krate::__private::CachedPrefix {}
+        )
     });
     let body = func.body_future();
     let new_body = quote! {
