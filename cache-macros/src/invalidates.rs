@@ -4,10 +4,10 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::attr::{self, InvalidatesArgs};
 use crate::cached::resolve_handle;
 use crate::ctxt::Ctxt;
 use crate::func::Func;
+use crate::invalidates_args::{self, InvalidatesArgs};
 use crate::key;
 
 /// Entry point: `args` are the attribute's tokens, `item` the function.
@@ -16,7 +16,7 @@ pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
         "invalidates",
         args,
         item,
-        attr::parse_invalidates,
+        invalidates_args::parse_invalidates,
         |cx, args, func| {
             check(cx, args, func);
             (cx.error_count() == 0).then(|| generate(args, func))

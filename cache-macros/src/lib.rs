@@ -44,6 +44,7 @@ mod ctxt;
 mod expand;
 mod func;
 mod invalidates;
+mod invalidates_args;
 mod key;
 mod loads;
 mod template;

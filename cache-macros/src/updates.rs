@@ -41,7 +41,7 @@ fn parse(tokens: TokenStream, cx: &Ctxt) -> UpdatesArgs {
             if input.peek(Token![crate]) {
                 input.parse::<Token![crate]>()?;
                 krate = Some(crate::attr::parse_crate_path(input)?);
-            } else if let Some(c) = crate::attr::parse_call(input) {
+            } else if let Some(c) = crate::invalidates_args::parse_call(input) {
                 if call.is_some() {
                     return Err(syn::Error::new(
                         c.span(),
