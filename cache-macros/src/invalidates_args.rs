@@ -20,9 +20,10 @@ pub(crate) struct InvalidatesArgs {
     /// `get_customer(customer.id)`: the key a `#[cached]` function's
     /// `_cache_key` companion computes for these arguments.
     pub(crate) calls: Vec<syn::ExprCall>,
-    /// `prefix = SEARCH_CACHE_PREFIX`: paths to `&str` constants (checked
-    /// by the compiler; a string literal is refused, see `prefix_path`).
-    pub(crate) prefixes: Vec<syn::ExprPath>,
+    /// `prefix = "search"` or `prefix = SEARCH_CACHE_PREFIX`: string
+    /// literals (checked for reserved characters only) or paths to `&str`
+    /// constants (resolved and type-checked by the compiler).
+    pub(crate) prefixes: Vec<Expr>,
     /// `tags = ["customer:{id}"]`: every value loaded under these tags.
     pub(crate) tags: Option<(Span, Vec<Template>)>,
     pub(crate) cache: Option<Expr>,
@@ -41,7 +42,7 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
     let empty = tokens.is_empty();
     let mut keys = Vec::new();
     let mut calls = Vec::new();
-    let mut prefixes: Vec<syn::ExprPath> = Vec::new();
+    let mut prefixes: Vec<Expr> = Vec::new();
     let mut cache = Attr::none("cache");
     let mut outbox = Attr::none("outbox");
     let mut fail_closed = Attr::none("fail_closed");
@@ -66,15 +67,15 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
         } else if lookahead.peek(kw::prefix) {
             input.parse::<kw::prefix>()?;
             let value = parse_value(input)?;
-            if let Some(path) = prefix_path(&value, cx) {
-                let text = path.to_token_stream().to_string();
+            if let Some(prefix) = prefix_value(&value, cx) {
+                let text = prefix.to_token_stream().to_string();
                 if prefixes
                     .iter()
                     .any(|p| p.to_token_stream().to_string() == text)
                 {
-                    cx.error_spanned_by(&path, format!("prefix `{text}` is listed twice"));
+                    cx.error_spanned_by(&prefix, format!("prefix {text} is listed twice"));
                 } else {
-                    prefixes.push(path);
+                    prefixes.push(prefix);
                 }
             }
         } else if lookahead.peek(kw::cache) {
@@ -180,30 +181,28 @@ fn check_invalidation_key(t: &Template, cx: &Ctxt) {
     }
 }
 
-/// `#[invalidates(prefix = ..)]`: the path of a `&str` constant, never a
-/// string literal. A literal can't be checked against the prefixes the
-/// `#[cached]` functions declare (a proc macro sees one item at a time), so
-/// a typo would compile and drop nothing; a path is resolved and
-/// type-checked by the compiler.
-fn prefix_path(value: &Expr, cx: &Ctxt) -> Option<syn::ExprPath> {
+/// `#[invalidates(prefix = ..)]`: a string literal, or the path of a `&str`
+/// constant. A literal is checked for reserved characters only: a proc macro
+/// sees one item at a time, so it can't know which prefixes the `#[cached]`
+/// functions declare. A path (`SEARCH_CACHE_PREFIX`, the constant `#[cached]`
+/// generates) is resolved and type-checked by the compiler, so a typo fails
+/// to compile; the docs recommend it, or `search(..)`.
+fn prefix_value(value: &Expr, cx: &Ctxt) -> Option<Expr> {
     match value {
-        Expr::Path(path) => Some(path.clone()),
+        Expr::Path(_) => Some(value.clone()),
         Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
         }) => {
-            cx.error_spanned_by(
-                lit,
-                format!(
-                    "#[invalidates(prefix = \"{}\")]: a prefix written as a string is never checked, so a typo would compile and drop nothing; name the `#[cached]` function instead: `function_name(..)` drops every entry of it, or `prefix = FUNCTION_NAME_CACHE_PREFIX` (the constant `#[cached]` generates; a `const` of your own for a prefix no function here declares)",
-                    lit.value()
-                ),
-            );
-            None
+            if let Some(msg) = prefix_problem(&lit.value()) {
+                cx.error_spanned_by(lit, msg);
+                return None;
+            }
+            Some(value.clone())
         }
         other => {
             cx.error_spanned_by(
                 other,
-                "`prefix` takes the path of a `&str` constant, e.g. prefix = SEARCH_CACHE_PREFIX (the constant `#[cached]` generates for a function `search`), or name the function: `search(..)`",
+                "`prefix` takes a string or the path of a `&str` constant, e.g. prefix = \"search\" or prefix = SEARCH_CACHE_PREFIX (the constant `#[cached]` generates for a function `search`, checked by the compiler)",
             );
             None
         }
