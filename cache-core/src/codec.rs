@@ -1,8 +1,18 @@
 //! Value encoding: the [`Codec`] trait, the bincode 2 (default) and JSON
 //! codecs, and the envelope every stored value carries.
 //!
-//! A stored value is `[0xC4, FORMAT_VERSION, codec id, payload...]`. Reading
-//! checks all three header bytes and the size limit; anything that does not
+//! A stored value is `[0xC4, version, codec id, ...]`:
+//! - version 1: the payload follows;
+//! - version 2: the prefix generation the value was loaded under (8 bytes,
+//!   little endian), then the payload;
+//! - version 3: a flags byte, then the fields it announces (the prefix
+//!   generation; when the value turns stale and when it is gone, for
+//!   fail-safe; when a refresh-ahead is due; the tags and their
+//!   generations), then the payload. Written only for values that need one
+//!   of them, so a value of a function that uses none of these features is
+//!   read exactly as before.
+//!
+//! Reading checks the header and the size limit; anything that does not
 //! decode (foreign bytes written by another program, a value of an older
 //! shape, corruption) is treated as a miss, counted in
 //! [`stats`](crate::Cache::stats) as a decode failure, and overwritten by the
@@ -102,53 +112,290 @@ pub(crate) enum DecodeError {
 /// Envelope version of values labeled with their prefix generation: the
 /// header is followed by the generation (8 bytes, little endian).
 pub(crate) const LABELED_VERSION: u8 = 2;
+/// Envelope version with a flags byte and the fields it announces.
+pub(crate) const EXTENDED_VERSION: u8 = 3;
+/// Version of a lease marker that carries the value it replaced (a
+/// refresh in progress): the marker's token, then that value's bytes.
+pub(crate) const CARRYING_LEASE_VERSION: u8 = 4;
+
+/// Flags of an [`EXTENDED_VERSION`] value.
+const F_GENERATION: u8 = 1;
+const F_TIMES: u8 = 2;
+const F_THROTTLED: u8 = 4;
+const F_REFRESH: u8 = 8;
+const F_TAGS: u8 = 16;
+const F_KNOWN: u8 = F_GENERATION | F_TIMES | F_THROTTLED | F_REFRESH | F_TAGS;
+
+/// What a value carries besides its payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Meta<'a> {
+    /// The prefix generation it was loaded under.
+    pub(crate) generation: Option<u64>,
+    /// When it turns stale and when it is gone (fail-safe), in
+    /// milliseconds since the Unix epoch.
+    pub(crate) times: Option<Times>,
+    /// When a read should start a refresh-ahead (ms since the Unix epoch).
+    pub(crate) refresh_at: Option<u64>,
+    /// A stale value put back after a failed load: served as stale until
+    /// `times.fresh_until` (the end of the throttle) without loading.
+    pub(crate) throttled: bool,
+    /// The tags it was loaded under, each with its generation then.
+    pub(crate) tags: &'a [(String, u64)],
+}
+
+/// A value's logical expiry: fresh until `fresh_until`, then stale (kept
+/// for fail-safe) until `expires_at`, its physical expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Times {
+    pub(crate) fresh_until: u64,
+    pub(crate) expires_at: u64,
+}
+
+impl Meta<'_> {
+    /// Whether the value needs the extended envelope.
+    fn extended(&self) -> bool {
+        self.times.is_some() || self.refresh_at.is_some() || self.throttled || !self.tags.is_empty()
+    }
+}
 
 /// Encodes `value` unlabeled (the tests' shorthand).
 #[cfg(test)]
 pub(crate) fn encode<T: Serialize + ?Sized>(kind: CodecKind, value: &T) -> Result<Vec<u8>, String> {
-    encode_labeled(kind, value, None)
+    encode_with(kind, value, &Meta::default())
 }
 
-/// Encodes `value`, labeled with the prefix generation it was loaded under.
-pub(crate) fn encode_labeled<T: Serialize + ?Sized>(
+/// Encodes `value` with what it carries: the versions 1 and 2 when it
+/// carries no more than a generation, else version 3.
+pub(crate) fn encode_with<T: Serialize + ?Sized>(
     kind: CodecKind,
     value: &T,
-    generation: Option<u64>,
+    meta: &Meta<'_>,
+) -> Result<Vec<u8>, String> {
+    envelope(kind, meta, |out| encode_payload(kind, value, out))
+}
+
+/// The envelope for `meta`, then the payload `write` appends.
+pub(crate) fn envelope(
+    kind: CodecKind,
+    meta: &Meta<'_>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
 ) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(64);
     out.push(ENVELOPE_MAGIC);
-    out.push(if generation.is_some() {
-        LABELED_VERSION
+    let codec_at = if meta.extended() {
+        out.extend_from_slice(&[EXTENDED_VERSION, 0, 0]);
+        let mut flags = 0;
+        if let Some(generation) = meta.generation {
+            flags |= F_GENERATION;
+            out.extend_from_slice(&generation.to_le_bytes());
+        }
+        if let Some(times) = meta.times {
+            flags |= F_TIMES;
+            out.extend_from_slice(&times.fresh_until.to_le_bytes());
+            out.extend_from_slice(&times.expires_at.to_le_bytes());
+        }
+        if meta.throttled {
+            flags |= F_THROTTLED;
+        }
+        if let Some(at) = meta.refresh_at {
+            flags |= F_REFRESH;
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        if !meta.tags.is_empty() {
+            flags |= F_TAGS;
+            let count = u8::try_from(meta.tags.len()).map_err(|_| "more than 255 tags")?;
+            out.push(count);
+            for (tag, generation) in meta.tags {
+                let len =
+                    u8::try_from(tag.len()).map_err(|_| format!("tag over 255 bytes: {tag}"))?;
+                out.push(len);
+                out.extend_from_slice(tag.as_bytes());
+                out.extend_from_slice(&generation.to_le_bytes());
+            }
+        }
+        out[3] = flags;
+        2
     } else {
-        FORMAT_VERSION
-    });
-    let codec_at = out.len();
-    out.push(0);
-    if let Some(generation) = generation {
-        out.extend_from_slice(&generation.to_le_bytes());
-    }
-    match kind {
-        CodecKind::Bincode => {
-            out[codec_at] = Bincode::ID;
-            Bincode::encode(value, &mut out)?;
+        out.push(if meta.generation.is_some() {
+            LABELED_VERSION
+        } else {
+            FORMAT_VERSION
+        });
+        out.push(0);
+        if let Some(generation) = meta.generation {
+            out.extend_from_slice(&generation.to_le_bytes());
         }
-        CodecKind::Json => {
-            out[codec_at] = Json::ID;
-            Json::encode(value, &mut out)?;
-        }
-    }
+        2
+    };
+    out[codec_at] = codec_id(kind);
+    write(&mut out)?;
     Ok(out)
 }
 
+/// Appends the encoding of `value` in `kind`'s format (no envelope).
+pub(crate) fn encode_payload<T: Serialize + ?Sized>(
+    kind: CodecKind,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    match kind {
+        CodecKind::Bincode => Bincode::encode(value, out),
+        CodecKind::Json => Json::encode(value, out),
+    }
+}
+
+/// The codec id `kind` writes.
+fn codec_id(kind: CodecKind) -> u8 {
+    match kind {
+        CodecKind::Bincode => Bincode::ID,
+        CodecKind::Json => Json::ID,
+    }
+}
+
+/// The parsed header of an [`EXTENDED_VERSION`] value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extended {
+    pub(crate) generation: Option<u64>,
+    pub(crate) times: Option<Times>,
+    pub(crate) refresh_at: Option<u64>,
+    pub(crate) throttled: bool,
+    /// Where the tags start and end (empty: none).
+    tags: (usize, usize),
+    /// Where the payload starts.
+    payload: usize,
+    /// Where the refresh-ahead time is (0: none).
+    refresh_field: usize,
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The header of an [`EXTENDED_VERSION`] value (`None`: not one, or malformed).
+pub(crate) fn extended(bytes: &[u8]) -> Option<Extended> {
+    if bytes.len() < HEADER_LEN + 1 || bytes[0] != ENVELOPE_MAGIC || bytes[1] != EXTENDED_VERSION {
+        return None;
+    }
+    let flags = bytes[3];
+    if flags & !F_KNOWN != 0 {
+        return None;
+    }
+    let mut at = HEADER_LEN + 1;
+    let mut field = |present: bool| -> Option<Option<(u64, usize)>> {
+        if !present {
+            return Some(None);
+        }
+        let v = u64_at(bytes, at)?;
+        at += 8;
+        Some(Some((v, at - 8)))
+    };
+    let generation = field(flags & F_GENERATION != 0)?.map(|(v, _)| v);
+    let times = match flags & F_TIMES != 0 {
+        true => {
+            let fresh_until = field(true)??.0;
+            let expires_at = field(true)??.0;
+            Some(Times {
+                fresh_until,
+                expires_at,
+            })
+        }
+        false => None,
+    };
+    let refresh = field(flags & F_REFRESH != 0)?;
+    let tags_start = at;
+    if flags & F_TAGS != 0 {
+        let count = *bytes.get(at)?;
+        at += 1;
+        for _ in 0..count {
+            let len = usize::from(*bytes.get(at)?);
+            at += 1 + len + 8;
+        }
+        if at > bytes.len() {
+            return None;
+        }
+    }
+    Some(Extended {
+        generation,
+        times,
+        refresh_at: refresh.map(|(v, _)| v),
+        throttled: flags & F_THROTTLED != 0,
+        tags: (tags_start, at),
+        payload: at,
+        refresh_field: refresh.map_or(0, |(_, at)| at),
+    })
+}
+
+impl Extended {
+    /// The tags the value carries, each with the generation it was loaded
+    /// under (`bytes`: the value's).
+    pub(crate) fn tags<'b>(&self, bytes: &'b [u8]) -> impl Iterator<Item = (&'b str, u64)> + 'b {
+        let (start, end) = self.tags;
+        let mut at = start + 1;
+        let count = if end > start {
+            usize::from(bytes[start])
+        } else {
+            0
+        };
+        (0..count).filter_map(move |_| {
+            let len = usize::from(*bytes.get(at)?);
+            let tag = std::str::from_utf8(bytes.get(at + 1..at + 1 + len)?).ok();
+            let generation = u64_at(bytes, at + 1 + len)?;
+            at += 1 + len + 8;
+            Some((tag?, generation))
+        })
+    }
+
+    /// Whether the value carries tags.
+    pub(crate) fn has_tags(&self) -> bool {
+        self.tags.1 > self.tags.0
+    }
+}
+
+/// `bytes` (a value with a logical expiry) put back after a failed load:
+/// served as stale, without loading, until `until`.
+pub(crate) fn throttled(bytes: &[u8], until: u64) -> Option<Vec<u8>> {
+    let header = extended(bytes)?;
+    header.times?;
+    let mut out = bytes.to_vec();
+    out[3] |= F_THROTTLED;
+    // `fresh_until` is the first time field, right after the generation.
+    let at = HEADER_LEN + 1 + if header.generation.is_some() { 8 } else { 0 };
+    out[at..at + 8].copy_from_slice(&until.to_le_bytes());
+    Some(out)
+}
+
+/// `bytes` with its refresh-ahead moved to `at` (after a failed refresh).
+pub(crate) fn with_refresh_at(bytes: &[u8], at: u64) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    if let Some(header) = extended(bytes)
+        && header.refresh_field != 0
+    {
+        out[header.refresh_field..header.refresh_field + 8].copy_from_slice(&at.to_le_bytes());
+    }
+    out
+}
+
 /// The generation label of a stored value (`None`: unlabeled or not ours).
+#[inline]
 pub(crate) fn generation_of(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() >= HEADER_LEN + 8 && bytes[0] == ENVELOPE_MAGIC && bytes[1] == LABELED_VERSION {
-        Some(u64::from_le_bytes(
-            bytes[HEADER_LEN..HEADER_LEN + 8].try_into().ok()?,
-        ))
+    if bytes.len() >= HEADER_LEN + 8 && bytes[0] == ENVELOPE_MAGIC {
+        match bytes[1] {
+            LABELED_VERSION => Some(u64::from_le_bytes(
+                bytes[HEADER_LEN..HEADER_LEN + 8].try_into().ok()?,
+            )),
+            EXTENDED_VERSION => extended(bytes)?.generation,
+            _ => None,
+        }
     } else {
         None
     }
+}
+
+/// Whether `bytes` is a value of the extended envelope (its times and
+/// tags must be looked at before it is served).
+#[inline]
+pub(crate) fn is_extended(bytes: &[u8]) -> bool {
+    bytes.len() > HEADER_LEN && bytes[0] == ENVELOPE_MAGIC && bytes[1] == EXTENDED_VERSION
 }
 
 /// How a stored value stands against the prefix generation `current`.
@@ -166,6 +413,7 @@ pub(crate) enum Label {
 }
 
 /// See [`Label`].
+#[inline]
 pub(crate) fn label(bytes: &[u8], current: Option<u64>) -> Label {
     match (current, generation_of(bytes)) {
         (None, _) => Label::Current,
@@ -176,7 +424,7 @@ pub(crate) fn label(bytes: &[u8], current: Option<u64>) -> Label {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, DecodeError> {
-    if bytes.len() > max_len.saturating_add(HEADER_LEN) {
+    if bytes.len() > max_len.saturating_add(HEADER_LEN) && !is_extended(bytes) {
         return Err(DecodeError::TooLarge);
     }
     if bytes.len() < HEADER_LEN || bytes[0] != ENVELOPE_MAGIC {
@@ -185,8 +433,15 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Resul
     let payload = match bytes[1] {
         FORMAT_VERSION => &bytes[HEADER_LEN..],
         LABELED_VERSION if bytes.len() >= HEADER_LEN + 8 => &bytes[HEADER_LEN + 8..],
+        EXTENDED_VERSION => match extended(bytes) {
+            Some(header) => &bytes[header.payload..],
+            None => return Err(DecodeError::Foreign),
+        },
         _ => return Err(DecodeError::Foreign),
     };
+    if payload.len() > max_len {
+        return Err(DecodeError::TooLarge);
+    }
     match bytes[2] {
         Bincode::ID => Bincode::decode(payload).map_err(DecodeError::Payload),
         Json::ID => Json::decode(payload).map_err(DecodeError::Payload),
@@ -202,17 +457,37 @@ pub(crate) fn lease_marker(token: u64) -> Vec<u8> {
     out
 }
 
+/// A lease marker that carries `value`, the bytes it replaces while a load
+/// refreshes them: other readers find the value inside the lease (served
+/// while it is fresh, the fail-safe reserve once it is stale), and an
+/// invalidation deletes both at once.
+pub(crate) fn carrying_lease_marker(token: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 + value.len());
+    out.extend_from_slice(&[ENVELOPE_MAGIC, CARRYING_LEASE_VERSION, LEASE_CODEC_ID]);
+    out.extend_from_slice(&token.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// The value a lease marker carries, if it carries one.
+pub(crate) fn carried(bytes: &[u8]) -> Option<&[u8]> {
+    (is_lease(bytes) && bytes[1] == CARRYING_LEASE_VERSION && bytes.len() > HEADER_LEN + 8)
+        .then(|| &bytes[HEADER_LEN + 8..])
+}
+
 /// Whether `bytes` start with this crate's envelope (any version).
 pub(crate) fn is_envelope(bytes: &[u8]) -> bool {
     bytes.len() >= HEADER_LEN && bytes[0] == ENVELOPE_MAGIC
 }
 
 /// Whether `bytes` is a lease marker (some loader is filling this key).
+#[inline]
 pub(crate) fn is_lease(bytes: &[u8]) -> bool {
-    bytes.len() == HEADER_LEN + 8
+    bytes.len() >= HEADER_LEN + 8
         && bytes[0] == ENVELOPE_MAGIC
-        && bytes[1] == FORMAT_VERSION
         && bytes[2] == LEASE_CODEC_ID
+        && ((bytes[1] == FORMAT_VERSION && bytes.len() == HEADER_LEN + 8)
+            || bytes[1] == CARRYING_LEASE_VERSION)
 }
 
 #[cfg(test)]

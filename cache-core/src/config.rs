@@ -8,6 +8,7 @@ use crate::codec::CodecKind;
 use crate::error::ConfigError;
 use crate::redact::{redact_text, redact_url};
 
+mod loads;
 mod sentinel;
 mod tls;
 
@@ -276,6 +277,16 @@ pub struct CacheConfig {
     /// by a failover then holds every invalidation that returned before
     /// it. Single server (with replicas) or Sentinel; not on a cluster.
     pub wait_replicas: u32,
+    /// Fail-safe for every load of this cache (`CACHE_FAIL_SAFE_MAX_STALE_S`;
+    /// a function's `fail_safe` wins): how long past its TTL a value is
+    /// kept to answer when its reload fails. See [`CacheBuilder::fail_safe`](crate::CacheBuilder::fail_safe).
+    pub fail_safe_max_stale: Option<Duration>,
+    /// How long a stale value answers after a failed load before the next
+    /// load is tried (`CACHE_FAIL_SAFE_THROTTLE_S`; default `min(30 s, ttl)`).
+    pub fail_safe_throttle: Option<Duration>,
+    /// TTL spread of every stored value (`CACHE_TTL_JITTER`, default 0):
+    /// `0.1` draws each TTL from ±10% of the one asked for.
+    pub ttl_jitter: f64,
 }
 
 impl Default for CacheConfig {
@@ -305,6 +316,9 @@ impl Default for CacheConfig {
             tls_cert_file: None,
             tls_key_file: None,
             wait_replicas: 0,
+            fail_safe_max_stale: None,
+            fail_safe_throttle: None,
+            ttl_jitter: 0.0,
         }
     }
 }
@@ -420,6 +434,7 @@ impl CacheConfig {
             config.wait_replicas = parse_num("CACHE_WAIT_REPLICAS", &v, 0, 64)? as u32;
             config.check_wait_replicas("CACHE_WAIT_REPLICAS")?;
         }
+        loads::from_env(&get, &mut config)?;
         config.tls_ca_file = get(CA_VAR).map(PathBuf::from);
         config.tls_cert_file = get(CERT_VAR).map(PathBuf::from);
         config.tls_key_file = get(KEY_VAR).map(PathBuf::from);

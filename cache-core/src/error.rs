@@ -291,3 +291,57 @@ impl WriteRefused {
         self.reason
     }
 }
+
+/// A `#[cached(hard_timeout = ..)]` load did not finish in time and no
+/// stale value could answer instead (fail-safe).
+///
+/// Carry it in the function's error type (`E: From<LoadTimedOut>`): the
+/// caller gets `Err(E::from(LoadTimedOut))` instead of waiting on, which a
+/// service typically answers as "try again later" (HTTP 503 or 504).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the load of {key} did not finish within {after:?}")]
+pub struct LoadTimedOut {
+    key: String,
+    after: std::time::Duration,
+}
+
+impl LoadTimedOut {
+    pub(crate) fn new(key: &str, after: std::time::Duration) -> Self {
+        LoadTimedOut {
+            key: key.to_owned(),
+            after,
+        }
+    }
+
+    /// The key whose load timed out (`prefix:rest`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The hard timeout it ran into.
+    pub fn after(&self) -> std::time::Duration {
+        self.after
+    }
+}
+
+/// What answered one call of a `#[cached]` function (see
+/// [`with_outcome`](crate::with_outcome)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// A value in the cache: the body did not run.
+    Hit,
+    /// This call ran the body (nothing usable was cached, the value was
+    /// stale, or [`refresh`](crate::refresh) asked for it).
+    Miss,
+    /// Another caller's load answered: this process's (single-flight) or
+    /// another instance's (its lease), while this call waited.
+    Coalesced,
+    /// A stale value (fail-safe): the load failed or timed out, or failed
+    /// loads of the key are being throttled.
+    Stale,
+    /// The cache was not used: none is installed, it is disabled, or the
+    /// call ran inside [`uncached`](crate::uncached).
+    Uncached,
+}

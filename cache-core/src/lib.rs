@@ -225,11 +225,13 @@ pub use cache::health::{Health, HealthStatus};
 pub use codec::{Codec, CodecKind};
 pub use config::{CacheConfig, RedisTarget};
 pub use consistency::near::NearStats;
-pub use error::{BackendError, CacheError, ConfigError, ErrorKind, WriteRefused};
+pub use error::{
+    BackendError, CacheError, ConfigError, ErrorKind, LoadTimedOut, Outcome, WriteRefused,
+};
 pub use redact::redact_url;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 
-pub use cache_macros::{cached, invalidates};
+pub use cache_macros::{cached, invalidates, updates};
 
 /// Re-exported so custom [`Backend`] implementations use the same version.
 pub use async_trait::async_trait;
@@ -255,5 +257,97 @@ pub use async_trait::async_trait;
 /// # }
 /// ```
 pub async fn uncached<F: std::future::Future>(fut: F) -> F::Output {
-    cache::install::BYPASS.scope(true, fut).await
+    cache::call::bypass(fut).await
+}
+
+/// Runs `fut` and says what answered the first `#[cached]` call in it: a
+/// hit, a miss (the body ran), another caller's load (coalesced), a stale
+/// value (fail-safe), or no cache at all. Wrap a call of the function
+/// whose outcome you want; calls it makes inside its body are not the
+/// first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use cache_core::{cached, with_outcome, Cache, Outcome};
+/// #[cached(prefix = "square", key = "{n}")]
+/// async fn square(n: u64) -> u64 { n * n }
+///
+/// let cache = Cache::memory();
+/// cache.scope(async {
+///     assert_eq!(with_outcome(square(3)).await, (9, Outcome::Miss));
+///     assert_eq!(with_outcome(square(3)).await, (9, Outcome::Hit));
+/// }).await;
+/// assert_eq!(with_outcome(square(4)).await, (16, Outcome::Uncached)); // no cache here
+/// # }
+/// ```
+pub async fn with_outcome<F: std::future::Future>(fut: F) -> (F::Output, Outcome) {
+    cache::call::outcome_of(fut).await
+}
+
+/// Runs `fut` with its first `#[cached]` call reloading its value: the
+/// body runs and its result is stored, whatever is cached. The store is a
+/// load like any other (under the key's lease), so an invalidation during
+/// it wins, and a failed body leaves the cached value as it was.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use cache_core::{cached, refresh, Cache};
+/// static PRICE: AtomicU64 = AtomicU64::new(10);
+///
+/// #[cached(prefix = "price", key = "{id}")]
+/// async fn price(id: u64) -> u64 { let _ = id; PRICE.load(Ordering::SeqCst) }
+///
+/// let cache = Cache::memory();
+/// cache.scope(async {
+///     assert_eq!(price(1).await, 10);
+///     PRICE.store(12, Ordering::SeqCst);
+///     assert_eq!(price(1).await, 10);          // cached
+///     assert_eq!(refresh(price(1)).await, 12); // reloaded and stored
+///     assert_eq!(price(1).await, 12);
+/// }).await;
+/// # }
+/// ```
+pub async fn refresh<F: std::future::Future>(fut: F) -> F::Output {
+    cache::call::with_action(cache::call::Action::Refresh, fut)
+        .await
+        .0
+}
+
+/// Runs `fut` with its first `#[cached]` call storing `value` as its cached
+/// value (what the function caches: `T` of a `Result<T, E>` or an
+/// `Option<T>`) and returning it, without running its body: warm a cache,
+/// or store what a write just produced. It is stored like a loaded value
+/// (labels, tags, TTL, fail-safe expiry), and replaces whatever is cached,
+/// including a load in progress, whose older value is then not stored.
+/// Returns the call's result and whether a `#[cached]` call took the
+/// value (`false`: there was none, or no cache; the function then ran as
+/// usual). A value that does not read back as the function's type is not
+/// stored (logged), and the call runs as usual.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use cache_core::{cached, prime, Cache};
+/// #[cached(prefix = "name", key = "{id}")]
+/// async fn name(id: u64) -> Option<String> { let _ = id; None }
+///
+/// let cache = Cache::memory();
+/// cache.scope(async {
+///     let (primed, taken) = prime(name(7), "Ada".to_owned()).await;
+///     assert_eq!((primed.as_deref(), taken), (Some("Ada"), true));
+///     assert_eq!(name(7).await.as_deref(), Some("Ada")); // a hit: the body never ran
+/// }).await;
+/// # }
+/// ```
+pub async fn prime<F, T>(fut: F, value: T) -> (F::Output, bool)
+where
+    F: std::future::Future,
+    T: serde::Serialize + Send + 'static,
+{
+    let payload: cache::call::Payload =
+        Box::new(move |kind, out| codec::encode_payload(kind, &value, out));
+    cache::call::with_action(cache::call::Action::Prime(payload), fut).await
 }

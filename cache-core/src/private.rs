@@ -9,7 +9,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
-use crate::cache::install::{BYPASS, SCOPED};
+use crate::cache::call;
+use crate::cache::install::SCOPED;
+use crate::cache::shell::{Lazy, ReadThrough, Ready};
+use crate::error::Outcome;
+
+pub use crate::cache::policy::Policy;
 
 #[path = "private_keys.rs"]
 mod keys;
@@ -120,10 +125,6 @@ pub fn key_buffer(cache: Option<&Handle<'_>>, prefix: &str, rest: usize) -> KeyS
     key
 }
 
-fn bypassed() -> bool {
-    BYPASS.try_with(|b| *b).unwrap_or(false)
-}
-
 /// The body of every `#[cached]` function.
 #[allow(clippy::too_many_arguments)]
 pub async fn cached<R, M, F, U>(
@@ -135,6 +136,7 @@ pub async fn cached<R, M, F, U>(
     unless: U,
     typed: Option<TypedCopy<M::Stored>>,
     near: bool,
+    policy: Option<&Policy<'_, R, M::Stored>>,
     body: F,
 ) -> R
 where
@@ -142,24 +144,212 @@ where
     F: Future<Output = R>,
     U: FnOnce(&M::Stored) -> bool,
 {
-    let Some(cache) = cache else {
-        return body.await;
+    let claim = call::claim();
+    let cache = match cache {
+        Some(cache) if !claim.bypass => cache,
+        _ if no_cache_to_update(&claim) => return std::future::pending().await,
+        _ => return uncached_call(claim.report, body).await,
     };
-    if bypassed() {
-        return body.await;
+    let (result, outcome) = cache
+        .load_through::<R, M, Ready<F>, U>(
+            ReadThrough {
+                prefix,
+                skey: storage_key,
+                ttl,
+                none_ttl,
+                unless,
+                typed,
+                near,
+                body: Ready(body),
+                policy,
+            },
+            None,
+            claim.action,
+            None,
+        )
+        .await;
+    if claim.report {
+        call::report(outcome);
     }
-    cache
-        .load_through::<R, M, F, U>(crate::cache::read_through::ReadThrough {
-            prefix,
-            skey: storage_key,
-            ttl,
-            none_ttl,
-            unless,
-            typed,
-            near,
-            body,
-        })
-        .await
+    result
+}
+
+/// An `#[updates]` call without a cache has nothing to update: it says so
+/// (true), and the call never completes (its caller drops it), so the body
+/// does not run.
+fn no_cache_to_update(claim: &call::Claim) -> bool {
+    match &claim.action {
+        Some(call::Action::Update(_, done)) => {
+            done.store(true, Ordering::Release);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A `#[cached]` call that does not use the cache.
+async fn uncached_call<F: Future>(report: bool, body: F) -> F::Output {
+    if report {
+        call::report(Outcome::Uncached);
+    }
+    body.await
+}
+
+/// The body of a `#[cached]` function whose loads may outlive the call
+/// (`soft_timeout`, `refresh_ahead`): `body` makes a load that owns what
+/// it uses, and is called only when a load is needed.
+#[allow(clippy::too_many_arguments)]
+pub async fn cached_owned<R, M, C, F, U>(
+    cache: Option<Handle<'_>>,
+    prefix: &'static str,
+    storage_key: KeyString,
+    ttl: Option<Duration>,
+    none_ttl: Option<Duration>,
+    unless: U,
+    typed: Option<TypedCopy<M::Stored>>,
+    near: bool,
+    policy: Option<&Policy<'_, R, M::Stored>>,
+    body: C,
+) -> R
+where
+    R: Send + 'static,
+    M: Mode<R> + 'static,
+    M::Stored: Send + Sync + 'static,
+    C: FnOnce() -> F,
+    F: Future<Output = R> + Send + 'static,
+    U: FnOnce(&M::Stored) -> bool + Send + 'static,
+{
+    let claim = call::claim();
+    let cache = match cache {
+        Some(cache) if !claim.bypass => cache,
+        _ if no_cache_to_update(&claim) => return std::future::pending().await,
+        _ => return uncached_call(claim.report, body()).await,
+    };
+    let (result, outcome) = cache
+        .load_through::<R, M, Lazy<C>, U>(
+            ReadThrough {
+                prefix,
+                skey: storage_key,
+                ttl,
+                none_ttl,
+                unless,
+                typed,
+                near,
+                body: Lazy(body),
+                policy,
+            },
+            None,
+            claim.action,
+            Some(crate::cache::loader::spawn_job::<R, M, F, U>),
+        )
+        .await;
+    if claim.report {
+        call::report(outcome);
+    }
+    result
+}
+
+/// Errors a `hard_timeout` function can return.
+#[diagnostic::on_unimplemented(
+    message = "`hard_timeout` answers a load that takes too long with `Err(E::from(cache_core::LoadTimedOut))`, and `{Self}` can't carry it",
+    label = "the function's error type must implement `From<cache_core::LoadTimedOut>`",
+    note = "add `impl From<cache_core::LoadTimedOut> for {Self}` (e.g. a `Timeout(LoadTimedOut)` variant), or remove `hard_timeout`"
+)]
+pub trait CarriesTimeout {
+    /// `Self::from(timed_out)`.
+    fn from_timed_out(timed_out: crate::LoadTimedOut) -> Self;
+}
+
+impl<E: From<crate::LoadTimedOut>> CarriesTimeout for E {
+    fn from_timed_out(timed_out: crate::LoadTimedOut) -> Self {
+        E::from(timed_out)
+    }
+}
+
+/// `hard_timeout`'s error: `E::from(timed_out)`.
+pub fn timed_out<E: CarriesTimeout>(timed_out: crate::LoadTimedOut) -> E {
+    E::from_timed_out(timed_out)
+}
+
+/// Values a background load (`soft_timeout`, `refresh_ahead`) needs its own
+/// copy of: what a reference argument points to.
+#[diagnostic::on_unimplemented(
+    message = "`soft_timeout` and `refresh_ahead` finish loads in the background, after the caller has its answer, so the load needs its own copy of this argument: `{Self}` must be `Clone + Send + 'static` (or `str`, or a slice of such)",
+    label = "borrowed by the body, which may outlive the call",
+    note = "derive or implement `Clone` for it, take it by value (an `Arc<..>`), or remove `soft_timeout`/`refresh_ahead`"
+)]
+pub trait OwnForBackground {
+    /// The owned copy.
+    type Owned: std::borrow::Borrow<Self> + Send + 'static;
+    /// Makes the copy.
+    fn own_for_background(&self) -> Self::Owned;
+}
+
+impl<T: Clone + Send + 'static> OwnForBackground for T {
+    type Owned = T;
+    fn own_for_background(&self) -> T {
+        self.clone()
+    }
+}
+
+impl OwnForBackground for str {
+    type Owned = String;
+    fn own_for_background(&self) -> String {
+        self.to_owned()
+    }
+}
+
+impl<T: Clone + Send + 'static> OwnForBackground for [T] {
+    type Owned = Vec<T>;
+    fn own_for_background(&self) -> Vec<T> {
+        self.to_vec()
+    }
+}
+
+/// The owned copy of a reference argument a background load uses.
+pub fn own<T: OwnForBackground + ?Sized>(value: &T) -> T::Owned {
+    value.own_for_background()
+}
+
+/// The receiver of a method whose loads may run in the background.
+#[diagnostic::on_unimplemented(
+    message = "`soft_timeout` and `refresh_ahead` finish loads in the background, after the caller has its answer, so the load needs its own copy of `self`: `{Self}` must be `Clone + Send + Sync + 'static`",
+    label = "`&self` is borrowed by the body, which may outlive the call",
+    note = "derive `Clone` for `{Self}` (keep what it holds behind `Arc`s so the copy is cheap), or remove `soft_timeout`/`refresh_ahead`"
+)]
+pub trait OwnSelf: Sized {
+    /// The copy.
+    fn own_self(&self) -> Self;
+}
+
+impl<T: Clone + Send + Sync + 'static> OwnSelf for T {
+    fn own_self(&self) -> T {
+        self.clone()
+    }
+}
+
+/// The owned copy of `self` a background load uses.
+pub fn own_self<T: OwnSelf>(this: &T) -> T {
+    this.own_self()
+}
+
+/// The key of a `#[cached]` function for some arguments: implemented by
+/// the hidden struct `#[cached]` gives a free function (named like it), for
+/// the tuple of references to its key's arguments.
+#[diagnostic::on_unimplemented(
+    message = "`#[invalidates({Self}(..))]`: these arguments don't make a key of the `#[cached]` function `{Self}`",
+    label = "pass the arguments its key is built from, in the order of `{Self}_cache_key`'s parameters",
+    note = "`{Self}(..)` (two dots) drops every entry of `{Self}` instead"
+)]
+pub trait KeyOf<A> {
+    /// The key for `args`.
+    fn key_of(args: A) -> String;
+}
+
+/// The prefix of a `#[cached]` function (its hidden struct).
+pub trait CachedPrefix {
+    /// The prefix.
+    const PREFIX: &'static str;
 }
 
 /// Records an `#[invalidates(outbox = ..)]` invalidation through
@@ -190,7 +380,15 @@ pub fn refuse_when_undeliverable(cache: Option<&Cache>) -> Result<(), crate::Wri
 /// Invalidation that runs when the body is done, or when the future is dropped.
 #[must_use = "call .finish().await after the body"]
 pub struct InvalidationGuard {
-    work: Option<(Cache, Vec<String>, &'static [&'static str])>,
+    work: Option<Work>,
+}
+
+/// What an `#[invalidates]` function invalidates.
+struct Work {
+    cache: Cache,
+    keys: Vec<String>,
+    prefixes: &'static [&'static str],
+    tags: Vec<String>,
 }
 
 /// Prepares the invalidation of `keys` (logical `"prefix:rest"` keys) and `prefixes`.
@@ -199,44 +397,98 @@ pub fn invalidation(
     keys: Vec<String>,
     prefixes: &'static [&'static str],
 ) -> InvalidationGuard {
+    invalidation_with_tags(cache, keys, prefixes, Vec::new())
+}
+
+/// [`invalidation`] of `tags` too (`#[invalidates(tags = [..])]`).
+pub fn invalidation_with_tags(
+    cache: Option<Cache>,
+    keys: Vec<String>,
+    prefixes: &'static [&'static str],
+    tags: Vec<String>,
+) -> InvalidationGuard {
     InvalidationGuard {
-        work: cache.map(|c| (c, keys, prefixes)),
+        work: cache.map(|cache| Work {
+            cache,
+            keys,
+            prefixes,
+            tags,
+        }),
     }
 }
 
-async fn run_invalidation(cache: Cache, keys: Vec<String>, prefixes: &'static [&'static str]) {
+async fn run_invalidation(work: Work) {
+    let Work {
+        cache,
+        keys,
+        prefixes,
+        tags,
+    } = work;
     // Boxed: the invalidation's steps (and a backend's) stay out of the
     // caller's future, whose layout a caller's crate computes through every
     // future held inline (bounded by the default `recursion_limit`).
     let invalidate: std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> =
-        Box::pin(cache.invalidate_all(&keys, prefixes));
+        Box::pin(cache.invalidate_all(&keys, prefixes, &tags));
     let delivered = invalidate.await;
-    tracing::debug!(keys = ?keys, prefixes = ?prefixes, delivered, "invalidated");
+    tracing::debug!(keys = ?keys, prefixes = ?prefixes, tags = ?tags, delivered, "invalidated");
 }
 
 impl InvalidationGuard {
     /// Runs the invalidation now.
     pub async fn finish(mut self) {
-        if let Some((cache, keys, prefixes)) = self.work.take() {
-            run_invalidation(cache, keys, prefixes).await;
+        if let Some(work) = self.work.take() {
+            run_invalidation(work).await;
         }
     }
 }
 
 impl Drop for InvalidationGuard {
     fn drop(&mut self) {
-        if let Some((cache, keys, prefixes)) = self.work.take() {
+        if let Some(work) = self.work.take() {
             // The future was dropped after the body started: the write may
             // have happened, so invalidate anyway.
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(run_invalidation(cache, keys, prefixes));
+                    handle.spawn(run_invalidation(work));
                 }
                 Err(_) => tracing::error!(
-                    ?keys,
+                    keys = ?work.keys,
                     "invalidation dropped outside a tokio runtime; keys may be stale"
                 ),
             }
         }
+    }
+}
+
+/// `#[updates(f(..))]` after its body returned `Ok(value)`: `call` (the
+/// `#[cached]` call, not yet polled) replaces its entry with `value`.
+pub async fn update_store<F: Future, T: Serialize + Send + 'static>(call: F, value: T) {
+    let payload: call::Payload =
+        Box::new(move |kind, out| crate::codec::encode_payload(kind, &value, out));
+    run_update(call, Some(payload)).await;
+}
+
+/// `#[updates(f(..))]` after its body returned `Err`: the write may have
+/// happened in part, so `call`'s entry is dropped.
+pub async fn update_drop<F: Future>(call: F) {
+    run_update(call, None).await;
+}
+
+/// Polls `call` with the update action until the update is done (the call
+/// itself never completes then, and is dropped before its body runs).
+async fn run_update<F: Future>(call: F, payload: Option<call::Payload>) {
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let action = call::Action::Update(payload, done.clone());
+    let mut fut = std::pin::pin!(call::with_action(action, call));
+    let completed = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
+        std::task::Poll::Pending if done.load(Ordering::Acquire) => std::task::Poll::Ready(false),
+        std::task::Poll::Pending => std::task::Poll::Pending,
+    })
+    .await;
+    if completed {
+        tracing::error!(
+            "#[updates]: the function it names ran without taking the update: it is not #[cached]; nothing was stored"
+        );
     }
 }

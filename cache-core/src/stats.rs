@@ -25,6 +25,12 @@ pub(crate) struct Counters {
     pub(crate) fallback_hits: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) near_hits: AtomicU64,
+    pub(crate) fail_safe: AtomicU64,
+    pub(crate) stale_hits: AtomicU64,
+    pub(crate) soft_timeouts: AtomicU64,
+    pub(crate) hard_timeouts: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) refresh_failures: AtomicU64,
     pub(crate) errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
@@ -43,6 +49,12 @@ pub(crate) enum Event {
     FallbackHit,
     Invalidation,
     NearHit,
+    FailSafe,
+    StaleHit,
+    SoftTimeout,
+    HardTimeout,
+    RefreshStarted,
+    RefreshFailed,
 }
 
 // `Event as usize` indexes `Event::ALL` and `PrefixMetrics::events`.
@@ -56,7 +68,7 @@ const _: () = {
 
 impl Event {
     /// Every event, in the order of [`PrefixMetrics::events`].
-    const ALL: [Event; 12] = [
+    const ALL: [Event; 18] = [
         Event::Hit,
         Event::Miss,
         Event::Set,
@@ -69,6 +81,12 @@ impl Event {
         Event::FallbackHit,
         Event::Invalidation,
         Event::NearHit,
+        Event::FailSafe,
+        Event::StaleHit,
+        Event::SoftTimeout,
+        Event::HardTimeout,
+        Event::RefreshStarted,
+        Event::RefreshFailed,
     ];
 
     /// The name of the counter that counts this event (label `prefix`).
@@ -86,6 +104,12 @@ impl Event {
             Event::FallbackHit => "cache_fallback_hits_total",
             Event::Invalidation => "cache_invalidations_total",
             Event::NearHit => "cache_near_hits_total",
+            Event::FailSafe => "cache_fail_safe_activations_total",
+            Event::StaleHit => "cache_stale_hits_total",
+            Event::SoftTimeout => "cache_soft_timeouts_total",
+            Event::HardTimeout => "cache_hard_timeouts_total",
+            Event::RefreshStarted => "cache_refreshes_total",
+            Event::RefreshFailed => "cache_refresh_failures_total",
         }
     }
 }
@@ -315,6 +339,12 @@ fn bump(c: &Counters, event: Event) {
         Event::FallbackHit => &c.fallback_hits,
         Event::Invalidation => &c.invalidations,
         Event::NearHit => &c.near_hits,
+        Event::FailSafe => &c.fail_safe,
+        Event::StaleHit => &c.stale_hits,
+        Event::SoftTimeout => &c.soft_timeouts,
+        Event::HardTimeout => &c.hard_timeouts,
+        Event::RefreshStarted => &c.refreshes,
+        Event::RefreshFailed => &c.refresh_failures,
     };
     counter.fetch_add(1, Relaxed);
 }
@@ -349,6 +379,21 @@ pub struct PrefixStats {
     pub invalidations: u64,
     /// Reads answered by the near cache (also counted in `hits`).
     pub near_hits: u64,
+    /// Loads that failed or timed out and were answered with the stale
+    /// value instead (fail-safe activations).
+    pub fail_safe_activations: u64,
+    /// Calls answered with a stale value (fail-safe activations, calls
+    /// during the throttle after one, soft timeouts); not counted in `hits`.
+    pub stale_hits: u64,
+    /// Calls whose soft timeout passed while a load ran (answered stale).
+    pub soft_timeouts: u64,
+    /// Calls whose hard timeout passed (answered stale or with
+    /// `LoadTimedOut`).
+    pub hard_timeouts: u64,
+    /// Refresh-aheads started (one per key across instances).
+    pub refreshes: u64,
+    /// Refresh-aheads whose load failed (the value stayed).
+    pub refresh_failures: u64,
     /// Backend failures by kind (`timeout`, `connection`, `circuit_open`, ...).
     pub errors: BTreeMap<&'static str, u64>,
 }
@@ -376,6 +421,12 @@ impl From<&Counters> for PrefixStats {
             fallback_hits: c.fallback_hits.load(Relaxed),
             invalidations: c.invalidations.load(Relaxed),
             near_hits: c.near_hits.load(Relaxed),
+            fail_safe_activations: c.fail_safe.load(Relaxed),
+            stale_hits: c.stale_hits.load(Relaxed),
+            soft_timeouts: c.soft_timeouts.load(Relaxed),
+            hard_timeouts: c.hard_timeouts.load(Relaxed),
+            refreshes: c.refreshes.load(Relaxed),
+            refresh_failures: c.refresh_failures.load(Relaxed),
             errors: ErrorKind::ALL
                 .iter()
                 .zip(&c.errors)
@@ -400,6 +451,12 @@ impl PrefixStats {
         self.fallback_hits += other.fallback_hits;
         self.invalidations += other.invalidations;
         self.near_hits += other.near_hits;
+        self.fail_safe_activations += other.fail_safe_activations;
+        self.stale_hits += other.stale_hits;
+        self.soft_timeouts += other.soft_timeouts;
+        self.hard_timeouts += other.hard_timeouts;
+        self.refreshes += other.refreshes;
+        self.refresh_failures += other.refresh_failures;
         for (kind, n) in &other.errors {
             *self.errors.entry(kind).or_default() += n;
         }

@@ -57,7 +57,7 @@ pub mod api {
     ///
     /// # Errors
     /// Never.
-    #[invalidates("lint_customer:{customer.id}", prefix = "lint_search")]
+    #[invalidates("lint_customer:{customer.id}", search(..))]
     pub async fn save(customer: &Customer) -> Result<(), String> {
         let _ = customer;
         Ok(())

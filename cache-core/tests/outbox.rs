@@ -11,6 +11,9 @@ use cache_core::{Cache, invalidates};
 use cache_testkit::{Postgres, RedisServer, TcpProxy};
 use sqlx::{PgPool, Sqlite, SqlitePool, Transaction};
 
+/// The prefix of the list queries the writes below invalidate.
+const QUERY: &str = "query";
+
 #[derive(Debug)]
 enum DbError {
     Sql(#[allow(dead_code)] sqlx::Error),
@@ -39,7 +42,7 @@ async fn rename(
     Ok(())
 }
 
-#[invalidates("customer:{id}", prefix = "query", outbox = tx, cache = cache)]
+#[invalidates("customer:{id}", prefix = QUERY, outbox = tx, cache = cache)]
 async fn rename_pg(
     cache: &Cache,
     tx: &mut Transaction<'_, sqlx::Postgres>,

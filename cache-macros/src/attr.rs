@@ -6,7 +6,6 @@
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
-use syn::parse::discouraged::Speculative;
 use syn::parse::{ParseStream, Parser};
 use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
 
@@ -28,6 +27,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(no_companions);
     syn::custom_keyword!(outbox);
     syn::custom_keyword!(fail_closed);
+    syn::custom_keyword!(tags);
 }
 
 const CACHED_ARGS: &[&str] = &[
@@ -43,9 +43,23 @@ const CACHED_ARGS: &[&str] = &[
     "near",
     "crate",
     "no_companions",
+    "fail_safe",
+    "fail_safe_throttle",
+    "soft_timeout",
+    "hard_timeout",
+    "refresh_ahead",
+    "jitter",
+    "tags",
+    "ttl_from",
+    "sliding",
 ];
 
-const INVALIDATES_ARGS: &[&str] = &["prefix", "cache", "outbox", "fail_closed", "crate"];
+/// What `#[invalidates]` accepts besides key templates and function calls
+/// (parsed in `invalidates_args`).
+const INVALIDATES_ARGS: &[&str] = &["prefix", "tags", "cache", "outbox", "fail_closed", "crate"];
+/// [`INVALIDATES_ARGS`], for `invalidates_args` (the guide's test reads the
+/// list above from this file).
+pub(crate) const INVALIDATES_ARGUMENTS: &[&str] = INVALIDATES_ARGS;
 
 /// An argument that may be given at most once (`serde_derive`'s `Attr`): a
 /// second occurrence is a "duplicate argument" error on its own span. An
@@ -119,24 +133,8 @@ pub(crate) struct CachedArgs {
     pub(crate) near: Option<bool>,
     pub(crate) krate: TokenStream,
     pub(crate) no_companions: bool,
-}
-
-/// Everything `#[invalidates(...)]` accepts.
-pub(crate) struct InvalidatesArgs {
-    pub(crate) keys: Vec<Template>,
-    /// `get_customer(customer.id)`: the key a `#[cached]` function's
-    /// `_cache_key` companion computes for these arguments.
-    pub(crate) calls: Vec<syn::ExprCall>,
-    pub(crate) prefixes: Vec<LitStr>,
-    pub(crate) cache: Option<Expr>,
-    /// `outbox = tx`: the transaction or connection the invalidation is
-    /// recorded through, in the same transaction as the body's write.
-    pub(crate) outbox: Option<(Span, Expr)>,
-    /// `fail_closed`: refuse the write while invalidations cannot be delivered.
-    pub(crate) fail_closed: Option<Span>,
-    pub(crate) krate: TokenStream,
-    /// True when nothing (no key, no prefix) was given, even erroneously.
-    pub(crate) empty: bool,
+    /// Fail-safe, timeouts, refresh-ahead, jitter, tags, expiry.
+    pub(crate) loads: crate::loads::LoadArgs,
 }
 
 /// Parses `#[cached(...)]`'s arguments; errors go to `cx`.
@@ -153,8 +151,12 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
     let mut version = Attr::none("version");
     let mut krate = Attr::none("crate");
     let mut no_companions = Attr::none("no_companions");
+    let mut loads = crate::loads::LoadAttrs::new();
 
     parse_list(tokens, cx, |input| {
+        if loads.parse(input, cx)? {
+            return Ok(());
+        }
         let lookahead = input.lookahead1();
         if lookahead.peek(kw::prefix) {
             let name: kw::prefix = input.parse()?;
@@ -237,146 +239,17 @@ pub(crate) fn parse_cached(tokens: TokenStream, cx: &Ctxt) -> CachedArgs {
         near: near.get(),
         krate: krate.get().unwrap_or_else(default_crate),
         no_companions: no_companions.is_set(),
+        loads: loads.finish(),
     }
 }
 
-/// Parses `#[invalidates(...)]`'s arguments; errors go to `cx`.
-pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesArgs {
-    let empty = tokens.is_empty();
-    let mut keys = Vec::new();
-    let mut calls = Vec::new();
-    let mut prefixes: Vec<LitStr> = Vec::new();
-    let mut cache = Attr::none("cache");
-    let mut outbox = Attr::none("outbox");
-    let mut fail_closed = Attr::none("fail_closed");
-    let mut krate = Attr::none("crate");
-
-    parse_list(tokens, cx, |input| {
-        let lookahead = input.lookahead1();
-        if lookahead.peek(LitStr) {
-            let lit: LitStr = input.parse()?;
-            if let Some(t) = template::parse(&lit, cx) {
-                check_invalidation_key(&t, cx);
-                keys.push(t);
-            }
-        } else if lookahead.peek(kw::prefix) {
-            input.parse::<kw::prefix>()?;
-            let value = parse_value(input)?;
-            if let Some(lit) = prefix_literal(&value, cx) {
-                if prefixes.iter().any(|p| p.value() == lit.value()) {
-                    cx.error_spanned_by(
-                        &lit,
-                        format!("prefix \"{}\" is listed twice", lit.value()),
-                    );
-                } else {
-                    prefixes.push(lit);
-                }
-            }
-        } else if lookahead.peek(kw::cache) {
-            let name: kw::cache = input.parse()?;
-            let value = parse_value(input)?;
-            cache.set(cx, name, Some(value));
-        } else if lookahead.peek(kw::outbox) {
-            let name: kw::outbox = input.parse()?;
-            let value = parse_value(input)?;
-            outbox.set(cx, name, Some((name.span, value)));
-        } else if lookahead.peek(kw::fail_closed) {
-            let name: kw::fail_closed = input.parse()?;
-            reject_value(input, "fail_closed", "fail_closed")?;
-            fail_closed.set(cx, name, Some(name.span));
-        } else if lookahead.peek(Token![crate]) {
-            let name: Token![crate] = input.parse()?;
-            let path = parse_crate_path(input)?;
-            krate.set(cx, name, Some(path));
-        } else if let Some(call) = parse_call(input) {
-            calls.push(call);
-        } else if input.peek(Ident) {
-            let fork = input.fork();
-            let ident: Ident = fork.parse()?;
-            if ident == "key" || ident == "keys" {
-                return Err(syn::Error::new(
-                    ident.span(),
-                    "#[invalidates] takes the key templates directly, e.g. #[invalidates(\"customer:{id}\")]",
-                ));
-            }
-            return Err(unknown_argument(input, "invalidates", INVALIDATES_ARGS));
-        } else {
-            return Err(lookahead.error());
-        }
-        Ok(())
-    });
-
-    InvalidatesArgs {
-        keys,
-        calls,
-        prefixes,
-        cache: cache.get(),
-        outbox: outbox.get(),
-        fail_closed: fail_closed.get(),
-        krate: krate.get().unwrap_or_else(default_crate),
-        empty,
-    }
-}
-
-/// `path(args)` (`get_customer(id)`, `Self::view::<Summary>(id)`): a call
-/// of a `#[cached]` function naming one of its keys. Consumes the input
-/// only when it is one.
-fn parse_call(input: ParseStream<'_>) -> Option<syn::ExprCall> {
-    if !(input.peek(Ident) || input.peek(Token![Self])) {
-        return None;
-    }
-    let fork = input.fork();
-    let call = match fork.parse::<Expr>() {
-        Ok(Expr::Call(call)) if matches!(&*call.func, Expr::Path(p) if p.qself.is_none()) => call,
-        _ => return None,
-    };
-    if !(fork.is_empty() || fork.peek(Token![,])) {
-        return None;
-    }
-    input.advance_to(&fork);
-    Some(call)
-}
-
-/// An invalidation key is a full logical key: a literal prefix, a `:`, the
-/// rest.
-fn check_invalidation_key(t: &Template, cx: &Ctxt) {
-    let prefix = match t.parts.first() {
-        Some(template::Part::Lit(s)) => s.split_once(':').map(|(p, _)| p),
-        _ => None,
-    };
-    match prefix {
-        Some(p) if !p.is_empty() => {
-            if let Some(msg) = prefix_problem(p) {
-                cx.error_spanned_by(&t.lit, format!("the key's prefix: {msg}"));
-            }
-        }
-        _ => {
-            let hint = if t.placeholders().next().is_none() && !t.lit.value().contains(':') {
-                format!(
-                    "; to drop every key of the prefix write prefix = \"{}\"",
-                    t.lit.value()
-                )
-            } else {
-                String::new()
-            };
-            cx.error_spanned_by(
-                &t.lit,
-                format!(
-                    "an invalidation key is a full key \"prefix:rest\" starting with a literal \
-                     prefix, e.g. \"customer:{{id}}\"{hint}"
-                ),
-            );
-        }
-    }
-}
-
-fn default_crate() -> TokenStream {
+pub(crate) fn default_crate() -> TokenStream {
     quote!(::cache_core)
 }
 
 /// Runs `one` for each comma-separated argument; an argument whose parsing
 /// fails is reported and skipped up to the next top-level comma.
-fn parse_list(
+pub(crate) fn parse_list(
     tokens: TokenStream,
     cx: &Ctxt,
     mut one: impl FnMut(ParseStream<'_>) -> syn::Result<()>,
@@ -417,12 +290,12 @@ fn skip_to_comma(input: ParseStream<'_>) -> syn::Result<()> {
 }
 
 /// `= <expr>`.
-fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
+pub(crate) fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
     input.parse::<Token![=]>()?;
     input.parse()
 }
 
-fn reject_value(input: ParseStream<'_>, name: &str, example: &str) -> syn::Result<()> {
+pub(crate) fn reject_value(input: ParseStream<'_>, name: &str, example: &str) -> syn::Result<()> {
     if input.peek(Token![=]) || input.peek(syn::token::Paren) {
         Err(input.error(format!(
             "`{name}` is a flag and takes no value: write just `{example}`"
@@ -433,7 +306,7 @@ fn reject_value(input: ParseStream<'_>, name: &str, example: &str) -> syn::Resul
 }
 
 /// `= path` or `= "path"` (serde's spelling).
-fn parse_crate_path(input: ParseStream<'_>) -> syn::Result<TokenStream> {
+pub(crate) fn parse_crate_path(input: ParseStream<'_>) -> syn::Result<TokenStream> {
     input.parse::<Token![=]>()?;
     if input.peek(LitStr) {
         let lit: LitStr = input.parse()?;
@@ -445,7 +318,7 @@ fn parse_crate_path(input: ParseStream<'_>) -> syn::Result<TokenStream> {
     }
 }
 
-fn unknown_argument(input: ParseStream<'_>, mac: &str, known: &[&str]) -> syn::Error {
+pub(crate) fn unknown_argument(input: ParseStream<'_>, mac: &str, known: &[&str]) -> syn::Error {
     let ident: Ident = match input.parse() {
         Ok(i) => i,
         Err(e) => return e,
@@ -531,7 +404,7 @@ fn prefix_literal(value: &Expr, cx: &Ctxt) -> Option<LitStr> {
     Some(lit)
 }
 
-fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {
+pub(crate) fn parse_ttl(name: &str, value: Expr, cx: &Ctxt) -> Option<Ttl> {
     let whole_seconds = format!(
         "`{name}` is a whole number of seconds (at least 1), e.g. {name} = 3600, or an expression of type Duration, e.g. {name} = Duration::from_millis(1500)"
     );

@@ -34,6 +34,15 @@ fn check<'a>(cx: &Ctxt, args: &'a CachedArgs, func: &'a Func) -> KeySpec<'a> {
         );
     }
 
+    args.loads.check(cx, func);
+
+    if crate::func::contains_impl_trait(&func.output) {
+        cx.error_spanned_by(
+            &func.output,
+            "#[cached] stores what this function returns and decodes it back on a hit, which needs a concrete type: an `impl Trait` return type can't be cached; return the concrete type (e.g. `Vec<u64>` rather than `impl Iterator<Item = u64>`)",
+        );
+    }
+
     if let (Some((span, _)), None) = (&args.none_ttl, args.cache_none) {
         cx.error_at(
             *span,
@@ -172,7 +181,10 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     let bind_handle = bind_cached_handle(args.cache.as_ref(), func, krate, &handle_var);
     let ttl = ttl_option(args.ttl.as_ref(), krate);
     let none_ttl = ttl_option(args.none_ttl.as_ref().map(|(_, t)| t), krate);
-    let near = args.near.unwrap_or(true);
+    // A sliding TTL is restarted on every hit, which Redis reports as a
+    // change of the key: a near copy would be dropped at each hit.
+    let near = args.near.unwrap_or(true) && args.loads.sliding.is_none();
+    let policy = args.loads.policy(krate);
     let unless = if let Some(expr) = &args.unless {
         // The closure is the macro's (call-site spans, so lints about it
         // don't fire in user code); `result` resolves from the user's tokens.
@@ -181,7 +193,14 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
     } else {
         quote!(|_| false)
     };
-    let body = func.body_future();
+    let (entry, body) = if args.loads.owned() {
+        (
+            quote!(cached_owned::<#ret, #mode, _, _, _>),
+            crate::loads::owned_body(func, krate),
+        )
+    } else {
+        (quote!(cached::<#ret, #mode, _, _>), func.body_future())
+    };
 
     let new_body = quote! {
         #bind_handle
@@ -197,7 +216,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
             #buf
         };
         #assert_storable
-        #krate::__private::cached::<#ret, #mode, _, _>(
+        #krate::__private::#entry(
             #handle_var,
             #prefix,
             #key_var,
@@ -212,6 +231,7 @@ fn generate(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream {
                 (&#krate::__private::Probe::<<#mode as #krate::__private::Mode<#ret>>::Stored>::NEW).typed_copy()
             },
             #near,
+            #policy,
             #body,
         )
         .await
@@ -348,6 +368,14 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         "{}_CACHE_PREFIX",
         name.to_string().trim_start_matches("r#").to_uppercase()
     );
+    let key_of = key_of_struct(
+        func,
+        &key_args,
+        krate,
+        &companion_name,
+        &prefix_const,
+        &cfgs,
+    );
     let prefix_doc = format!(
         "The key prefix of `{path}` (`\"{}\"`): `#[invalidates({name}(..))]` drops every entry under it.",
         prefix.value()
@@ -389,11 +417,91 @@ fn companion(args: &CachedArgs, func: &Func, spec: &KeySpec<'_>) -> TokenStream 
         #[allow(dead_code, unreachable_pub)]
         #vis const #prefix_const: &str = #prefix;
         #hint
+        #key_of
+    }
+}
+
+/// For a free, non-generic function: a hidden struct of the function's own
+/// name (a type: it shares no namespace with the function) that knows the
+/// key and the prefix, which `#[invalidates(name(..))]` names. A typo there
+/// then makes the compiler suggest the function's name itself, and
+/// arguments that don't match the key are one error that names the
+/// attribute and shows the arguments the key takes.
+fn key_of_struct(
+    func: &Func,
+    key_args: &[&Ident],
+    krate: &TokenStream,
+    companion_name: &Ident,
+    prefix_const: &Ident,
+    cfgs: &[&syn::Attribute],
+) -> TokenStream {
+    let item = &func.item;
+    let lifetime = quote!('__cache_k);
+    let mut tys = Vec::new();
+    for ident in key_args {
+        let Some(arg) = func.find_arg(&ident.to_string()) else {
+            return TokenStream::new();
+        };
+        let ty = &arg.ty;
+        let plain = |t: &Type| {
+            !t.to_token_stream()
+                .into_iter()
+                .any(|tt| mentions_lifetime_or_impl(&tt))
+        };
+        match ty {
+            Type::Reference(r) if r.mutability.is_none() && plain(&r.elem) => {
+                let elem = &r.elem;
+                tys.push(quote!(&#lifetime #elem));
+            }
+            Type::Reference(_) | Type::ImplTrait(_) | Type::TraitObject(_) => {
+                return TokenStream::new();
+            }
+            other if plain(other) => tys.push(quote!(&#lifetime #other)),
+            _ => return TokenStream::new(),
+        }
+    }
+    if func.is_method || !item.sig.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let name = &item.sig.ident;
+    let vis = &item.vis;
+    let idents = key_args;
+    quote! {
+        #(#cfgs)*
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code, unreachable_pub)]
+        #vis struct #name {
+            _cached: (),
+        }
+        #(#cfgs)*
+        impl<#lifetime> #krate::__private::KeyOf<(#(#tys,)*)> for #name {
+            fn key_of((#(#idents,)*): (#(#tys,)*)) -> ::std::string::String {
+                #companion_name(#(#idents),*)
+            }
+        }
+        #(#cfgs)*
+        impl #krate::__private::CachedPrefix for #name {
+            const PREFIX: &'static str = #prefix_const;
+        }
+    }
+}
+
+/// Whether a token is a lifetime (`'a`) or `impl`: such types can't be
+/// named in the key struct's impl.
+fn mentions_lifetime_or_impl(tt: &proc_macro2::TokenTree) -> bool {
+    match tt {
+        proc_macro2::TokenTree::Punct(p) => p.as_char() == '\'',
+        proc_macro2::TokenTree::Ident(i) => i == "impl",
+        proc_macro2::TokenTree::Group(g) => g
+            .stream()
+            .into_iter()
+            .any(|t| mentions_lifetime_or_impl(&t)),
+        proc_macro2::TokenTree::Literal(_) => false,
     }
 }
 
 /// `Option<Duration>` tokens for a TTL argument.
-fn ttl_option(ttl: Option<&Ttl>, krate: &TokenStream) -> TokenStream {
+pub(crate) fn ttl_option(ttl: Option<&Ttl>, krate: &TokenStream) -> TokenStream {
     match ttl {
         None => quote!(::core::option::Option::None),
         Some(Ttl::Secs(secs, span)) => quote_spanned! {*span=>

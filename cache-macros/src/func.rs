@@ -248,6 +248,25 @@ impl Func {
         }
     }
 
+    /// Whether the body mentions `name` (an identifier, or inside a
+    /// literal: `format!("{name}")`). Decided on tokens, so it errs
+    /// towards "yes".
+    pub(crate) fn body_mentions(&self, name: &str) -> bool {
+        let (idents, literals) = words(&self.item.block.to_token_stream());
+        idents.iter().any(|i| i == name) || literals.iter().any(|l| l.contains(name))
+    }
+
+    /// The statements of the original body (with the fake return edge), for
+    /// an `async move { .. }` block of the macro's own.
+    pub(crate) fn body_statements(&self) -> TokenStream {
+        let future = self.body_future();
+        let mut tokens = future.into_iter();
+        match (tokens.next(), tokens.next(), tokens.next()) {
+            (Some(_), Some(_), Some(proc_macro2::TokenTree::Group(block))) => block.stream(),
+            _ => TokenStream::new(),
+        }
+    }
+
     /// The original body as an `async move { .. }` expression.
     pub(crate) fn body_future(&self) -> TokenStream {
         match self.shape {
@@ -394,7 +413,7 @@ fn words(tokens: &TokenStream) -> (Vec<String>, Vec<String>) {
 }
 
 /// Whether `ty` mentions `impl Trait` (not nameable in a `let`).
-fn contains_impl_trait(ty: &Type) -> bool {
+pub(crate) fn contains_impl_trait(ty: &Type) -> bool {
     ty.to_token_stream()
         .into_iter()
         .any(|tt| contains_impl(&tt))

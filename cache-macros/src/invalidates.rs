@@ -4,10 +4,10 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::attr::{self, InvalidatesArgs};
 use crate::cached::resolve_handle;
 use crate::ctxt::Ctxt;
 use crate::func::Func;
+use crate::invalidates_args::{self, InvalidatesArgs};
 use crate::key;
 
 /// Entry point: `args` are the attribute's tokens, `item` the function.
@@ -16,7 +16,7 @@ pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
         "invalidates",
         args,
         item,
-        attr::parse_invalidates,
+        invalidates_args::parse_invalidates,
         |cx, args, func| {
             check(cx, args, func);
             (cx.error_count() == 0).then(|| generate(args, func))
@@ -41,10 +41,19 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             "`fail_closed` refuses the write through the function's error: the function must return `Result<T, E>` with `E: From<cache_core::WriteRefused>`",
         );
     }
+    if let Some((span, tags)) = &args.tags {
+        crate::loads::check_tags(tags, func, cx, true);
+        if args.outbox.is_some() {
+            cx.error_at(
+                *span,
+                "`tags` are not recorded in the outbox yet: invalidate the tags in a function of their own, or list the keys",
+            );
+        }
+    }
     if args.empty {
         cx.error_at(
             Span::call_site(),
-            "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(prefix = \"search\")]",
+            "#[invalidates] needs at least one key or prefix, e.g. #[invalidates(\"customer:{id}\")] or #[invalidates(search(..))]",
         );
     }
     for call in &args.calls {
@@ -77,6 +86,19 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
             }
         }
     }
+}
+
+/// The path of a free function without type arguments (`get_item`,
+/// `repo::get_item`): `#[cached]` gives those a hidden struct of their
+/// name. `None` for methods (`Self::..`) and generic instantiations.
+fn free_function(path: &syn::ExprPath) -> Option<&syn::Path> {
+    let segments = &path.path.segments;
+    let plain = path.qself.is_none()
+        && segments.first().is_some_and(|s| s.ident != "Self")
+        && segments
+            .iter()
+            .all(|s| matches!(s.arguments, syn::PathArguments::None));
+    plain.then_some(&path.path)
 }
 
 /// `f(..)`.
@@ -118,6 +140,11 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             syn::Expr::Path(p) => p.clone(),
             _ => unreachable!("parse_call takes paths only"),
         };
+        if let Some(target) = free_function(&path) {
+            // The hidden struct `#[cached]` gives a free function.
+            let krate = key::respan(krate, call.span());
+            return quote_spanned!(call.span()=> <#target as #krate::__private::CachedPrefix>::PREFIX);
+        }
         if let Some(last) = path.path.segments.last_mut() {
             let upper = last
                 .ident
@@ -131,16 +158,41 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
         quote_spanned!(call.span()=> #path)
     });
     let calls = calls.into_iter().map(|call| {
+        let args = call
+            .args
+            .iter()
+            .map(|arg| quote_spanned!(arg.span()=> &(#arg)));
+        if let syn::Expr::Path(path) = &*call.func
+            && let Some(target) = free_function(path)
+        {
+            // Through the hidden struct of the function: a typo suggests
+            // the function's name, wrong arguments are one error naming
+            // the attribute.
+            let krate = key::respan(krate, call.span());
+            // The arity is fixed here, so a wrong count is the trait's
+            // error (naming the attribute), not an inference of the one impl.
+            // The struct is named in a nested function's bound: a typo there
+            // gets no "missing a type parameter" suggestion aimed at the
+            // user's function (the nested one's generics are the macro's).
+            let holes = call.args.iter().map(|_| quote!(_));
+            let f = format_ident!("__cache_key_of", span = Span::mixed_site());
+            let a = format_ident!("__CacheArgs", span = Span::mixed_site());
+            return quote_spanned!(call.span()=> {
+                fn #f<#a>(args: #a) -> ::std::string::String
+                where
+                    #target: #krate::__private::KeyOf<#a>,
+                {
+                    <#target as #krate::__private::KeyOf<#a>>::key_of(args)
+                }
+                #f::<(#(#holes,)*)>((#(#args,)*))
+            });
+        }
         let mut companion = (*call.func).clone();
         if let syn::Expr::Path(path) = &mut companion
             && let Some(last) = path.path.segments.last_mut()
         {
             last.ident = format_ident!("{}_cache_key", last.ident, span = last.ident.span());
         }
-        let args = call
-            .args
-            .iter()
-            .map(|arg| quote_spanned!(arg.span()=> &(#arg)));
         quote_spanned!(call.span()=> #companion(#(#args),*))
     });
     let prefixes = &args.prefixes;
@@ -178,6 +230,18 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             }
         }
     });
+    let make_guard = match &args.tags {
+        None => quote!(#krate::__private::invalidation(#cache, #key_list, #prefix_list)),
+        Some((_, tags)) => {
+            let tags = crate::loads::tag_exprs(tags, krate);
+            quote!(#krate::__private::invalidation_with_tags(
+                #cache,
+                #key_list,
+                #prefix_list,
+                ::std::vec![#(#tags),*],
+            ))
+        }
+    };
     let new_body = quote! {
         let #cache = #handle;
         #refuse
@@ -185,7 +249,7 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
             ::std::vec![#(#keys,)* #(#calls,)*];
         let #prefix_list: &'static [&'static str] = const { &[#(#prefixes,)* #(#fn_prefixes,)*] };
         #record
-        let #guard = #krate::__private::invalidation(#cache, #key_list, #prefix_list);
+        let #guard = #make_guard;
         let #output = #body.await;
         #guard.finish().await;
         #output

@@ -44,8 +44,11 @@ mod ctxt;
 mod expand;
 mod func;
 mod invalidates;
+mod invalidates_args;
 mod key;
+mod loads;
 mod template;
+mod updates;
 
 use proc_macro::TokenStream;
 
@@ -66,9 +69,12 @@ use proc_macro::TokenStream;
 /// one key run the body once per process.
 ///
 /// The arguments (`prefix`, `ttl`, `key`, `skip`, `cache_none`, `none_ttl`,
-/// `unless`, `cache`, `version`, `near`, `crate`, `no_companions`), the
-/// generated `<name>_cache_key` companion and the compile-time errors are
-/// described, each with a runnable example, in `cache-core`'s
+/// `unless`, `cache`, `version`, `near`, `crate`, `no_companions`, and
+/// about loads `fail_safe`, `fail_safe_throttle`, `soft_timeout`,
+/// `hard_timeout`, `refresh_ahead`, `jitter`, `tags`, `ttl_from`,
+/// `sliding`), the generated `<name>_cache_key` companion and the
+/// compile-time errors are described, each with a runnable example, in
+/// `cache-core`'s
 /// [macros guide](../cache_core/macros_guide/index.html#cached).
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -80,7 +86,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```ignore
 /// use cache_core::invalidates;
 ///
-/// #[invalidates("customer:{customer.id}", prefix = "search")]
+/// #[invalidates("customer:{customer.id}", search(..))]
 /// async fn update_customer(db: &Db, customer: &Customer) -> Result<(), DbError> {
 ///     db.save(customer).await
 /// }
@@ -89,10 +95,34 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// The invalidation runs after the body, whether it returned `Ok` or `Err`,
 /// and also when the future is dropped after the body started.
 ///
-/// The arguments (key templates, `function(arguments)`, `prefix`, `cache`, `outbox`, `fail_closed`,
-/// `crate`) are described, each with a runnable example, in `cache-core`'s
+/// The arguments (key templates, `function(arguments)`, `prefix`, `tags`, `cache`, `outbox`,
+/// `fail_closed`, `crate`) are described, each with a runnable example, in `cache-core`'s
 /// [macros guide](../cache_core/macros_guide/index.html#invalidates).
 #[proc_macro_attribute]
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
     invalidates::expand(args.into(), &item.into()).into()
+}
+
+/// Replaces the cached entry of a `#[cached]` function with the value an
+/// update returns (write-through), instead of dropping it.
+///
+/// ```ignore
+/// use cache_core::{cached, updates};
+///
+/// #[cached(prefix = "customer", key = "{id}")]
+/// async fn get_customer(db: &Db, id: u64) -> Result<Customer, DbError> { db.load(id).await }
+///
+/// #[updates(get_customer(db, customer.id))]
+/// async fn save_customer(db: &Db, customer: &Customer) -> Result<Customer, DbError> {
+///     db.save(customer).await
+/// }
+/// ```
+///
+/// After the body, an `Ok` value replaces the entry (a load of the key that
+/// started earlier can no longer store its older value); an `Err` drops
+/// the entry. Described, with a runnable example, in `cache-core`'s
+/// [macros guide](../cache_core/macros_guide/index.html#updates).
+#[proc_macro_attribute]
+pub fn updates(args: TokenStream, item: TokenStream) -> TokenStream {
+    updates::expand(args.into(), &item.into()).into()
 }

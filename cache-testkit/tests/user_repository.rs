@@ -122,7 +122,7 @@ impl CustomerRepository {
         Ok(())
     }
 
-    #[invalidates(prefix = "search")]
+    #[invalidates(Self::search(..))]
     async fn reindex(&self) {}
 }
 

@@ -19,6 +19,13 @@ pub(crate) mod redis;
 pub use memory::MemoryBackend;
 pub(crate) use primary::{Primary, RawBytes};
 
+/// The system clock in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn system_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Which kind of store a backend is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,6 +235,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
             }
         };
         Ok((deleted, replicas))
+    }
+    /// Now, in milliseconds since the Unix epoch: the clock against which
+    /// the logical expiry a value carries (fail-safe, refresh-ahead) is
+    /// judged. The system clock by default; a test backend with a manual
+    /// clock returns that clock, so that advancing it makes values stale.
+    fn now_unix_ms(&self) -> u64 {
+        system_now_ms()
     }
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), BackendError>;

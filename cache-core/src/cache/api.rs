@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Cache;
-use super::read_through::ReadThrough;
+use super::shell::{ReadThrough, Ready};
 use crate::codec;
 use crate::consistency::invalidate::Invalidation;
 use crate::consistency::read::{Key, Read};
@@ -51,7 +51,7 @@ impl Cache {
             Read::Bytes(bytes) => self.decode(&entry, key, &bytes),
             // Decoded only to count foreign or corrupt bytes.
             Read::Unlabeled(bytes) => self.decode::<T>(&entry, key, &bytes).and(None),
-            Read::Leased | Read::Missing { .. } => None,
+            Read::Stale(_) | Read::Leased(_) | Read::Missing { .. } => None,
         };
         let event = if value.is_some() {
             Event::Hit
@@ -82,7 +82,7 @@ impl Cache {
         match self.inner.layer.read(entry, read_key, deadline).await.0 {
             Read::Bytes(_) => true,
             Read::Unlabeled(bytes) => !codec::is_envelope(&bytes),
-            Read::Leased | Read::Missing { .. } => false,
+            Read::Stale(_) | Read::Leased(_) | Read::Missing { .. } => false,
         }
     }
 
@@ -320,18 +320,70 @@ impl Cache {
     {
         Self::check_key(key)?;
         let prefix = Self::prefix_of(key);
-        Ok(self
-            .load_through::<T, super::typed::PlainMode, _, _>(ReadThrough {
-                prefix,
-                skey: super::typed::KeyString::from(self.storage_key(key)),
-                ttl,
-                none_ttl: None,
-                unless: |_: &T| false,
-                typed: None,
-                near: true,
-                body: load(),
-            })
-            .await)
+        let call = ReadThrough {
+            prefix,
+            skey: super::typed::KeyString::from(self.storage_key(key)),
+            ttl,
+            none_ttl: None,
+            unless: |_: &T| false,
+            typed: None,
+            near: true,
+            body: Ready(load()),
+            policy: None,
+        };
+        let (value, _) = self
+            .load_through::<T, super::typed::PlainMode, _, _>(call, None, None, None)
+            .await;
+        Ok(value)
+    }
+
+    /// [`get_or_set`](Self::get_or_set) for a loader that can fail: only
+    /// `Ok` values are stored, an `Err` is returned and never cached (the
+    /// outer `Err` is an invalid key, as for `get_or_set`). With the
+    /// cache's fail-safe ([`CacheBuilder::fail_safe`](crate::CacheBuilder::fail_safe)),
+    /// a failed reload of a stale value answers with that value instead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::CacheError> {
+    /// let cache = cache_core::Cache::memory();
+    /// let failed: Result<u32, String> =
+    ///     cache.try_get_or_set("rate:eur", None, || async { Err("db down".to_owned()) }).await?;
+    /// assert!(failed.is_err());
+    /// assert!(!cache.exists("rate:eur").await?); // the error was not stored
+    /// let ok: Result<u32, String> = cache.try_get_or_set("rate:eur", None, || async { Ok(108) }).await?;
+    /// assert_eq!(ok, Ok(108));
+    /// assert_eq!(cache.get::<u32>("rate:eur").await?, Some(108));
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_get_or_set<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<Result<T, E>, CacheError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        Self::check_key(key)?;
+        let prefix = Self::prefix_of(key);
+        let call = ReadThrough {
+            prefix,
+            skey: super::typed::KeyString::from(self.storage_key(key)),
+            ttl,
+            none_ttl: None,
+            unless: |_: &T| false,
+            typed: None,
+            near: true,
+            body: Ready(load()),
+            policy: None,
+        };
+        let (result, _) = self
+            .load_through::<Result<T, E>, super::typed::ResultMode, _, _>(call, None, None, None)
+            .await;
+        Ok(result)
     }
 
     /// Deletes every key of this namespace matching the glob `pattern`
@@ -372,6 +424,46 @@ impl Cache {
                 ..Invalidation::default()
             })
             .await)
+    }
+
+    /// Invalidates every value loaded under `tag` (`#[cached(tags = [..])]`),
+    /// however many keys carry it: one write (the tag's generation), in this
+    /// process before it returns, in other instances once Redis' message
+    /// about it arrives (the prefix generations' window). The values stay
+    /// stored until their TTL ends, never served again.
+    ///
+    /// `tag` is the tag as a template produced it: the values substituted
+    /// into a template are escaped as in keys, so build it the same way,
+    /// `format!("segment:{}", keys::escape(segment))`, when a value may hold
+    /// `:`, `*`, `?`, brackets, braces or `%`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use cache_core::{cached, Cache};
+    /// #[cached(prefix = "order", key = "{id}", tags = ["customer:{customer}"])]
+    /// async fn order(id: u64, customer: u64) -> (u64, u64) { (id, customer) }
+    ///
+    /// let cache = Cache::memory();
+    /// cache.scope(async { order(1, 7).await; order(2, 7).await; order(3, 8).await }).await;
+    /// cache.invalidate_tag("customer:7").await.unwrap();
+    /// assert!(!cache.exists(&order_cache_key(&1)).await.unwrap());
+    /// assert!(!cache.exists(&order_cache_key(&2)).await.unwrap());
+    /// assert!(cache.exists(&order_cache_key(&3)).await.unwrap());
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        Self::check_key(tag)?;
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let tags = [tag.to_owned()];
+        self.invalidate(Invalidation {
+            tags: &tags,
+            ..Invalidation::default()
+        })
+        .await;
+        Ok(())
     }
 
     /// Deletes every key of this cache's namespace, and nothing else (never `FLUSHDB`).
@@ -418,7 +510,12 @@ impl Cache {
     /// `prefixes` as one call of the invalidation operation (what
     /// `#[invalidates]` does after its body). Returns whether the backend
     /// confirmed all of it (what it did not is remembered and replayed).
-    pub(crate) async fn invalidate_all(&self, keys: &[String], prefixes: &[&str]) -> bool {
+    pub(crate) async fn invalidate_all(
+        &self,
+        keys: &[String],
+        prefixes: &[&str],
+        tags: &[String],
+    ) -> bool {
         if !self.is_enabled() {
             return true;
         }
@@ -428,6 +525,7 @@ impl Cache {
             .invalidate(Invalidation {
                 keys: &skeys,
                 prefixes,
+                tags,
                 ..Invalidation::default()
             })
             .await

@@ -160,6 +160,28 @@ impl CacheBuilder {
         self.config.wait_replicas = replicas;
         self
     }
+    /// Fail-safe for every load (a function's `fail_safe` wins): a value is
+    /// kept `max_stale` past its TTL, and a reload that fails or times out
+    /// answers with it (never with one an invalidation removed); failed
+    /// reloads of a key are then throttled for `min(30 s, ttl)`
+    /// ([`fail_safe_throttle`](Self::fail_safe_throttle)). See the macros
+    /// guide's `fail_safe`.
+    pub fn fail_safe(mut self, max_stale: Duration) -> Self {
+        self.config.fail_safe_max_stale = Some(max_stale);
+        self
+    }
+    /// How long a stale value answers after a failed load before a load is
+    /// tried again ([`CacheConfig::fail_safe_throttle`]).
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.config.fail_safe_throttle = Some(throttle);
+        self
+    }
+    /// TTL spread of every stored value: `0.1` draws each TTL from ±10%, so
+    /// entries written together do not expire together.
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.config.ttl_jitter = fraction.clamp(0.0, 0.5);
+        self
+    }
     /// First segment of every key (default `cache`).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         let namespace = namespace.into();

@@ -21,7 +21,6 @@ thread_local! {
 
 tokio::task_local! {
     pub(crate) static SCOPED: Cache;
-    pub(crate) static BYPASS: bool;
 }
 
 impl Cache {

@@ -18,9 +18,13 @@ use crate::stats::StatsRegistry;
 
 mod api;
 pub(crate) mod builder;
+pub(crate) mod call;
 pub(crate) mod health;
 pub(crate) mod install;
+pub(crate) mod loader;
+pub(crate) mod policy;
 pub(crate) mod read_through;
+pub(crate) mod shell;
 pub(crate) mod typed;
 mod values;
 

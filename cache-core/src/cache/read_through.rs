@@ -13,43 +13,22 @@
 //! and auto traits through every nested future held inline, a walk bounded
 //! by the default `recursion_limit`).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::time::{Duration, Instant};
-
 use super::Cache;
-use super::typed::{KeyString, Mode, TypedCopy};
+use super::call::Action;
+use super::loader::{JobKind, Spawn};
+use super::policy::Effective;
+use super::shell::{Body, ReadThrough, Step};
+use super::typed::{Mode, TypedCopy};
 use crate::backend::RawBytes;
 use crate::consistency::load::{AfterMiss, Found};
 use crate::consistency::read::{Key, Read};
+use crate::error::Outcome;
 use crate::stats::{Event, PrefixEntry};
-
-/// One read-through call: the key, how long to keep a loaded value, and
-/// what to run on a miss.
-pub(crate) struct ReadThrough<'p, S, F, U> {
-    /// The key's prefix (stats, generations).
-    pub(crate) prefix: &'p str,
-    /// The storage key, `{namespace}:{prefix}:{rest}`.
-    pub(crate) skey: KeyString,
-    pub(crate) ttl: Option<Duration>,
-    /// TTL of a negative entry (`None` under `cache_none`).
-    pub(crate) none_ttl: Option<Duration>,
-    /// A loaded value this returns `true` for is not stored.
-    pub(crate) unless: U,
-    pub(crate) typed: Option<TypedCopy<S>>,
-    /// Whether the near cache may serve and keep this value.
-    pub(crate) near: bool,
-    /// The load.
-    pub(crate) body: F,
-}
-
-/// A boxed step of the miss path.
-type Step<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Cache {
     /// Decodes a found value, through the typed copy kept beside a memory
     /// slot when the payload has one (a hit then clones, decoding once).
-    fn decode_found<S: serde::de::DeserializeOwned>(
+    pub(super) fn decode_found<S: serde::de::DeserializeOwned>(
         &self,
         entry: &PrefixEntry,
         skey: &str,
@@ -69,11 +48,21 @@ impl Cache {
         }
     }
 
-    /// The generic shell of a read-through call.
-    pub(crate) async fn load_through<R, M, F, U>(&self, call: ReadThrough<'_, M::Stored, F, U>) -> R
+    /// The generic shell of a read-through call: what answered it, and
+    /// how. `first`: a read already made (a background load continues a
+    /// caller's); `action`: [`refresh`](crate::refresh) or
+    /// [`prime`](crate::prime); `spawn`: how to run a load in the
+    /// background, for bodies that own what they use.
+    pub(crate) async fn load_through<R, M, B, U>(
+        &self,
+        call: ReadThrough<'_, R, M::Stored, B, U>,
+        first: Option<(Read, Option<u64>)>,
+        action: Option<Action>,
+        spawn: Option<Spawn<R, M::Stored, B::Fut, U>>,
+    ) -> (R, Outcome)
     where
         M: Mode<R>,
-        F: Future<Output = R>,
+        B: Body<R>,
         U: FnOnce(&M::Stored) -> bool,
     {
         let ReadThrough {
@@ -85,9 +74,15 @@ impl Cache {
             typed,
             near,
             body,
+            policy,
         } = call;
         if !self.is_enabled() {
-            return body.await;
+            if let Some(Action::Update(_, done)) = &action {
+                // Nothing to update; the body must not run.
+                done.store(true, std::sync::atomic::Ordering::Release);
+                return std::future::pending().await;
+            }
+            return (body.start().await, Outcome::Uncached);
         }
         let layer = &self.inner.layer;
         let entry = self.inner.stats.prefix(prefix);
@@ -97,19 +92,111 @@ impl Cache {
             prefix,
             near,
         };
+        let load = super::loader::Load {
+            entry: &entry,
+            key,
+            ttl,
+            none_ttl,
+            typed,
+            policy,
+            effective: Effective::of(policy, &self.inner.config),
+        };
+        let patience = load.effective.patience();
+        match action {
+            None => {}
+            Some(Action::Prime(payload)) => {
+                let primed: Step<'_, _> = Box::pin(self.prime_now::<R, M>(&load, payload));
+                if let Some(answer) = primed.await {
+                    return answer;
+                }
+            }
+            Some(Action::Update(payload, done)) => {
+                let updated: Step<'_, _> = Box::pin(self.update_now::<R, M>(&load, payload));
+                updated.await;
+                done.store(true, std::sync::atomic::Ordering::Release);
+                return std::future::pending().await;
+            }
+            Some(Action::Refresh) => {
+                let leased: Step<'_, _> = Box::pin(layer.lease_for_refresh(&entry, key, &deadline));
+                return match leased.await {
+                    Some(loading) => {
+                        self.run_load::<R, M, B::Fut, U>(
+                            &load,
+                            loading,
+                            body.start(),
+                            unless,
+                            patience,
+                        )
+                        .await
+                    }
+                    None => (body.start().await, Outcome::Miss),
+                };
+            }
+        }
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
-        let (mut read, mut generation) = layer.read(&entry, key, &deadline).await;
+        let (mut read, mut generation) = match first {
+            Some(first) => first,
+            None => layer.read(&entry, key, &deadline).await,
+        };
+        let mut body = Some(body);
+        let mut unless = Some(unless);
         loop {
             let miss = match read {
                 Read::Bytes(bytes) => {
                     let found = Found::Raw(bytes);
                     if let Some(v) = self.decode_found::<M::Stored>(&entry, &skey, &found, typed) {
                         self.inner.stats.record(&entry, Event::Hit);
-                        return M::from_stored(v);
+                        if let Some(policy) = policy
+                            && (policy.refresh_ahead.is_some() || policy.sliding)
+                        {
+                            self.after_hit::<R, M, B, U>(
+                                &load,
+                                &found,
+                                generation,
+                                &mut body,
+                                &mut unless,
+                                spawn,
+                            );
+                        }
+                        return (M::from_stored(v), Outcome::Hit);
                     }
                     Read::Missing { garbage: true }
+                }
+                Read::Stale(bytes) if load.effective.fail_safe.is_some() => {
+                    if let Some(answer) = self.throttled::<R, M>(&load, &bytes) {
+                        return answer;
+                    }
+                    match (
+                        &load.effective.soft_timeout,
+                        spawn,
+                        body.take(),
+                        unless.take(),
+                    ) {
+                        (Some(_), Some(spawn), Some(body_now), Some(unless_now)) => {
+                            let stale = Read::Stale(RawBytes::Owned(bytes.to_vec()));
+                            let job = load.job(JobKind::Load(stale, generation), unless_now);
+                            let mut waiting = spawn(self.clone(), job, body_now.start());
+                            let soft = patience.soft.unwrap_or_else(std::time::Instant::now);
+                            if let Ok(answer) =
+                                tokio::time::timeout_at(soft.into(), &mut waiting).await
+                            {
+                                return answer;
+                            }
+                            // The soft timeout passed: the stale value now,
+                            // while the load goes on in the background.
+                            if let Some(answer) = self.soft_timed_out::<R, M>(&load, &bytes) {
+                                return answer;
+                            }
+                            return waiting.await;
+                        }
+                        (_, _, body_now, unless_now) => {
+                            body = body_now;
+                            unless = unless_now;
+                            Read::Stale(bytes)
+                        }
+                    }
                 }
                 Read::Unlabeled(bytes) => {
                     // Decoded only to count foreign or corrupt bytes.
@@ -118,39 +205,41 @@ impl Cache {
                 }
                 other => other,
             };
+            let (Some(body_now), Some(unless_now)) = (body.take(), unless.take()) else {
+                // The body went to a background load that did not answer:
+                // nothing left to run.
+                unreachable!("a call whose body left for the background returns its answer");
+            };
             let after: Step<'_, _> =
-                Box::pin(layer.after_miss(&entry, key, miss, generation, &deadline));
+                Box::pin(layer.after_miss(&entry, key, miss, generation, &deadline, patience));
             match after.await {
                 AfterMiss::Value(found) => {
-                    if let Some(v) = self.decode_found::<M::Stored>(&entry, &skey, &found, typed) {
-                        self.inner.stats.record(&entry, Event::Hit);
-                        return M::from_stored(v);
+                    match self.answer_found::<R, M>(&load, &found, Outcome::Coalesced) {
+                        Some(answer) => return answer,
+                        None => {
+                            (read, generation) = (Read::Missing { garbage: true }, None);
+                            body = Some(body_now);
+                            unless = Some(unless_now);
+                        }
                     }
-                    (read, generation) = (Read::Missing { garbage: true }, None);
                 }
-                AfterMiss::RunUncached => return body.await,
+                AfterMiss::RunUncached => return (body_now.start().await, Outcome::Miss),
+                AfterMiss::Late(found) => {
+                    return match self.late::<R, M>(&load, found, patience) {
+                        Some(answer) => answer,
+                        None => (body_now.start().await, Outcome::Miss),
+                    };
+                }
                 AfterMiss::Load(loading) => {
-                    let started = Instant::now();
-                    let result = body.await;
-                    // The body's time is not the cache's: what was left of
-                    // the call's budget before it is left after it.
-                    let deadline = loading.deadline().extended_by(started.elapsed());
-                    self.inner.stats.record(&entry, Event::Load);
-                    let encoded = M::stored(&result).filter(|s| !unless(s)).and_then(|value| {
-                        let bytes = self
-                            .encode(&entry, &skey, value, loading.generation())
-                            .ok()?;
-                        let ttl = if M::is_negative(value) {
-                            none_ttl.or(ttl)
-                        } else {
-                            ttl
-                        };
-                        Some((bytes, ttl.unwrap_or(self.inner.config.default_ttl)))
-                    });
-                    let done: Step<'_, ()> =
-                        Box::pin(layer.complete(&entry, &skey, loading, encoded, &deadline));
-                    done.await;
-                    return result;
+                    return self
+                        .run_load::<R, M, B::Fut, U>(
+                            &load,
+                            loading,
+                            body_now.start(),
+                            unless_now,
+                            patience,
+                        )
+                        .await;
                 }
             }
         }

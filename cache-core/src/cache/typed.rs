@@ -18,6 +18,11 @@ pub trait Mode<R> {
     fn is_negative(_stored: &Self::Stored) -> bool {
         false
     }
+    /// Whether `result` is a failed load (an `Err`): fail-safe answers it
+    /// with the stale value, if there is one.
+    fn is_failure(_result: &R) -> bool {
+        false
+    }
 }
 
 /// `Result<T, E>`: only `Ok(T)` is stored.
@@ -36,6 +41,9 @@ impl<T: Serialize + DeserializeOwned, E> Mode<Result<T, E>> for ResultMode {
     }
     fn from_stored(stored: T) -> Result<T, E> {
         Ok(stored)
+    }
+    fn is_failure(result: &Result<T, E>) -> bool {
+        result.is_err()
     }
 }
 

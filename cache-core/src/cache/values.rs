@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Cache;
-use crate::codec::{DecodeError, decode, encode_labeled};
+use crate::codec::{DecodeError, Meta, decode, encode_with};
 use crate::error::CacheError;
 use crate::stats::{Event, PrefixEntry};
 
@@ -19,13 +19,28 @@ impl Cache {
         value: &T,
         generation: Option<u64>,
     ) -> Result<Vec<u8>, CacheError> {
+        let meta = Meta {
+            generation,
+            ..Meta::default()
+        };
+        self.encode_meta(entry, key, value, &meta)
+    }
+
+    /// [`encode`](Self::encode) with everything the value carries (its
+    /// logical expiry, tags).
+    pub(crate) fn encode_meta<T: Serialize + ?Sized>(
+        &self,
+        entry: &PrefixEntry,
+        key: &str,
+        value: &T,
+        meta: &Meta<'_>,
+    ) -> Result<Vec<u8>, CacheError> {
         let config = &self.inner.config;
-        let bytes = encode_labeled(config.codec, value, generation).map_err(|message| {
-            CacheError::Encode {
+        let bytes =
+            encode_with(config.codec, value, meta).map_err(|message| CacheError::Encode {
                 key: key.to_owned(),
                 message,
-            }
-        })?;
+            })?;
         if bytes.len() > config.max_value_bytes {
             self.inner.stats.record(entry, Event::Oversized);
             tracing::warn!(

@@ -40,7 +40,7 @@ impl Consistency {
     /// A generation never seen before: generations must never repeat (a
     /// value labeled with an old generation would become visible again), so
     /// they are random.
-    fn fresh_generation(&self) -> u64 {
+    pub(super) fn fresh_generation(&self) -> u64 {
         let n = self.next_token();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -107,7 +107,7 @@ impl Consistency {
     /// deadline, and a failure counted against the breaker like any other
     /// call to the backend). `None`: the read failed (tracking is then given
     /// up); `Some(None)`: no generation stored.
-    async fn read_tracked(
+    pub(super) async fn read_tracked(
         &self,
         entry: &PrefixEntry,
         gkey: &str,
@@ -156,7 +156,7 @@ impl Consistency {
 
     /// The generation stored at `gkey` (the fallback answers while the
     /// backend is away), if it holds one.
-    async fn read_generation(
+    pub(super) async fn read_generation(
         &self,
         entry: &PrefixEntry,
         gkey: &str,
@@ -178,7 +178,12 @@ impl Consistency {
 
     /// Creates the generation at `gkey` unless another process did first;
     /// returns the one in place.
-    async fn init_generation(&self, entry: &PrefixEntry, gkey: &str, deadline: &Deadline) -> u64 {
+    pub(super) async fn init_generation(
+        &self,
+        entry: &PrefixEntry,
+        gkey: &str,
+        deadline: &Deadline,
+    ) -> u64 {
         let candidate = self.fresh_generation();
         let bytes = candidate.to_string().into_bytes();
         let won = self

@@ -1,8 +1,8 @@
 //! The one invalidation operation, and the writes that change a key.
 //!
 //! Every way of removing data goes through [`Consistency::invalidate`]:
-//! `delete`, `delete_many`, `delete_pattern`, `invalidate_prefix`, `clear`
-//! and `#[invalidates]` in all its forms. It evicts this process's near
+//! `delete`, `delete_many`, `delete_pattern`, `invalidate_prefix`,
+//! `invalidate_tag`, `clear` and `#[invalidates]` in all its forms. It evicts this process's near
 //! entries and seals the flights of what it removes before it returns, so
 //! nothing this process reads afterwards can be the old value, and it hands
 //! the store what must reach the backend (the store remembers and replays
@@ -36,6 +36,8 @@ pub(crate) struct Invalidation<'a> {
     pub(crate) prefixes: &'a [&'a str],
     /// Glob patterns over storage keys to delete.
     pub(crate) patterns: &'a [String],
+    /// Tags whose values are all invalidated (their generations replaced).
+    pub(crate) tags: &'a [String],
     /// Every key of the namespace (and nothing else).
     pub(crate) everything: bool,
 }
@@ -70,6 +72,13 @@ impl Consistency {
                     glob_literal(prefix)
                 );
                 add(self.delete_pattern(&entry, &pattern).await);
+            }
+        }
+        if !what.tags.is_empty() {
+            let entry = self.stats.prefix(super::tags::TAGS_ENTRY);
+            for tag in what.tags {
+                self.stats.record(&entry, Event::Invalidation);
+                add((0, self.bump_tag(tag, &deadline).await));
             }
         }
         for pattern in what.patterns {

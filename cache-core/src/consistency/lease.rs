@@ -8,6 +8,11 @@
 //! invalidation intervened, and other processes keep waiting for it. The
 //! renewal stops when the load ends or its future is dropped; a lease whose
 //! holder is gone (a crash) expires after one TTL.
+//!
+//! A lease that replaced a value (a stale value being reloaded, or a fresh
+//! one refreshed ahead) puts that value back when its holder goes away
+//! without storing, if the lease is still there: an invalidation deletes
+//! the lease, and then nothing is put back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,8 @@ struct Held {
     skey: String,
     marker: Vec<u8>,
     renewal: Option<tokio::task::AbortHandle>,
+    /// The value the lease replaced, put back if the holder goes away.
+    replaced: Option<Arc<[u8]>>,
 }
 
 impl LeaseGuard {
@@ -32,8 +39,15 @@ impl LeaseGuard {
         LeaseGuard(None)
     }
 
-    /// A lease `marker` holds on `skey`, renewed from now on.
-    pub(crate) fn held(store: Arc<Store>, prefix: &str, skey: &str, marker: Vec<u8>) -> Self {
+    /// A lease `marker` holds on `skey` (replacing `replaced`, if given),
+    /// renewed from now on.
+    pub(crate) fn held(
+        store: Arc<Store>,
+        prefix: &str,
+        skey: &str,
+        marker: Vec<u8>,
+        replaced: Option<Arc<[u8]>>,
+    ) -> Self {
         let lease_ttl = store.settings().lease_ttl;
         let renewal = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let (store, prefix, skey, marker) = (
@@ -66,6 +80,7 @@ impl LeaseGuard {
             skey: skey.to_owned(),
             marker,
             renewal,
+            replaced,
         }))
     }
 
@@ -94,9 +109,24 @@ impl Drop for LeaseGuard {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let marker = std::mem::take(&mut held.marker);
             runtime.spawn(async move {
-                held.store
-                    .lease_release_for(&held.prefix, &held.skey, marker)
-                    .await;
+                let store = &held.store;
+                let left = held.replaced.as_deref().and_then(|replaced| {
+                    let times = crate::codec::extended(replaced)?.times?;
+                    let left = times.expires_at.saturating_sub(store.now_ms());
+                    (left > 0).then(|| (replaced, Duration::from_millis(left)))
+                });
+                match left {
+                    Some((replaced, left)) => {
+                        store
+                            .lease_put_back_for(&held.prefix, &held.skey, marker, replaced, left)
+                            .await;
+                    }
+                    None => {
+                        store
+                            .lease_release_for(&held.prefix, &held.skey, marker)
+                            .await;
+                    }
+                }
             });
         }
     }

@@ -40,9 +40,12 @@ mod lease;
 pub(crate) mod load;
 pub(crate) mod near;
 pub(crate) mod read;
+mod refresh;
+pub(crate) mod tags;
 
 use flight::Flights;
 use near::NearCache;
+use tags::HeldTags;
 
 /// The settings the consistency layer works with.
 pub(crate) struct Settings {
@@ -64,6 +67,10 @@ pub(crate) struct Consistency {
     /// The near level (Redis or a cluster, with a capacity configured).
     near: Option<Arc<NearCache>>,
     flights: Flights,
+    /// Tag generations held under tracking.
+    held_tags: Arc<HeldTags>,
+    /// Keys a refresh-ahead of this process is reloading.
+    refreshing: refresh::Refreshing,
     /// Source of lease markers and fresh generations.
     tokens: AtomicU64,
 }
@@ -78,11 +85,14 @@ impl Consistency {
         seed: u64,
     ) -> Self {
         let near = near.filter(|_| tracker.is_some()).map(Arc::new);
+        let held_tags = Arc::new(HeldTags::default());
         if let Some(tracker) = &tracker {
             tracker.listen(Arc::new(Held {
                 stats: stats.clone(),
                 near: near.clone(),
+                tags: held_tags.clone(),
                 generation_head: format!("{}:%gen:", settings.namespace),
+                tag_head: format!("{}:%tag:", settings.namespace),
             }));
             tracker.ensure_connecting();
         }
@@ -93,6 +103,8 @@ impl Consistency {
             tracker,
             near,
             flights: Flights::default(),
+            held_tags,
+            refreshing: refresh::Refreshing::default(),
             tokens: AtomicU64::new(seed),
         }
     }
@@ -100,6 +112,11 @@ impl Consistency {
     /// The store below.
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Now on the clock logical expiry is judged against.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.store.now_ms()
     }
 
     /// Whether prefix generations are in use.
@@ -139,22 +156,22 @@ impl Consistency {
 struct Held {
     stats: Arc<StatsRegistry>,
     near: Option<Arc<NearCache>>,
+    tags: Arc<HeldTags>,
     /// `{namespace}:%gen:`, to map a key Redis names back to its prefix.
     generation_head: String,
+    /// `{namespace}:%tag:`, to map a key Redis names back to its tag.
+    tag_head: String,
 }
 
 impl Listener for Held {
     fn changed(&self, key: &[u8]) {
-        match std::str::from_utf8(key)
-            .ok()
-            .and_then(|k| k.strip_prefix(&self.generation_head))
-        {
-            Some(prefix) => self.stats.prefix(prefix).generation.invalidate(),
-            None => {
-                if let Some(near) = &self.near {
-                    near.invalidate(key);
-                }
-            }
+        let name = std::str::from_utf8(key).ok();
+        if let Some(prefix) = name.and_then(|k| k.strip_prefix(&self.generation_head)) {
+            self.stats.prefix(prefix).generation.invalidate();
+        } else if let Some(tag) = name.and_then(|k| k.strip_prefix(&self.tag_head)) {
+            self.tags.invalidate(tag);
+        } else if let Some(near) = &self.near {
+            near.invalidate(key);
         }
     }
 
@@ -162,6 +179,7 @@ impl Listener for Held {
         for entry in self.stats.entries() {
             entry.generation.invalidate();
         }
+        self.tags.clear();
         if let Some(near) = &self.near {
             near.flush();
         }

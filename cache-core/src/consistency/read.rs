@@ -3,8 +3,11 @@
 //! `expire`, `get_or_set`, the code `#[cached]` generates) asks
 //! [`Consistency::read`], which applies, in one place: the prefix
 //! generation label, the near level (only while tracking is established,
-//! with tickets), lease markers (a load in progress is not a value), and
-//! garbage (bytes of another type or another generation, to overwrite).
+//! with tickets), lease markers (a load in progress is not a value, but
+//! the value a refresh carries is), logical expiry (a value past it is
+//! stale: kept for fail-safe, never a plain hit), tags (a value labeled
+//! with another generation of one of its tags is gone), and garbage (bytes
+//! of another type or another generation, to overwrite).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,10 +23,16 @@ use crate::store::Deadline;
 
 /// What a read found, before decoding.
 pub(crate) enum Read {
-    /// Bytes of a value (not a lease, of the current prefix generation).
+    /// Bytes of a value (not a lease, of the current prefix generation and
+    /// tags, not past its logical expiry).
     Bytes(RawBytes),
-    /// Another loader's lease: a load is in progress.
-    Leased,
+    /// A value past its logical expiry (or put back as stale after a failed
+    /// load), of the current generation and tags: never a plain hit; a load
+    /// replaces it, and fail-safe serves it when that load fails.
+    Stale(RawBytes),
+    /// Another loader's lease: a load is in progress. It may carry the
+    /// stale value it is replacing (fail-safe's reserve meanwhile).
+    Leased(Option<RawBytes>),
     /// Nothing usable; `garbage` when something is there that must be overwritten.
     Missing { garbage: bool },
     /// Bytes without a generation label although generations are on: never
@@ -89,7 +98,73 @@ impl Consistency {
                 read.await
             }
         };
-        (classify(raw, current), current)
+        let read = self.classify(raw, current);
+        match read.tagged() {
+            None => (read, current),
+            Some(bytes) => match self.tags_current_now(bytes) {
+                Some(true) => (read, current),
+                Some(false) => (read.without_value(), current),
+                None => {
+                    let check: Step<'_, _> = Box::pin(self.tags_current(bytes, deadline));
+                    match check.await {
+                        true => (read, current),
+                        false => (read.without_value(), current),
+                    }
+                }
+            },
+        }
+    }
+
+    /// What raw bytes are to a reader that expects generation `current`.
+    #[inline]
+    fn classify(&self, raw: Option<RawBytes>, current: Option<u64>) -> Read {
+        match raw {
+            None => Read::Missing { garbage: false },
+            Some(bytes) if codec::is_lease(&bytes) => self.classify_lease(bytes, current),
+            Some(bytes) => match codec::label(&bytes, current) {
+                codec::Label::Current if codec::is_extended(&bytes) => self.classify_timed(bytes),
+                codec::Label::Current => Read::Bytes(bytes),
+                codec::Label::Other => Read::Missing { garbage: true },
+                codec::Label::Unlabeled => Read::Unlabeled(bytes),
+            },
+        }
+    }
+
+    /// A value of the extended envelope: fresh, stale (past its logical
+    /// expiry, or put back after a failed load) or gone.
+    fn classify_timed(&self, bytes: RawBytes) -> Read {
+        let Some(header) = codec::extended(&bytes) else {
+            return Read::Unlabeled(bytes);
+        };
+        let Some(times) = header.times else {
+            return Read::Bytes(bytes);
+        };
+        let now = self.store.now_ms();
+        if now >= times.expires_at {
+            Read::Missing { garbage: true }
+        } else if header.throttled || now >= times.fresh_until {
+            Read::Stale(bytes)
+        } else {
+            Read::Bytes(bytes)
+        }
+    }
+
+    /// A lease marker: a load in progress. When it carries the value it
+    /// replaces (a refresh), that value is what readers see while it is
+    /// fresh, and the stale reserve once it is not.
+    #[cold]
+    fn classify_lease(&self, bytes: RawBytes, current: Option<u64>) -> Read {
+        let Some(carried) = codec::carried(&bytes) else {
+            return Read::Leased(None);
+        };
+        if codec::label(carried, current) != codec::Label::Current {
+            return Read::Leased(None);
+        }
+        match self.classify_timed(RawBytes::Owned(carried.to_vec())) {
+            Read::Bytes(value) => Read::Bytes(value),
+            Read::Stale(value) => Read::Leased(Some(value)),
+            _ => Read::Leased(None),
+        }
     }
 
     /// A read that may wait: the prefix generation first (a value read
@@ -207,16 +282,25 @@ impl Consistency {
     }
 }
 
-/// What raw bytes are to a reader that expects generation `current`.
-#[inline]
-fn classify(raw: Option<RawBytes>, current: Option<u64>) -> Read {
-    match raw {
-        None => Read::Missing { garbage: false },
-        Some(bytes) if codec::is_lease(&bytes) => Read::Leased,
-        Some(bytes) => match codec::label(&bytes, current) {
-            codec::Label::Current => Read::Bytes(bytes),
-            codec::Label::Other => Read::Missing { garbage: true },
-            codec::Label::Unlabeled => Read::Unlabeled(bytes),
-        },
+impl Read {
+    /// The value bytes this read would hand out, when they carry tags
+    /// (whose generations must then be checked).
+    #[inline]
+    fn tagged(&self) -> Option<&RawBytes> {
+        let bytes = match self {
+            Read::Bytes(b) | Read::Stale(b) | Read::Leased(Some(b)) => b,
+            _ => return None,
+        };
+        (codec::is_extended(bytes) && codec::extended(bytes).is_some_and(|h| h.has_tags()))
+            .then_some(bytes)
+    }
+
+    /// This read after its value turned out to be invalidated (one of its
+    /// tags changed): a miss to overwrite, or a lease without a reserve.
+    fn without_value(self) -> Read {
+        match self {
+            Read::Leased(_) => Read::Leased(None),
+            _ => Read::Missing { garbage: true },
+        }
     }
 }

@@ -264,7 +264,7 @@ pub(crate) async fn deliver(cache: &Cache, rows: Vec<(i64, String)>) -> Vec<i64>
             }
         };
         let prefixes: Vec<&str> = record.prefixes.iter().map(String::as_str).collect();
-        if cache.invalidate_all(&record.keys, &prefixes).await {
+        if cache.invalidate_all(&record.keys, &prefixes, &[]).await {
             done.push(id);
         }
     }

@@ -136,6 +136,58 @@ impl Store {
         .is_ok()
     }
 
+    /// Takes the lease on `skey` by replacing the value `expected` with
+    /// `marker` (a compare-and-set on the whole value): `Ok(false)` when
+    /// the key holds anything else by now (another loader's lease, a new
+    /// value, nothing).
+    pub(crate) async fn lease_swap(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        expected: &[u8],
+        marker: &[u8],
+        deadline: &Deadline,
+    ) -> Result<bool, BackendError> {
+        if self.scripts_off() {
+            return Err(BackendError::new(
+                ErrorKind::Auth,
+                "leases off: the Redis user may not run scripts (NOPERM)",
+            ));
+        }
+        let lease_ttl = self.settings.lease_ttl;
+        let result = self
+            .call(entry, deadline, None, |b| async move {
+                b.set_if_lease(skey, expected.to_vec(), marker.to_vec(), lease_ttl)
+                    .await
+            })
+            .await;
+        match (result, self.fallback()) {
+            (Err(e), Some(fallback)) if Self::unavailable(&e) => {
+                fallback
+                    .set_if_lease(skey, expected.to_vec(), marker.to_vec(), lease_ttl)
+                    .await
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Puts `value` back at `skey` for `ttl` if the lease `marker` still
+    /// holds it (its holder went away without storing).
+    pub(crate) async fn lease_put_back_for(
+        &self,
+        prefix: &str,
+        skey: &str,
+        marker: Vec<u8>,
+        value: &[u8],
+        ttl: Duration,
+    ) {
+        let entry = self.stats.prefix(prefix);
+        let deadline = self.deadline();
+        let _ = self
+            .lease_store(&entry, skey, &marker, value.to_vec(), ttl, &deadline)
+            .await;
+    }
+
     /// Extends the lease `marker` holds on `skey` by the lease TTL, where it
     /// was taken: `Ok(false)` when it is no longer held (an invalidation
     /// removed it).

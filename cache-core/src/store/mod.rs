@@ -213,6 +213,16 @@ impl Store {
         self.primary.memory()
     }
 
+    /// Now on the clock logical expiry is judged against (see
+    /// [`Backend::now_unix_ms`]): the system clock for the built-in
+    /// backends.
+    pub(crate) fn now_ms(&self) -> u64 {
+        match &self.primary {
+            Primary::Custom(custom) => custom.now_unix_ms(),
+            _ => crate::backend::system_now_ms(),
+        }
+    }
+
     /// A deadline for one cache call.
     pub(crate) fn deadline(&self) -> Deadline {
         Deadline::after(self.settings.timeout)

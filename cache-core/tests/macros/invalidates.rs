@@ -161,7 +161,7 @@ async fn query(segment: &str) -> Vec<String> {
     vec![segment.to_owned()]
 }
 
-#[invalidates("customer:{id}", "churn:{id}", prefix = "search", prefix = "query")]
+#[invalidates("customer:{id}", "churn:{id}", prefix = SEARCH_CACHE_PREFIX, prefix = QUERY_CACHE_PREFIX)]
 async fn save(id: u64) -> Result<u64, String> {
     Ok(id)
 }

@@ -44,6 +44,8 @@ async fn redis_keys(pattern: &str) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // The cache's own bookkeeping: prefix generations and the server's
+    // run marker (restart detection).
     keys.retain(|k| !k.contains(":%gen:") && !k.ends_with(":%run"));
     keys.sort();
     keys
@@ -150,7 +152,7 @@ async fn search(_db: &(), q: &str, page: u32) -> Vec<String> {
     vec![format!("{q}{page}")]
 }
 
-#[invalidates(prefix = "search")]
+#[invalidates(prefix = SEARCH_CACHE_PREFIX)]
 async fn reindex() {}
 
 #[tokio::test]

@@ -16,8 +16,10 @@
 //!   the instance);
 //! - invalidations: `delete`, `delete_many`, `delete_pattern`,
 //!   `invalidate_prefix`, `clear`, and `#[invalidates]` with a key template,
-//!   with `prefix = ..`, with a function reference (`f(id)`) and with a whole
-//!   function (`f(..)`).
+//!   with `prefix = ..`, with a function reference (`f(id)`), with a whole
+//!   function (`f(..)`), and by tag: `invalidate_tag` and
+//!   `#[invalidates(tags = [..])]` (for these the old value is stored by a
+//!   `#[cached]` function loading under the tag, whatever the read).
 //!
 //! A case stores the old value (1), then warms every instance: Redis
 //! instances first wait until client tracking is live, so the reads hold
@@ -79,10 +81,20 @@ async fn cached_read(cache: &Cache, db: &AtomicU64, id: u64) -> u64 {
     db.load(Ordering::SeqCst)
 }
 
+/// The same key, loaded under a tag (what the tag invalidations drop).
+#[cached(prefix = "pm", key = "{id}", cache = cache, tags = ["pm-item:{id}"])]
+async fn tagged_read(cache: &Cache, db: &AtomicU64, id: u64) -> u64 {
+    let _ = id;
+    db.load(Ordering::SeqCst)
+}
+
+#[invalidates(tags = ["pm-item:{id}"], cache = cache)]
+async fn write_by_tag(cache: &Cache, id: u64) {}
+
 #[invalidates("pm:{id}", cache = cache)]
 async fn write_by_key(cache: &Cache, id: u64) {}
 
-#[invalidates(prefix = "pm", cache = cache)]
+#[invalidates(prefix = CACHED_READ_CACHE_PREFIX, cache = cache)]
 async fn write_by_prefix(cache: &Cache) {}
 
 #[invalidates(cached_read(id), cache = cache)]
@@ -289,9 +301,11 @@ enum Invalidation {
     MacroPrefix,
     MacroFn,
     MacroFnAll,
+    InvalidateTag,
+    MacroTag,
 }
 
-const INVALIDATIONS: [Invalidation; 9] = [
+const INVALIDATIONS: [Invalidation; 11] = [
     Invalidation::Delete,
     Invalidation::DeleteMany,
     Invalidation::DeletePattern,
@@ -301,6 +315,8 @@ const INVALIDATIONS: [Invalidation; 9] = [
     Invalidation::MacroPrefix,
     Invalidation::MacroFn,
     Invalidation::MacroFnAll,
+    Invalidation::InvalidateTag,
+    Invalidation::MacroTag,
 ];
 
 impl Invalidation {
@@ -312,9 +328,11 @@ impl Invalidation {
             Invalidation::InvalidatePrefix => "invalidate_prefix",
             Invalidation::Clear => "clear",
             Invalidation::MacroKey => "#[invalidates(\"pm:{id}\")]",
-            Invalidation::MacroPrefix => "#[invalidates(prefix = \"pm\")]",
+            Invalidation::MacroPrefix => "#[invalidates(prefix = CACHED_READ_CACHE_PREFIX)]",
             Invalidation::MacroFn => "#[invalidates(cached_read(id))]",
             Invalidation::MacroFnAll => "#[invalidates(cached_read(..))]",
+            Invalidation::InvalidateTag => "invalidate_tag",
+            Invalidation::MacroTag => "#[invalidates(tags = [\"pm-item:{id}\"])]",
         }
     }
 
@@ -329,7 +347,14 @@ impl Invalidation {
             Invalidation::MacroPrefix => "mprefix",
             Invalidation::MacroFn => "mfn",
             Invalidation::MacroFnAll => "mfnall",
+            Invalidation::InvalidateTag => "tag",
+            Invalidation::MacroTag => "mtag",
         }
+    }
+
+    /// Whether it drops values by tag (the old value must carry it).
+    fn by_tag(self) -> bool {
+        matches!(self, Invalidation::InvalidateTag | Invalidation::MacroTag)
     }
 
     /// Runs the invalidation on `cache`; an error is a failure of the case.
@@ -354,6 +379,11 @@ impl Invalidation {
             }
             Invalidation::MacroFnAll => {
                 write_by_fn_all(cache).await;
+                Ok(())
+            }
+            Invalidation::InvalidateTag => cache.invalidate_tag("pm-item:7").await,
+            Invalidation::MacroTag => {
+                write_by_tag(cache, ID).await;
                 Ok(())
             }
         }
@@ -421,7 +451,12 @@ async fn case(
             }
         }
     }
-    if read.loads() {
+    if invalidation.by_tag() {
+        let first = tagged_read(&a, &db, ID).await;
+        if first != OLD {
+            problems.push(format!("set-up: the tagged load returned {first}"));
+        }
+    } else if read.loads() {
         let first = read.read(&a, &db).await;
         if !matches!(first.verdict, Verdict::Old) {
             problems.push(format!(

@@ -66,6 +66,9 @@ impl State {
 pub(super) struct TestBackend {
     namespace: String,
     state: Mutex<State>,
+    /// The Unix time (ms) the manual clock started at: the clock values'
+    /// logical expiry is judged against is this plus the manual clock.
+    epoch_ms: u64,
 }
 
 impl fmt::Debug for TestBackend {
@@ -111,6 +114,9 @@ impl TestBackend {
         TestBackend {
             namespace,
             state: Mutex::new(State::default()),
+            epoch_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 
@@ -430,6 +436,10 @@ impl Backend for TestBackend {
             Op::ReleaseLease { released },
         );
         Ok(())
+    }
+
+    fn now_unix_ms(&self) -> u64 {
+        self.epoch_ms + self.lock().now.as_millis() as u64
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

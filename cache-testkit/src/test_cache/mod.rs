@@ -47,8 +47,9 @@ pub const BACKEND_NAME: &str = "test";
 ///
 /// # Clock
 /// Entries expire against a manual clock that only moves with
-/// [`advance`](Self::advance): TTLs, `expire`, `ttl` and lease markers all use
-/// it, so expiry is instant and deterministic. It does *not* move the
+/// [`advance`](Self::advance): TTLs, `expire`, `ttl`, lease markers and the
+/// logical expiry values carry (fail-safe's stale point, its throttle,
+/// refresh-ahead) all use it, so expiry is instant and deterministic. It does *not* move the
 /// circuit breaker's cooldown, the cache's timeout or the in-memory fallback's
 /// TTLs, which run on real time (configure short ones with the
 /// [builder](Self::builder)).

@@ -2,6 +2,9 @@
 //! builds; no companion is generated there.
 use cache_core::{async_trait, cached, invalidates};
 
+/// The prefix of `search`, for `#[invalidates(prefix = ..)]`.
+const SEARCH: &str = "search";
+
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn load(&self, id: u64) -> Result<String, String>;
@@ -25,7 +28,7 @@ impl Store for Repo {
         vec![format!("{q}{page}")]
     }
 
-    #[invalidates("load:{id}", prefix = "search")]
+    #[invalidates("load:{id}", prefix = SEARCH)]
     async fn save(&self, id: u64) -> Result<(), String> {
         if id == 0 {
             return Err("zero".to_owned());

@@ -1,5 +1,5 @@
 //! Every form of `#[invalidates]`.
-use cache_core::{Cache, invalidates};
+use cache_core::{Cache, cached, invalidates};
 
 pub struct Customer {
     pub id: u64,
@@ -12,10 +12,21 @@ async fn update(customer: &Customer) -> Result<(), String> {
     Ok(())
 }
 
-#[invalidates(prefix = "search")]
+#[cached(prefix = "search")]
+async fn search(q: &str) -> Vec<String> {
+    vec![q.to_owned()]
+}
+
+/// A prefix no `#[cached]` function here declares.
+const QUERY: &str = "query";
+
+#[invalidates(prefix = SEARCH_CACHE_PREFIX)]
 async fn reindex() {}
 
-#[invalidates("tag:{customer.tags.0}:{customer.tags.1}", prefix = "search", prefix = "query", cache = cache)]
+#[invalidates(search(..))]
+async fn reindex_by_function() {}
+
+#[invalidates("tag:{customer.tags.0}:{customer.tags.1}", prefix = SEARCH_CACHE_PREFIX, prefix = QUERY, cache = cache)]
 async fn retag(cache: &Cache, customer: Customer) -> Customer {
     customer
 }
@@ -33,6 +44,8 @@ async fn main() {
         .scope(async {
             update(&Customer { id: 1, tags: (String::new(), 0) }).await.unwrap();
             reindex().await;
+            reindex_by_function().await;
+            assert_eq!(search("a").await, vec!["a".to_owned()]);
             with_mut(&mut Vec::new(), 1).await;
         })
         .await;
