@@ -181,6 +181,7 @@ impl Cache {
             .with_fallback(
                 &entry,
                 &deadline,
+                crate::store::On::Key(skey),
                 |b| async move { b.expire(skey, ttl).await },
                 |f| async move { crate::backend::Backend::expire(&f, skey, cap).await },
             )
@@ -206,6 +207,7 @@ impl Cache {
             .with_fallback(
                 &entry,
                 &deadline,
+                crate::store::On::Key(skey),
                 |b| async move { b.ttl(skey).await },
                 |f| async move { crate::backend::Backend::ttl(&f, skey).await },
             )

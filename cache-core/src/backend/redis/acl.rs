@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Value};
 
+use super::cluster::slot_of;
+use super::connection::SingleNode;
 use super::{RedisBackend, SET_IF_LEASE, Topology, keyed_cmd};
 use crate::error::{BackendError, ErrorKind, FIX_PERMISSION};
 
@@ -80,25 +81,32 @@ impl RedisBackend {
             ),
         ];
         if let Topology::Cluster(_) = self.topology {
-            probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
+            probes.push(("cluster|slots", redis::cmd("CLUSTER").arg("SLOTS").clone()));
         }
+        // On a cluster, the master serving the probe key answers.
+        let master = match &self.topology {
+            Topology::Cluster(cluster) => cluster.owner_of(slot_of(key.as_bytes())),
+            Topology::Single(_) => None,
+        };
         let mut missing = Vec::new();
         for (name, cmd) in &probes {
             // Not through `query`: a refused probe is an answer, not an
             // error to log (the caller reports the list once).
-            let answer: redis::RedisResult<Value> = match &self.topology {
-                Topology::Single(node) => {
-                    let (mut conn, _) = match node.current() {
-                        Some(found) => found,
-                        None => node.connection().await?,
-                    };
-                    cmd.query_async(&mut conn).await
-                }
-                Topology::Cluster(node) => {
-                    let mut conn = ClusterConnection::clone(&node.conn.load());
-                    cmd.query_async(&mut conn).await
+            let node: &SingleNode = match (&self.topology, &master) {
+                (Topology::Single(node), _) => node,
+                (Topology::Cluster(_), Some(master)) => &master.link,
+                (Topology::Cluster(_), None) => {
+                    return Err(BackendError::new(
+                        ErrorKind::Connection,
+                        "no Redis Cluster master known",
+                    ));
                 }
             };
+            let (mut conn, _) = match node.current() {
+                Some(found) => found,
+                None => node.connection().await?,
+            };
+            let answer: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
             match answer.map_err(BackendError::from) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::Auth && e.message.ends_with(FIX_PERMISSION) => {

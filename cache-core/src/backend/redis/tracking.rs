@@ -24,11 +24,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{
-    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
-};
+use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 
 use super::RedisBackend;
+use super::cluster::at;
 use super::tls::client_with_tls;
 use crate::clock;
 use crate::config::TlsMaterial;
@@ -460,22 +459,4 @@ fn resp3(info: ConnectionInfo) -> ConnectionInfo {
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
     info.set_redis_settings(settings)
-}
-
-/// `template`'s kind of address (TLS or not, with its settings) at
-/// `host:port`.
-fn at(template: &ConnectionAddr, host: &str, port: u16) -> ConnectionAddr {
-    match template {
-        ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: *insecure,
-            tls_params: tls_params.clone(),
-        },
-        _ => ConnectionAddr::Tcp(host.to_owned(), port),
-    }
 }
