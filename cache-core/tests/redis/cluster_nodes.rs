@@ -68,8 +68,17 @@ async fn keys_on_healthy_masters_keep_their_latency_while_a_master_is_down() {
 
     cluster.stop_node(victim);
     let killed = Instant::now();
-    // Reads of the dead master's keys go on meanwhile, as they would in a
-    // service: they fail, time out, open breakers.
+    // The dead master's keys are read and written until their failures
+    // open a breaker, as a service's traffic would.
+    while cache.stats().circuit == CircuitState::Closed && killed.elapsed() < Duration::from_secs(2)
+    {
+        for (i, key) in cold_keys.iter().enumerate() {
+            let _ = cache.get::<u64>(key).await;
+            let same = (hot_keys.len() + i) as u64;
+            cache.set(key, &same, None).await.unwrap();
+        }
+    }
+    // Reads of the dead master's keys go on meanwhile.
     let cold_reader = {
         let (cache, keys) = (cache.clone(), cold_keys.clone());
         tokio::spawn(async move {
