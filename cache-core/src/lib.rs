@@ -56,6 +56,18 @@
 //!   Redis refuses while answering (out of memory) makes
 //!   [`Cache::health`] report degraded with Redis' reason until a write
 //!   succeeds. Redis down at start is not an error.
+//! - **Redis Cluster**: a key goes to the master serving its hash slot, on
+//!   that master's own shared connection, and each master has its own
+//!   circuit breaker, so a dead or stalled master costs only the keys it
+//!   serves (and the prefixes whose generation key it holds, whose reads
+//!   cannot be checked meanwhile); the other masters keep their latency.
+//!   An invalidation is delivered per master: a key counts as delivered
+//!   once its master confirmed it, the rest is replayed to whichever master
+//!   serves its slot next (the promoted replica after a failover), and only
+//!   the slots with something to replay go to the fallback until then. A
+//!   missed pattern delete keeps every slot there until every master
+//!   confirmed it. `CLUSTERDOWN` answers (a failed master not replaced yet,
+//!   with full coverage required) use the fallback without blaming a node.
 //! - **Consistency**: misses take a lease (a marker stored at the key with
 //!   `SET NX`); the store is a compare-and-set on that lease, and an
 //!   invalidation deletes it, so a load that started before an invalidation
@@ -130,6 +142,12 @@
 //!   by the invalidation that removes them, and a missed prefix
 //!   invalidation is replayed as a generation change. Reconnection, which
 //!   needs none of that, stays below, in the Redis backend's connections.
+//! - The cluster is routed by this crate (slot map from `CLUSTER SLOTS`,
+//!   one shared connection per master), not by redis-rs' cluster client:
+//!   that client serves all nodes from one task whose slot refresh, which
+//!   dials every node including a dead or stalled one, holds up every
+//!   command; and a multi-key command it splits across nodes reports one
+//!   result, so a store could not tell which keys a dead node missed.
 //! - Client tracking on a cluster uses broadcast mode on every master:
 //!   the node a key lives on reports its changes, so a tracking connection
 //!   per master is needed whatever the mode, and broadcast mode lets reads

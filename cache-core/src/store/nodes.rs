@@ -159,48 +159,6 @@ impl Store {
         worst
     }
 
-    /// Deletes `skeys` on a cluster, one call per master (at once), each
-    /// admitted by its master's breaker; the keys of a master that did not
-    /// confirm are remembered (gating their slots). How many existed, and
-    /// whether every master confirmed.
-    pub(super) async fn delete_per_node(
-        &self,
-        entry: &crate::stats::PrefixEntry,
-        cluster: &Cluster,
-        skeys: &[String],
-        deadline: &super::Deadline,
-    ) -> Option<(u64, bool)> {
-        let groups = cluster.by_node(skeys.iter().map(|k| k.as_bytes())).ok()?;
-        let calls = groups
-            .into_iter()
-            .map(|(_, at)| {
-                let keys: Vec<String> = at.into_iter().map(|i| skeys[i].clone()).collect();
-                Box::pin(async move {
-                    let first = keys[0].clone();
-                    let keys_ref = &keys;
-                    let result = self
-                        .call(entry, deadline, On::Key(&first), |b| async move {
-                            b.delete(keys_ref).await
-                        })
-                        .await;
-                    (keys, result)
-                }) as Boxed<'_, (Vec<String>, Result<u64, BackendError>)>
-            })
-            .collect();
-        let mut deleted = 0;
-        let mut delivered = true;
-        for (keys, result) in join_all(calls).await {
-            match result {
-                Ok(n) => deleted += n,
-                Err(_) => {
-                    delivered = false;
-                    self.remember(super::recovery::Missed::Keys(&keys));
-                }
-            }
-        }
-        Some((deleted, delivered))
-    }
-
     /// One round of cluster recovery (see the module docs): `Ok` when
     /// nothing is gated and every master's breaker is closed.
     pub(super) async fn recover_nodes(
@@ -211,9 +169,7 @@ impl Store {
         let Some(nodes) = &guard.nodes else {
             return Ok(());
         };
-        if let Err(e) = cluster.refresh().await {
-            return Err(e);
-        }
+        cluster.refresh().await?;
         let masters = cluster.map().masters().to_vec();
         let pings = masters
             .iter()
@@ -316,10 +272,10 @@ impl Store {
     }
 }
 
-type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub(super) type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Polls every future together; their outputs, in order.
-async fn join_all<T>(mut pending: Vec<Boxed<'_, T>>) -> Vec<T> {
+pub(super) async fn join_all<T>(mut pending: Vec<Boxed<'_, T>>) -> Vec<T> {
     let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
     std::future::poll_fn(|cx: &mut std::task::Context<'_>| {
         let mut all = true;

@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::nodes::{Boxed, join_all};
 use super::recovery::Missed;
 use super::{Deadline, On, Store};
+use crate::backend::redis::cluster::Cluster;
 use crate::backend::{Backend, MemoryBackend, RawBytes};
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{Event, PrefixEntry};
@@ -359,6 +361,48 @@ impl Store {
                 (fallback_deleted, false)
             }
         }
+    }
+
+    /// Deletes `skeys` on a cluster, one call per master (at once), each
+    /// admitted by its master's breaker; the keys of a master that did not
+    /// confirm are remembered (gating their slots). How many existed, and
+    /// whether every master confirmed.
+    async fn delete_per_node(
+        &self,
+        entry: &PrefixEntry,
+        cluster: &Cluster,
+        skeys: &[String],
+        deadline: &Deadline,
+    ) -> Option<(u64, bool)> {
+        let groups = cluster.by_node(skeys.iter().map(|k| k.as_bytes())).ok()?;
+        let calls = groups
+            .into_iter()
+            .map(|(_, at)| {
+                let keys: Vec<String> = at.into_iter().map(|i| skeys[i].clone()).collect();
+                Box::pin(async move {
+                    let first = keys[0].clone();
+                    let keys_ref = &keys;
+                    let result = self
+                        .call(entry, deadline, On::Key(&first), |b| async move {
+                            b.delete(keys_ref).await
+                        })
+                        .await;
+                    (keys, result)
+                }) as Boxed<'_, (Vec<String>, Result<u64, BackendError>)>
+            })
+            .collect();
+        let mut deleted = 0;
+        let mut delivered = true;
+        for (keys, result) in join_all(calls).await {
+            match result {
+                Ok(n) => deleted += n,
+                Err(_) => {
+                    delivered = false;
+                    self.remember(Missed::Keys(&keys));
+                }
+            }
+        }
+        Some((deleted, delivered))
     }
 
     /// Deletes every key matching `pattern` (SCAN + UNLINK), in the

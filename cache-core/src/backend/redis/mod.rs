@@ -32,6 +32,7 @@ use crate::redact::redact_url;
 mod connection;
 mod acl;
 pub(crate) mod cluster;
+mod slots;
 pub(crate) mod tls;
 pub(crate) mod tracking;
 
