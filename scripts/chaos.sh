@@ -12,6 +12,12 @@
 #   scripts/chaos.sh                  # every fault
 #   scripts/chaos.sh baseline sigstop # only these
 #
+# The `failover` faults run on a Redis Sentinel setup of their own (a
+# primary, a replica, three redis-sentinels) with a second service instance
+# that finds Redis through the sentinels (`failover-wait`: with
+# CACHE_WAIT_REPLICAS=1); `SENTINEL FAILOVER` moves the primary while the
+# checker runs. They need redis-sentinel and are skipped without it.
+#
 # Environment: CHAOS_SECS (checker seconds per fault, default 8),
 # CHAOS_CONNECTIONS (16), CHAOS_IDS (8), CHAOS_WRITE_PCT (5),
 # CHAOS_RECOVERY_SECS (longest wait for /health "ok" after a fault, 45),
@@ -20,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_FAULTS=(baseline kill9 sigstop client-kill flushall oom acl foreign-keys)
+ALL_FAULTS=(baseline kill9 sigstop client-kill flushall oom acl foreign-keys failover failover-wait)
 FAULTS=("$@")
 if [ ${#FAULTS[@]} -eq 0 ]; then FAULTS=("${ALL_FAULTS[@]}"); fi
 for f in "${FAULTS[@]}"; do
@@ -48,10 +54,14 @@ mkdir -p "$OUT"
 REDIS_PID=""
 SERVICE_PID=""
 BG_PIDS=()
+# The Sentinel setup of the failover faults (see start_sentinel_setup).
+SENTINEL_PIDS=()
+FAILOVER_SERVICE_PID=""
 
 cleanup() {
   set +e
   for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  stop_sentinel_setup
   if [ -n "$REDIS_PID" ]; then kill -CONT "$REDIS_PID" 2>/dev/null; fi
   if [ -n "$SERVICE_PID" ]; then kill "$SERVICE_PID" 2>/dev/null; wait "$SERVICE_PID" 2>/dev/null; fi
   if [ -n "$REDIS_PID" ]; then kill -9 "$REDIS_PID" 2>/dev/null; fi
@@ -82,7 +92,9 @@ start_redis() {
   exit 1
 }
 
-health() { curl -s -m 2 "http://127.0.0.1:$SERVICE_PORT/health" 2>/dev/null || true; }
+# The service the current fault's checker talks to.
+CHECK_PORT=""
+health() { curl -s -m 2 "http://127.0.0.1:${CHECK_PORT:-$SERVICE_PORT}/health" 2>/dev/null || true; }
 
 # Waits until /health says "ok" (cache healthy); prints the seconds waited.
 wait_healthy() {
@@ -112,6 +124,75 @@ for _ in $(seq 200); do
 done
 health | grep -q status || { echo "customer-service did not start; see $OUT/service.log" >&2; exit 1; }
 echo "redis on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID), service on 127.0.0.1:$SERVICE_PORT (pid $SERVICE_PID)" >&2
+
+# ---- the Redis Sentinel setup of the failover faults: a primary and its
+# replica (redis-server), three redis-sentinels watching them as `chaos`
+# (quorum 2, tuned like the test kit's: down after 1 s, INFO every 100 ms,
+# hello messages every 500 ms), and a second service instance, on its own
+# SQLite file, that finds the primary through the sentinels. $1: the
+# service's CACHE_WAIT_REPLICAS.
+stop_sentinel_setup() {
+  if [ -n "$FAILOVER_SERVICE_PID" ]; then
+    kill "$FAILOVER_SERVICE_PID" 2>/dev/null; wait "$FAILOVER_SERVICE_PID" 2>/dev/null
+  fi
+  FAILOVER_SERVICE_PID=""
+  for p in "${SENTINEL_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  SENTINEL_PIDS=()
+}
+
+start_sentinel_setup() {
+  local wait_replicas="$1" dir="$WORK/sentinel" p1 p2 s port svc urls=""
+  rm -rf "$dir"; mkdir -p "$dir"
+  p1="$("$LOADGEN" free-port)"; p2="$("$LOADGEN" free-port)"
+  for port in "$p1" "$p2"; do
+    local extra=()
+    if [ "$port" = "$p2" ]; then extra=(--replicaof 127.0.0.1 "$p1"); fi
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --repl-diskless-sync-delay 0 --daemonize no --dir "$dir" \
+      --logfile "$OUT/sentinel-redis-$port.log" "${extra[@]}" </dev/null >/dev/null 2>&1 &
+    SENTINEL_PIDS+=($!); disown $!
+  done
+  for _ in $(seq 200); do
+    timeout 5 redis-cli -p "$p2" INFO replication 2>/dev/null | grep -q 'master_link_status:up' && break
+    sleep 0.05
+  done
+  SENTINEL_PORTS=()
+  for _ in 1 2 3; do
+    s="$("$LOADGEN" free-port)"
+    printf 'port %s\nbind 127.0.0.1\nprotected-mode no\ndir %s\nlogfile %s\nsentinel monitor chaos 127.0.0.1 %s 2\nsentinel down-after-milliseconds chaos 1000\nsentinel failover-timeout chaos 5000\n' \
+      "$s" "$dir" "$OUT/sentinel-$s.log" "$p1" >"$dir/sentinel-$s.conf"
+    redis-sentinel "$dir/sentinel-$s.conf" </dev/null >/dev/null 2>&1 &
+    SENTINEL_PIDS+=($!); disown $!
+    SENTINEL_PORTS+=("$s")
+    urls="${urls:+$urls,}redis://127.0.0.1:$s"
+  done
+  for s in "${SENTINEL_PORTS[@]}"; do
+    for _ in $(seq 100); do timeout 5 redis-cli -p "$s" PING 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+    timeout 5 redis-cli -p "$s" SENTINEL DEBUG info-period 100 publish-period 500 tilt-trigger 10000 >/dev/null 2>&1 || true
+  done
+  # Every sentinel knows the replica and the two others.
+  for s in "${SENTINEL_PORTS[@]}"; do
+    for _ in $(seq 400); do
+      if [ "$(timeout 5 redis-cli -p "$s" SENTINEL SENTINELS chaos 2>/dev/null | grep -c '^name$')" -ge 2 ] &&
+        timeout 5 redis-cli -p "$s" SENTINEL REPLICAS chaos 2>/dev/null | grep -q "^$p2\$"; then
+        break
+      fi
+      sleep 0.05
+    done
+  done
+  svc="$("$LOADGEN" free-port)"
+  mkdir -p "$dir/db"
+  PORT="$svc" REDIS_SENTINELS="$urls" REDIS_SENTINEL_MASTER=chaos CACHE_WAIT_REPLICAS="$wait_replicas" \
+    DATABASE_URL="sqlite://$dir/db/customers.db?mode=rwc" ADMIN_TOKEN=chaos \
+    RUST_LOG="${RUST_LOG:-warn}" "$BIN/customer-service" >"$OUT/service-failover.log" 2>&1 &
+  FAILOVER_SERVICE_PID=$!
+  CHECK_PORT="$svc"
+  for _ in $(seq 200); do
+    if health | grep -q '"status":"ok"'; then break; fi
+    sleep 0.05
+  done
+  health | grep -q status || { echo "the failover service did not start; see $OUT/service-failover.log" >&2; return 1; }
+}
 
 # ---- faults: each `inject_X` runs while the checker runs in the background;
 # it starts after 2 s and ends (restoring Redis) by about SECS - 2 s.
@@ -183,6 +264,13 @@ inject_foreign-keys() {
     "http://127.0.0.1:$SERVICE_PORT/admin/cache/invalidate" >"$OUT/foreign-admin-secs.txt" || true
 }
 
+inject_failover() {
+  sleep 2
+  timeout 5 redis-cli -p "${SENTINEL_PORTS[0]}" SENTINEL FAILOVER chaos >"$OUT/failover-asked.txt" 2>&1
+}
+
+inject_failover-wait() { inject_failover; }
+
 cleanup_foreign-keys() {
   awk 'BEGIN{for(i=1;i<=300000;i++) printf "UNLINK foreign:%d\r\n", i}' |
     "${RCLI_PIPE[@]}" >/dev/null 2>&1 || true
@@ -198,7 +286,18 @@ printf '%-13s %9s %7s %8s %10s %6s %10s %8s %9s\n' \
 SUMMARY="$OUT/chaos-table.txt"
 : >"$SUMMARY"
 for fault in "${FAULTS[@]}"; do
-  "$LOADGEN" check --addr "127.0.0.1:$SERVICE_PORT" --duration "$SECS" --phase-secs 1 \
+  CHECK_PORT="$SERVICE_PORT"
+  case "$fault" in
+    failover | failover-wait)
+      if ! command -v redis-sentinel >/dev/null; then
+        printf '%-13s %s\n' "$fault" "skipped: redis-sentinel is not installed" | tee -a "$SUMMARY"
+        continue
+      fi
+      wait_replicas=0; [ "$fault" = failover-wait ] && wait_replicas=1
+      start_sentinel_setup "$wait_replicas" || { printf '%-13s %s\n' "$fault" "setup failed" | tee -a "$SUMMARY"; stop_sentinel_setup; continue; }
+      ;;
+  esac
+  "$LOADGEN" check --addr "127.0.0.1:$CHECK_PORT" --duration "$SECS" --phase-secs 1 \
     --connections "$CONNECTIONS" --ids "$IDS" --write-pct "$WRITE_PCT" \
     --timeout-ms 5000 --label "$fault" >"$OUT/check-$fault.jsonl" 2>"$OUT/check-$fault.err" &
   CHECK_PID=$!
@@ -218,6 +317,12 @@ for fault in "${FAULTS[@]}"; do
     cleanup_foreign-keys
   fi
   healthy=$(wait_healthy)
+  case "$fault" in
+    failover | failover-wait)
+      echo "$fault: primary now $(timeout 5 redis-cli -p "${SENTINEL_PORTS[0]}" SENTINEL GET-MASTER-ADDR-BY-NAME chaos | tr '\n' ' ')" >&2
+      stop_sentinel_setup
+      ;;
+  esac
   total=$(grep '"phase":"total"' "$OUT/check-$fault.jsonl" || true)
   if [ -z "$total" ]; then
     line=$(printf '%-13s %s' "$fault" "checker failed: $(tr '\n' ' ' <"$OUT/check-$fault.err")")

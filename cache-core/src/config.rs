@@ -8,8 +8,10 @@ use crate::codec::CodecKind;
 use crate::error::ConfigError;
 use crate::redact::{redact_text, redact_url};
 
+mod sentinel;
 mod tls;
 
+pub(crate) use sentinel::{SentinelVariables, check as check_sentinels};
 use tls::{CA_VAR, CERT_VAR, KEY_VAR};
 pub(crate) use tls::{TlsMaterial, TlsVariables, read_pem_certificates, read_pem_key};
 
@@ -21,6 +23,22 @@ pub enum RedisTarget {
     Single(String),
     /// A Redis Cluster, given by one or more seed node URLs.
     Cluster(Vec<String>),
+    /// A primary and its replicas watched by Redis Sentinel: the sentinels
+    /// name the primary at start-up and again after every failover.
+    Sentinel {
+        /// The sentinels (`redis://[user:password@]host:port`, `rediss://`
+        /// for TLS); the user, password and scheme are those of the
+        /// sentinels, and all of them use the same ones.
+        sentinels: Vec<String>,
+        /// The name the sentinels monitor the primary under
+        /// (`sentinel monitor <name> ...`).
+        master: String,
+        /// How the primary is reached once a sentinel has named it: the
+        /// scheme (`rediss://` for TLS), user, password and database of
+        /// this URL; its host and port are not used (write `primary`).
+        /// `None`: the sentinels' scheme, user and password, database 0.
+        data_url: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -30,6 +48,19 @@ impl std::fmt::Debug for RedisTarget {
             RedisTarget::Cluster(urls) => f
                 .debug_tuple("Cluster")
                 .field(&urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+                .finish(),
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                data_url,
+            } => f
+                .debug_struct("Sentinel")
+                .field(
+                    "sentinels",
+                    &sentinels.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+                )
+                .field("master", master)
+                .field("data_url", &data_url.as_deref().map(redact_url))
                 .finish(),
         }
     }
@@ -45,6 +76,16 @@ impl RedisTarget {
                 .map(|u| redact_url(u))
                 .collect::<Vec<_>>()
                 .join(","),
+            RedisTarget::Sentinel {
+                sentinels, master, ..
+            } => format!(
+                "{master} via sentinels {}",
+                sentinels
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
     }
 }
@@ -57,6 +98,10 @@ impl RedisTarget {
 /// | variable | field | default |
 /// |---|---|---|
 /// | `REDIS_URL` | [`redis`](Self::redis) (comma-separated URLs or `REDIS_CLUSTER=true`: cluster) | unset: in-memory |
+/// | `REDIS_SENTINELS` | [`redis`](Self::redis): comma-separated sentinel URLs ([`RedisTarget::Sentinel`]) | unset |
+/// | `REDIS_SENTINEL_MASTER` | the name the sentinels monitor the primary under; required with `REDIS_SENTINELS` | unset |
+/// | `REDIS_SENTINEL_DATA_URL` | scheme, user, password and database for the primary the sentinels name (`rediss://user:pass@primary/0`) | the sentinels' scheme and credentials |
+/// | `CACHE_WAIT_REPLICAS` | [`wait_replicas`](Self::wait_replicas) | `0` (off) |
 /// | `CACHE_ENABLED` | [`enabled`](Self::enabled) | `true` |
 /// | `CACHE_NAMESPACE` | [`namespace`](Self::namespace) | `cache` |
 /// | `CACHE_DEFAULT_TTL` | [`default_ttl`](Self::default_ttl) (seconds) | `300` |
@@ -73,6 +118,7 @@ impl RedisTarget {
 /// | `CACHE_NEAR_MAX_BYTES` | [`near_max_bytes`](Self::near_max_bytes) | `67108864` (64 MiB) |
 /// | `CACHE_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `4194304` |
 /// | `CACHE_REQUIRE_REDIS` | [`require_redis`](Self::require_redis) | `false` |
+/// | `CACHE_TRUST_PERSISTENCE` | [`trust_persistence`](Self::trust_persistence) | `false` |
 /// | `REDIS_TLS_CA_FILE` | [`tls_ca_file`](Self::tls_ca_file) (PEM CA trusted besides the system roots) | unset: system roots only |
 /// | `REDIS_TLS_CERT_FILE` | [`tls_cert_file`](Self::tls_cert_file) (PEM client certificate) | unset: no client certificate |
 /// | `REDIS_TLS_KEY_FILE` | [`tls_key_file`](Self::tls_key_file) (PEM private key of the client certificate) | unset |
@@ -203,6 +249,16 @@ pub struct CacheConfig {
     /// Fail start-up instead of running degraded when Redis is unreachable
     /// or refuses the configuration (`CACHE_REQUIRE_REDIS`, default off).
     pub require_redis: bool,
+    /// Whether values Redis kept across a restart (a snapshot or an
+    /// append-only file) are trusted (`CACHE_TRUST_PERSISTENCE`, default
+    /// `false`). A restart from persisted data can bring back values that
+    /// were invalidated after the data was saved, so by default a single
+    /// Redis server found restarted with data of an earlier run (its
+    /// `run_id` differs from the one recorded in the namespace) has the
+    /// cache's namespace cleared before the cache trusts it again: a cold
+    /// cache after such a restart, never an invalidated value. Set it only
+    /// when the persistence cannot lose writes (`appendfsync always`).
+    pub trust_persistence: bool,
     /// PEM file of CA certificates trusted for `rediss://` in addition to
     /// the system's root certificates (`REDIS_TLS_CA_FILE`).
     pub tls_ca_file: Option<PathBuf>,
@@ -211,6 +267,15 @@ pub struct CacheConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of [`tls_cert_file`](Self::tls_cert_file) (`REDIS_TLS_KEY_FILE`).
     pub tls_key_file: Option<PathBuf>,
+    /// Replicas that must acknowledge an invalidation (`CACHE_WAIT_REPLICAS`,
+    /// default 0: off). Each key delete and generation write is followed
+    /// by `WAIT n`, bounded by the call's timeout; one that fewer replicas
+    /// acknowledge counts as not delivered: it is remembered and replayed
+    /// (with `WAIT` again) like one made while Redis was away, and
+    /// meanwhile this instance serves from its fallback. A replica promoted
+    /// by a failover then holds every invalidation that returned before
+    /// it. Single server (with replicas) or Sentinel; not on a cluster.
+    pub wait_replicas: u32,
 }
 
 impl Default for CacheConfig {
@@ -235,9 +300,11 @@ impl Default for CacheConfig {
             near_capacity: None,
             near_max_bytes: 64 * 1024 * 1024,
             require_redis: false,
+            trust_persistence: false,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            wait_replicas: 0,
         }
     }
 }
@@ -265,7 +332,22 @@ impl CacheConfig {
             Some(v) => parse_bool("REDIS_CLUSTER", &v)?,
             None => false,
         };
+        config.redis = sentinel::from_env(&get)?;
+        if cluster && config.redis.is_some() {
+            return Err(invalid(
+                "REDIS_CLUSTER",
+                "true",
+                "a Redis Cluster is not found through sentinels: unset REDIS_SENTINELS or REDIS_CLUSTER",
+            ));
+        }
         if let Some(url) = get("REDIS_URL") {
+            if config.redis.is_some() {
+                return Err(invalid(
+                    "REDIS_URL",
+                    &redact_url(&url),
+                    "set either REDIS_URL or REDIS_SENTINELS, not both",
+                ));
+            }
             let urls: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
             for u in &urls {
                 validate_url("REDIS_URL", u)?;
@@ -331,6 +413,13 @@ impl CacheConfig {
         if let Some(v) = get("CACHE_REQUIRE_REDIS") {
             config.require_redis = parse_bool("CACHE_REQUIRE_REDIS", &v)?;
         }
+        if let Some(v) = get("CACHE_TRUST_PERSISTENCE") {
+            config.trust_persistence = parse_bool("CACHE_TRUST_PERSISTENCE", &v)?;
+        }
+        if let Some(v) = get("CACHE_WAIT_REPLICAS") {
+            config.wait_replicas = parse_num("CACHE_WAIT_REPLICAS", &v, 0, 64)? as u32;
+            config.check_wait_replicas("CACHE_WAIT_REPLICAS")?;
+        }
         config.tls_ca_file = get(CA_VAR).map(PathBuf::from);
         config.tls_cert_file = get(CERT_VAR).map(PathBuf::from);
         config.tls_key_file = get(KEY_VAR).map(PathBuf::from);
@@ -366,6 +455,18 @@ impl CacheConfig {
                 "circuit_breaker",
                 "0",
                 "expected at least 1 failure",
+            ));
+        }
+        self.check_wait_replicas("wait_replicas")
+    }
+
+    /// `WAIT` needs one primary: a cluster would need it on every master.
+    fn check_wait_replicas(&self, variable: &'static str) -> Result<(), ConfigError> {
+        if self.wait_replicas > 0 && matches!(self.redis, Some(RedisTarget::Cluster(_))) {
+            return Err(invalid(
+                variable,
+                &self.wait_replicas.to_string(),
+                "waiting for replicas needs a single Redis server or Sentinel, not a cluster",
             ));
         }
         Ok(())

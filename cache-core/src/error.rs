@@ -267,3 +267,27 @@ pub enum CacheError {
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
+
+/// A write refused before it ran, because its invalidation could not be
+/// delivered: `#[invalidates(..., fail_closed)]` on a cache whose Redis is
+/// away (circuit breaker open, or missed invalidations not replayed yet).
+/// Carry it in the function's error type (`E: From<WriteRefused>`) and
+/// answer it as "try again later" (HTTP 503): availability traded for
+/// consistency, the write is not acknowledged while other instances could
+/// not learn of it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("write refused: its cache invalidation cannot be delivered now ({reason})")]
+pub struct WriteRefused {
+    reason: &'static str,
+}
+
+impl WriteRefused {
+    pub(crate) fn new(reason: &'static str) -> Self {
+        WriteRefused { reason }
+    }
+
+    /// Why (the breaker is open, or missed invalidations await replay).
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}

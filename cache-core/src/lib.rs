@@ -38,24 +38,47 @@
 //! - **Keys** `{namespace}:{prefix}:{key}`; template values are escaped so
 //!   user data never adds `*`, `?`, `[`, `]`, `{`, `}` or `:` to a key ([`keys`]).
 //! - **Backends**: Redis (a bb8 pool managing shared multiplexed
-//!   connections), Redis Cluster, and in-process memory (moka), behind one
-//!   [`Backend`] trait; `cache-testkit` adds a controllable test backend.
+//!   connections), a Redis primary followed through Redis Sentinel, Redis
+//!   Cluster, and in-process memory (moka), behind one [`Backend`] trait;
+//!   `cache-testkit` adds a controllable test backend.
+//! - **Redis Sentinel** ([`CacheBuilder::redis_sentinel`],
+//!   `REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`, [`RedisTarget::Sentinel`]):
+//!   the primary is found through the sentinels at start-up (redis-rs's
+//!   Sentinel client) and again after every failover, without a restart: a
+//!   subscription to `+switch-master` on one sentinel makes the cache
+//!   follow a few milliseconds after the announcement, and a `READONLY`
+//!   answer or a primary that stops answering makes it ask the sentinels
+//!   again. Client tracking moves with the primary: what was held under the
+//!   old one (near entries, generations) is dropped before calls reach the
+//!   new one. Passwords and TLS work for the sentinels and the primary
+//!   alike ([`CacheBuilder::sentinel_data_url`]).
+//! - **Invalidations that survive a failover** (opt-in,
+//!   [`CacheBuilder::wait_replicas`], `CACHE_WAIT_REPLICAS=n`): every key
+//!   delete and generation write waits for `n` replicas (`WAIT`, bounded
+//!   by the call's timeout); one fewer replicas acknowledge is remembered
+//!   and replayed like one Redis missed, so the replica a failover promotes
+//!   holds every invalidation that was delivered. Replication is
+//!   asynchronous otherwise: without it, deletes the old primary took just
+//!   before a failover can be lost (see the README's guarantees).
 //! - **Codec**: bincode 2 by default, JSON on request, in a small envelope;
 //!   undecodable bytes are a counted miss, never an error ([`codec`]).
-//! - **Resilience**: every Redis call is bounded by a timeout (250 ms), a
-//!   circuit breaker (5 failures) skips a dead Redis, an in-memory fallback
-//!   with TTLs capped at 30 s serves meanwhile, and invalidations that could
-//!   not reach Redis are remembered (each once, bounded: past 10,000 they
-//!   fold into whole-prefix invalidations) and replayed before Redis is
-//!   trusted again, including those made while the replay runs; then the
-//!   fallback is cleared. While the breaker is open a background probe pings
-//!   Redis (250 ms, backing off to 1 s), so the cache is back on Redis about
-//!   a second after Redis answers; without it, a call after the 30 s
-//!   cooldown probes. Loads during an outage take their lease in the
-//!   fallback, so an invalidation wins over a slow loader there too. A write
-//!   Redis refuses while answering (out of memory) makes
-//!   [`Cache::health`] report degraded with Redis' reason until a write
-//!   succeeds. Redis down at start is not an error.
+//! - **Resilience**: every cache call is bounded by one timeout (250 ms)
+//!   across all the Redis steps it takes, whatever lock, reconnection or
+//!   recovery it meets; a circuit breaker (5 failures; on a cluster, one
+//!   per master) skips a dead Redis,
+//!   an in-memory fallback with TTLs capped at 30 s serves meanwhile, and
+//!   invalidations that could not reach Redis are remembered (each once,
+//!   bounded: past 10,000 they fold into deletes of their prefixes) and
+//!   replayed by a background task before Redis is trusted again, including
+//!   those made while the replay runs; then the fallback is cleared. The
+//!   task probes Redis at once, then every 250 ms backing off to 1 s, so the
+//!   cache is back on Redis about a second after Redis answers; a call that
+//!   finds Redis answering wakes it and waits for the replay within its own
+//!   timeout. Loads during an outage take their lease in the fallback, so an
+//!   invalidation wins over a slow loader there too. A write Redis refuses
+//!   while answering (out of memory) makes [`Cache::health`] report degraded
+//!   with Redis' reason until a write succeeds. Redis down at start is not
+//!   an error.
 //! - **Redis Cluster**: a key goes to the master serving its hash slot, on
 //!   that master's own shared connection, and each master has its own
 //!   circuit breaker, so a dead or stalled master costs only the keys it
@@ -68,12 +91,20 @@
 //!   missed pattern delete keeps every slot there until every master
 //!   confirmed it. `CLUSTERDOWN` answers (a failed master not replaced yet,
 //!   with full coverage required) use the fallback without blaming a node.
+//!   Two things of a single server are not done on a cluster: waiting for
+//!   replicas (`WAIT` would be needed on every master; the configuration
+//!   refuses it) and the check for a server restarted with old data.
 //! - **Consistency**: misses take a lease (a marker stored at the key with
 //!   `SET NX`); the store is a compare-and-set on that lease, and an
 //!   invalidation deletes it, so a load that started before an invalidation
-//!   can never store its (stale) value after it. The same lease makes other
-//!   processes wait for one load instead of stampeding, and within a process
-//!   concurrent misses share one load (single-flight).
+//!   can never store its (stale) value after it. The lease is renewed while
+//!   the load runs (`CACHE_LEASE_TTL_MS` is how long it lasts unrenewed), so
+//!   a slow load keeps it: it is stored, and callers waiting on it, in this
+//!   process and in others, get its value instead of running the body too.
+//!   Within a process concurrent misses share one load (single-flight).
+//!   Every read API goes through one read operation and every kind of
+//!   invalidation through one invalidation operation, so what one of them
+//!   checks, all of them do (`get_many` included).
 //! - **O(1) prefix invalidation**, on by default for Redis and Redis
 //!   Cluster ([`prefix_generations`](CacheConfig::prefix_generations),
 //!   `CACHE_PREFIX_GENERATIONS`): values are labeled with their prefix's
@@ -133,15 +164,33 @@
 //!   backends, `delete_pattern`, `invalidate_prefix` and the `_cache_key`
 //!   companions, and expired entries that free their memory, are worth more
 //!   than that difference.
-//! - Resilience (timeouts, breaker, fallback, replay) is part of the cache,
-//!   not a `Backend` wrapper in the style of redis-rs's
-//!   `ConnectionManager`: what it does on a failure involves the cache's own
-//!   state, which a backend never sees. A failed write must evict the near
-//!   cache and seal the key's single-flight, a fallback read is counted
-//!   against the key's prefix, leases taken in the fallback must be found
-//!   by the invalidation that removes them, and a missed prefix
-//!   invalidation is replayed as a generation change. Reconnection, which
-//!   needs none of that, stays below, in the Redis backend's connections.
+//! - The runtime is four layers, each a type that owns its state: the
+//!   [`Cache`] handle (API, keys, codec), a consistency layer (generations,
+//!   near level, flights, leases; one read and one invalidation operation),
+//!   a guarded store (timeouts, breaker, fallback, replay) and the
+//!   [`Backend`]. Lower layers report upward through narrow interfaces (an
+//!   invalidation's outcome, a listener for Redis' tracking messages),
+//!   never through the handle. The repository's `docs/CONTRIBUTING.md`
+//!   says which layer owns which invariant; a test keeps the modules free of
+//!   dependency cycles.
+//! - `exists`, `ttl` and `expire` read the key (the same `GET` every read
+//!   makes) rather than asking `EXISTS`: a load's lease marker, or a value
+//!   its prefix's invalidation left behind, is not a value.
+//! - `get_many` reads each key with that same read, all at once: pipelined
+//!   on one connection (one round trip), sent to their nodes concurrently
+//!   on a cluster.
+//! - `WAIT` runs on a connection of its own, after the invalidation's
+//!   write on that same connection ([`Backend::invalidate_replicated`]):
+//!   `WAIT` counts the writes of the connection it is sent on, and Redis
+//!   answers nothing else on that connection until it returns, which on the
+//!   shared connection would stall every read of the process for as long
+//!   as the replicas take.
+//! - A `+switch-master` message is acted on at once (its new primary,
+//!   checked with `ROLE`), not through redis-rs's lookup: the lookup takes
+//!   the first sentinel's answer, and a sentinel that has not heard of the
+//!   failover yet still names the old primary, which answers `ROLE` as a
+//!   master until the sentinels demote it. For the same reason a lookup
+//!   does not take a primary back that the cache left in the last 10 s.
 //! - The cluster is routed by this crate (slot map from `CLUSTER SLOTS`,
 //!   one shared connection per master), not by redis-rs' cluster client:
 //!   that client serves all nodes from one task whose slot refresh, which
@@ -182,6 +231,7 @@ mod consistency;
 mod error;
 mod held;
 pub mod keys;
+pub mod outbox;
 mod redact;
 mod stats;
 mod store;
@@ -190,14 +240,14 @@ mod store;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::{Backend, BackendInfo, BackendKind, MemoryBackend};
+pub use backend::{Backend, BackendInfo, BackendKind, InvalidationWrite, MemoryBackend};
 pub use cache::Cache;
 pub use cache::builder::CacheBuilder;
 pub use cache::health::{Health, HealthStatus};
 pub use codec::{Codec, CodecKind};
 pub use config::{CacheConfig, RedisTarget};
 pub use consistency::near::NearStats;
-pub use error::{BackendError, CacheError, ConfigError, ErrorKind};
+pub use error::{BackendError, CacheError, ConfigError, ErrorKind, WriteRefused};
 pub use redact::redact_url;
 pub use stats::{CacheStats, CircuitState, PrefixStats};
 

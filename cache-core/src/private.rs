@@ -162,6 +162,31 @@ where
         .await
 }
 
+/// Records an `#[invalidates(outbox = ..)]` invalidation through
+/// `connection` (nothing without a cache: there is no namespace to record).
+pub async fn outbox_record<C: crate::outbox::OutboxConnection + ?Sized>(
+    cache: Option<&Cache>,
+    connection: &mut C,
+    keys: &[String],
+    prefixes: &[&str],
+) -> Result<(), crate::outbox::OutboxError> {
+    match cache {
+        Some(cache) if cache.is_enabled() => {
+            crate::outbox::record(connection, cache.namespace(), keys, prefixes).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `#[invalidates(fail_closed)]`: refuses the write while the cache could
+/// not deliver its invalidation.
+pub fn refuse_when_undeliverable(cache: Option<&Cache>) -> Result<(), crate::WriteRefused> {
+    match cache {
+        Some(cache) => cache.check_deliverable(),
+        None => Ok(()),
+    }
+}
+
 /// Invalidation that runs when the body is done, or when the future is dropped.
 #[must_use = "call .finish().await after the body"]
 pub struct InvalidationGuard {
@@ -180,7 +205,12 @@ pub fn invalidation(
 }
 
 async fn run_invalidation(cache: Cache, keys: Vec<String>, prefixes: &'static [&'static str]) {
-    let delivered = cache.invalidate_all(&keys, prefixes).await;
+    // Boxed: the invalidation's steps (and a backend's) stay out of the
+    // caller's future, whose layout a caller's crate computes through every
+    // future held inline (bounded by the default `recursion_limit`).
+    let invalidate: std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> =
+        Box::pin(cache.invalidate_all(&keys, prefixes));
+    let delivered = invalidate.await;
     tracing::debug!(keys = ?keys, prefixes = ?prefixes, delivered, "invalidated");
 }
 

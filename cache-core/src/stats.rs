@@ -438,7 +438,7 @@ pub enum CircuitState {
 pub struct CacheStats {
     /// Whether caching is on.
     pub enabled: bool,
-    /// Backend in use (`redis`, `redis-cluster`, `memory`, `disabled`, or a custom name).
+    /// Backend in use (`redis`, `redis-sentinel`, `redis-cluster`, `memory`, `disabled`, or a custom name).
     pub backend: &'static str,
     /// Where it points (passwords redacted).
     pub target: String,

@@ -26,6 +26,8 @@ pub(crate) mod kw {
     syn::custom_keyword!(version);
     syn::custom_keyword!(near);
     syn::custom_keyword!(no_companions);
+    syn::custom_keyword!(outbox);
+    syn::custom_keyword!(fail_closed);
 }
 
 const CACHED_ARGS: &[&str] = &[
@@ -43,7 +45,7 @@ const CACHED_ARGS: &[&str] = &[
     "no_companions",
 ];
 
-const INVALIDATES_ARGS: &[&str] = &["prefix", "cache", "crate"];
+const INVALIDATES_ARGS: &[&str] = &["prefix", "cache", "outbox", "fail_closed", "crate"];
 
 /// An argument that may be given at most once (`serde_derive`'s `Attr`): a
 /// second occurrence is a "duplicate argument" error on its own span. An
@@ -127,6 +129,11 @@ pub(crate) struct InvalidatesArgs {
     pub(crate) calls: Vec<syn::ExprCall>,
     pub(crate) prefixes: Vec<LitStr>,
     pub(crate) cache: Option<Expr>,
+    /// `outbox = tx`: the transaction or connection the invalidation is
+    /// recorded through, in the same transaction as the body's write.
+    pub(crate) outbox: Option<(Span, Expr)>,
+    /// `fail_closed`: refuse the write while invalidations cannot be delivered.
+    pub(crate) fail_closed: Option<Span>,
     pub(crate) krate: TokenStream,
     /// True when nothing (no key, no prefix) was given, even erroneously.
     pub(crate) empty: bool,
@@ -240,6 +247,8 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
     let mut calls = Vec::new();
     let mut prefixes: Vec<LitStr> = Vec::new();
     let mut cache = Attr::none("cache");
+    let mut outbox = Attr::none("outbox");
+    let mut fail_closed = Attr::none("fail_closed");
     let mut krate = Attr::none("crate");
 
     parse_list(tokens, cx, |input| {
@@ -267,6 +276,14 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
             let name: kw::cache = input.parse()?;
             let value = parse_value(input)?;
             cache.set(cx, name, Some(value));
+        } else if lookahead.peek(kw::outbox) {
+            let name: kw::outbox = input.parse()?;
+            let value = parse_value(input)?;
+            outbox.set(cx, name, Some((name.span, value)));
+        } else if lookahead.peek(kw::fail_closed) {
+            let name: kw::fail_closed = input.parse()?;
+            reject_value(input, "fail_closed", "fail_closed")?;
+            fail_closed.set(cx, name, Some(name.span));
         } else if lookahead.peek(Token![crate]) {
             let name: Token![crate] = input.parse()?;
             let path = parse_crate_path(input)?;
@@ -294,6 +311,8 @@ pub(crate) fn parse_invalidates(tokens: TokenStream, cx: &Ctxt) -> InvalidatesAr
         calls,
         prefixes,
         cache: cache.get(),
+        outbox: outbox.get(),
+        fail_closed: fail_closed.get(),
         krate: krate.get().unwrap_or_else(default_crate),
         empty,
     }

@@ -25,6 +25,22 @@ pub(crate) fn expand(args: TokenStream, item: &TokenStream) -> TokenStream {
 }
 
 fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
+    if let Some((span, _)) = &args.outbox
+        && func.return_kind() != crate::func::ReturnKind::Result
+    {
+        cx.error_at(
+            *span,
+            "`outbox = ...` reports a failure to record the invalidation through the function's error: the function must return `Result<T, E>` with `E: From<cache_core::outbox::OutboxError>`",
+        );
+    }
+    if let Some(span) = args.fail_closed
+        && func.return_kind() != crate::func::ReturnKind::Result
+    {
+        cx.error_at(
+            span,
+            "`fail_closed` refuses the write through the function's error: the function must return `Result<T, E>` with `E: From<cache_core::WriteRefused>`",
+        );
+    }
     if args.empty {
         cx.error_at(
             Span::call_site(),
@@ -131,12 +147,45 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     let handle = resolve_handle(args.cache.as_ref(), krate);
     let body = func.body_future();
 
+    let cache = format_ident!("__cache_handle", span = Span::mixed_site());
+    let key_list = format_ident!("__cache_keys", span = Span::mixed_site());
+    let prefix_list = format_ident!("__cache_prefixes", span = Span::mixed_site());
+    // `outbox = tx`: the invalidation is recorded through `tx` before the
+    // body writes through it, so it commits or rolls back with the write.
+    let record = args.outbox.as_ref().map(|(span, outbox)| {
+        let failed = format_ident!("__cache_outbox_error", span = Span::mixed_site());
+        quote_spanned! {*span=>
+            if let ::core::result::Result::Err(#failed) = #krate::__private::outbox_record(
+                #cache.as_ref(),
+                &mut *(#outbox),
+                &#key_list,
+                #prefix_list,
+            )
+            .await
+            {
+                return ::core::result::Result::Err(::core::convert::From::from(#failed));
+            }
+        }
+    });
+    // `fail_closed`: no write while its invalidation cannot be delivered.
+    let refuse = args.fail_closed.map(|span| {
+        let refused = format_ident!("__cache_refused", span = Span::mixed_site());
+        quote_spanned! {span=>
+            if let ::core::result::Result::Err(#refused) =
+                #krate::__private::refuse_when_undeliverable(#cache.as_ref())
+            {
+                return ::core::result::Result::Err(::core::convert::From::from(#refused));
+            }
+        }
+    });
     let new_body = quote! {
-        let #guard = #krate::__private::invalidation(
-            #handle,
-            ::std::vec![#(#keys,)* #(#calls,)*],
-            const { &[#(#prefixes,)* #(#fn_prefixes,)*] },
-        );
+        let #cache = #handle;
+        #refuse
+        let #key_list: ::std::vec::Vec<::std::string::String> =
+            ::std::vec![#(#keys,)* #(#calls,)*];
+        let #prefix_list: &'static [&'static str] = const { &[#(#prefixes,)* #(#fn_prefixes,)*] };
+        #record
+        let #guard = #krate::__private::invalidation(#cache, #key_list, #prefix_list);
         let #output = #body.await;
         #guard.finish().await;
         #output

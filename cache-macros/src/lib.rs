@@ -89,7 +89,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// The invalidation runs after the body, whether it returned `Ok` or `Err`,
 /// and also when the future is dropped after the body started.
 ///
-/// The arguments (key templates, `function(arguments)`, `prefix`, `cache`,
+/// The arguments (key templates, `function(arguments)`, `prefix`, `cache`, `outbox`, `fail_closed`,
 /// `crate`) are described, each with a runnable example, in `cache-core`'s
 /// [macros guide](../cache_core/macros_guide/index.html#invalidates).
 #[proc_macro_attribute]

@@ -362,7 +362,7 @@ mod view;
 pub use cluster::RedisCluster;
 pub use postgres::Postgres;
 pub use redis_server::RedisServer;
-pub use sentinel::RedisSentinel;
+pub use sentinel::{RedisSentinel, SentinelBuilder};
 pub use tcp_proxy::TcpProxy;
 pub use test_cache::{
     BACKEND_NAME, Fault, LogEntry, Method, Op, TestCache, TestCacheBuilder, test_config,

@@ -148,3 +148,37 @@ fn stopping_the_primary_makes_the_sentinels_fail_over_on_their_own() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn passwords_and_tls_secure_every_process_and_survive_a_failover() {
+    let sentinel = RedisSentinel::builder()
+        .password("datapw")
+        .sentinel_password("sentpw")
+        .tls()
+        .start();
+    assert!(sentinel.sentinel_urls()[0].starts_with("rediss://127.0.0.1:"));
+    assert!(
+        sentinel.authed_sentinel_urls()[0].starts_with("rediss://:sentpw@127.0.0.1:"),
+        "{:?}",
+        sentinel.authed_sentinel_urls()
+    );
+    assert_eq!(sentinel.password(), Some("datapw"));
+    assert_eq!(sentinel.sentinel_password(), Some("sentpw"));
+    // Nothing answers in plain text, and the data servers want the password.
+    let old = sentinel.primary_addr();
+    assert!(
+        redis::Client::open(format!("redis://{old}"))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+    );
+    let server = sentinel.servers().iter().find(|s| s.addr() == old).unwrap();
+    let mut conn = server.client().get_connection().unwrap();
+    let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
+    assert_eq!(pong, "PONG");
+    let new = sentinel.failover();
+    assert_ne!(new, old);
+    assert_eq!(sentinel.primary_addr(), new);
+    assert!(sentinel.tls_ca_file().exists());
+}

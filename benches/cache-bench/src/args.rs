@@ -29,6 +29,8 @@ pub(crate) static CASES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "write_with_300k_foreign_keys",
         "near_invalidation_window",
         "near_invalidation_window_cluster",
+        "invalidate_wait_replicas",
+        "sentinel_failover",
     ];
     if cfg!(feature = "cached-crate") {
         let at = |cases: &Vec<&str>, after: &str| {

@@ -43,7 +43,7 @@ mod svg;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cache_testkit::{RedisCluster, RedisServer};
+use cache_testkit::{RedisCluster, RedisSentinel, RedisServer};
 
 use crate::args::{CASES, COUNT, Settings, parse_args, selected};
 use crate::measure::{Rounds, TASKS, count_calls, measure};
@@ -68,6 +68,8 @@ async fn run(s: Settings) {
     let mut paused_server = RedisServer::start();
     // Started on first use: only the cluster case needs it.
     let mut cluster: Option<RedisCluster> = None;
+    // Likewise, for the Sentinel cases.
+    let mut sentinel: Option<std::sync::Arc<RedisSentinel>> = None;
     let url = server.url();
     eprintln!(
         "cache-bench: redis at {url}, payload {} bytes bincode (+3 envelope), {TASKS} tasks, {} rounds{}",
@@ -174,6 +176,14 @@ async fn run(s: Settings) {
                 }
                 "invalidate_prefix_100k_generations" => {
                     cases::invalidate_prefix_generations(r, &hit.redis_cache).await;
+                }
+                "invalidate_wait_replicas" => {
+                    let fixture = sentinel.get_or_insert_with(|| RedisSentinel::start().into());
+                    cases::invalidate_wait_replicas(r, fixture, s).await;
+                }
+                "sentinel_failover" => {
+                    let fixture = sentinel.get_or_insert_with(|| RedisSentinel::start().into());
+                    cases::sentinel_failover(r, fixture).await;
                 }
                 #[cfg(feature = "cached-crate")]
                 "cached_crate_flight_1000" => {

@@ -176,6 +176,7 @@ fn per_operation(case: &str) -> bool {
             | "invalidate_prefix_100k"
             | "invalidate_prefix_100k_generations"
             | "write_with_300k_foreign_keys"
+            | "sentinel_failover"
     )
 }
 
@@ -208,7 +209,7 @@ fn print_table(results: &[Rounds]) {
                 "invalidate_prefix_100k" | "invalidate_prefix_100k_generations" => {
                     x("invalidate_ms") * 1000.0
                 }
-                "write_with_300k_foreign_keys" => median(&r.p50_us),
+                "write_with_300k_foreign_keys" | "sentinel_failover" => median(&r.p50_us),
                 _ => x("wall_ms") * 1000.0,
             };
             ("-".to_owned(), time(per_op), "-".to_owned(), "-".to_owned())
@@ -276,6 +277,26 @@ fn note(name: &str, r: &Rounds) -> String {
             ratio(x("ratio_300k_vs_empty")),
             time(x("scan_300k_p50_us")),
             time(x("scan_empty_p50_us")),
+        ),
+        "invalidate_wait_replicas" => format!(
+            "delete of an existing key with WAIT 1 (p50/p99 columns) vs without: {} / {} ({}); \
+             invalidate_prefix {} vs {}",
+            time(x("no_wait_delete_p50_us")),
+            time(x("no_wait_delete_p99_us")),
+            ratio(x("delete_wait_over_no_wait")),
+            time(x("wait_prefix_p50_us")),
+            time(x("no_wait_prefix_p50_us")),
+        ),
+        "sentinel_failover" => format!(
+            "time per op: +switch-master to the cache following; from SENTINEL FAILOVER {}; \
+             WAIT 1 replayed {} after following; deletes lost: {:.0} of {:.0} with WAIT 1, \
+             {:.0} of {:.0} without",
+            time(x("asked_to_followed_ms") * 1000.0),
+            time(x("wait_replayed_after_followed_ms") * 1000.0),
+            x("wait_deletes_lost"),
+            x("wait_deletes"),
+            x("no_wait_deletes_lost"),
+            x("no_wait_deletes"),
         ),
         "invalidate_prefix_100k" | "invalidate_prefix_100k_generations" => format!(
             "invalidate_prefix over {} keys ({}); filling them took {}",

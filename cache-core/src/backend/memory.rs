@@ -446,6 +446,7 @@ impl Backend for MemoryBackend {
             used_memory_bytes: Some(used),
             connected_clients: None,
             total_keys: Some(self.entries.entry_count()),
+            primary: None,
             missing_permissions: Vec::new(),
         })
     }

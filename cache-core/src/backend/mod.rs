@@ -30,6 +30,8 @@ pub enum BackendKind {
     Redis,
     /// A Redis Cluster.
     RedisCluster,
+    /// A Redis primary found through Redis Sentinel (followed across failovers).
+    RedisSentinel,
     /// Caching is disabled (`CACHE_ENABLED=false`).
     Disabled,
     /// Another backend; `remote` says whether it can fail like a network
@@ -50,6 +52,7 @@ impl BackendKind {
             BackendKind::Memory => "memory",
             BackendKind::Redis => "redis",
             BackendKind::RedisCluster => "redis-cluster",
+            BackendKind::RedisSentinel => "redis-sentinel",
             BackendKind::Disabled => "disabled",
             BackendKind::Custom { name, .. } => name,
         }
@@ -58,7 +61,7 @@ impl BackendKind {
     /// Whether calls can fail for availability reasons (network stores).
     pub fn is_remote(self) -> bool {
         match self {
-            BackendKind::Redis | BackendKind::RedisCluster => true,
+            BackendKind::Redis | BackendKind::RedisCluster | BackendKind::RedisSentinel => true,
             BackendKind::Custom { remote, .. } => remote,
             BackendKind::Memory | BackendKind::Disabled => false,
         }
@@ -77,10 +80,34 @@ pub struct BackendInfo {
     pub connected_clients: Option<u64>,
     /// Keys in the store (for Redis: `DBSIZE` summed over masters, all namespaces).
     pub total_keys: Option<u64>,
+    /// `host:port` of the primary the sentinels named, for a Redis Sentinel
+    /// target (it changes with a failover).
+    pub primary: Option<String>,
     /// Commands (lower-case, `script|load` for a subcommand) the Redis user
     /// may not run on this cache's keys, as found at start-up; empty when
     /// all are allowed or the backend has no ACL.
     pub missing_permissions: Vec<String>,
+}
+
+/// One write of an invalidation, as [`Backend::invalidate_replicated`]
+/// receives it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum InvalidationWrite<'a> {
+    /// Delete these keys ([`Backend::delete`]).
+    Delete(&'a [String]),
+    /// Delete every key matching this glob pattern ([`Backend::delete_pattern`]).
+    DeletePattern(&'a str),
+    /// Store `value` at `key` for `ttl` ([`Backend::set`]): a prefix's new
+    /// generation.
+    Write {
+        /// The key written.
+        key: &'a str,
+        /// Its new bytes.
+        value: &'a [u8],
+        /// Its TTL.
+        ttl: Duration,
+    },
 }
 
 /// A byte-level key-value store with per-entry TTLs. Keys given to a backend
@@ -172,6 +199,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn value_len(&self, key: &str) -> Result<Option<u64>, BackendError> {
         let _ = key;
         Ok(None)
+    }
+    /// Makes `write` and then waits, up to `timeout`, until at least
+    /// `replicas` replicas have it; returns how many keys it deleted and how
+    /// many replicas acknowledged it (fewer than `replicas` when the wait
+    /// timed out). The cache calls it for its invalidations when
+    /// [`CacheConfig::wait_replicas`](crate::CacheConfig::wait_replicas) is
+    /// set, and counts one acknowledged by fewer replicas as not delivered.
+    ///
+    /// The Redis backend makes the write and sends `WAIT` on a connection
+    /// of their own: `WAIT` counts the writes of its own connection, and it
+    /// blocks the connection it is sent on, which must not be the one
+    /// every read shares. The default, for backends without replicas,
+    /// makes the write and reports `replicas` acknowledgements.
+    async fn invalidate_replicated(
+        &self,
+        write: InvalidationWrite<'_>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(u64, u32), BackendError> {
+        let _ = timeout;
+        let deleted = match write {
+            InvalidationWrite::Delete(keys) => self.delete(keys).await?,
+            InvalidationWrite::DeletePattern(pattern) => self.delete_pattern(pattern).await?,
+            InvalidationWrite::Write { key, value, ttl } => {
+                self.set(key, value.to_vec(), ttl).await?;
+                0
+            }
+        };
+        Ok((deleted, replicas))
     }
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), BackendError>;

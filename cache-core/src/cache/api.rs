@@ -389,6 +389,28 @@ impl Cache {
             .await)
     }
 
+    /// Whether an invalidation made now would reach Redis: `Ok` while the
+    /// backend is trusted (a memory cache always is), else why not (its
+    /// circuit breaker is open, or invalidations it missed await replay).
+    /// `#[invalidates(fail_closed)]` refuses writes on an `Err`.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::memory();
+    /// assert!(cache.check_deliverable().is_ok());
+    /// ```
+    pub fn check_deliverable(&self) -> Result<(), crate::WriteRefused> {
+        let store = self.inner.layer.store();
+        match store.circuit() {
+            crate::CircuitState::Open | crate::CircuitState::HalfOpen => {
+                Err(crate::WriteRefused::new("the circuit breaker is open"))
+            }
+            _ if store.fallback_active() => Err(crate::WriteRefused::new(
+                "invalidations Redis missed are not replayed yet",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// One call of the consistency layer's invalidation operation.
     async fn invalidate(&self, what: Invalidation<'_>) -> u64 {
         self.inner.layer.invalidate(what).await.deleted

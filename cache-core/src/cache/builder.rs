@@ -12,8 +12,8 @@ use crate::backend::redis::RedisBackend;
 use crate::backend::redis::tracking::Tracker;
 use crate::backend::{Backend, BackendKind, MemoryBackend, Primary};
 use crate::config::{
-    CacheConfig, RedisTarget, TlsVariables, read_pem_certificates, read_pem_key,
-    validate_namespace, validate_url,
+    CacheConfig, RedisTarget, SentinelVariables, TlsVariables, check_sentinels,
+    read_pem_certificates, read_pem_key, validate_namespace, validate_url,
 };
 use crate::consistency::Consistency;
 use crate::consistency::near::NearCache;
@@ -66,6 +66,98 @@ impl CacheBuilder {
             }
         }
         self.config.redis = Some(RedisTarget::Cluster(urls));
+        self
+    }
+    /// Uses the primary the Redis Sentinels at `sentinels` monitor as
+    /// `master`, found at start-up and again after every failover
+    /// (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`). The sentinel URLs'
+    /// user, password and scheme (`rediss://` for TLS) are the sentinels';
+    /// the primary is reached with the same ones unless
+    /// [`sentinel_data_url`](Self::sentinel_data_url) says otherwise.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_sentinel(
+    ///         ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///         "mymaster",
+    ///     )
+    ///     .sentinel_data_url("redis://cache:secret@primary/0")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_sentinel<I, S>(mut self, sentinels: I, master: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let sentinels: Vec<String> = sentinels.into_iter().map(Into::into).collect();
+        let master = master.into();
+        let data_url = match self.config.redis.take() {
+            Some(RedisTarget::Sentinel { data_url, .. }) => data_url,
+            _ => None,
+        };
+        if let Err(e) = check_sentinels(
+            SentinelVariables::BUILDER,
+            &sentinels,
+            &master,
+            data_url.as_deref(),
+        ) {
+            self.error.get_or_insert(e);
+        }
+        self.config.redis = Some(RedisTarget::Sentinel {
+            sentinels,
+            master,
+            data_url,
+        });
+        self
+    }
+    /// How the primary the sentinels name is reached
+    /// (`REDIS_SENTINEL_DATA_URL`): the scheme (`rediss://` for TLS), user,
+    /// password and database of `url`, whose host is not used
+    /// (`redis://cache:secret@primary/2`). Call it after
+    /// [`redis_sentinel`](Self::redis_sentinel).
+    pub fn sentinel_data_url(mut self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        match &mut self.config.redis {
+            Some(RedisTarget::Sentinel {
+                sentinels,
+                master,
+                data_url,
+            }) => {
+                if let Err(e) =
+                    check_sentinels(SentinelVariables::BUILDER, sentinels, master, Some(&url))
+                {
+                    self.error.get_or_insert(e);
+                }
+                *data_url = Some(url);
+            }
+            _ => {
+                self.error.get_or_insert(ConfigError::Invalid {
+                    variable: "sentinel_data_url",
+                    value: crate::redact_url(&url),
+                    reason: "call redis_sentinel first".to_owned(),
+                });
+            }
+        }
+        self
+    }
+    /// Makes every invalidation wait until `replicas` replicas acknowledge
+    /// it (`CACHE_WAIT_REPLICAS`; 0, the default, turns it off). See
+    /// [`CacheConfig::wait_replicas`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_core::ConfigError> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .redis_sentinel(["redis://10.0.0.1:26379"], "mymaster")
+    ///     .wait_replicas(1)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_replicas(mut self, replicas: u32) -> Self {
+        self.config.wait_replicas = replicas;
         self
     }
     /// First segment of every key (default `cache`).
@@ -188,6 +280,12 @@ impl CacheBuilder {
         self.config.require_redis = required;
         self
     }
+    /// Trusts values a Redis server kept across a restart (see
+    /// [`CacheConfig::trust_persistence`]; default off).
+    pub fn trust_persistence(mut self, trusted: bool) -> Self {
+        self.config.trust_persistence = trusted;
+        self
+    }
     /// Trusts the CA certificates of this PEM file, besides the system's
     /// root certificates, for a `rediss://` server (`REDIS_TLS_CA_FILE`).
     /// The file is read and checked now; a missing or malformed one makes
@@ -277,6 +375,7 @@ impl CacheBuilder {
             config.timeout,
             config.tcp_nodelay,
             tls.as_ref(),
+            (!config.trust_persistence).then(|| format!("{}:%run", config.namespace)),
         )
         .await
         {
@@ -290,7 +389,10 @@ impl CacheBuilder {
             }
             Err(e) => {
                 return Err(ConfigError::InvalidUrl {
-                    variable: "REDIS_URL",
+                    variable: match target {
+                        RedisTarget::Sentinel { .. } => "REDIS_SENTINELS",
+                        _ => "REDIS_URL",
+                    },
                     url: target.redacted(),
                     reason: e.message,
                 });
@@ -306,13 +408,21 @@ impl CacheBuilder {
                 let namespace = &cache.config().namespace;
                 let missing = match tokio::time::timeout(
                     wait * 4,
-                    probe.check_permissions(namespace),
+                    probe.check_permissions(namespace, cache.config().wait_replicas > 0),
                 )
                 .await
                 {
                     Ok(Ok(missing)) => missing,
                     _ => Vec::new(), // unreachable now: the calls will tell
                 };
+                let wanted = cache.config().wait_replicas;
+                if wanted > 0
+                    && let Ok(Ok(replicas)) =
+                        tokio::time::timeout(wait, probe.connected_replicas()).await
+                    && replicas < u64::from(wanted)
+                {
+                    tracing::warn!(target = %target.redacted(), replicas, wanted, "the primary has fewer replicas than CACHE_WAIT_REPLICAS: invalidations are not acknowledged and the cache serves from its fallback until enough replicas are connected");
+                }
                 if missing.is_empty() {
                     return Ok(cache);
                 }
@@ -415,7 +525,7 @@ impl Cache {
         let stats = Arc::new(StatsRegistry::new());
         let generations = config.prefix_generations.unwrap_or(matches!(
             kind,
-            BackendKind::Redis | BackendKind::RedisCluster
+            BackendKind::Redis | BackendKind::RedisCluster | BackendKind::RedisSentinel
         ));
         let redis = primary.redis().cloned();
         let store = Store::new(
@@ -430,6 +540,7 @@ impl Cache {
                 breaker_failures: config.breaker_failures,
                 breaker_cooldown: config.breaker_cooldown,
                 fallback_capacity: config.memory_capacity,
+                wait_replicas: config.wait_replicas,
             },
             stats.clone(),
         );
@@ -459,6 +570,9 @@ impl Cache {
                         near,
                         tls.as_ref(),
                     ),
+                    RedisTarget::Sentinel { .. } => {
+                        Tracker::sentinel(redis.as_deref()?, namespace, config.timeout, near)
+                    }
                 }
             });
         let near = near_capacity.filter(|_| tracker.is_some()).map(|capacity| {

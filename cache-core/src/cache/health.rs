@@ -28,7 +28,7 @@ pub enum HealthStatus {
 pub struct Health {
     /// Overall state.
     pub status: HealthStatus,
-    /// Backend name (`redis`, `redis-cluster`, `memory`, ...).
+    /// Backend name (`redis`, `redis-sentinel`, `redis-cluster`, `memory`, ...).
     pub backend: &'static str,
     /// Round-trip time of a PING, in milliseconds.
     pub latency_ms: Option<f64>,
@@ -40,6 +40,8 @@ pub struct Health {
     pub connected_clients: Option<u64>,
     /// Keys in the server (all namespaces).
     pub total_keys: Option<u64>,
+    /// `host:port` of the primary the sentinels named (Redis Sentinel only).
+    pub primary: Option<String>,
     /// Circuit breaker state.
     pub circuit: CircuitState,
     /// Commands the Redis user may not run (its ACL): each one turns a
@@ -64,6 +66,7 @@ impl Health {
             used_memory_bytes: None,
             connected_clients: None,
             total_keys: None,
+            primary: None,
             circuit,
             missing_permissions: Vec::new(),
             tracking: None,
@@ -130,6 +133,7 @@ impl Cache {
                     health.used_memory_bytes = info.used_memory_bytes;
                     health.connected_clients = info.connected_clients;
                     health.total_keys = info.total_keys;
+                    health.primary = info.primary;
                     health.missing_permissions = info.missing_permissions;
                 }
                 health.tracking = self.inner.layer.tracking();

@@ -148,6 +148,8 @@ impl Cache {
     /// metrics recorder is installed, with the prefixes of your
     /// `#[cached]` functions. A name is taken up to its first `:`
     /// (`"customer:"` is `customer`); empty names and repeats are ignored.
+    /// It also registers `cache_failovers_total`, the one counter that is
+    /// not per prefix.
     ///
     /// ```
     /// let cache = cache_core::Cache::memory();
@@ -165,5 +167,7 @@ impl Cache {
                 let _ = self.inner.stats.prefix(prefix);
             }
         }
+        // The one counter that is not per prefix.
+        metrics::counter!("cache_failovers_total").increment(0);
     }
 }

@@ -53,6 +53,13 @@ impl CacheConfig {
             let urls: Vec<&String> = match target {
                 RedisTarget::Single(url) => vec![url],
                 RedisTarget::Cluster(urls) => urls.iter().collect(),
+                // The sentinels or the data nodes may use TLS alone.
+                RedisTarget::Sentinel {
+                    sentinels,
+                    data_url,
+                    ..
+                } if super::sentinel::uses_tls(sentinels, data_url.as_deref()) => Vec::new(),
+                RedisTarget::Sentinel { sentinels, .. } => sentinels.iter().collect(),
             };
             if let Some(plain) = urls.iter().find(|u| !u.starts_with("rediss://")) {
                 let variable = if root_cert.is_some() {

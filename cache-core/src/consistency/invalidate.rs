@@ -81,6 +81,7 @@ impl Consistency {
             let entry = self.stats.prefix("_all");
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
             add(self.delete_pattern(&entry, &all).await);
+            self.store.namespace_cleared().await;
         }
         Outcome { deleted, delivered }
     }

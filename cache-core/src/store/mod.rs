@@ -36,6 +36,7 @@ mod leases;
 mod nodes;
 mod ops;
 mod recovery;
+mod replicas;
 mod suspects;
 
 use breaker::{Breaker, Permit};
@@ -61,6 +62,8 @@ pub(crate) struct Settings {
     pub(crate) breaker_cooldown: Duration,
     /// Entries the fallback may hold.
     pub(crate) fallback_capacity: u64,
+    /// Replicas that must acknowledge an invalidation (0: none).
+    pub(crate) wait_replicas: u32,
 }
 
 /// When one cache call must be done with the backend. A call that needs
@@ -154,6 +157,8 @@ struct Guard {
     suspects: Suspects,
     write_failure: ops::WriteFailure,
     scripts: leases::ScriptsRefused,
+    /// The last replay failed for want of replicas (see `replicas.rs`).
+    replicas_behind: std::sync::atomic::AtomicBool,
 }
 
 /// The store behind a cache (see the module docs).
@@ -194,6 +199,7 @@ impl Store {
             suspects: Suspects::default(),
             write_failure: ops::WriteFailure::default(),
             scripts: leases::ScriptsRefused::default(),
+            replicas_behind: Default::default(),
         });
         Arc::new_cyclic(|me| Store {
             primary,
@@ -328,6 +334,17 @@ impl Store {
         breaker: &'g Breaker,
         deadline: &Deadline,
     ) -> Result<(PermitGuard<'g>, Duration, bool), BackendError> {
+        // A new connection found Redis restarted with old data (possibly
+        // outside any call: the start-up ping): clear before trusting it.
+        if let Some(redis) = self.primary.redis()
+            && redis.take_restart()
+        {
+            self.remember(recovery::Missed::Everything);
+            return Err(BackendError::new(
+                ErrorKind::CircuitOpen,
+                "Redis restarted with old data: clearing the namespace before trusting it",
+            ));
+        }
         let permit = breaker.allow();
         if permit == Permit::Rejected {
             // Normally running already; this covers a task that ended just
@@ -372,6 +389,14 @@ impl Store {
         key: Option<&str>,
         error: &BackendError,
     ) {
+        // The failure may be a new connection finding Redis restarted with
+        // old data: whatever it holds of this namespace is cleared before
+        // Redis is trusted again.
+        if let Some(redis) = self.primary.redis()
+            && redis.take_restart()
+        {
+            self.remember(recovery::Missed::Everything);
+        }
         self.stats.record_error(entry, error.kind);
         // A command the ACL refuses proves Redis is up: a configuration
         // error, not an outage.
@@ -498,6 +523,10 @@ impl Store {
                 "replaying missed invalidations before trusting the backend again",
             )
         };
+        if self.waiting_for_replicas(guard) {
+            self.stats.record_error(entry, ErrorKind::CircuitOpen);
+            return Err(recovering());
+        }
         let permit = domain.breaker.allow();
         if permit == Permit::Rejected {
             self.stats.record_error(entry, ErrorKind::CircuitOpen);

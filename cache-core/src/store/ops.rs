@@ -10,7 +10,7 @@ use super::nodes::{Boxed, join_all};
 use super::recovery::Missed;
 use super::{Deadline, On, Store};
 use crate::backend::redis::cluster::Cluster;
-use crate::backend::{Backend, MemoryBackend, RawBytes};
+use crate::backend::{Backend, InvalidationWrite, MemoryBackend, RawBytes};
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{Event, PrefixEntry};
 
@@ -350,12 +350,17 @@ impl Store {
             );
         }
         match self
-            .call(entry, deadline, On::Any, |b| async move {
-                b.delete(skeys).await
+            .call(entry, deadline, On::Any, |b| {
+                self.invalidate_on(b, InvalidationWrite::Delete(skeys), deadline)
             })
             .await
         {
-            Ok(n) => (n, true),
+            Ok((n, true)) => (n, true),
+            Ok((n, false)) => {
+                self.unreplicated(entry);
+                self.remember(Missed::Keys(skeys));
+                (n, false)
+            }
             Err(_) => {
                 self.remember(Missed::Keys(skeys));
                 (fallback_deleted, false)
@@ -414,16 +419,30 @@ impl Store {
         }
         let deadline = Deadline::after(self.bulk_timeout());
         match self
-            .call(entry, &deadline, On::Any, |b| async move {
-                b.delete_pattern(pattern).await
+            .call(entry, &deadline, On::Any, |b| {
+                self.invalidate_on(b, InvalidationWrite::DeletePattern(pattern), &deadline)
             })
             .await
         {
-            Ok(n) => (n, true),
+            Ok((n, true)) => (n, true),
+            Ok((n, false)) => {
+                self.unreplicated(entry);
+                self.remember(Missed::Pattern(pattern));
+                (n, false)
+            }
             Err(_) => {
                 self.remember(Missed::Pattern(pattern));
                 (fallback_deleted, false)
             }
+        }
+    }
+
+    /// The whole namespace was deleted: the server's record of its run
+    /// (kept in the namespace, to detect restarts with old data) is written
+    /// again.
+    pub(crate) async fn namespace_cleared(&self) {
+        if let Some(redis) = self.primary.redis() {
+            redis.mark_run().await;
         }
     }
 
@@ -441,13 +460,20 @@ impl Store {
         if let Some(fallback) = self.fallback() {
             let _ = fallback.set(key, bytes.clone(), ttl).await;
         }
-        let copy = bytes.clone();
+        let write = InvalidationWrite::Write {
+            key,
+            value: &bytes,
+            ttl,
+        };
         let result = self
-            .call(entry, deadline, On::Key(key), |b| async move {
-                b.set(key, copy, ttl).await
+            .call(entry, deadline, On::Key(key), |b| {
+                self.invalidate_on(b, write, deadline)
             })
             .await;
-        if result.is_err() {
+        if let Ok((_, false)) = result {
+            self.unreplicated(entry);
+        }
+        if !matches!(result, Ok((_, true))) {
             self.remember(Missed::Write(key, &bytes, ttl));
             return false;
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::Store;
 use super::nodes::On;
-use crate::backend::Backend;
 use crate::backend::redis::cluster::{NodeId, SLOT_COUNT, slot_of};
+use crate::backend::{Backend, InvalidationWrite};
 use crate::error::{BackendError, ErrorKind};
 use crate::keys::glob_literal;
 use crate::stats::CircuitState;
@@ -35,6 +35,8 @@ pub(crate) enum Missed<'a> {
     Pattern(&'a str),
     /// A key to write (a prefix generation): replayed with the same bytes.
     Write(&'a str, &'a [u8], Duration),
+    /// Every key of the namespace (the backend came back with old data).
+    Everything,
 }
 
 /// Invalidations the backend missed. Sets, so that an invalidation repeated
@@ -313,6 +315,13 @@ impl Recovery {
                 self.gate(gate(key));
                 pending.writes.insert(key.to_owned(), (bytes.to_vec(), ttl));
             }
+            Missed::Everything => {
+                self.gate(None);
+                *pending = Pending {
+                    everything: true,
+                    ..Pending::default()
+                };
+            }
         }
         let folded = pending.len() > MAX_PENDING_INVALIDATIONS;
         pending.bound(namespace);
@@ -480,18 +489,27 @@ impl Store {
     ) -> Result<(), BackendError> {
         if batch.everything {
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
-            primary.delete_pattern(&all).await?;
+            self.replay_one(primary, InvalidationWrite::DeletePattern(&all))
+                .await?;
+            // The namespace's record of the server's run went with it.
+            if let Some(redis) = self.primary.redis() {
+                redis.mark_run().await;
+            }
             return Ok(());
         }
         let keys: Vec<String> = batch.keys.iter().cloned().collect();
         for chunk in keys.chunks(500) {
-            primary.delete(chunk).await?;
+            self.replay_one(primary, InvalidationWrite::Delete(chunk))
+                .await?;
         }
         for pattern in &batch.patterns {
-            primary.delete_pattern(pattern).await?;
+            self.replay_one(primary, InvalidationWrite::DeletePattern(pattern))
+                .await?;
         }
         for (key, (bytes, ttl)) in &batch.writes {
-            primary.set(key, bytes.clone(), *ttl).await?;
+            let (value, ttl) = (bytes.as_slice(), *ttl);
+            self.replay_one(primary, InvalidationWrite::Write { key, value, ttl })
+                .await?;
         }
         Ok(())
     }

@@ -30,9 +30,9 @@ async fn redis_cache() -> Cache {
         .unwrap()
 }
 
-/// Keys in Redis matching `pattern`, sorted.
-/// The value keys matching `pattern` (prefix generation keys,
-/// `{namespace}:%gen:{prefix}`, left out).
+/// The value keys in Redis matching `pattern`, sorted (the cache's own keys,
+/// `{namespace}:%gen:{prefix}` and the run marker `{namespace}:%run`, left
+/// out).
 async fn redis_keys(pattern: &str) -> Vec<String> {
     let mut conn = server()
         .client()
@@ -44,7 +44,7 @@ async fn redis_keys(pattern: &str) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap();
-    keys.retain(|k| !k.contains(":%gen:"));
+    keys.retain(|k| !k.contains(":%gen:") && !k.ends_with(":%run"));
     keys.sort();
     keys
 }

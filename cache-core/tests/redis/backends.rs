@@ -208,7 +208,11 @@ async fn patterns_prefixes_and_namespaces(kind: Kind) {
 
     assert_eq!(cache.delete_pattern("churn:[0-4]").await.unwrap(), 5);
     assert_eq!(cache.get::<u64>("churn:7").await.unwrap(), Some(7));
-    assert_eq!(cache.clear().await.unwrap(), 15);
+    // A single Redis server also holds the namespace's record of the
+    // server's run (to detect restarts with old data), a key of the
+    // namespace like the others.
+    let internal = u64::from(matches!(kind, Kind::Redis));
+    assert_eq!(cache.clear().await.unwrap(), 15 + internal);
     assert_eq!(cache.get::<u64>("churn:7").await.unwrap(), None);
     assert_eq!(
         other.get::<u64>("customer:5").await.unwrap(),

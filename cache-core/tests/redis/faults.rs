@@ -717,3 +717,132 @@ async fn stopped_redis_under_load(breaker_failures: u32) {
     })
     .await;
 }
+
+/// Redis restarted from a snapshot taken before an invalidation brings the
+/// invalidated value back into Redis; neither the cache that saw the
+/// restart nor one started after it serves it (the namespace is cleared
+/// before Redis is trusted again), unless persistence is declared trusted.
+#[tokio::test]
+async fn redis_restored_from_an_older_snapshot_does_not_bring_invalidated_values_back() {
+    let mut server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    cache.set("customer:1", &"before", None).await.unwrap();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut admin).unwrap();
+    cache.delete("customer:1").await.unwrap();
+    assert_eq!(cache.get::<String>("customer:1").await.unwrap(), None);
+
+    // kill and restart from the snapshot: the deleted value is back in Redis.
+    server.stop();
+    server.restart();
+    assert!(raw_get(&server, "f:customer:1").is_some(), "restored");
+
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            cache.get::<String>("customer:1").await.unwrap(),
+            None,
+            "an invalidated value came back after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("back on Redis, the restored value gone", async || {
+        let stats = cache.stats();
+        stats.circuit == CircuitState::Closed
+            && !stats.fallback_active
+            && raw_get(&server, "f:customer:1").is_none()
+    })
+    .await;
+
+    // Once more, with a cache started after the restart.
+    cache.set("customer:2", &"before", None).await.unwrap();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut admin).unwrap();
+    cache.delete("customer:2").await.unwrap();
+    drop(cache);
+    server.stop();
+    server.restart();
+    let fresh = cache_for(&server.url()).await;
+    for _ in 0..20 {
+        assert_eq!(fresh.get::<String>("customer:2").await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Declared trusted: what Redis kept is served.
+    let trusting = Cache::builder()
+        .redis_url(server.url())
+        .namespace("trusted")
+        .trust_persistence(true)
+        .build()
+        .await
+        .unwrap();
+    trusting.set("customer:3", &"kept", None).await.unwrap();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut admin).unwrap();
+    server.stop();
+    server.restart();
+    eventually("the kept value is served", async || {
+        trusting
+            .get::<String>("customer:3")
+            .await
+            .unwrap()
+            .as_deref()
+            == Some("kept")
+    })
+    .await;
+}
+
+#[derive(Debug, PartialEq)]
+enum SaveError {
+    Refused,
+}
+
+impl From<cache_core::WriteRefused> for SaveError {
+    fn from(_: cache_core::WriteRefused) -> Self {
+        SaveError::Refused
+    }
+}
+
+#[cache_core::invalidates("customer:{id}", cache = cache, fail_closed)]
+async fn save_fail_closed(
+    cache: &Cache,
+    writes: &std::sync::atomic::AtomicU32,
+    id: u64,
+) -> Result<(), SaveError> {
+    let _ = id;
+    writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// `fail_closed`: while Redis is away a write is refused before its body
+/// runs (the caller can answer 503) instead of being acknowledged with an
+/// invalidation other instances would not see; once Redis is back, writes
+/// go through again.
+#[tokio::test]
+async fn fail_closed_refuses_writes_while_invalidations_cannot_be_delivered() {
+    let mut server = RedisServer::start();
+    let cache = cache_for(&server.url()).await;
+    let writes = std::sync::atomic::AtomicU32::new(0);
+    assert_eq!(save_fail_closed(&cache, &writes, 1).await, Ok(()));
+    server.stop();
+    // The first write after the outage began is accepted (nothing known
+    // yet) and its invalidation remembered; from then on writes are refused.
+    let _ = save_fail_closed(&cache, &writes, 1).await;
+    let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        save_fail_closed(&cache, &writes, 1).await,
+        Err(SaveError::Refused)
+    );
+    assert_eq!(
+        writes.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the body did not run"
+    );
+    assert!(cache.check_deliverable().is_err());
+    server.restart();
+    eventually("writes accepted again", async || {
+        save_fail_closed(&cache, &writes, 1).await.is_ok()
+    })
+    .await;
+}

@@ -2,7 +2,7 @@
 //! kit's backend where faults are injected): every backend's behaviour,
 //! consistency under races, prefix generations, the near cache, the
 //! consistency promise over every read, invalidation and configuration,
-//! resilience and faults. One test binary (one link) for all; each module's
+//! resilience and faults, Redis Sentinel and its failovers. One test binary (one link) for all; each module's
 //! doc says what it covers.
 
 mod common;
@@ -16,4 +16,5 @@ mod generations;
 mod near;
 mod promise_matrix;
 mod resilience;
+mod sentinel;
 mod slow_loads;

@@ -41,7 +41,13 @@ async fn until_near_hit(cache: &Cache, key: &str) {
         if cache.stats().total.near_hits > before {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "no near hit");
+        // Generous: tracking is (re-)established in the background, on
+        // every master of a cluster, on cores other tests share.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no near hit for {key} within 10 s: {:?}",
+            cache.health().await
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -86,6 +86,11 @@ impl RedisServer {
                 if client_auth { "yes" } else { "no" }.to_owned(),
             ];
             extra_args.extend(more_args.iter().cloned());
+            server.password = more_args
+                .iter()
+                .position(|a| a == "--requirepass")
+                .and_then(|i| more_args.get(i + 1))
+                .cloned();
             server.tls = Some(client_auth);
             server.extra_args = extra_args;
         })

@@ -1,10 +1,14 @@
 //! [`RedisSentinel`]: a primary, a replica and three Redis Sentinels for tests.
 //!
 //! - this file: the fixture (start, failover, the data servers);
+//! - `builder`: passwords and TLS ([`SentinelBuilder`]);
 //! - `sentinel_process`: one `redis-sentinel` process, its config file and
 //!   the commands the fixture sends it.
 
+mod builder;
 mod sentinel_process;
+
+pub use builder::SentinelBuilder;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::RedisServer;
 use crate::process::tail;
-use sentinel_process::{SentinelProcess, query, require_sentinel};
+use builder::Options;
+use sentinel_process::{SentinelProcess, query};
 
 /// How many sentinels watch the primary.
 const SENTINELS: usize = 3;
@@ -31,7 +36,7 @@ const SERVER_ARGS: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
 ///
 /// The sentinels are tuned for tests: `down-after-milliseconds 1000`,
 /// `failover-timeout 5000`, and (through `SENTINEL DEBUG`) `INFO` polling
-/// every 100 ms and hello messages every 200 ms. [`RedisSentinel::start`]
+/// every 100 ms and hello messages every 500 ms. [`RedisSentinel::start`]
 /// returns once the replica is in sync and every sentinel knows the
 /// replica and the two other sentinels (about a second), so stopping the
 /// primary ([`RedisSentinel::servers_mut`]) makes them fail over on their
@@ -55,6 +60,7 @@ pub struct RedisSentinel {
     /// The data servers: the initial primary first, then its replica.
     servers: Vec<RedisServer>,
     sentinels: Vec<SentinelProcess>,
+    options: Options,
 }
 
 impl fmt::Debug for RedisSentinel {
@@ -92,23 +98,33 @@ impl RedisSentinel {
     /// assert_eq!(sentinel.master_name(), "orders");
     /// ```
     pub fn start_named(master_name: &str) -> RedisSentinel {
-        assert!(
-            !master_name.is_empty()
-                && master_name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-            "cache-testkit: invalid sentinel master name {master_name:?} (use letters, digits, `-`, `_`, `.`)"
-        );
-        require_sentinel();
-        let primary = RedisServer::start_with(&SERVER_ARGS);
-        let primary_port = primary.port().to_string();
-        let mut replica_args = SERVER_ARGS.to_vec();
-        replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
-        let replica = RedisServer::start_with(&replica_args);
+        RedisSentinel::builder().master_name(master_name).start()
+    }
+
+    /// A [`SentinelBuilder`]: the master name, passwords for the data
+    /// servers and for the sentinels, TLS.
+    ///
+    /// ```no_run
+    /// let sentinel = cache_testkit::RedisSentinel::builder()
+    ///     .password("data-secret")
+    ///     .sentinel_password("sentinel-secret")
+    ///     .tls()
+    ///     .start();
+    /// assert!(sentinel.sentinel_urls()[0].starts_with("rediss://"));
+    /// ```
+    pub fn builder() -> SentinelBuilder {
+        SentinelBuilder::default()
+    }
+
+    fn launch(options: Options) -> RedisSentinel {
+        let master_name = options.master_name.clone();
+        let primary = options.server(None, None);
+        let replica = options.server(Some(primary.port()), Some(primary.dir()));
         let mut fixture = RedisSentinel {
-            master_name: master_name.to_owned(),
+            master_name,
             servers: vec![primary, replica],
             sentinels: Vec::new(),
+            options,
         };
         fixture.wait_for("the replica to be in sync", |f| {
             let replica = info_replication(&f.servers[1])?;
@@ -117,8 +133,16 @@ impl RedisSentinel {
                 .ok_or_else(|| format!("replica: {replica:?}"))
         });
         let primary_addr = fixture.servers[0].addr();
+        let certificates = fixture.options.tls.then(|| fixture.servers[0].dir());
         fixture.sentinels = (0..SENTINELS)
-            .map(|_| SentinelProcess::start(master_name, primary_addr))
+            .map(|_| {
+                SentinelProcess::start(
+                    &fixture.master_name,
+                    primary_addr,
+                    &fixture.options,
+                    certificates,
+                )
+            })
             .collect();
         fixture.wait_for("the sentinels to know the replica and each other", |f| {
             f.sentinels.iter().try_for_each(|s| s.knows_everyone(f))
@@ -132,7 +156,9 @@ impl RedisSentinel {
         &self.master_name
     }
 
-    /// `redis://127.0.0.1:<port>` of each sentinel.
+    /// `redis://127.0.0.1:<port>` of each sentinel (`rediss://` with
+    /// [`SentinelBuilder::tls`]), without the sentinels' password (see
+    /// [`RedisSentinel::authed_sentinel_urls`]).
     ///
     /// ```no_run
     /// let sentinel = cache_testkit::RedisSentinel::start();
@@ -143,8 +169,38 @@ impl RedisSentinel {
     pub fn sentinel_urls(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|s| format!("redis://{}", s.addr()))
+            .map(|s| format!("{}://{}", self.options.scheme(), s.addr()))
             .collect()
+    }
+
+    /// Like [`RedisSentinel::sentinel_urls`], with the sentinels' password
+    /// ([`SentinelBuilder::sentinel_password`]) if they have one.
+    ///
+    /// ```no_run
+    /// let sentinel = cache_testkit::RedisSentinel::builder().sentinel_password("s3").start();
+    /// assert!(sentinel.authed_sentinel_urls()[0].starts_with("redis://:s3@127.0.0.1:"));
+    /// ```
+    pub fn authed_sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| self.options.sentinel_url(s.addr()))
+            .collect()
+    }
+
+    /// The data servers' password ([`SentinelBuilder::password`]), if any.
+    pub fn password(&self) -> Option<&str> {
+        self.options.password.as_deref()
+    }
+
+    /// The sentinels' password ([`SentinelBuilder::sentinel_password`]), if any.
+    pub fn sentinel_password(&self) -> Option<&str> {
+        self.options.sentinel_password.as_deref()
+    }
+
+    /// PEM file of the private CA that signed every certificate of a TLS
+    /// fixture ([`SentinelBuilder::tls`]). Panics without TLS.
+    pub fn tls_ca_file(&self) -> std::path::PathBuf {
+        self.servers[0].tls_ca_file()
     }
 
     /// `127.0.0.1:<port>` of each sentinel.
@@ -173,9 +229,10 @@ impl RedisSentinel {
         panic!("cache-testkit: no sentinel reported the primary: {errors:?}");
     }
 
-    /// `redis://<primary_addr>`.
+    /// `redis://<primary_addr>` (`rediss://` with TLS), without the
+    /// password.
     pub fn primary_url(&self) -> String {
-        format!("redis://{}", self.primary_addr())
+        format!("{}://{}", self.options.scheme(), self.primary_addr())
     }
 
     /// Forces a failover (`SENTINEL FAILOVER <name>`) and waits (up to 20 s,

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::FromRedisValue;
 
+use super::builder::Options;
 use super::{RedisSentinel, SENTINELS};
 use crate::ports::{self, loopback, pick_port};
 use crate::process::{Running, scratch_dir, tail};
@@ -24,15 +25,22 @@ const DOWN_AFTER_MS: u64 = 1_000;
 const FAILOVER_TIMEOUT_MS: u64 = 5_000;
 /// Sentinel's internal periods, shortened for tests with `SENTINEL DEBUG`
 /// (Redis 7.0+): `INFO` every 100 ms instead of 10 s, hello messages every
-/// 200 ms instead of 2 s (so a demoted primary is turned into a replica
-/// after 0.8 s rather than 8 s), and TILT mode only after a 10 s stall of
+/// 500 ms instead of 2 s (so a demoted primary is turned into a replica
+/// after 2 s rather than 8 s), and TILT mode only after a 10 s stall of
 /// the sentinel's timer (the default, 2 s, is within reach of a busy test
 /// machine).
+///
+/// Four hello periods is also how long a sentinel that has not heard of a
+/// failover yet waits before it turns the promoted replica back into a
+/// replica of the old primary; the leader's news takes about an `INFO`
+/// period, a timer tick and a hello period to arrive. With 200 ms hello
+/// periods (0.8 s) a busy 2-core machine lost that race now and then, and
+/// the sentinels failed over twice.
 const DEBUG_PERIODS: [&str; 6] = [
     "info-period",
     "100",
     "publish-period",
-    "200",
+    "500",
     "tilt-trigger",
     "10000",
 ];
@@ -78,13 +86,25 @@ pub(super) struct SentinelProcess {
     port: u16,
     dir: PathBuf,
     running: Option<Running>,
+    /// How the fixture reaches it (password, TLS).
+    client: Option<redis::Client>,
 }
+
+/// The certificate files a TLS sentinel uses (copied from a data server's
+/// directory).
+const TLS_FILES: [&str; 3] = ["ca.crt", "server.crt", "server.key"];
 
 impl SentinelProcess {
     /// Starts a sentinel monitoring `primary` as `master_name` on a free
     /// port (retrying on another if it loses the race for one), waits for
-    /// `PING` and shortens its periods.
-    pub(super) fn start(master_name: &str, primary: SocketAddr) -> SentinelProcess {
+    /// `PING` and shortens its periods. With TLS, `certificates` is the
+    /// directory holding the CA and the server certificate.
+    pub(super) fn start(
+        master_name: &str,
+        primary: SocketAddr,
+        options: &Options,
+        certificates: Option<&Path>,
+    ) -> SentinelProcess {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             let (port, held) = pick_port(false);
@@ -92,8 +112,16 @@ impl SentinelProcess {
                 port,
                 dir: scratch_dir("sentinel", port),
                 running: None,
+                client: None,
             };
-            match sentinel.spawn(master_name, primary, held) {
+            if let Some(from) = certificates {
+                for name in TLS_FILES {
+                    fs::copy(from.join(name), sentinel.dir.join(name))
+                        .unwrap_or_else(|e| panic!("cache-testkit: cannot copy {name}: {e}"));
+                }
+            }
+            sentinel.client = Some(sentinel.make_client(options));
+            match sentinel.spawn(master_name, primary, options, held) {
                 Ok(()) => return sentinel,
                 Err(Some(log)) => last = log, // lost the port: drop, retry
                 Err(None) => panic!(
@@ -107,16 +135,67 @@ impl SentinelProcess {
         );
     }
 
+    /// The client the fixture queries this sentinel with.
+    fn make_client(&self, options: &Options) -> redis::Client {
+        let url = options.sentinel_url(self.addr());
+        if !options.tls {
+            return redis::Client::open(url).expect("a loopback sentinel URL is valid");
+        }
+        // Never panics on a second install: one provider is then in already.
+        // Deprecated in rustls 0.23.48 without a replacement for ring.
+        #[allow(deprecated)]
+        let ring = rustls::crypto::ring::default_provider();
+        let _ = ring.install_default();
+        let ca = fs::read(self.dir.join("ca.crt"))
+            .unwrap_or_else(|e| panic!("cache-testkit: cannot read ca.crt: {e}"));
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        };
+        redis::Client::build_with_tls(url, certificates)
+            .expect("the test kit's own certificates are valid")
+    }
+
+    /// The lines of the config file for passwords and TLS.
+    fn secure_config(&self, master_name: &str, options: &Options) -> String {
+        let mut lines = String::new();
+        if let Some(password) = &options.password {
+            lines.push_str(&format!("sentinel auth-pass {master_name} {password}\n"));
+        }
+        if let Some(password) = &options.sentinel_password {
+            lines.push_str(&format!(
+                "requirepass {password}\nsentinel sentinel-pass {password}\n"
+            ));
+        }
+        if options.tls {
+            let file = |name: &str| self.dir.join(name).display().to_string();
+            lines.push_str(&format!(
+                "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\n",
+                file("server.crt"),
+                file("server.key"),
+                file("ca.crt"),
+            ));
+        }
+        lines
+    }
+
     /// `Err(Some(log))`: the port was taken; `Err(None)`: anything else.
     fn spawn(
         &mut self,
         master_name: &str,
         primary: SocketAddr,
+        options: &Options,
         held: Vec<TcpListener>,
     ) -> Result<(), Option<String>> {
         let config = self.dir.join("sentinel.conf");
+        let ports = if options.tls {
+            format!("port 0\ntls-port {}\n", self.port)
+        } else {
+            format!("port {}\n", self.port)
+        };
         let contents = format!(
-            "port {port}\n\
+            "{ports}\
              bind 127.0.0.1\n\
              protected-mode no\n\
              daemonize no\n\
@@ -125,8 +204,9 @@ impl SentinelProcess {
              sentinel monitor {master_name} {ip} {primary_port} {QUORUM}\n\
              sentinel down-after-milliseconds {master_name} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {master_name} {FAILOVER_TIMEOUT_MS}\n\
-             sentinel parallel-syncs {master_name} 1\n",
-            port = self.port,
+             sentinel parallel-syncs {master_name} 1\n\
+             {secure}",
+            secure = self.secure_config(master_name, options),
             dir = self.dir.display(),
             log = self.log_path().display(),
             ip = primary.ip(),
@@ -181,9 +261,8 @@ impl SentinelProcess {
     }
 
     pub(super) fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
-        let client =
-            redis::Client::open(format!("redis://{}", self.addr())).map_err(|e| e.to_string())?;
-        query(&client, cmd)
+        let client = self.client.as_ref().ok_or("no client yet")?;
+        query(client, cmd)
     }
 
     pub(super) fn primary_addr(&self, master_name: &str) -> Result<SocketAddr, String> {

@@ -17,9 +17,11 @@ impl RedisBackend {
     /// script...): Redis checks permissions before it runs a command, so
     /// `NOPERM` answers exactly the question. The result is kept for
     /// [`Backend::info`]. Other failures (unreachable server) are returned.
+    /// `wait`: invalidations wait for replicas (`WAIT`).
     pub(crate) async fn check_permissions(
         &self,
         namespace: &str,
+        wait: bool,
     ) -> Result<Vec<String>, BackendError> {
         let key = format!("{namespace}:%acl-probe");
         let key = key.as_str();
@@ -80,28 +82,44 @@ impl RedisBackend {
                 redis::cmd("CLIENT").arg("TRACKING").arg("OFF").clone(),
             ),
         ];
-        if let Topology::Cluster(_) = self.topology {
-            probes.push(("cluster|slots", redis::cmd("CLUSTER").arg("SLOTS").clone()));
+        match self.topology {
+            Topology::Cluster(_) => {
+                probes.push(("cluster|slots", redis::cmd("CLUSTER").arg("SLOTS").clone()));
+            }
+            // Finding the primary asks it for its role, from the sentinels'
+            // lookup and before commands go to it.
+            Topology::Sentinel(_) => probes.push(("role", redis::cmd("ROLE"))),
+            Topology::Single(_) => {}
         }
-        // On a cluster, the master serving the probe key answers.
+        if wait {
+            // `WAIT 0 0` returns at once: no replica is asked for.
+            probes.push(("wait", redis::cmd("WAIT").arg(0).arg(0).clone()));
+        }
+        // The server that answers: the single one, the current primary,
+        // or on a cluster the master serving the probe key.
+        let primary = match &self.topology {
+            Topology::Sentinel(sentinel) => Some(sentinel.primary()?),
+            _ => None,
+        };
         let master = match &self.topology {
             Topology::Cluster(cluster) => cluster.owner_of(slot_of(key.as_bytes())),
-            Topology::Single(_) => None,
+            _ => None,
+        };
+        let node: &SingleNode = match (&self.topology, &primary, &master) {
+            (Topology::Single(node), _, _) => node,
+            (Topology::Sentinel(_), Some(primary), _) => &primary.node,
+            (Topology::Cluster(_), _, Some(master)) => &master.link,
+            _ => {
+                return Err(BackendError::new(
+                    ErrorKind::Connection,
+                    "no Redis Cluster master known",
+                ));
+            }
         };
         let mut missing = Vec::new();
         for (name, cmd) in &probes {
             // Not through `query`: a refused probe is an answer, not an
             // error to log (the caller reports the list once).
-            let node: &SingleNode = match (&self.topology, &master) {
-                (Topology::Single(node), _) => node,
-                (Topology::Cluster(_), Some(master)) => &master.link,
-                (Topology::Cluster(_), None) => {
-                    return Err(BackendError::new(
-                        ErrorKind::Connection,
-                        "no Redis Cluster master known",
-                    ));
-                }
-            };
             let (mut conn, _) = match node.current() {
                 Some(found) => found,
                 None => node.connection().await?,

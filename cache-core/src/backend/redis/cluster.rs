@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::aio::MultiplexedConnection;
-use redis::{
-    Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, RedisResult, ServerErrorKind, Value,
-};
+use redis::{Cmd, ConnectionInfo, FromRedisValue, RedisResult, ServerErrorKind, Value};
 
-use super::connection::{SingleNode, driver_gone};
+use super::connection::{SingleNode, at, driver_gone, host_port};
 use super::slots::{Boxed, first_ok, join_all};
 pub(crate) use super::slots::{SLOT_COUNT, slot_of};
 use crate::clock;
@@ -139,12 +137,7 @@ impl Cluster {
             .ok_or_else(|| BackendError::new(ErrorKind::Config, "no cluster seed URL"))?;
         let seeds = seeds
             .iter()
-            .filter_map(|info| match info.addr() {
-                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-                    Some((host.clone(), *port))
-                }
-                _ => None,
-            })
+            .filter_map(|info| host_port(info.addr()))
             .collect();
         Ok(Arc::new_cyclic(|me| Cluster {
             template,
@@ -623,22 +616,4 @@ fn no_owner(slot: u16) -> BackendError {
         ErrorKind::Connection,
         format!("no Redis Cluster master known for slot {slot}"),
     )
-}
-
-/// `template`'s kind of address (TLS or not, with its settings) at
-/// `host:port`.
-pub(crate) fn at(template: &ConnectionAddr, host: &str, port: u16) -> ConnectionAddr {
-    match template {
-        ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: *insecure,
-            tls_params: tls_params.clone(),
-        },
-        _ => ConnectionAddr::Tcp(host.to_owned(), port),
-    }
 }

@@ -1,6 +1,7 @@
 //! Connections of the Redis backend: the bb8 manager and the shared
 //! multiplexed connection of one server (replaced when it breaks or its
-//! runtime is gone): a single server's, or each cluster master's.
+//! runtime is gone): a single server's, the Sentinel primary's, or each
+//! cluster master's; and how a node another node names is addressed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, ConnectionInfo};
 
 use super::tls::client_with_tls;
 use crate::config::TlsMaterial;
@@ -98,6 +100,13 @@ macro_rules! on_single {
 
 pub(crate) struct SingleNode {
     pub(crate) pool: bb8::Pool<Manager>,
+    /// A connection of its own for invalidations followed by `WAIT`
+    /// ([`waiting_connection`](Self::waiting_connection)), made on first use.
+    pub(crate) waiting: ArcSwapOption<TrackedConnection>,
+    /// The response timeout of its connections, and the cache's call
+    /// timeout: no call waits longer, the wait for a fresh connection
+    /// included.
+    pub(crate) timeout: Duration,
     /// The one shared connection every command runs on. One: a multiplexed
     /// connection pipelines any number of in-flight commands, and on the
     /// benchmark machine a second one cost 0.4–1.0 µs of client CPU per call
@@ -108,25 +117,26 @@ pub(crate) struct SingleNode {
     pub(crate) shared: ArcSwapOption<TrackedConnection>,
     /// Held while a fresh connection replaces a missing or broken one.
     pub(crate) refresh: tokio::sync::Mutex<()>,
-    /// The cache's call timeout: no call waits longer, the wait for a
-    /// fresh connection included.
-    pub(crate) timeout: Duration,
+    /// The key holding the `run_id` of the server that last used this
+    /// namespace (`None`: restarts are not checked; persistence trusted).
+    pub(crate) restart_marker: Option<String>,
+    /// Set when a new connection found the server restarted with old data.
+    pub(crate) restarted: AtomicBool,
 }
 
 impl SingleNode {
-    /// A node reached through `info` (nothing is dialed yet): a pool of at
-    /// most `pool_size` connections behind the shared one, every connection
-    /// and reply bounded by `timeout`.
-    pub(crate) fn open(
-        info: redis::ConnectionInfo,
-        tls: Option<&TlsMaterial>,
+    /// A node reached through `client` (whose connection info is `info`):
+    /// nothing connects yet.
+    pub(crate) fn new(
+        info: ConnectionInfo,
+        client: redis::Client,
         pool_size: u32,
         timeout: Duration,
     ) -> Result<SingleNode, BackendError> {
         let bounded = timeout.max(Duration::from_millis(10));
         let manager = Manager {
-            inner: bb8_redis::RedisConnectionManager::new(info.clone())?,
-            client: client_with_tls(info, tls)?,
+            inner: bb8_redis::RedisConnectionManager::new(info)?,
+            client,
             config: redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(bounded))
                 .set_response_timeout(Some(bounded)),
@@ -141,16 +151,75 @@ impl SingleNode {
             .build_unchecked(manager);
         Ok(SingleNode {
             pool,
+            waiting: ArcSwapOption::empty(),
+            timeout: bounded,
             shared: ArcSwapOption::empty(),
             refresh: tokio::sync::Mutex::new(()),
-            timeout: bounded,
+            restart_marker: None,
+            restarted: AtomicBool::new(false),
         })
     }
 
-    /// A clone of the shared connection and an identity for
-    /// [`mark_broken`](Self::mark_broken). Only the connection itself is
-    /// cloned per call: every extra shared refcount bumped here is a
-    /// contended write on the hit path.
+    /// A node reached through `info` (nothing is dialed yet): a pool of at
+    /// most `pool_size` connections behind the shared one, every connection
+    /// and reply bounded by `timeout`; TLS with `tls`'s certificates.
+    pub(crate) fn open(
+        info: ConnectionInfo,
+        tls: Option<&TlsMaterial>,
+        pool_size: u32,
+        timeout: Duration,
+    ) -> Result<SingleNode, BackendError> {
+        let client = client_with_tls(info.clone(), tls)?;
+        Self::new(info, client, pool_size, timeout)
+    }
+
+    /// Checks every new connection for a restart with old data (see
+    /// [`check_run`](Self::check_run)), with `marker` as the key.
+    pub(crate) fn with_restart_marker(mut self, marker: Option<String>) -> Self {
+        self.restart_marker = marker;
+        self
+    }
+
+    /// The connection invalidations followed by `WAIT` are made on: one of
+    /// their own, never in the pool (a checkout could hand out the shared
+    /// connection, which `WAIT` would block). A broken one is replaced.
+    pub(crate) async fn waiting_connection(
+        &self,
+    ) -> Result<(MultiplexedConnection, usize), BackendError> {
+        let current = self.waiting.load_full();
+        if let Some(conn) = current.as_deref()
+            && !conn.broken.load(Ordering::Relaxed)
+        {
+            return Ok((conn.conn.clone(), identity(conn)));
+        }
+        let fresh = self
+            .pool
+            .dedicated_connection()
+            .await
+            .map_err(BackendError::from)
+            .inspect_err(log_operator_error)?;
+        let found = (fresh.conn.clone(), identity(&fresh));
+        self.waiting.store(Some(Arc::new(fresh)));
+        Ok(found)
+    }
+
+    /// Classifies a failure on the waiting connection; a connection failure
+    /// or timeout gives it up.
+    pub(crate) fn waiting_failed(&self, id: usize, error: redis::RedisError) -> BackendError {
+        let error = BackendError::from(error);
+        if matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
+            let current = self.waiting.load_full();
+            if let Some(conn) = &current
+                && identity(conn) == id
+            {
+                conn.broken.store(true, Ordering::Relaxed);
+                let _ = self.waiting.compare_and_swap(&current, None);
+            }
+        }
+        log_operator_error(&error);
+        error
+    }
+
     /// The shared connection, made anew if it is missing or broken (calls
     /// queue here while one of them reconnects, and a Redis that accepts
     /// connections without answering makes each reconnection last the whole
@@ -165,6 +234,7 @@ impl SingleNode {
                 .fresh_connection()
                 .await
                 .inspect_err(log_operator_error)?;
+            self.check_run(&tracked).await?;
             let found = (tracked.conn.clone(), identity(&tracked));
             self.shared.store(Some(Arc::new(tracked)));
             Ok(found)
@@ -206,6 +276,10 @@ impl SingleNode {
         ))
     }
 
+    /// A clone of the shared connection and an identity for
+    /// [`mark_broken`](Self::mark_broken). Only the connection itself is
+    /// cloned per call: every extra shared refcount bumped here is a
+    /// contended write on the hit path.
     #[inline]
     pub(crate) fn current(&self) -> Option<(MultiplexedConnection, usize)> {
         let guard = self.shared.load();
@@ -249,6 +323,7 @@ impl SingleNode {
                 .map_err(BackendError::from)
                 .inspect_err(log_operator_error)?;
             let _ = self.pool.add(tracked.clone());
+            self.check_run(&tracked).await?;
             let found = (tracked.conn.clone(), identity(&tracked));
             self.shared.store(Some(Arc::new(tracked)));
             Ok(found)
@@ -307,5 +382,34 @@ pub(crate) fn driver_gone(error: &redis::RedisError) -> bool {
 pub(crate) fn log_operator_error(error: &BackendError) {
     if error.kind.needs_operator() {
         tracing::error!(kind = %error.kind, error = %error.message, "Redis refused the cache's configuration");
+    }
+}
+
+/// `template`'s kind of address (TLS or not, with its settings) at
+/// `host:port`: how a node another node names (a cluster master, the
+/// primary a sentinel names) is reached.
+pub(crate) fn at(template: &ConnectionAddr, host: &str, port: u16) -> ConnectionAddr {
+    match template {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    }
+}
+
+/// The host and port of a TCP address (`None` for a Unix socket).
+pub(crate) fn host_port(addr: &ConnectionAddr) -> Option<(String, u16)> {
+    match addr {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            Some((host.clone(), *port))
+        }
+        _ => None,
     }
 }

@@ -1,5 +1,7 @@
-//! Redis backend: one server (bb8 pool + shared multiplexed connections) or a
-//! Redis Cluster (the same per master, routed by hash slot: `cluster.rs`).
+//! Redis backend: one server (bb8 pool + shared multiplexed connections), a
+//! primary followed through Redis Sentinel (the same, on whichever server
+//! the sentinels name: `sentinel.rs`) or a Redis Cluster (the same per
+//! master, routed by hash slot: `cluster.rs`).
 //!
 //! # Why the hit path does not check out of the pool
 //! Measured on the 2-core development machine (64 tasks, 207-byte values): one
@@ -21,17 +23,24 @@ use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script};
 
 use self::cluster::Cluster;
 use self::connection::*;
+use self::sentinel::{SentinelNode, SentinelSettings};
+use self::tls::client_with_tls;
 #[cfg(feature = "tls")]
 use self::tls::install_crypto_provider;
-use super::{Backend, BackendInfo, BackendKind};
+use super::{Backend, BackendInfo, BackendKind, InvalidationWrite};
 use crate::config::{RedisTarget, TlsMaterial};
 use crate::error::{BackendError, ErrorKind};
 use crate::redact::redact_url;
 
 #[macro_use]
 mod connection;
+#[macro_use]
+pub(crate) mod sentinel;
 mod acl;
 pub(crate) mod cluster;
+mod info;
+mod replicated;
+mod restart;
 mod slots;
 pub(crate) mod tls;
 pub(crate) mod tracking;
@@ -81,11 +90,13 @@ return 0";
 
 enum Topology {
     Single(SingleNode),
+    /// Behind an `Arc`: its background tasks hold it.
+    Sentinel(Arc<SentinelNode>),
     /// Behind an `Arc`: background slot map refreshes hold it.
     Cluster(Arc<Cluster>),
 }
 
-/// The Redis backend (single server or cluster).
+/// The Redis backend (a single server, a Sentinel primary or a cluster).
 pub(crate) struct RedisBackend {
     topology: Topology,
     /// What [`check_permissions`](Self::check_permissions) found missing.
@@ -117,10 +128,16 @@ impl RedisBackend {
         timeout: Duration,
         nodelay: bool,
         tls: Option<&TlsMaterial>,
+        restart_marker: Option<String>,
     ) -> Result<Self, BackendError> {
         let urls: Vec<&String> = match target {
             RedisTarget::Single(url) => vec![url],
             RedisTarget::Cluster(urls) => urls.iter().collect(),
+            RedisTarget::Sentinel {
+                sentinels,
+                data_url,
+                ..
+            } => sentinels.iter().chain(data_url).collect(),
         };
         #[cfg(feature = "tls")]
         if urls.iter().any(|u| u.starts_with("rediss://")) {
@@ -140,8 +157,29 @@ impl RedisBackend {
         };
         let topology = match target {
             RedisTarget::Single(url) => {
-                Topology::Single(SingleNode::open(info(url)?, tls, pool_size, timeout)?)
+                let info = info(url)?;
+                let client = client_with_tls(info.clone(), tls)?;
+                Topology::Single(
+                    SingleNode::new(info, client, pool_size, timeout)?
+                        .with_restart_marker(restart_marker),
+                )
             }
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                data_url,
+            } => Topology::Sentinel(
+                SentinelNode::connect(SentinelSettings {
+                    sentinels,
+                    master,
+                    data_url: data_url.as_deref(),
+                    tls,
+                    pool_size,
+                    timeout,
+                    tcp: tcp_settings(nodelay),
+                })
+                .await?,
+            ),
             RedisTarget::Cluster(urls) => {
                 let seeds = urls
                     .iter()
@@ -170,15 +208,17 @@ impl RedisBackend {
     async fn query<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| cmd.query_async(conn)),
             Topology::Cluster(cluster) => cluster.query(key.as_bytes(), cmd).await,
         }
     }
 
-    /// A command without a key (the single server; on a cluster, every
-    /// master must answer and the first answer is returned).
+    /// A command without a key (the single server or the primary; on a
+    /// cluster, every master must answer and the first answer is returned).
     async fn query_any<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| cmd.query_async(conn)),
             Topology::Cluster(cluster) => {
                 let mut first = None;
                 for node in cluster.masters().await? {
@@ -194,7 +234,24 @@ impl RedisBackend {
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         match &self.topology {
             Topology::Cluster(cluster) => Some(cluster),
-            Topology::Single(_) => None,
+            Topology::Single(_) | Topology::Sentinel(_) => None,
+        }
+    }
+
+    /// Whether a new connection found the server restarted with data of an
+    /// earlier run since this was last asked (a single server only).
+    pub(crate) fn take_restart(&self) -> bool {
+        match &self.topology {
+            Topology::Single(node) => node.take_restart(),
+            _ => false,
+        }
+    }
+
+    /// Records the server's `run_id` in the namespace again (after the
+    /// namespace was cleared, its marker with it).
+    pub(crate) async fn mark_run(&self) {
+        if let Topology::Single(node) = &self.topology {
+            node.mark_run().await;
         }
     }
 
@@ -230,6 +287,7 @@ impl RedisBackend {
         pipe.get(key).pttl(key);
         let (value, pttl): (Option<Vec<u8>>, i64) = match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| pipe.query_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| pipe.query_async(conn)),
             Topology::Cluster(cluster) => {
                 let pipe = &pipe;
                 cluster
@@ -258,6 +316,7 @@ impl RedisBackend {
         }
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| invocation.invoke_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| invocation.invoke_async(conn)),
             Topology::Cluster(cluster) => {
                 let invocation = &invocation;
                 cluster
@@ -274,7 +333,7 @@ impl RedisBackend {
     /// changes client tracking must hear about. Empty for a single server.
     pub(crate) async fn slot_masters(&self) -> Result<Vec<(String, u16)>, BackendError> {
         match &self.topology {
-            Topology::Single(_) => Ok(Vec::new()),
+            Topology::Single(_) | Topology::Sentinel(_) => Ok(Vec::new()),
             Topology::Cluster(cluster) => {
                 let mut masters: Vec<(String, u16)> = cluster
                     .masters()
@@ -296,7 +355,9 @@ impl RedisBackend {
             return Ok(0);
         }
         match &self.topology {
-            Topology::Single(_) => self.query_any(redis::cmd("UNLINK").arg(&keys)).await,
+            Topology::Single(_) | Topology::Sentinel(_) => {
+                self.query_any(redis::cmd("UNLINK").arg(&keys)).await
+            }
             Topology::Cluster(cluster) => Ok(cluster
                 .per_key::<u64>(&keys, |key| redis::cmd("UNLINK").arg(key).clone())
                 .await?
@@ -337,10 +398,18 @@ impl RedisBackend {
     }
 }
 
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
+/// One `SET ... PX` per entry, replies ignored.
+fn set_pipeline(entries: &[(String, Vec<u8>)], ttl: Duration) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for (key, value) in entries {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(px(ttl))
+            .ignore();
+    }
+    pipe
 }
 
 fn px(ttl: Duration) -> u64 {
@@ -351,12 +420,13 @@ fn px(ttl: Duration) -> u64 {
 impl Backend for RedisBackend {
     fn enforces_timeouts(&self) -> bool {
         // A cluster call may follow a redirect, so it keeps the outer bound.
-        matches!(self.topology, Topology::Single(_))
+        matches!(self.topology, Topology::Single(_) | Topology::Sentinel(_))
     }
 
     fn kind(&self) -> BackendKind {
         match self.topology {
             Topology::Single(_) => BackendKind::Redis,
+            Topology::Sentinel(_) => BackendKind::RedisSentinel,
             Topology::Cluster(_) => BackendKind::RedisCluster,
         }
     }
@@ -370,7 +440,7 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         match &self.topology {
-            Topology::Single(_) => {
+            Topology::Single(_) | Topology::Sentinel(_) => {
                 self.query_any(&keyed_cmd("MGET", keys.iter().map(String::as_str)))
                     .await
             }
@@ -398,16 +468,12 @@ impl Backend for RedisBackend {
     ) -> Result<(), BackendError> {
         match &self.topology {
             Topology::Single(node) => {
-                let mut pipe = redis::pipe();
-                for (key, value) in &entries {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(px(ttl))
-                        .ignore();
-                }
+                let pipe = set_pipeline(&entries, ttl);
                 on_single!(node, |conn| pipe.query_async::<()>(conn))
+            }
+            Topology::Sentinel(node) => {
+                let pipe = set_pipeline(&entries, ttl);
+                on_sentinel!(node, |conn| pipe.query_async::<()>(conn))
             }
             Topology::Cluster(cluster) => {
                 let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_bytes()).collect();
@@ -463,7 +529,7 @@ impl Backend for RedisBackend {
 
     async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         match &self.topology {
-            Topology::Single(_) => self.scan_unlink(pattern, None).await,
+            Topology::Single(_) | Topology::Sentinel(_) => self.scan_unlink(pattern, None).await,
             Topology::Cluster(cluster) => {
                 let mut total = 0;
                 for node in cluster.masters().await? {
@@ -532,56 +598,21 @@ impl Backend for RedisBackend {
         Ok((len > 0).then_some(len))
     }
 
+    async fn invalidate_replicated(
+        &self,
+        write: InvalidationWrite<'_>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(u64, u32), BackendError> {
+        self.write_and_wait(write, replicas, timeout).await
+    }
+
     async fn ping(&self) -> Result<(), BackendError> {
         let _: String = self.query_any(&redis::cmd("PING")).await?;
         Ok(())
     }
 
     async fn info(&self) -> Result<BackendInfo, BackendError> {
-        let nodes: Vec<(String, String, u64)> = match &self.topology {
-            Topology::Single(_) => {
-                let info: String = self.query_any(&redis::cmd("INFO")).await?;
-                let keys: u64 = self.query_any(&redis::cmd("DBSIZE")).await?;
-                vec![(info, String::new(), keys)]
-            }
-            Topology::Cluster(cluster) => {
-                // The masters that answer (a dead one is reported by ping).
-                let mut out = Vec::new();
-                let mut last = None;
-                for node in cluster.masters().await? {
-                    let (info, keys) = (redis::cmd("INFO"), redis::cmd("DBSIZE"));
-                    let info = cluster.query_node::<String>(&node, &info).await;
-                    let keys = cluster.query_node::<u64>(&node, &keys).await;
-                    match (info, keys) {
-                        (Ok(info), Ok(keys)) => out.push((info, node.host.clone(), keys)),
-                        (Err(e), _) | (_, Err(e)) => last = Some(e),
-                    }
-                }
-                if let (true, Some(e)) = (out.is_empty(), last) {
-                    return Err(e);
-                }
-                out
-            }
-        };
-        let sum = |name: &str| -> Option<u64> {
-            nodes
-                .iter()
-                .map(|(info, _, _)| info_field(info, name).and_then(|v| v.parse::<u64>().ok()))
-                .sum()
-        };
-        Ok(BackendInfo {
-            version: nodes
-                .first()
-                .and_then(|(info, _, _)| info_field(info, "redis_version").map(str::to_owned)),
-            used_memory_bytes: sum("used_memory"),
-            connected_clients: sum("connected_clients"),
-            total_keys: Some(nodes.iter().map(|(_, _, k)| k).sum()),
-            missing_permissions: self
-                .missing_permissions
-                .load()
-                .as_deref()
-                .cloned()
-                .unwrap_or_default(),
-        })
+        self.server_info().await
     }
 }

@@ -7,6 +7,10 @@
 //!   Generation keys are read on it, so Redis tracks exactly the keys this
 //!   process holds; with a near cache it subscribes in broadcast mode to
 //!   every key of the namespace instead.
+//! - A primary found through Redis Sentinel: as a single server, on
+//!   whichever server the sentinels name. A failover loses tracking
+//!   before calls reach the new primary, and it is established again on
+//!   the new one.
 //! - A cluster: one such connection to every master that serves slots, each
 //!   in broadcast mode (`{namespace}:%gen:` for generations only, the whole
 //!   namespace with a near cache), since a key's changes are reported by the
@@ -16,7 +20,7 @@
 //! Whatever is held (generations, near entries) is dropped whenever tracking
 //! is lost: a disconnection, a failed heartbeat (a `PING` on every tracking
 //! connection each [`HEARTBEAT`]), a changed set of cluster masters, a
-//! `FLUSHALL`. Nothing is held again until tracking is re-established.
+//! failover to another primary, a `FLUSHALL`. Nothing is held again until tracking is re-established.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -26,9 +30,10 @@ use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 
-use super::RedisBackend;
-use super::cluster::at;
+use super::connection::at;
+use super::sentinel::{SentinelNode, SwitchListener};
 use super::tls::client_with_tls;
+use super::{RedisBackend, Topology};
 use crate::clock;
 use crate::config::TlsMaterial;
 
@@ -66,6 +71,8 @@ enum Target {
         /// Asked for the masters that serve slots.
         backend: Arc<RedisBackend>,
     },
+    /// The primary the sentinels name, reached like the data connections.
+    Sentinel(Arc<SentinelNode>),
 }
 
 /// One set of established tracking connections.
@@ -146,6 +153,27 @@ impl Tracker {
             timeout,
             Some(prefix),
         ))
+    }
+
+    /// A tracker for the primary `backend` follows through Redis Sentinel
+    /// (nothing connects yet; `None` for another topology). A failover
+    /// loses tracking before calls reach the new primary.
+    pub(crate) fn sentinel(
+        backend: &RedisBackend,
+        namespace: &str,
+        timeout: Duration,
+        near: bool,
+    ) -> Option<Tracker> {
+        let Topology::Sentinel(node) = &backend.topology else {
+            return None;
+        };
+        let tracker = Tracker::new(
+            Target::Sentinel(node.clone()),
+            timeout,
+            near.then(|| format!("{namespace}:")),
+        );
+        node.listen(Arc::new(FollowPrimary(Arc::downgrade(&tracker.state))));
+        Some(tracker)
     }
 
     fn new(target: Target, timeout: Duration, broadcast: Option<String>) -> Self {
@@ -350,6 +378,13 @@ impl State {
                 }
                 (clients, masters)
             }
+            Target::Sentinel(node) => {
+                let primary = node.current().ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "no primary known yet"))
+                })?;
+                let client = redis::Client::open(resp3(primary.info.clone()))?;
+                (vec![client], vec![primary.addr.clone()])
+            }
         };
         let mut connections = Vec::with_capacity(clients.len());
         for client in &clients {
@@ -363,8 +398,9 @@ impl State {
             lost: lost.clone(),
         })));
         // A disconnection between subscribing and storing found no links to
-        // drop: drop them now.
-        if lost.load(Ordering::Acquire) {
+        // drop, and a failover may have moved the primary meanwhile: drop
+        // them now.
+        if lost.load(Ordering::Acquire) || !self.on_current_primary() {
             self.lose();
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
@@ -403,6 +439,19 @@ impl State {
         Ok(connection)
     }
 
+    /// Whether the tracking connections (if any) go to the primary the
+    /// sentinels name now (always, for other targets).
+    fn on_current_primary(&self) -> bool {
+        let Target::Sentinel(node) = &self.target else {
+            return true;
+        };
+        let Some(links) = self.links.load_full() else {
+            return true;
+        };
+        let now = node.current().map(|primary| primary.addr.clone());
+        now.as_ref() == links.masters.first()
+    }
+
     /// Whether every tracking connection of `links` answers, and (on a
     /// cluster) the masters are still the ones tracked.
     async fn still_sound(&self, links: &Links) -> bool {
@@ -423,7 +472,31 @@ impl State {
                 return masters == links.masters;
             }
         }
-        true
+        self.on_current_primary()
+    }
+}
+
+/// Moves tracking along with the primary of a Sentinel target: lost before
+/// calls reach a new primary, established again once it is in place.
+struct FollowPrimary(Weak<State>);
+
+impl SwitchListener for FollowPrimary {
+    fn leaving(&self) {
+        if let Some(state) = self.0.upgrade() {
+            state.lose();
+        }
+    }
+
+    fn arrived(&self) {
+        let Some(state) = self.0.upgrade() else {
+            return;
+        };
+        // Connections made to the old primary while it was being left.
+        if !state.on_current_primary() {
+            state.lose();
+        }
+        state.last_attempt_ms.store(0, Ordering::Release);
+        state.ensure_connecting();
     }
 }
 
