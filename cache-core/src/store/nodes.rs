@@ -14,6 +14,9 @@
 //!   the breakers of those that answer, replays what their slots missed,
 //!   drops the fallback's entries of the slots it ungates, and ends when
 //!   nothing is gated and every master's breaker is closed.
+//! - Whether an invalidation of some keys would be confirmed now
+//!   ([`Store::undeliverable`], for `#[invalidates(fail_closed)]`) is
+//!   asked of those keys' masters and slots only.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -157,6 +160,38 @@ impl Store {
             }
         }
         worst
+    }
+
+    /// Why an invalidation made now might not be confirmed (`None`: as far
+    /// as the store knows, it would be). With `keys` (storage keys: an
+    /// invalidation of those keys and nothing else) on a cluster, only
+    /// their masters and slots count: a master whose breaker is not
+    /// closed, a slot awaiting a replay, a slot no master is known for.
+    /// Otherwise the whole backend counts: any breaker not closed (on a
+    /// cluster, any master's), or anything awaiting a replay.
+    pub(crate) fn undeliverable(&self, keys: Option<&[String]>) -> Option<&'static str> {
+        let guard = self.guard.as_ref()?;
+        if let (Some(keys), Some(nodes), Some(cluster)) = (keys, &guard.nodes, self.cluster()) {
+            for key in keys {
+                let Some(route) = cluster.route(key.as_bytes()) else {
+                    return Some("no Redis Cluster master is known for the key's slot");
+                };
+                if nodes.breaker(route.node).state() != CircuitState::Closed {
+                    return Some("the circuit breaker of the key's Redis Cluster master is open");
+                }
+                if guard.recovery.gates(Some(route.slot)) {
+                    return Some(
+                        "invalidations the key's Redis Cluster slot missed are not replayed yet",
+                    );
+                }
+            }
+            return None;
+        }
+        match self.worst_circuit(guard) {
+            CircuitState::Open | CircuitState::HalfOpen => Some("the circuit breaker is open"),
+            _ if guard.recovery.needed() => Some("invalidations Redis missed are not replayed yet"),
+            _ => None,
+        }
     }
 
     /// One round of cluster recovery (see the module docs): `Ok` when

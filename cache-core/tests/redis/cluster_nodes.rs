@@ -1,12 +1,33 @@
 //! One dead master of a Redis Cluster with replicas: the fault stays with
 //! the slots it served. Keys on the other masters keep their latency and
 //! stay on Redis, and an invalidation that the dead master missed is
-//! delivered to the replica that takes its slots over.
+//! delivered to the replica that takes its slots over; meanwhile
+//! `fail_closed` refuses only writes whose keys' slots await it.
 
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
-use cache_core::{Cache, CircuitState};
+use cache_core::{Cache, CircuitState, WriteRefused};
 use cache_testkit::RedisCluster;
+
+#[derive(Debug, PartialEq)]
+enum SaveError {
+    Refused,
+}
+
+impl From<WriteRefused> for SaveError {
+    fn from(_: WriteRefused) -> Self {
+        SaveError::Refused
+    }
+}
+
+#[cache_core::invalidates("customer:{id}", cache = cache, fail_closed)]
+async fn save_fail_closed(cache: &Cache, writes: &AtomicU32, id: u64) -> Result<(), SaveError> {
+    let _ = id;
+    writes.fetch_add(1, SeqCst);
+    Ok(())
+}
 
 async fn cache_on(cluster: &RedisCluster, namespace: &str) -> Cache {
     Cache::builder()
@@ -195,6 +216,21 @@ async fn an_invalidation_a_dead_master_missed_reaches_its_promoted_replica() {
         a.stats().fallback_active,
         "the missed part of the invalidation is kept for replay"
     );
+    // `fail_closed`: a write whose key's slot awaits that replay is
+    // refused before its body runs; one whose key lives on a live master
+    // goes ahead. The whole cluster is not deliverable.
+    let writes = AtomicU32::new(0);
+    assert_eq!(
+        save_fail_closed(&a, &writes, 1).await,
+        Err(SaveError::Refused)
+    );
+    assert_eq!(writes.load(SeqCst), 0, "the refused write's body ran");
+    let elsewhere = (2..)
+        .find(|id| cluster.master_of(&format!("{NS}:customer:{id}")) != victim)
+        .unwrap();
+    assert_eq!(save_fail_closed(&a, &writes, elsewhere).await, Ok(()));
+    assert_eq!(writes.load(SeqCst), 1);
+    assert!(a.check_deliverable().is_err());
     assert_ne!(a.get::<u64>("customer:1").await.unwrap(), Some(1));
     assert_ne!(a.get::<u64>("churn:1").await.unwrap(), Some(10));
 
