@@ -9,9 +9,11 @@
 //! ```text
 //! loadgen load  [--addr 127.0.0.1:8080] [--connections 50] [--keys hot|spread]
 //!               [--hot-id 42] [--spread 1000] [--warmup 1] [--duration 5]
-//!               [--requests 5000000] [--timeout-ms 5000] [--label NAME]
-//! loadgen check [--addr ...] [--connections 16] [--ids 8] [--first-id 1]
-//!               [--write-pct 5] [--duration 5] [--phase-secs 1]
+//!               [--method GET|PUT] [--requests 5000000] [--timeout-ms 5000]
+//!               [--label NAME]
+//! loadgen check [--addr ...] [--read-addr ADDR] [--connections 16] [--ids 8]
+//!               [--first-id 1] [--write-pct 5] [--write-from 0] [--write-until S]
+//!               [--duration 5] [--phase-secs 1]
 //!               [--requests 5000000] [--timeout-ms 5000] [--label NAME]
 //! loadgen free-port          # prints a free loopback TCP port
 //! ```
@@ -19,6 +21,8 @@
 //! `load` sends `GET /api/customers/{id}` over kept-alive connections, for
 //! one hot id or ids spread over `1..=spread`, and prints one JSON line:
 //! req/s, p50/p99/max latency, non-2xx answers, requests without an answer.
+//! With `--method PUT` it sends `PUT /api/customers/{id}` instead, each
+//! setting a name never used before (write latency).
 //!
 //! `check` mixes reads with `PUT /api/customers/{id}` writes of a fresh,
 //! unique name over a small id set, so reads and writes collide. Writes to
@@ -27,6 +31,17 @@
 //! was acknowledged (200) and returned an older name. Reads that return the
 //! name of a write whose outcome is unknown (it timed out or failed) are
 //! counted apart as `stale_uncertain`, since such a write may land late.
+//! A stale read's *staleness* is how long before the read started the
+//! first write newer than the value it returned was acknowledged;
+//! `max_stale_ms` is the longest, and `stale_at_end` counts the ids whose
+//! last read of the run was still stale (an invalidation lost for good
+//! shows there).
+//!
+//! With `--read-addr`, reads go to that address and writes to `--addr`:
+//! two instances of the service on one database, the checker counting the
+//! reads of the *other* instance. `--write-from`/`--write-until` (seconds
+//! into the run) confine the writes to a window, so what happens after the
+//! last write (a restart, a restored snapshot) is measured alone.
 //! One JSON line is printed per phase (`--phase-secs` slices of the run, by
 //! request start time), then one line with `"phase": "total"`.
 
@@ -97,8 +112,16 @@ const COMMON_FLAGS: &[&str] = &[
     "timeout-ms",
     "label",
 ];
-const LOAD_FLAGS: &[&str] = &["keys", "hot-id", "spread", "warmup"];
-const CHECK_FLAGS: &[&str] = &["ids", "first-id", "write-pct", "phase-secs"];
+const LOAD_FLAGS: &[&str] = &["keys", "hot-id", "spread", "warmup", "method"];
+const CHECK_FLAGS: &[&str] = &[
+    "ids",
+    "first-id",
+    "write-pct",
+    "phase-secs",
+    "read-addr",
+    "write-from",
+    "write-until",
+];
 
 /// `--flag value` pairs, checked against the flags a mode knows.
 #[derive(Debug)]
@@ -318,6 +341,12 @@ async fn load(opts: Opts) -> anyhow::Result<()> {
     let label = opts.str_or("label", "").to_owned();
     let keys = opts.str_or("keys", "hot").to_owned();
     let hot_id: u64 = opts.num("hot-id", 42, 0, i64::MAX as u64)?;
+    let put = match opts.str_or("method", "GET") {
+        "GET" | "get" => false,
+        "PUT" | "put" => true,
+        other => bail!("--method must be GET or PUT, got `{other}`"),
+    };
+    let nonce = run_nonce();
     let spread: u64 = opts.num("spread", 1000, 1, 1_000_000)?;
     let paths: Arc<Vec<String>> = Arc::new(match keys.as_str() {
         "hot" => vec![format!("/api/customers/{hot_id}")],
@@ -335,8 +364,10 @@ async fn load(opts: Opts) -> anyhow::Result<()> {
     for worker in 0..connections {
         let paths = Arc::clone(&paths);
         let budget = Arc::clone(&budget);
+        let nonce = nonce.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(worker as u64 + 1);
+            let mut sent = 0u64;
             let mut conn = Conn::new(addr);
             let mut stats = LoadStats {
                 hist: Histogram::new(),
@@ -351,7 +382,14 @@ async fn load(opts: Opts) -> anyhow::Result<()> {
                     break;
                 }
                 let path = &paths[rng.below(paths.len() as u64) as usize];
-                let outcome = send(&mut conn, timeout, "GET", path, None).await;
+                let outcome = if put {
+                    sent += 1;
+                    let body =
+                        json!({ "name": format!("bench-{nonce}-{worker}-{sent}") }).to_string();
+                    send(&mut conn, timeout, "PUT", path, Some(body.as_bytes())).await
+                } else {
+                    send(&mut conn, timeout, "GET", path, None).await
+                };
                 if t0 < measure_from {
                     continue;
                 }
@@ -389,6 +427,7 @@ async fn load(opts: Opts) -> anyhow::Result<()> {
     let line = json!({
         "mode": "load",
         "label": label,
+        "method": if put { "PUT" } else { "GET" },
         "keys": keys,
         "ids": if keys == "hot" { json!([hot_id]) } else { json!([1, spread]) },
         "connections": connections,
@@ -405,6 +444,14 @@ async fn load(opts: Opts) -> anyhow::Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// A string unique to this run (names written by it carry it).
+fn run_nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:x}", nanos ^ (u64::from(std::process::id()) << 40))
 }
 
 fn round3(x: f64) -> f64 {
@@ -442,6 +489,10 @@ struct IdState {
     uncertain: Mutex<HashSet<u64>>,
     /// One write in flight per id, so acknowledgement order is commit order.
     write_lock: tokio::sync::Mutex<()>,
+    /// When each acknowledged write was acknowledged, by sequence number.
+    acked_at: Mutex<BTreeMap<u64, Instant>>,
+    /// The start of the latest read so far, and whether it was stale.
+    last_read: Mutex<Option<(Instant, bool)>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -455,6 +506,8 @@ struct PhaseStats {
     stale: u64,
     stale_uncertain: u64,
     max_us: u64,
+    /// Longest staleness of a stale read.
+    max_stale_us: u64,
     statuses: BTreeMap<u16, u64>,
 }
 
@@ -469,6 +522,7 @@ impl PhaseStats {
         self.stale += o.stale;
         self.stale_uncertain += o.stale_uncertain;
         self.max_us = self.max_us.max(o.max_us);
+        self.max_stale_us = self.max_stale_us.max(o.max_stale_us);
         for (k, v) in &o.statuses {
             *self.statuses.entry(*k).or_default() += v;
         }
@@ -486,6 +540,7 @@ impl PhaseStats {
             "stale_reads": self.stale,
             "stale_uncertain": self.stale_uncertain,
             "max_ms": ms(self.max_us),
+            "max_stale_ms": ms(self.max_stale_us),
             "non_2xx_statuses": self.statuses.iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect::<serde_json::Map<_, _>>(),
@@ -521,6 +576,7 @@ fn body_name(body: &[u8]) -> Option<String> {
 
 struct CheckCtx {
     addr: SocketAddr,
+    read_addr: SocketAddr,
     timeout: Duration,
     nonce: String,
     ids: Vec<(u64, IdState)>,
@@ -553,6 +609,9 @@ impl CheckCtx {
         let outcome = send(conn, self.timeout, "PUT", &path, Some(body.as_bytes())).await;
         let result = match outcome {
             Outcome::Answer(r) if r.status == 200 => {
+                if let Ok(mut at) = state.acked_at.lock() {
+                    at.insert(seq, Instant::now());
+                }
                 state.acked.fetch_max(seq, Ordering::SeqCst);
                 WriteResult::Acked
             }
@@ -589,18 +648,20 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
     let n_ids: u64 = opts.num("ids", 8, 1, 100_000)?;
     let first_id: u64 = opts.num("first-id", 1, 0, i64::MAX as u64 - n_ids)?;
     let write_pct: f64 = opts.num("write-pct", 5.0, 0.0, 100.0)?;
+    let read_addr = match opts.0.get("read-addr") {
+        Some(a) => loopback_target(a).await?,
+        None => addr,
+    };
+    let write_from = opts.secs("write-from", 0.0, 0.0)?;
+    let write_until = opts.secs("write-until", MAX_SECS, 0.0)?;
     let n_phases = (duration.as_secs_f64() / phase_len.as_secs_f64())
         .ceil()
         .max(1.0) as usize;
 
-    let nonce = {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        format!("{:x}", nanos ^ (u64::from(std::process::id()) << 40))
-    };
+    let nonce = run_nonce();
     let ctx = Arc::new(CheckCtx {
         addr,
+        read_addr,
         timeout,
         nonce,
         ids: (first_id..first_id + n_ids)
@@ -633,6 +694,7 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(worker as u64 + 7);
             let mut conn = Conn::new(ctx.addr);
+            let mut read_conn = Conn::new(ctx.read_addr);
             let mut w = Worker {
                 phases: vec![PhaseStats::default(); n_phases],
                 hist: Histogram::new(),
@@ -646,7 +708,9 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
                 let phase = ((t0 - start).as_secs_f64() / phase_len.as_secs_f64()) as usize;
                 let phase = phase.min(n_phases - 1);
                 let idx = rng.below(ctx.ids.len() as u64) as usize;
-                if rng.below(1_000_000) < write_per_million {
+                let since_start = t0 - start;
+                let writing = since_start >= write_from && since_start < write_until;
+                if rng.below(1_000_000) < write_per_million && writing {
                     let Some(result) = ctx.write(&mut conn, idx, end + timeout).await else {
                         continue;
                     };
@@ -676,7 +740,7 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
                 let (id, state) = &ctx.ids[idx];
                 let floor = state.acked.load(Ordering::SeqCst);
                 let path = format!("/api/customers/{id}");
-                let outcome = send(&mut conn, ctx.timeout, "GET", &path, None).await;
+                let outcome = send(&mut read_conn, ctx.timeout, "GET", &path, None).await;
                 let elapsed = t0.elapsed();
                 w.hist.record(elapsed);
                 let p = &mut w.phases[phase];
@@ -686,6 +750,7 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
                     Outcome::Answer(r) if (200..300).contains(&r.status) => {
                         let name = body_name(&r.body).unwrap_or_default();
                         let got = name_seq(&ctx.nonce, *id, &name);
+                        let mut stale_now = false;
                         if got < floor {
                             let uncertain =
                                 got > 0 && state.uncertain.lock().is_ok_and(|s| s.contains(&got));
@@ -693,6 +758,18 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
                                 p.stale_uncertain += 1;
                             } else {
                                 p.stale += 1;
+                                stale_now = true;
+                                // Since the first acknowledged write newer
+                                // than what was read.
+                                let since =
+                                    state.acked_at.lock().ok().and_then(|at| {
+                                        at.range(got + 1..).next().map(|(_, at)| *at)
+                                    });
+                                if let Some(since) = since {
+                                    let stale_us =
+                                        t0.saturating_duration_since(since).as_micros() as u64;
+                                    p.max_stale_us = p.max_stale_us.max(stale_us);
+                                }
                             }
                             if w.examples.len() < 3 {
                                 w.examples.push(json!({
@@ -703,6 +780,11 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
                                     "at_s": round3((t0 - start).as_secs_f64()),
                                 }));
                             }
+                        }
+                        if let Ok(mut last) = state.last_read.lock()
+                            && last.is_none_or(|(at, _)| at < t0)
+                        {
+                            *last = Some((t0, stale_now));
                         }
                     }
                     Outcome::Answer(r) => {
@@ -764,6 +846,17 @@ async fn check(opts: Opts) -> anyhow::Result<()> {
         m.insert("p50_ms".into(), json!(hist.quantile_ms(0.5)));
         m.insert("p99_ms".into(), json!(hist.quantile_ms(0.99)));
         m.insert("setup_failures".into(), json!(setup_failures));
+        m.insert("read_addr".into(), json!(read_addr.to_string()));
+        let stale_at_end = ctx
+            .ids
+            .iter()
+            .filter(|(_, s)| {
+                s.last_read
+                    .lock()
+                    .is_ok_and(|l| l.is_some_and(|(_, stale)| stale))
+            })
+            .count();
+        m.insert("stale_at_end".into(), json!(stale_at_end));
         m.insert("stale_examples".into(), Value::Array(examples));
     }
     println!("{line}");

@@ -105,7 +105,9 @@ pub struct OutboxError {
 }
 
 impl OutboxError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    /// An outbox error with `message` (for an [`OutboxConnection`] of your
+    /// own to report its database's failure).
+    pub fn new(message: impl Into<String>) -> Self {
         OutboxError {
             message: message.into(),
         }

@@ -705,6 +705,7 @@ async fn stopped_redis_under_load(breaker_failures: u32) {
         task.await.unwrap();
     }
     let (took, what) = slowest.lock().unwrap().clone();
+    eprintln!("breaker threshold {breaker_failures}: the slowest call ({what}) took {took:?}");
     // The timeout, and a tenth of a second to tell a slow key from a slow
     // Redis, and scheduling on a shared machine.
     assert!(

@@ -89,6 +89,13 @@ impl From<RepoError> for ApiError {
                     "the database failed; try again",
                 )
             }
+            RepoError::Outbox(e) => {
+                tracing::error!(error = %e, "could not record the invalidation; nothing was changed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database failed; nothing was changed; try again",
+                )
+            }
         }
     }
 }
@@ -235,6 +242,16 @@ async fn cache_stats(State(state): State<AppState>) -> Json<Value> {
     let cache = state.cache();
     let stats = cache.stats();
     let info = cache.backend_info().await;
+    // Undelivered outbox rows (every namespace); null if the database did
+    // not answer within a second.
+    let outbox_pending = if state.repo.outbox_enabled() {
+        tokio::time::timeout(Duration::from_secs(1), state.repo.db().outbox_pending())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
     let memory_used_mb = info
         .used_memory_bytes
         .map(|b| (b as f64 / (1024.0 * 1024.0) * 1000.0).round() / 1000.0);
@@ -257,6 +274,10 @@ async fn cache_stats(State(state): State<AppState>) -> Json<Value> {
         "memory_used_mb": memory_used_mb,
         "redis_version": info.version,
         "prefixes": stats.prefixes,
+        "outbox": {
+            "enabled": state.repo.outbox_enabled(),
+            "pending": outbox_pending,
+        },
     }))
 }
 
@@ -371,12 +392,9 @@ async fn invalidate(
 
 async fn health(State(state): State<AppState>) -> Json<Value> {
     let cache = state.cache().health().await;
-    let db_ok = tokio::time::timeout(
-        Duration::from_secs(1),
-        sqlx::query("SELECT 1").execute(state.repo.db()),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let db_ok = tokio::time::timeout(Duration::from_secs(1), state.repo.db().ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
     let status = if db_ok && cache.status != HealthStatus::Degraded {
         "ok"
     } else {

@@ -1,5 +1,6 @@
 //! The flagship example of `cache-core`: an axum customer service over
-//! SQLite whose repository is cached with `#[cached]` and `#[invalidates]`.
+//! SQLite (or PostgreSQL) whose repository is cached with `#[cached]` and
+//! `#[invalidates]`, its invalidations recorded in a transactional outbox.
 //!
 //! Run it with `cargo run -p customer-service` (in-memory cache) or
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run -p customer-service` (Redis).
@@ -24,6 +25,11 @@
 //! Tests build the router with [`app`] over their own database and cache
 //! ([`AppState::new`]); the repository uses the cache of its state
 //! (`cache = self.cache`), not the process-wide one, so tests don't interfere.
+//!
+//! Writes record their invalidations in the cache's outbox table in the
+//! same transaction as the change; every instance runs a relay
+//! ([`AppState::spawn_outbox_relay`]) that delivers what a writer could
+//! not (cut off from Redis, or restarted before it reconnected).
 
 pub mod db;
 mod http;
@@ -31,11 +37,13 @@ pub mod repo;
 pub mod server;
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use cache_core::Cache;
+use cache_core::outbox::{Outbox, RelayHandle};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::SqlitePool;
 
+pub use db::{Db, Tx};
 pub use http::BODY_LIMIT;
 pub use repo::Repo;
 pub use server::{ServerConfig, serve};
@@ -48,6 +56,10 @@ pub const DEFAULT_NAMESPACE: &str = "customer-service";
 /// start-up so that their metrics exist before the first request.
 pub const CACHE_PREFIXES: [&str; 3] = ["customer", "churn", "query"];
 
+/// How often the outbox relay looks for undelivered invalidations when
+/// `CACHE_OUTBOX_RELAY_MS` is unset.
+pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -59,11 +71,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `db`, caching in `cache`, with the admin endpoints' token
-    /// unset (so `POST /admin/cache/invalidate` is refused) and the
-    /// process-wide Prometheus recorder ([`metrics_handle`]); registers
+    /// State over `db` (a [`Db`], `SqlitePool` or `PgPool`), caching in
+    /// `cache`, with the outbox on, the admin endpoints' token unset (so
+    /// `POST /admin/cache/invalidate` is refused) and the process-wide
+    /// Prometheus recorder ([`metrics_handle`]); registers
     /// [`CACHE_PREFIXES`] with the cache.
-    pub fn new(db: SqlitePool, cache: Cache) -> Self {
+    pub fn new(db: impl Into<Db>, cache: Cache) -> Self {
         let metrics = metrics_handle();
         // Every per-prefix series exists from start-up, at 0.
         cache.register_prefixes(CACHE_PREFIXES);
@@ -81,6 +94,30 @@ impl AppState {
             .filter(|t| !t.is_empty())
             .map(|t| http::token_digest(t.as_bytes()));
         self
+    }
+
+    /// Turns the outbox on (the default) or off: off, writes record
+    /// nothing and [`spawn_outbox_relay`](Self::spawn_outbox_relay) starts
+    /// no relay (`CACHE_OUTBOX=off`, for comparisons).
+    pub fn with_outbox(mut self, on: bool) -> Self {
+        self.repo = self.repo.with_outbox(on);
+        self
+    }
+
+    /// The cache's outbox on this state's database, when it is on.
+    pub fn outbox(&self) -> Option<Outbox> {
+        self.repo
+            .outbox_enabled()
+            .then(|| self.repo.db().outbox(self.repo.cache().clone()))
+    }
+
+    /// Starts this instance's outbox relay on the current tokio runtime:
+    /// every `every` it delivers the committed invalidations of its
+    /// namespace that no instance delivered yet (its own, and those of
+    /// instances cut off from Redis or gone). `None` when the outbox is
+    /// off. The relay stops when the handle is dropped.
+    pub fn spawn_outbox_relay(&self, every: Duration) -> Option<RelayHandle> {
+        self.outbox().map(|outbox| outbox.spawn_relay(every))
     }
 
     /// The repository.

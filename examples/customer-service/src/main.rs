@@ -5,10 +5,12 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PORT` | `8080` | port on 127.0.0.1 |
-//! | `DATABASE_URL` | `sqlite://customer-service.db?mode=rwc` | SQLite database (`sqlite::memory:` for a throw-away one); seeded with 1,000 demo customers when empty |
+//! | `DATABASE_URL` | `sqlite://customer-service.db?mode=rwc` | SQLite database (`sqlite::memory:` for a throw-away one) or PostgreSQL (`postgres://user:password@host/db`); seeded with 1,000 demo customers when empty |
 //! | `REDIS_URL` | unset: in-memory cache | Redis to cache in (`redis://[user:password@]host:port[/db]`) |
 //! | `ADMIN_TOKEN` | unset: admin invalidation refused | bearer token of `POST /admin/cache/invalidate` |
 //! | `CACHE_NAMESPACE` | `customer-service` | first segment of every cache key |
+//! | `CACHE_OUTBOX` | `on` | `off`: writes do not record their invalidations in the outbox table, and no relay runs |
+//! | `CACHE_OUTBOX_RELAY_MS` | `200` | how often this instance's relay delivers undelivered invalidations (10 to 60000) |
 //! | `CACHE_DEFAULT_TTL`, `CACHE_TIMEOUT_MS`, ... | see `cache_core::CacheConfig` | cache settings |
 //! | `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`, `HTTP_WRITE_TIMEOUT_MS`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES` | see [`customer_service::server`] | connection limits |
 //! | `RUST_LOG` | `info` | log filter |
@@ -20,7 +22,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cache_core::{Cache, CacheConfig};
 use customer_service::server::{self, ServerConfig};
-use customer_service::{AppState, DEFAULT_NAMESPACE, app, db, metrics_handle};
+use customer_service::{
+    AppState, DEFAULT_NAMESPACE, DEFAULT_RELAY_INTERVAL, app, db, metrics_handle,
+};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -56,6 +60,8 @@ async fn run() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("PORT must be a port number (0-65535), got `{raw}`"))?,
     };
     let server_config = ServerConfig::from_env()?;
+    let outbox = outbox_setting(env_var("CACHE_OUTBOX")?.as_deref())?;
+    let relay_every = relay_interval(env_var("CACHE_OUTBOX_RELAY_MS")?.as_deref())?;
     // Bind before anything else starts, so a taken port fails fast and
     // says so before the log claims the cache or database is ready.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -87,14 +93,33 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let database_url = env_var("DATABASE_URL")?.unwrap_or_else(|| db::DEFAULT_DATABASE_URL.into());
-    let pool = db::connect(&database_url).await?;
-    tracing::info!(database = %database_url, "database ready");
+    let database = db::connect(&database_url).await?;
+    tracing::info!(
+        database = %db::redact_url(&database_url),
+        kind = database.kind(),
+        "database ready"
+    );
 
     let admin_token = env_var("ADMIN_TOKEN")?;
     if admin_token.as_deref().is_none_or(str::is_empty) {
         tracing::warn!("ADMIN_TOKEN is unset: POST /admin/cache/invalidate is refused");
     }
-    let state = AppState::new(pool, cache).with_admin_token(admin_token);
+    let state = AppState::new(database, cache)
+        .with_admin_token(admin_token)
+        .with_outbox(outbox);
+    // Every instance relays: one cut off from Redis (or restarted) leaves
+    // its invalidations to the others.
+    let _relay = state.spawn_outbox_relay(relay_every);
+    if outbox {
+        tracing::info!(
+            relay_ms = relay_every.as_millis() as u64,
+            "cache outbox on: writes record their invalidations in their transaction"
+        );
+    } else {
+        tracing::warn!(
+            "CACHE_OUTBOX=off: an invalidation that cannot reach Redis lives only in this process's memory"
+        );
+    }
     let router = app(state).await;
 
     tokio::spawn(async move {
@@ -117,6 +142,31 @@ async fn run() -> anyhow::Result<()> {
     );
     server::serve(listener, router, server_config, shutdown_signal()).await;
     Ok(())
+}
+
+/// `CACHE_OUTBOX`: on unless `off` (or `false`, `0`, `no`).
+fn outbox_setting(raw: Option<&str>) -> anyhow::Result<bool> {
+    match raw.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "on" | "true" | "1" | "yes") => Ok(true),
+        Some("off" | "false" | "0" | "no") => Ok(false),
+        Some(_) => anyhow::bail!(
+            "CACHE_OUTBOX must be `on` or `off`, got `{}`",
+            raw.unwrap_or_default()
+        ),
+    }
+}
+
+/// `CACHE_OUTBOX_RELAY_MS`: 10 to 60000 ms, 200 when unset.
+fn relay_interval(raw: Option<&str>) -> anyhow::Result<Duration> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_RELAY_INTERVAL),
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if (10..=60_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            _ => anyhow::bail!(
+                "CACHE_OUTBOX_RELAY_MS must be a number of milliseconds from 10 to 60000, got `{v}`"
+            ),
+        },
+    }
 }
 
 /// The cache configuration from the environment, with this service's own

@@ -9,6 +9,14 @@
 //! | [`Repo::create_customer`] | drops prefix `query` |
 //! | [`Repo::update_customer`] | drops `customer:{id}`, `churn:{id}` and prefix `query` |
 //!
+//! Writes record their invalidation in the cache's outbox table, in the
+//! same database transaction as the change (`#[invalidates(..., outbox =
+//! tx)]`), unless the outbox is off ([`Repo::with_outbox`]). The
+//! transaction is committed inside the annotated function, so the writer's
+//! own immediate invalidation runs after the commit; the outbox row is the
+//! durable copy that any instance's relay delivers when the writer could
+//! not (cut off from Redis, or gone).
+//!
 //! Errors (unknown id, conflicts, database failures) are `Err` values, which
 //! `#[cached]` never stores: a customer created after a 404 for its id is
 //! found at once.
@@ -17,10 +25,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use cache_core::outbox::OutboxError;
 use cache_core::{Cache, cached, invalidates};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use crate::db::{Db, Tx, with_pool, with_tx};
 
 /// How long [`Repo::churn_risk`] pretends to think.
 pub const CHURN_COMPUTATION: Duration = Duration::from_millis(50);
@@ -288,6 +298,10 @@ pub enum RepoError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The invalidation could not be recorded in the outbox (the database
+    /// failed; the change was not made).
+    #[error("{0}")]
+    Outbox(#[from] OutboxError),
 }
 
 fn map_write_error(e: sqlx::Error) -> RepoError {
@@ -301,7 +315,13 @@ fn map_write_error(e: sqlx::Error) -> RepoError {
 
 const COLUMNS: &str = "id, name, email, segment, monthly_spend_cents, tenure_months, support_tickets, days_since_login";
 
-fn customer_from_row(row: &SqliteRow) -> Result<Customer, sqlx::Error> {
+fn customer_from_row<'r, R>(row: &'r R) -> Result<Customer, sqlx::Error>
+where
+    R: Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let segment: String = row.try_get("segment")?;
     let segment = segment
         .parse::<Segment>()
@@ -318,21 +338,40 @@ fn customer_from_row(row: &SqliteRow) -> Result<Customer, sqlx::Error> {
     })
 }
 
-/// The repository: a database pool and the cache its annotations use.
+/// The repository: a database and the cache its annotations use.
 #[derive(Debug, Clone)]
 pub struct Repo {
-    db: SqlitePool,
+    db: Db,
     cache: Cache,
+    outbox: bool,
 }
 
 impl Repo {
-    /// A repository over `db`, caching in `cache`.
-    pub fn new(db: SqlitePool, cache: Cache) -> Self {
-        Repo { db, cache }
+    /// A repository over `db` (a [`Db`], `SqlitePool` or `PgPool`), caching
+    /// in `cache`, recording invalidations in the outbox.
+    pub fn new(db: impl Into<Db>, cache: Cache) -> Self {
+        Repo {
+            db: db.into(),
+            cache,
+            outbox: true,
+        }
     }
 
-    /// The database pool.
-    pub fn db(&self) -> &SqlitePool {
+    /// Whether writes record their invalidation in the outbox (default:
+    /// yes). Without, an invalidation that cannot reach Redis lives only
+    /// in the writer's memory.
+    pub fn with_outbox(mut self, outbox: bool) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// Whether writes record their invalidation in the outbox.
+    pub fn outbox_enabled(&self) -> bool {
+        self.outbox
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
@@ -344,13 +383,16 @@ impl Repo {
     /// One customer by id; [`RepoError::NotFound`] (not cached) when absent.
     #[cached(prefix = "customer", ttl = 3600, key = "{id}", cache = self.cache)]
     pub async fn get_customer(&self, id: i64) -> Result<Customer, RepoError> {
-        let sql = format!("SELECT {COLUMNS} FROM customers WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await?
-            .ok_or(RepoError::NotFound(id))?;
-        Ok(customer_from_row(&row)?)
+        let sql = format!("SELECT {COLUMNS} FROM customers WHERE id = $1");
+        let customer = with_pool!(&self.db, pool => {
+            sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| customer_from_row(&row))
+                .transpose()?
+        });
+        customer.ok_or(RepoError::NotFound(id))
     }
 
     /// The churn risk of a customer: a deliberately slow (~50 ms) scoring
@@ -371,84 +413,124 @@ impl Repo {
         limit: u32,
     ) -> Result<Vec<Customer>, RepoError> {
         let limit = i64::from(limit.min(MAX_LIST_LIMIT));
-        let rows = match segment {
-            Some(segment) => {
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM customers WHERE segment = ? ORDER BY id LIMIT ?"
-                );
-                sqlx::query(&sql)
-                    .bind(segment.as_str())
-                    .bind(limit)
-                    .fetch_all(&self.db)
-                    .await?
-            }
-            None => {
-                let sql = format!("SELECT {COLUMNS} FROM customers ORDER BY id LIMIT ?");
-                sqlx::query(&sql).bind(limit).fetch_all(&self.db).await?
-            }
-        };
-        Ok(rows
-            .iter()
-            .map(customer_from_row)
-            .collect::<Result<_, _>>()?)
+        let customers = with_pool!(&self.db, pool => {
+            let rows = match segment {
+                Some(segment) => {
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM customers WHERE segment = $1 ORDER BY id LIMIT $2"
+                    );
+                    sqlx::query(&sql)
+                        .bind(segment.as_str())
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?
+                }
+                None => {
+                    let sql = format!("SELECT {COLUMNS} FROM customers ORDER BY id LIMIT $1");
+                    sqlx::query(&sql).bind(limit).fetch_all(pool).await?
+                }
+            };
+            rows.iter()
+                .map(customer_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(customers)
     }
 
-    /// Creates a customer; every cached list may now be incomplete, so the
-    /// `query` prefix is dropped.
-    #[invalidates(Self::list_by_segment(..), cache = self.cache)]
+    /// Creates a customer, in a transaction of its own (see
+    /// [`Repo::create_customer_tx`]).
     pub async fn create_customer(&self, new: &NewCustomer) -> Result<Customer, RepoError> {
+        let mut tx = self.db.begin(self.outbox).await?;
+        self.create_customer_tx(&mut tx, new).await
+    }
+
+    /// Creates a customer through `tx` and commits it; every cached list
+    /// may now be incomplete, so the `query` prefix is dropped. The
+    /// invalidation is recorded in the outbox in `tx` (when `tx` records),
+    /// and delivered by this instance after the commit.
+    #[invalidates(Self::list_by_segment(..), outbox = tx, cache = self.cache)]
+    pub async fn create_customer_tx(
+        &self,
+        tx: &mut Tx,
+        new: &NewCustomer,
+    ) -> Result<Customer, RepoError> {
         let sql = format!(
             "INSERT INTO customers (name, email, segment, monthly_spend_cents, tenure_months, support_tickets, days_since_login) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(new.name.trim())
-            .bind(&new.email)
-            .bind(new.segment.as_str())
-            .bind(new.monthly_spend_cents)
-            .bind(new.tenure_months)
-            .bind(new.support_tickets)
-            .bind(new.days_since_login)
-            .fetch_one(&self.db)
-            .await
-            .map_err(map_write_error)?;
-        Ok(customer_from_row(&row)?)
+        let customer = with_tx!(tx, conn => {
+            let row = sqlx::query(&sql)
+                .bind(new.name.trim())
+                .bind(&new.email)
+                .bind(new.segment.as_str())
+                .bind(new.monthly_spend_cents)
+                .bind(new.tenure_months)
+                .bind(new.support_tickets)
+                .bind(new.days_since_login)
+                .fetch_one(conn)
+                .await
+                .map_err(map_write_error)?;
+            customer_from_row(&row)?
+        });
+        tx.commit().await.map_err(map_write_error)?;
+        Ok(customer)
     }
 
-    /// Changes the given fields of customer `id`; drops its profile, its
-    /// churn risk and every cached list.
-    #[invalidates(
-        Self::get_customer(id),
-        Self::churn_risk(id),
-        Self::list_by_segment(..),
-        cache = self.cache
-    )]
+    /// Changes the given fields of customer `id`, in a transaction of its
+    /// own (see [`Repo::update_customer_tx`]).
     pub async fn update_customer(
         &self,
         id: i64,
         update: &CustomerUpdate,
     ) -> Result<Customer, RepoError> {
+        let mut tx = self.db.begin(self.outbox).await?;
+        self.update_customer_tx(&mut tx, id, update).await
+    }
+
+    /// Changes the given fields of customer `id` through `tx` and commits
+    /// it; drops its profile, its churn risk and every cached list. The
+    /// invalidation is recorded in the outbox in `tx` (when `tx` records),
+    /// so it commits or rolls back with the change, and is delivered by
+    /// this instance after the commit.
+    #[invalidates(
+        Self::get_customer(id),
+        Self::churn_risk(id),
+        Self::list_by_segment(..),
+        outbox = tx,
+        cache = self.cache
+    )]
+    pub async fn update_customer_tx(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        update: &CustomerUpdate,
+    ) -> Result<Customer, RepoError> {
         let sql = format!(
             "UPDATE customers SET \
-               name = COALESCE(?, name), email = COALESCE(?, email), segment = COALESCE(?, segment), \
-               monthly_spend_cents = COALESCE(?, monthly_spend_cents), tenure_months = COALESCE(?, tenure_months), \
-               support_tickets = COALESCE(?, support_tickets), days_since_login = COALESCE(?, days_since_login) \
-             WHERE id = ? RETURNING {COLUMNS}"
+               name = COALESCE($1, name), email = COALESCE($2, email), segment = COALESCE($3, segment), \
+               monthly_spend_cents = COALESCE($4, monthly_spend_cents), tenure_months = COALESCE($5, tenure_months), \
+               support_tickets = COALESCE($6, support_tickets), days_since_login = COALESCE($7, days_since_login) \
+             WHERE id = $8 RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(update.name.as_deref().map(str::trim))
-            .bind(update.email.as_deref())
-            .bind(update.segment.map(Segment::as_str))
-            .bind(update.monthly_spend_cents)
-            .bind(update.tenure_months)
-            .bind(update.support_tickets)
-            .bind(update.days_since_login)
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(map_write_error)?
-            .ok_or(RepoError::NotFound(id))?;
-        Ok(customer_from_row(&row)?)
+        let customer = with_tx!(tx, conn => {
+            sqlx::query(&sql)
+                .bind(update.name.as_deref().map(str::trim))
+                .bind(update.email.as_deref())
+                .bind(update.segment.map(Segment::as_str))
+                .bind(update.monthly_spend_cents)
+                .bind(update.tenure_months)
+                .bind(update.support_tickets)
+                .bind(update.days_since_login)
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+                .map_err(map_write_error)?
+                .map(|row| customer_from_row(&row))
+                .transpose()?
+        });
+        let customer = customer.ok_or(RepoError::NotFound(id))?;
+        tx.commit().await.map_err(map_write_error)?;
+        Ok(customer)
     }
 }
 

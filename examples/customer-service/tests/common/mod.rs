@@ -187,13 +187,16 @@ pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<Reply> {
 
 /// Variables the tests control; removed from the child's environment unless
 /// a test sets them, so the developer's shell can't change the outcome.
-pub(crate) const CONTROLLED: [&str; 13] = [
+pub(crate) const CONTROLLED: [&str; 16] = [
     "PORT",
     "DATABASE_URL",
     "REDIS_URL",
     "ADMIN_TOKEN",
     "CACHE_NAMESPACE",
     "CACHE_ENABLED",
+    "CACHE_OUTBOX",
+    "CACHE_OUTBOX_RELAY_MS",
+    "CACHE_NEAR_CAPACITY",
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_BODY_TIMEOUT_MS",
     "HTTP_IDLE_TIMEOUT_MS",
