@@ -118,7 +118,9 @@ impl Store {
         let Some(redis) = self.primary.redis() else {
             return (self.get(entry, skey, deadline).await, None);
         };
-        if self.too_large(entry, skey, deadline).await {
+        // Only a key whose last read timed out has its size checked first,
+        // as in `get`: every other read is the one round trip.
+        if self.suspected(skey) && self.too_large(entry, skey, deadline).await {
             return (None, None);
         }
         let read = self
