@@ -64,7 +64,8 @@
 //!   undecodable bytes are a counted miss, never an error ([`codec`]).
 //! - **Resilience**: every cache call is bounded by one timeout (250 ms)
 //!   across all the Redis steps it takes, whatever lock, reconnection or
-//!   recovery it meets; a circuit breaker (5 failures) skips a dead Redis,
+//!   recovery it meets; a circuit breaker (5 failures; on a cluster, one
+//!   per master) skips a dead Redis,
 //!   an in-memory fallback with TTLs capped at 30 s serves meanwhile, and
 //!   invalidations that could not reach Redis are remembered (each once,
 //!   bounded: past 10,000 they fold into deletes of their prefixes) and
@@ -78,6 +79,21 @@
 //!   while answering (out of memory) makes [`Cache::health`] report degraded
 //!   with Redis' reason until a write succeeds. Redis down at start is not
 //!   an error.
+//! - **Redis Cluster**: a key goes to the master serving its hash slot, on
+//!   that master's own shared connection, and each master has its own
+//!   circuit breaker, so a dead or stalled master costs only the keys it
+//!   serves (and the prefixes whose generation key it holds, whose reads
+//!   cannot be checked meanwhile); the other masters keep their latency.
+//!   An invalidation is delivered per master: a key counts as delivered
+//!   once its master confirmed it, the rest is replayed to whichever master
+//!   serves its slot next (the promoted replica after a failover), and only
+//!   the slots with something to replay go to the fallback until then. A
+//!   missed pattern delete keeps every slot there until every master
+//!   confirmed it. `CLUSTERDOWN` answers (a failed master not replaced yet,
+//!   with full coverage required) use the fallback without blaming a node.
+//!   Two things of a single server are not done on a cluster: waiting for
+//!   replicas (`WAIT` would be needed on every master; the configuration
+//!   refuses it) and the check for a server restarted with old data.
 //! - **Consistency**: misses take a lease (a marker stored at the key with
 //!   `SET NX`); the store is a compare-and-set on that lease, and an
 //!   invalidation deletes it, so a load that started before an invalidation
@@ -175,6 +191,12 @@
 //!   failover yet still names the old primary, which answers `ROLE` as a
 //!   master until the sentinels demote it. For the same reason a lookup
 //!   does not take a primary back that the cache left in the last 10 s.
+//! - The cluster is routed by this crate (slot map from `CLUSTER SLOTS`,
+//!   one shared connection per master), not by redis-rs' cluster client:
+//!   that client serves all nodes from one task whose slot refresh, which
+//!   dials every node including a dead or stalled one, holds up every
+//!   command; and a multi-key command it splits across nodes reports one
+//!   result, so a store could not tell which keys a dead node missed.
 //! - Client tracking on a cluster uses broadcast mode on every master:
 //!   the node a key lives on reports its changes, so a tracking connection
 //!   per master is needed whatever the mode, and broadcast mode lets reads

@@ -369,10 +369,15 @@ pub async fn outbox_record<C: crate::outbox::OutboxConnection + ?Sized>(
 }
 
 /// `#[invalidates(fail_closed)]`: refuses the write while the cache could
-/// not deliver its invalidation.
-pub fn refuse_when_undeliverable(cache: Option<&Cache>) -> Result<(), crate::WriteRefused> {
+/// not deliver its invalidation of `keys` (logical `"prefix:rest"` keys)
+/// and `prefixes`.
+pub fn refuse_when_undeliverable(
+    cache: Option<&Cache>,
+    keys: &[String],
+    prefixes: &[&str],
+) -> Result<(), crate::WriteRefused> {
     match cache {
-        Some(cache) => cache.check_deliverable(),
+        Some(cache) => cache.check_deliverable_for(keys, prefixes),
         None => Ok(()),
     }
 }

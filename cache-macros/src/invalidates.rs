@@ -224,7 +224,11 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
         let refused = format_ident!("__cache_refused", span = Span::mixed_site());
         quote_spanned! {span=>
             if let ::core::result::Result::Err(#refused) =
-                #krate::__private::refuse_when_undeliverable(#cache.as_ref())
+                #krate::__private::refuse_when_undeliverable(
+                    #cache.as_ref(),
+                    &#key_list,
+                    #prefix_list,
+                )
             {
                 return ::core::result::Result::Err(::core::convert::From::from(#refused));
             }
@@ -244,10 +248,10 @@ fn generate(args: &InvalidatesArgs, func: &Func) -> TokenStream {
     };
     let new_body = quote! {
         let #cache = #handle;
-        #refuse
         let #key_list: ::std::vec::Vec<::std::string::String> =
             ::std::vec![#(#keys,)* #(#calls,)*];
         let #prefix_list: &'static [&'static str] = const { &[#(#prefixes,)* #(#fn_prefixes,)*] };
+        #refuse
         #record
         let #guard = #make_guard;
         let #output = #body.await;

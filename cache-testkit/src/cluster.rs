@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::redis_server::{RedisServer, make_certificates, require_program};
 
+mod failover;
+
 /// Arguments every cluster node gets on top of [`RedisServer`]'s defaults.
 const NODE_ARGS: [&str; 6] = [
     "--cluster-enabled",
@@ -34,7 +36,9 @@ const OK_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// With no replicas, stopping a node makes the cluster fail (after the node
 /// timeout, ~2-4 s, every surviving node reports `cluster_state:fail` and
-/// answers `CLUSTERDOWN`); restarting it heals the cluster.
+/// answers `CLUSTERDOWN`); restarting it heals the cluster. A cluster made by
+/// [`RedisCluster::start_with_replicas`] fails over instead: a replica of the
+/// stopped master is promoted (see [`RedisCluster::wait_for_failover`]).
 ///
 /// ```no_run
 /// use cache_testkit::RedisCluster;
@@ -47,6 +51,10 @@ const OK_TIMEOUT: Duration = Duration::from_secs(30);
 /// ```
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Replicas per master (see [`RedisCluster::start_with_replicas`]).
+    replicas: usize,
+    /// The replicas each stopped node had when it was stopped, by index.
+    former_replicas: HashMap<usize, Vec<usize>>,
     /// The certificates shared by the nodes of a TLS cluster (removed on drop).
     tls_dir: Option<PathBuf>,
 }
@@ -94,6 +102,8 @@ impl RedisCluster {
             .collect();
         RedisCluster {
             nodes,
+            replicas: 0,
+            former_replicas: HashMap::new(),
             tls_dir: None,
         }
         .create()
@@ -135,6 +145,8 @@ impl RedisCluster {
             .collect();
         RedisCluster {
             nodes,
+            replicas: 0,
+            former_replicas: HashMap::new(),
             tls_dir: Some(dir),
         }
         .create()
@@ -151,7 +163,11 @@ impl RedisCluster {
         create
             .args(["--cluster", "create"])
             .args(cluster.nodes.iter().map(|node| node.addr().to_string()))
-            .args(["--cluster-replicas", "0", "--cluster-yes"]);
+            .args([
+                "--cluster-replicas",
+                &cluster.replicas.to_string(),
+                "--cluster-yes",
+            ]);
         let output = output_within(&mut create, CREATE_TIMEOUT);
         if !output.status.success() {
             panic!(
@@ -164,6 +180,12 @@ impl RedisCluster {
         if !cluster.wait_until_ok(OK_TIMEOUT) {
             panic!(
                 "cache-testkit: the cluster did not reach cluster_state:ok within {OK_TIMEOUT:?}:\n{}",
+                cluster.describe()
+            );
+        }
+        if cluster.replicas > 0 && !cluster.wait_until_replicas_synced(OK_TIMEOUT) {
+            panic!(
+                "cache-testkit: the replicas did not finish their first sync within {OK_TIMEOUT:?}:\n{}",
                 cluster.describe()
             );
         }
@@ -237,6 +259,10 @@ impl RedisCluster {
     /// assert!(cluster.wait_until_down(std::time::Duration::from_secs(10)));
     /// ```
     pub fn stop_node(&mut self, i: usize) {
+        if self.replicas > 0 {
+            let replicas = self.replicas_of(i);
+            self.former_replicas.insert(i, replicas);
+        }
         self.nodes[i].stop();
     }
 

@@ -8,7 +8,9 @@
 //! - [`RedisServer`]: an ephemeral, real `redis-server` on a free loopback
 //!   port (no persistence, killed on drop) with `stop`/`restart`/`pause`/
 //!   `resume` for fault tests.
-//! - [`RedisCluster`]: a local Redis Cluster of `n` real masters.
+//! - [`RedisCluster`]: a local Redis Cluster of `n` real masters, with
+//!   replicas on request ([`RedisCluster::start_with_replicas`]): kill a
+//!   master and wait for its replica's promotion.
 //! - [`RedisSentinel`]: a primary, its replica and three real
 //!   `redis-sentinel`s watching it; force a failover, or stop the primary.
 //! - [`Postgres`]: a throwaway PostgreSQL cluster on a free loopback port.

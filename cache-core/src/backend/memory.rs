@@ -178,6 +178,20 @@ impl MemoryBackend {
         self.entries.invalidate_all();
     }
 
+    /// Drops the entries whose key `doomed` picks (the fallback's entries of
+    /// the cluster slots that are back on Redis).
+    pub(crate) async fn clear_where(&self, doomed: impl Fn(&str) -> bool) {
+        let ids: Vec<KeyId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| doomed(&e.slot.key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.entries.invalidate(&id).await;
+        }
+    }
+
     /// Approximate number of entries.
     pub fn len(&self) -> u64 {
         self.entries.entry_count()

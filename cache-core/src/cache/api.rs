@@ -181,6 +181,7 @@ impl Cache {
             .with_fallback(
                 &entry,
                 &deadline,
+                crate::store::On::Key(skey),
                 |b| async move { b.expire(skey, ttl).await },
                 |f| async move { crate::backend::Backend::expire(&f, skey, cap).await },
             )
@@ -206,6 +207,7 @@ impl Cache {
             .with_fallback(
                 &entry,
                 &deadline,
+                crate::store::On::Key(skey),
                 |b| async move { b.ttl(skey).await },
                 |f| async move { crate::backend::Backend::ttl(&f, skey).await },
             )
@@ -482,22 +484,38 @@ impl Cache {
     /// Whether an invalidation made now would reach Redis: `Ok` while the
     /// backend is trusted (a memory cache always is), else why not (its
     /// circuit breaker is open, or invalidations it missed await replay).
-    /// `#[invalidates(fail_closed)]` refuses writes on an `Err`.
+    /// On a Redis Cluster this is the whole cluster: `Err` while any
+    /// master's breaker is open or any slot awaits a replay.
+    /// `#[invalidates(fail_closed)]` refuses writes on an `Err` (on a
+    /// cluster, for an invalidation of keys only, it asks about those
+    /// keys' masters and slots alone).
     ///
     /// ```
     /// let cache = cache_core::Cache::memory();
     /// assert!(cache.check_deliverable().is_ok());
     /// ```
     pub fn check_deliverable(&self) -> Result<(), crate::WriteRefused> {
-        let store = self.inner.layer.store();
-        match store.circuit() {
-            crate::CircuitState::Open | crate::CircuitState::HalfOpen => {
-                Err(crate::WriteRefused::new("the circuit breaker is open"))
-            }
-            _ if store.fallback_active() => Err(crate::WriteRefused::new(
-                "invalidations Redis missed are not replayed yet",
-            )),
-            _ => Ok(()),
+        match self.inner.layer.store().undeliverable(None) {
+            Some(why) => Err(crate::WriteRefused::new(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`check_deliverable`](Self::check_deliverable) for an invalidation
+    /// of `keys` (logical `"prefix:rest"` keys) and `prefixes`: without
+    /// prefixes, on a cluster, only the keys' masters and slots count.
+    pub(crate) fn check_deliverable_for(
+        &self,
+        keys: &[String],
+        prefixes: &[&str],
+    ) -> Result<(), crate::WriteRefused> {
+        if !prefixes.is_empty() || keys.is_empty() {
+            return self.check_deliverable();
+        }
+        let skeys: Vec<String> = keys.iter().map(|k| self.storage_key(k)).collect();
+        match self.inner.layer.store().undeliverable(Some(&skeys)) {
+            Some(why) => Err(crate::WriteRefused::new(why)),
+            None => Ok(()),
         }
     }
 

@@ -27,6 +27,7 @@ use crate::consistency::load::{Completion, Found, Loading, Patience};
 use crate::consistency::read::{Key, Read};
 use crate::error::{LoadTimedOut, Outcome};
 use crate::stats::{Event, PrefixEntry};
+use crate::store::On;
 
 /// One read-through call's key and settings, as its steps need them.
 pub(super) struct Load<'a, R, S> {
@@ -450,6 +451,7 @@ impl Cache {
                 .with_fallback(
                     &entry,
                     &deadline,
+                    On::Key(skey),
                     |b| async move { b.expire(skey, ttl).await },
                     |f| async move { crate::backend::Backend::expire(&f, skey, cap).await },
                 )

@@ -26,7 +26,7 @@ use crate::backend::RawBytes;
 use crate::backend::redis::tracking::ReadFailure;
 use crate::held::parse_generation;
 use crate::stats::PrefixEntry;
-use crate::store::Deadline;
+use crate::store::{Deadline, On};
 
 /// Lifetime of a prefix generation key; refreshed by every invalidation. If
 /// it lapses, a new random generation hides older values (misses, never stale).
@@ -86,7 +86,10 @@ impl Consistency {
             // key, wherever it was read; the fallback must not answer.
             let stored = self
                 .store
-                .call(entry, deadline, None, |b| async move { b.get(&gkey).await })
+                .call(entry, deadline, On::Key(&gkey), |b| {
+                    let gkey = gkey.as_str();
+                    async move { b.get(gkey).await }
+                })
                 .await
                 .ok()?;
             match stored.as_deref().and_then(parse_generation) {
@@ -118,7 +121,7 @@ impl Consistency {
         // connection that is merely gone (its runtime ended) does not.
         let read = self
             .store
-            .call(entry, deadline, None, |_| async move {
+            .call(entry, deadline, On::Key(gkey), |_| async move {
                 match tracker.read(gkey).await {
                     Some(Ok(read)) => Ok(Some(read)),
                     Some(Err(ReadFailure::Timeout)) => Err(crate::BackendError::new(
@@ -167,6 +170,7 @@ impl Consistency {
             .with_fallback(
                 entry,
                 deadline,
+                On::Key(gkey),
                 |b| async move { b.get(gkey).await },
                 |f| async move { crate::backend::Backend::get(&f, gkey).await },
             )

@@ -163,6 +163,7 @@ impl Consistency {
             .with_fallback(
                 entry,
                 &deadline,
+                crate::store::On::Key(skey),
                 |b| async move { b.incr_by(skey, delta).await },
                 |f| async move { crate::backend::Backend::incr_by(&f, skey, delta).await },
             )

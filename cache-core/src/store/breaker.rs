@@ -57,7 +57,8 @@ impl Breaker {
         }
     }
 
-    /// Returns true when this success closed an open breaker.
+    /// Returns true when this success closed an open breaker (the caller
+    /// says so in its log).
     #[inline]
     pub(crate) fn on_success(&self) -> bool {
         // Write only when there is something to reset: a store on every
@@ -68,31 +69,31 @@ impl Breaker {
         if self.opened_at.load(Acquire) != 0 {
             self.opened_at.store(0, Release);
             self.probing.store(false, Release);
-            tracing::info!("cache circuit breaker closed: backend is answering again");
             return true;
         }
         false
     }
 
-    pub(crate) fn on_failure(&self, permit: Permit) {
+    /// Counts a failure: the failures in a row so far (this one included),
+    /// and whether this one opened the breaker (the caller says so).
+    pub(crate) fn on_failure(&self, permit: Permit) -> (u32, bool) {
         if permit == Permit::Probe {
             self.opened_at.store(clock::now_ms(), Release);
             self.probing.store(false, Release);
-            return;
+            return (self.consecutive.load(Relaxed), false);
         }
         let n = self.consecutive.fetch_add(1, AcqRel) + 1;
-        if n >= self.threshold
+        let opened = n >= self.threshold
             && self
                 .opened_at
                 .compare_exchange(0, clock::now_ms(), AcqRel, Acquire)
-                .is_ok()
-        {
-            tracing::warn!(
-                failures = n,
-                cooldown_s = self.cooldown.as_secs_f64(),
-                "cache circuit breaker opened: serving from the in-memory fallback"
-            );
-        }
+                .is_ok();
+        (n, opened)
+    }
+
+    /// How long it stays open before a probe.
+    pub(crate) fn cooldown(&self) -> Duration {
+        self.cooldown
     }
 
     /// A probe that ended without a verdict (e.g. cancelled) gives the slot back.

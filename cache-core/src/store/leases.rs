@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Deadline, Store};
+use super::{Deadline, On, Store};
 use crate::backend::Backend;
 use crate::clock;
 use crate::error::{BackendError, ErrorKind};
@@ -69,7 +69,7 @@ impl Store {
         }
         let lease_ttl = self.settings.lease_ttl;
         let take = |marker: Vec<u8>| {
-            self.call(entry, deadline, None, move |b| async move {
+            self.call(entry, deadline, On::Key(skey), move |b| async move {
                 b.try_lease(skey, marker, lease_ttl).await
             })
         };
@@ -101,14 +101,18 @@ impl Store {
         // Everything this cache writes expires: only a key without expiry
         // can be an orphan.
         match self
-            .call(entry, deadline, None, |b| async move { b.ttl(skey).await })
+            .call(entry, deadline, On::Key(skey), |b| async move {
+                b.ttl(skey).await
+            })
             .await
         {
             Ok(None) => {}
             _ => return false,
         }
         let stored = match self
-            .call(entry, deadline, None, |b| async move { b.get(skey).await })
+            .call(entry, deadline, On::Key(skey), |b| async move {
+                b.get(skey).await
+            })
             .await
         {
             Ok(Some(stored)) if crate::codec::is_lease(&stored) => stored,
@@ -117,19 +121,16 @@ impl Store {
                 let keys = [skey.to_owned()];
                 let keys = &keys;
                 return self
-                    .call(
-                        entry,
-                        deadline,
-                        None,
-                        |b| async move { b.delete(keys).await },
-                    )
+                    .call(entry, deadline, On::Key(skey), |b| async move {
+                        b.delete(keys).await
+                    })
                     .await
                     .is_ok();
             }
             _ => return false,
         };
         tracing::warn!(key = skey, "removing a lease marker without expiry");
-        self.call(entry, deadline, None, |b| async move {
+        self.call(entry, deadline, On::Key(skey), |b| async move {
             b.release_lease(skey, stored).await
         })
         .await
@@ -156,7 +157,7 @@ impl Store {
         }
         let lease_ttl = self.settings.lease_ttl;
         let result = self
-            .call(entry, deadline, None, |b| async move {
+            .call(entry, deadline, On::Key(skey), |b| async move {
                 b.set_if_lease(skey, expected.to_vec(), marker.to_vec(), lease_ttl)
                     .await
             })
@@ -208,7 +209,7 @@ impl Store {
             return Ok(true);
         }
         let marker = marker.to_vec();
-        self.call(&entry, &self.deadline(), None, |b| async move {
+        self.call(&entry, &self.deadline(), On::Key(skey), |b| async move {
             b.renew_lease(skey, marker, lease_ttl).await
         })
         .await
@@ -228,7 +229,7 @@ impl Store {
         let copy = self.guard.as_ref().map(|_| bytes.clone());
         let ours = marker.to_vec();
         let result = self
-            .call(entry, deadline, None, |b| async move {
+            .call(entry, deadline, On::Key(skey), |b| async move {
                 b.set_if_lease(skey, ours, bytes, ttl).await
             })
             .await;
@@ -253,7 +254,7 @@ impl Store {
                     .set_if_lease(skey, marker.to_vec(), bytes, self.fallback_ttl(ttl))
                     .await;
                 if matches!(stored, Ok(true)) {
-                    self.mark_fallback_written();
+                    self.mark_fallback_written(On::Key(skey));
                 }
                 stored
             }
@@ -281,7 +282,7 @@ impl Store {
             let _ = fallback.release_lease(skey, marker.clone()).await;
         }
         let _ = self
-            .call(entry, &self.deadline(), None, |b| async move {
+            .call(entry, &self.deadline(), On::Key(skey), |b| async move {
                 b.release_lease(skey, marker).await
             })
             .await;
@@ -316,7 +317,7 @@ impl Store {
                 let skey_ref = skey.as_str();
                 let deadline = store.deadline();
                 match store
-                    .call(&entry, &deadline, None, |b| async move {
+                    .call(&entry, &deadline, On::Key(skey_ref), |b| async move {
                         b.release_lease(skey_ref, marker).await
                     })
                     .await
@@ -327,12 +328,9 @@ impl Store {
                         let keys = [skey.clone()];
                         let keys = &keys;
                         if store
-                            .call(
-                                &entry,
-                                &deadline,
-                                None,
-                                |b| async move { b.delete(keys).await },
-                            )
+                            .call(&entry, &deadline, On::Key(skey_ref), |b| async move {
+                                b.delete(keys).await
+                            })
                             .await
                             .is_ok()
                         {

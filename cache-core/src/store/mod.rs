@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::backend::redis::cluster::refused_by_cluster;
 use crate::backend::{Backend, MemoryBackend, Primary};
 use crate::clock;
 use crate::error::{BackendError, ErrorKind};
@@ -32,12 +33,15 @@ use crate::stats::{CircuitState, PrefixEntry, StatsRegistry};
 
 pub(crate) mod breaker;
 mod leases;
+mod nodes;
 mod ops;
 mod recovery;
 mod replicas;
 mod suspects;
 
 use breaker::{Breaker, Permit};
+pub(crate) use nodes::On;
+use nodes::{Domain, Logs, Nodes};
 use recovery::Recovery;
 use suspects::Suspects;
 
@@ -143,7 +147,11 @@ type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The resilience state of a remote backend.
 struct Guard {
+    /// The backend's breaker (on a cluster: of calls without one key).
     breaker: Breaker,
+    /// On a cluster, a breaker per master.
+    nodes: Option<Nodes>,
+    logs: Logs,
     fallback: MemoryBackend,
     recovery: Recovery,
     suspects: Suspects,
@@ -180,8 +188,12 @@ impl Store {
         settings: Settings,
         stats: Arc<StatsRegistry>,
     ) -> Arc<Store> {
+        let cluster = primary.redis().is_some_and(|r| r.cluster().is_some());
         let guard = remote.then(|| Guard {
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            nodes: cluster
+                .then(|| Nodes::new(settings.breaker_failures, settings.breaker_cooldown)),
+            logs: Logs::default(),
             fallback: MemoryBackend::new(settings.fallback_capacity),
             recovery: Recovery::default(),
             suspects: Suspects::default(),
@@ -228,10 +240,11 @@ impl Store {
         Deadline::after(self.settings.timeout)
     }
 
-    /// The circuit breaker's state (`NotApplicable` without one).
+    /// The circuit breaker's state (`NotApplicable` without one); on a
+    /// cluster, the worst of its masters' breakers.
     pub(crate) fn circuit(&self) -> CircuitState {
         match &self.guard {
-            Some(guard) => guard.breaker.state(),
+            Some(guard) => self.worst_circuit(guard),
             None => CircuitState::NotApplicable,
         }
     }
@@ -248,7 +261,7 @@ impl Store {
     pub(crate) fn trusted(&self) -> bool {
         match &self.guard {
             Some(guard) => {
-                guard.breaker.state() == CircuitState::Closed && !guard.recovery.needed()
+                self.worst_circuit(guard) == CircuitState::Closed && !guard.recovery.needed()
             }
             None => true,
         }
@@ -271,14 +284,15 @@ impl Store {
     }
 
     /// Runs `op` on the primary within `deadline`, with the breaker and
-    /// recovery in front of it. `key`: the call reads this one key, so a
-    /// timeout while the backend keeps answering is blamed on the key (see
-    /// [`Suspects`]), not on the backend.
+    /// recovery in front of it: the backend's, or on a cluster, those of
+    /// the master serving the key `on` names. A read of one key
+    /// ([`On::Read`]) that times out while its node keeps answering is
+    /// blamed on the key (see [`Suspects`]), not on the node.
     pub(crate) async fn call<'s, T, Fut>(
         &'s self,
         entry: &PrefixEntry,
         deadline: &Deadline,
-        key: Option<&str>,
+        on: On<'_>,
         op: impl FnOnce(&'s dyn Backend) -> Fut,
     ) -> Result<T, BackendError>
     where
@@ -288,11 +302,13 @@ impl Store {
         let Some(guard) = &self.guard else {
             return op(primary).await;
         };
-        if guard.recovery.needed() {
-            let waited: Step<'_, _> = Box::pin(self.while_recovering(entry, guard, deadline));
+        let domain = self.domain(guard, on);
+        if guard.recovery.gates(domain.route.map(|r| r.slot)) {
+            let waited: Step<'_, _> =
+                Box::pin(self.while_recovering(entry, guard, &domain, deadline));
             waited.await?;
         }
-        let (permit, left, first) = self.admit(entry, guard, deadline)?;
+        let (permit, left, first) = self.admit(entry, domain.breaker, deadline)?;
         let result = if first && primary.enforces_timeouts() {
             op(primary).await
         } else {
@@ -305,22 +321,27 @@ impl Store {
             }
         };
         match &result {
-            Ok(_) => Self::succeeded(guard, permit),
+            Ok(_) => Self::succeeded(domain.breaker, permit),
             Err(e) => {
-                let settled: Step<'_, ()> = Box::pin(self.failed(entry, guard, permit, key, e));
+                let blame = match on {
+                    On::Read(key) => Some(key),
+                    _ => None,
+                };
+                let settled: Step<'_, ()> =
+                    Box::pin(self.failed(entry, guard, &domain, permit, blame, e));
                 settled.await;
             }
         }
         result
     }
 
-    /// Lets a call through the breaker and starts or checks its deadline:
+    /// Lets a call through `breaker` and starts or checks its deadline:
     /// its permit, the time it has, and whether it is the call's first step.
     #[inline]
     fn admit<'g>(
         &self,
         entry: &PrefixEntry,
-        guard: &'g Guard,
+        breaker: &'g Breaker,
         deadline: &Deadline,
     ) -> Result<(PermitGuard<'g>, Duration, bool), BackendError> {
         // A new connection found Redis restarted with old data (possibly
@@ -334,7 +355,7 @@ impl Store {
                 "Redis restarted with old data: clearing the namespace before trusting it",
             ));
         }
-        let permit = guard.breaker.allow();
+        let permit = breaker.allow();
         if permit == Permit::Rejected {
             // Normally running already; this covers a task that ended just
             // as the backend failed again.
@@ -346,7 +367,7 @@ impl Store {
             ));
         }
         let permit = PermitGuard {
-            breaker: &guard.breaker,
+            breaker,
             permit: Some(permit),
         };
         let Some((left, first)) = deadline.claim() else {
@@ -360,23 +381,24 @@ impl Store {
 
     /// A call that succeeded: the breaker hears it.
     #[inline]
-    fn succeeded(guard: &Guard, mut permit: PermitGuard<'_>) {
+    fn succeeded(breaker: &Breaker, mut permit: PermitGuard<'_>) {
         permit.take();
-        guard.breaker.on_success();
+        breaker.on_success();
     }
 
-    /// A call that failed: blamed on its key if the backend answers at
-    /// once (a timeout reading one key), else on the backend (the breaker
-    /// counts availability failures), and counted.
+    /// A call that failed: a timeout reading one key is blamed on the key
+    /// when it is the only failure on its node since the node last
+    /// answered and the node answers a `PING` at once; else an
+    /// availability failure counts against the breaker. Counted either way.
     async fn failed(
         &self,
         entry: &PrefixEntry,
         guard: &Guard,
+        domain: &Domain<'_>,
         mut permit: PermitGuard<'_>,
         key: Option<&str>,
         error: &BackendError,
     ) {
-        let primary = self.primary.backend();
         // The failure may be a new connection finding Redis restarted with
         // old data: whatever it holds of this namespace is cleared before
         // Redis is trusted again.
@@ -385,36 +407,48 @@ impl Store {
         {
             self.remember(recovery::Missed::Everything);
         }
-        match error {
-            e if e.kind == ErrorKind::Timeout
-                && let Some(key) = key
-                && self.answers_at_once(primary).await =>
-            {
-                permit.take();
-                guard.breaker.on_success();
-                self.stats.record_error(entry, e.kind);
-                if guard.suspects.add(key) {
-                    tracing::warn!(
-                        key,
-                        "reading this key timed out while Redis answered a PING at once; its size is checked before the next read"
-                    );
-                }
+        self.stats.record_error(entry, error.kind);
+        // A command the ACL refuses proves Redis is up: a configuration
+        // error, not an outage.
+        if !error.kind.is_availability() || error.is_permission_denied() {
+            permit.take();
+            domain.breaker.on_success();
+            return;
+        }
+        // The node answers, but the cluster does not let it serve now (a
+        // master failed and is not replaced yet, with full coverage
+        // required): the call uses the fallback; the node is not at fault.
+        if refused_by_cluster(error) {
+            permit.take();
+            return;
+        }
+        let (in_a_row, opened) = domain.breaker.on_failure(permit.take());
+        if error.kind == ErrorKind::Timeout
+            && let Some(key) = key
+            && in_a_row == 1
+            && self.answers_at_once(domain).await
+        {
+            if guard.suspects.add(key) && guard.logs.suspect.due() {
+                tracing::warn!(
+                    key,
+                    "reading this key timed out while its Redis node answered a PING at once and nothing else failed there; its size is checked before the next read"
+                );
             }
-            // A command the ACL refuses proves Redis is up: a configuration
-            // error, not an outage.
-            e if e.kind.is_availability() && !e.is_permission_denied() => {
-                guard.breaker.on_failure(permit.take());
-                self.stats.record_error(entry, e.kind);
-                tracing::debug!(error = %e, "cache backend call failed; using the in-memory fallback");
-                if guard.breaker.state() != CircuitState::Closed {
-                    self.start_recovery();
-                }
-            }
-            e => {
-                permit.take();
-                guard.breaker.on_success();
-                self.stats.record_error(entry, e.kind);
-            }
+            return;
+        }
+        if opened && guard.logs.opened.due() {
+            tracing::warn!(
+                failures = in_a_row,
+                error = %error,
+                cooldown_s = domain.breaker.cooldown().as_secs_f64(),
+                "cache circuit breaker opened for {}: its keys are served from the in-memory fallback until it answers again",
+                self.describe(domain.route)
+            );
+        } else if guard.logs.failed.due() {
+            tracing::debug!(error = %error, "cache backend call failed; using the in-memory fallback");
+        }
+        if domain.breaker.state() != CircuitState::Closed {
+            self.start_recovery();
         }
     }
 
@@ -431,12 +465,13 @@ impl Store {
         let (Some(redis), Some(guard)) = (self.primary.redis(), &self.guard) else {
             return None;
         };
-        if guard.recovery.needed() {
+        if guard.recovery.needed() || guard.nodes.is_some() {
+            // Recovering, or a cluster (its master's breaker and slot).
             let read: Step<'_, _> =
-                Box::pin(self.call(entry, deadline, Some(skey), |_| redis.get_direct(skey)));
+                Box::pin(self.call(entry, deadline, On::Read(skey), |_| redis.get_direct(skey)));
             return Some(read.await);
         }
-        let (permit, left, first) = match self.admit(entry, guard, deadline) {
+        let (permit, left, first) = match self.admit(entry, &guard.breaker, deadline) {
             Ok(admitted) => admitted,
             Err(e) => return Some(Err(e)),
         };
@@ -458,13 +493,18 @@ impl Store {
         };
         match result {
             Ok(value) => {
-                Self::succeeded(guard, permit);
+                Self::succeeded(&guard.breaker, permit);
                 Some(Ok(value))
             }
             // Boxed with what it needs: the hit path's future holds neither.
             Err(e) => {
                 let settled: Step<'_, _> = Box::pin(async move {
-                    self.failed(entry, guard, permit, Some(skey), &e).await;
+                    let domain = Domain {
+                        breaker: &guard.breaker,
+                        route: None,
+                    };
+                    self.failed(entry, guard, &domain, permit, Some(skey), &e)
+                        .await;
                     Err(e)
                 });
                 Some(settled.await)
@@ -472,17 +512,18 @@ impl Store {
         }
     }
 
-    /// A call made while missed invalidations await replay: until they are
-    /// replayed the backend may serve what they removed. The replay runs in
-    /// the background; the call asks the backend for a `PING` within its
-    /// deadline (so an outage keeps counting against the breaker, which
-    /// then opens as usual), and if the backend answers, wakes the replay
-    /// and waits for it for what is left of its deadline. `Ok`: replayed,
-    /// go on; otherwise the fallback answers the call.
+    /// A call made while missed invalidations await replay (on a cluster:
+    /// of its key's slot): until they are replayed the backend may serve
+    /// what they removed. The replay runs in the background; the call asks
+    /// its node for a `PING` within its deadline (so an outage keeps
+    /// counting against the breaker, which then opens as usual), and if it
+    /// answers, wakes the replay and waits for it for what is left of its
+    /// deadline. `Ok`: replayed, go on; otherwise the fallback answers.
     async fn while_recovering(
         &self,
         entry: &PrefixEntry,
         guard: &Guard,
+        domain: &Domain<'_>,
         deadline: &Deadline,
     ) -> Result<(), BackendError> {
         self.start_recovery();
@@ -496,26 +537,27 @@ impl Store {
             self.stats.record_error(entry, ErrorKind::CircuitOpen);
             return Err(recovering());
         }
-        let permit = guard.breaker.allow();
+        let permit = domain.breaker.allow();
         if permit == Permit::Rejected {
             self.stats.record_error(entry, ErrorKind::CircuitOpen);
             return Err(recovering());
         }
         let mut permit = PermitGuard {
-            breaker: &guard.breaker,
+            breaker: domain.breaker,
             permit: Some(permit),
         };
         let Some(left) = deadline.remaining() else {
             return Err(recovering());
         };
-        let error = match tokio::time::timeout(left, self.primary.backend().ping()).await {
+        let error = match tokio::time::timeout(left, self.ping(domain)).await {
             Ok(Ok(())) => {
                 permit.take();
-                guard.breaker.on_success();
+                domain.breaker.on_success();
                 let Some(left) = deadline.remaining() else {
                     return Err(recovering());
                 };
-                return match guard.recovery.replayed_within(left).await {
+                let slot = domain.route.map(|r| r.slot);
+                return match guard.recovery.replayed_within(left, slot).await {
                     true => Ok(()),
                     false => Err(recovering()),
                 };
@@ -524,22 +566,30 @@ impl Store {
             Err(_) => BackendError::new(ErrorKind::Timeout, format!("no answer within {left:?}")),
         };
         if error.kind.is_availability() && !error.is_permission_denied() {
-            guard.breaker.on_failure(permit.take());
+            domain.breaker.on_failure(permit.take());
         } else {
             permit.take();
-            guard.breaker.on_success();
+            domain.breaker.on_success();
         }
         self.stats.record_error(entry, error.kind);
         Err(recovering())
     }
 
-    /// Whether the backend answers a `PING` at once (within a tenth of a
-    /// second, or the call timeout if shorter): a slow key is told from a
-    /// slow backend without stretching the call much past its deadline.
-    async fn answers_at_once(&self, primary: &dyn Backend) -> bool {
+    /// A `PING` of the domain's node (on a cluster), else of the backend.
+    async fn ping(&self, domain: &Domain<'_>) -> Result<(), BackendError> {
+        match (domain.route, self.cluster()) {
+            (Some(route), Some(cluster)) => cluster.ping_node(route.node).await,
+            _ => self.primary.backend().ping().await,
+        }
+    }
+
+    /// Whether the domain's node answers a `PING` at once (within a tenth
+    /// of a second, or the call timeout if shorter): a slow key is told
+    /// from a slow node without stretching the call much past its deadline.
+    async fn answers_at_once(&self, domain: &Domain<'_>) -> bool {
         let bound = self.settings.timeout.min(Duration::from_millis(100));
         matches!(
-            tokio::time::timeout(bound, primary.ping()).await,
+            tokio::time::timeout(bound, self.ping(domain)).await,
             Ok(Ok(()))
         )
     }

@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::nodes::{Boxed, join_all};
 use super::recovery::Missed;
-use super::{Deadline, Store};
+use super::{Deadline, On, Store};
+use crate::backend::redis::cluster::Cluster;
 use crate::backend::{Backend, InvalidationWrite, MemoryBackend, RawBytes};
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{Event, PrefixEntry};
@@ -79,7 +81,7 @@ impl Store {
             Some(read) => read,
             None => {
                 let read: Step<'_, _> =
-                    Box::pin(self.call(entry, deadline, Some(skey), |b| async move {
+                    Box::pin(self.call(entry, deadline, On::Read(skey), |b| async move {
                         b.get(skey).await
                     }));
                 read.await
@@ -116,11 +118,15 @@ impl Store {
         let Some(redis) = self.primary.redis() else {
             return (self.get(entry, skey, deadline).await, None);
         };
-        if self.too_large(entry, skey, deadline).await {
+        // Only a key whose last read timed out has its size checked first,
+        // as in `get`: every other read is the one round trip.
+        if self.suspected(skey) && self.too_large(entry, skey, deadline).await {
             return (None, None);
         }
         let read = self
-            .call(entry, deadline, Some(skey), |_| redis.get_with_ttl(skey))
+            .call(entry, deadline, On::Read(skey), |_| {
+                redis.get_with_ttl(skey)
+            })
             .await;
         match read {
             Ok((v, left)) => (v.map(RawBytes::Owned), left),
@@ -144,13 +150,7 @@ impl Store {
                 generation: memory.get_bytes(gkey).await.map(|s| s.to_vec()),
             });
         }
-        let keys = [skey.to_owned(), gkey.to_owned()];
-        let keys_ref = &keys;
-        let read = self
-            .call(entry, deadline, None, |b| async move {
-                b.get_many(keys_ref).await
-            })
-            .await;
+        let read = self.read_pair(entry, skey, gkey, deadline).await;
         match read {
             Ok(mut pair) if pair.len() == 2 => {
                 let generation = pair.pop().flatten();
@@ -174,6 +174,35 @@ impl Store {
         }
     }
 
+    /// `skey` and `gkey` in one round trip (`MGET`); on a cluster, where
+    /// they may live on two masters, two reads at once, each through its
+    /// master's breaker (a generation whose master is down cannot be
+    /// read, so neither is the value).
+    async fn read_pair(
+        &self,
+        entry: &PrefixEntry,
+        skey: &str,
+        gkey: &str,
+        deadline: &Deadline,
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if self.cluster().is_some() && self.guard.is_some() {
+            let value = Box::pin(self.call(entry, deadline, On::Key(skey), |b| async move {
+                b.get(skey).await
+            }));
+            let generation = Box::pin(self.call(entry, deadline, On::Key(gkey), |b| async move {
+                b.get(gkey).await
+            }));
+            let (value, generation) = both(value, generation).await;
+            return Ok(vec![value?, generation?]);
+        }
+        let keys = [skey.to_owned(), gkey.to_owned()];
+        let keys_ref = &keys;
+        self.call(entry, deadline, On::Any, |b| async move {
+            b.get_many(keys_ref).await
+        })
+        .await
+    }
+
     /// Whether `skey`, whose last read timed out, turned out too large to
     /// read (it is then deleted and counted).
     async fn too_large(&self, entry: &PrefixEntry, skey: &str, deadline: &Deadline) -> bool {
@@ -181,12 +210,9 @@ impl Store {
             return false;
         };
         let len = self
-            .call(
-                entry,
-                deadline,
-                None,
-                |b| async move { b.value_len(skey).await },
-            )
+            .call(entry, deadline, On::Key(skey), |b| async move {
+                b.value_len(skey).await
+            })
             .await;
         let limit = self.settings.max_value_bytes as u64 + 64;
         match len {
@@ -200,7 +226,7 @@ impl Store {
                 let keys = [skey.to_owned()];
                 let keys = &keys;
                 let deleted = self
-                    .call(entry, &deadline.renewed(), None, |b| async move {
+                    .call(entry, &deadline.renewed(), On::Key(skey), |b| async move {
                         b.delete(keys).await
                     })
                     .await;
@@ -252,7 +278,7 @@ impl Store {
         }
         let copy = self.guard.as_ref().map(|_| bytes.clone());
         let result = self
-            .call(entry, deadline, None, |b| async move {
+            .call(entry, deadline, On::Key(skey), |b| async move {
                 b.set(skey, bytes, ttl).await
             })
             .await;
@@ -266,7 +292,7 @@ impl Store {
             Err(_) => {
                 if let Some(copy) = copy {
                     let _ = guard.fallback.set(skey, copy, self.fallback_ttl(ttl)).await;
-                    self.mark_fallback_written();
+                    self.mark_fallback_written(On::Key(skey));
                 }
             }
         }
@@ -283,15 +309,17 @@ impl Store {
         let copy = self.guard.as_ref().map(|_| entries.clone());
         let cap = self.fallback_ttl(ttl);
         let result = self
-            .call(entry, deadline, None, |b| async move {
+            .call(entry, deadline, On::Any, |b| async move {
                 b.set_many(entries, ttl).await
             })
             .await;
         if let (Err(e), Some(copy), Some(fallback)) = (&result, copy, self.fallback())
             && Self::unavailable(e)
         {
+            for (key, _) in &copy {
+                self.mark_fallback_written(On::Key(key));
+            }
             let _ = fallback.set_many(copy, cap).await;
-            self.mark_fallback_written();
         }
     }
 
@@ -308,8 +336,23 @@ impl Store {
         if let Some(fallback) = self.fallback() {
             fallback_deleted = fallback.delete(skeys).await.unwrap_or(0);
         }
+        // On a cluster, each master confirms its own keys.
+        if let Some(cluster) = self.cluster()
+            && self.guard.is_some()
+            && let Some((n, delivered)) =
+                self.delete_per_node(entry, cluster, skeys, deadline).await
+        {
+            return (
+                if delivered {
+                    n
+                } else {
+                    n.max(fallback_deleted)
+                },
+                delivered,
+            );
+        }
         match self
-            .call(entry, deadline, None, |b| {
+            .call(entry, deadline, On::Any, |b| {
                 self.invalidate_on(b, InvalidationWrite::Delete(skeys), deadline)
             })
             .await
@@ -327,6 +370,48 @@ impl Store {
         }
     }
 
+    /// Deletes `skeys` on a cluster, one call per master (at once), each
+    /// admitted by its master's breaker; the keys of a master that did not
+    /// confirm are remembered (gating their slots). How many existed, and
+    /// whether every master confirmed.
+    async fn delete_per_node(
+        &self,
+        entry: &PrefixEntry,
+        cluster: &Cluster,
+        skeys: &[String],
+        deadline: &Deadline,
+    ) -> Option<(u64, bool)> {
+        let groups = cluster.by_node(skeys.iter().map(|k| k.as_bytes())).ok()?;
+        let calls = groups
+            .into_iter()
+            .map(|(_, at)| {
+                let keys: Vec<String> = at.into_iter().map(|i| skeys[i].clone()).collect();
+                Box::pin(async move {
+                    let first = keys[0].clone();
+                    let keys_ref = &keys;
+                    let result = self
+                        .call(entry, deadline, On::Key(&first), |b| async move {
+                            b.delete(keys_ref).await
+                        })
+                        .await;
+                    (keys, result)
+                }) as Boxed<'_, (Vec<String>, Result<u64, BackendError>)>
+            })
+            .collect();
+        let mut deleted = 0;
+        let mut delivered = true;
+        for (keys, result) in join_all(calls).await {
+            match result {
+                Ok(n) => deleted += n,
+                Err(_) => {
+                    delivered = false;
+                    self.remember(Missed::Keys(&keys));
+                }
+            }
+        }
+        Some((deleted, delivered))
+    }
+
     /// Deletes every key matching `pattern` (SCAN + UNLINK), in the
     /// fallback too; remembered and replayed when the backend missed it.
     pub(crate) async fn delete_pattern(&self, entry: &PrefixEntry, pattern: &str) -> (u64, bool) {
@@ -336,7 +421,7 @@ impl Store {
         }
         let deadline = Deadline::after(self.bulk_timeout());
         match self
-            .call(entry, &deadline, None, |b| {
+            .call(entry, &deadline, On::Any, |b| {
                 self.invalidate_on(b, InvalidationWrite::DeletePattern(pattern), &deadline)
             })
             .await
@@ -383,7 +468,7 @@ impl Store {
             ttl,
         };
         let result = self
-            .call(entry, deadline, None, |b| {
+            .call(entry, deadline, On::Key(key), |b| {
                 self.invalidate_on(b, write, deadline)
             })
             .await;
@@ -411,6 +496,7 @@ impl Store {
         self.with_fallback(
             entry,
             deadline,
+            On::Key(key),
             |b| async move { b.try_lease(key, bytes, ttl).await },
             |f| async move { f.try_lease(key, copy, ttl).await },
         )
@@ -422,6 +508,7 @@ impl Store {
         &'s self,
         entry: &PrefixEntry,
         deadline: &Deadline,
+        on: On<'_>,
         op: impl FnOnce(&'s dyn Backend) -> Fut,
         fallback: impl FnOnce(MemoryBackend) -> FFut,
     ) -> Result<T, BackendError>
@@ -429,12 +516,12 @@ impl Store {
         Fut: Future<Output = Result<T, BackendError>>,
         FFut: Future<Output = Result<T, BackendError>>,
     {
-        match self.call(entry, deadline, None, op).await {
+        match self.call(entry, deadline, on, op).await {
             Ok(v) => Ok(v),
             Err(e) => match self.fallback() {
                 Some(spare) if Self::unavailable(&e) => {
                     // Whatever the fallback now holds must be reconciled on recovery.
-                    self.mark_fallback_written();
+                    self.mark_fallback_written(on);
                     fallback(spare.clone()).await
                 }
                 _ => Err(e),
@@ -453,4 +540,34 @@ impl Store {
             guard.write_failure.note(outcome);
         }
     }
+}
+
+/// Both futures, polled together.
+async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            ra = match a.as_mut().poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            };
+        }
+        if rb.is_none() {
+            rb = match b.as_mut().poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            };
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    (
+        ra.expect("polled to completion"),
+        rb.expect("polled to completion"),
+    )
 }

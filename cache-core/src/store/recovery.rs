@@ -3,11 +3,13 @@
 //! background task that probes it and replays them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::Store;
+use super::nodes::On;
+use crate::backend::redis::cluster::{NodeId, SLOT_COUNT, slot_of};
 use crate::backend::{Backend, InvalidationWrite};
 use crate::error::{BackendError, ErrorKind};
 use crate::keys::glob_literal;
@@ -40,7 +42,7 @@ pub(crate) enum Missed<'a> {
 /// Invalidations the backend missed. Sets, so that an invalidation repeated
 /// during an outage is replayed once.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     keys: HashSet<String>,
     patterns: HashSet<String>,
     writes: HashMap<String, (Vec<u8>, Duration)>,
@@ -49,7 +51,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.keys.len() + self.patterns.len() + self.writes.len()
     }
 
@@ -93,11 +95,17 @@ impl Pending {
 }
 
 /// The recovery state of a guarded store.
-#[derive(Default)]
 pub(super) struct Recovery {
     /// The fallback holds data or invalidations are pending: replay before
     /// trusting the backend again. Set and cleared only under `pending`'s lock.
     needed: AtomicBool,
+    /// Every slot (every call) waits for the replay: always on a single
+    /// server; on a cluster, for a missed pattern or a write without a key.
+    all: AtomicBool,
+    /// On a cluster, the slots (a bit each) whose missed invalidations or
+    /// fallback writes must be dealt with before their master is trusted
+    /// again. Set and cleared under `pending`'s lock.
+    slots: Box<[AtomicU64]>,
     pending: Mutex<Pending>,
     /// The recovery task is running.
     running: AtomicBool,
@@ -108,52 +116,225 @@ pub(super) struct Recovery {
     replayed: tokio::sync::Notify,
 }
 
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            needed: AtomicBool::new(false),
+            all: AtomicBool::new(false),
+            slots: (0..SLOT_COUNT / 64).map(|_| AtomicU64::new(0)).collect(),
+            pending: Mutex::default(),
+            running: AtomicBool::new(false),
+            wake: std::sync::Arc::default(),
+            replayed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
 impl Recovery {
     pub(super) fn needed(&self) -> bool {
         self.needed.load(Ordering::Acquire)
     }
 
-    /// Wakes the recovery task and waits up to `wait` for the replay to
-    /// end; returns whether it did.
-    pub(super) async fn replayed_within(&self, wait: Duration) -> bool {
-        let replayed = self.replayed.notified();
-        tokio::pin!(replayed);
-        replayed.as_mut().enable();
-        if !self.needed() {
-            return true;
+    /// Whether a call on `slot` (`None`: no single slot) must wait for a
+    /// replay first.
+    #[inline]
+    pub(super) fn gates(&self, slot: Option<u16>) -> bool {
+        self.needed()
+            && match slot {
+                None => true,
+                Some(slot) => self.all.load(Ordering::Acquire) || self.slot_gated(slot),
+            }
+    }
+
+    fn slot_gated(&self, slot: u16) -> bool {
+        let word = &self.slots[usize::from(slot) / 64];
+        word.load(Ordering::Acquire) & (1 << (slot % 64)) != 0
+    }
+
+    /// Gates `slot` (`None`: everything); call under `pending`'s lock.
+    fn gate(&self, slot: Option<u16>) {
+        match slot {
+            Some(slot) => {
+                self.slots[usize::from(slot) / 64].fetch_or(1 << (slot % 64), Ordering::AcqRel);
+            }
+            None => self.all.store(true, Ordering::Release),
         }
-        self.wake.notify_one();
-        tokio::time::timeout(wait, replayed).await.is_ok() && !self.needed()
+        self.needed.store(true, Ordering::Release);
+    }
+
+    /// Wakes the recovery task and waits up to `wait` for the replay that
+    /// `slot` waits for to end; returns whether it did.
+    pub(super) async fn replayed_within(&self, wait: Duration, slot: Option<u16>) -> bool {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let replayed = self.replayed.notified();
+            tokio::pin!(replayed);
+            replayed.as_mut().enable();
+            if !self.gates(slot) {
+                return true;
+            }
+            self.wake.notify_one();
+            if tokio::time::timeout_at(until, replayed).await.is_err() {
+                return !self.gates(slot);
+            }
+        }
+    }
+
+    /// Tells the calls waiting in [`replayed_within`](Self::replayed_within)
+    /// to look again.
+    pub(super) fn tell_waiters(&self) {
+        self.replayed.notify_waiters();
+    }
+
+    /// Takes the missed key deletes and writes whose slot `owner` names an
+    /// answering master for, grouped by that master.
+    pub(super) fn take_keyed(
+        &self,
+        owner: &dyn Fn(u16) -> Option<NodeId>,
+    ) -> Vec<(NodeId, Pending)> {
+        let mut pending = self.pending();
+        let mut out: Vec<(NodeId, Pending)> = Vec::new();
+        let batch_of = |id: NodeId, out: &mut Vec<(NodeId, Pending)>| match out
+            .iter()
+            .position(|(n, _)| *n == id)
+        {
+            Some(at) => at,
+            None => {
+                out.push((id, Pending::default()));
+                out.len() - 1
+            }
+        };
+        let keys: Vec<String> = pending.keys.iter().cloned().collect();
+        for key in keys {
+            if let Some(id) = owner(slot_of(key.as_bytes())) {
+                pending.keys.remove(&key);
+                let at = batch_of(id, &mut out);
+                out[at].1.keys.insert(key);
+            }
+        }
+        let writes: Vec<String> = pending.writes.keys().cloned().collect();
+        for key in writes {
+            if let Some(id) = owner(slot_of(key.as_bytes()))
+                && let Some(write) = pending.writes.remove(&key)
+            {
+                let at = batch_of(id, &mut out);
+                out[at].1.writes.insert(key, write);
+            }
+        }
+        out
+    }
+
+    /// Takes the missed patterns (they need every master), if any.
+    pub(super) fn take_global(&self) -> Option<Pending> {
+        let mut pending = self.pending();
+        if pending.patterns.is_empty() && !pending.everything {
+            return None;
+        }
+        Some(Pending {
+            patterns: std::mem::take(&mut pending.patterns),
+            everything: std::mem::replace(&mut pending.everything, false),
+            ..Pending::default()
+        })
+    }
+
+    /// Remembers a batch whose replay failed again.
+    pub(super) fn put_back(&self, batch: Pending) {
+        self.pending().merge(batch);
+    }
+
+    /// Ungates the gated slots whose master answered (`owner_ok`) and that
+    /// have nothing left to replay, and everything when `everyone` answered
+    /// and no pattern is left; returns the slots ungated.
+    pub(super) fn ungate(&self, owner_ok: &dyn Fn(u16) -> bool, everyone: bool) -> Vec<u16> {
+        let pending = self.pending();
+        let busy: HashSet<u16> = pending
+            .keys
+            .iter()
+            .chain(pending.writes.keys())
+            .map(|key| slot_of(key.as_bytes()))
+            .collect();
+        let mut ungated = Vec::new();
+        for (w, word) in self.slots.iter().enumerate() {
+            let bits = word.load(Ordering::Acquire);
+            if bits == 0 {
+                continue;
+            }
+            for bit in 0..64u16 {
+                let slot = (w as u16) * 64 + bit;
+                if bits & (1 << bit) != 0 && owner_ok(slot) && !busy.contains(&slot) {
+                    word.fetch_and(!(1 << bit), Ordering::AcqRel);
+                    ungated.push(slot);
+                }
+            }
+        }
+        if everyone
+            && pending.patterns.is_empty()
+            && !pending.everything
+            && self.all.load(Ordering::Acquire)
+        {
+            self.all.store(false, Ordering::Release);
+        }
+        ungated
+    }
+
+    /// Ends the recovery if nothing is gated or pending any more (the
+    /// fallback is then dropped); returns whether it did.
+    pub(super) fn finish_if_clear(&self, fallback: &crate::backend::MemoryBackend) -> bool {
+        let pending = self.pending();
+        let clear = pending.is_empty()
+            && !self.all.load(Ordering::Acquire)
+            && self.slots.iter().all(|w| w.load(Ordering::Acquire) == 0);
+        if clear && self.needed() {
+            fallback.clear();
+            self.needed.store(false, Ordering::Release);
+        }
+        clear
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remember(&self, missed: Missed<'_>, namespace: &str) {
+    /// Remembers `missed`; `slots`: gate only the slots it concerns (a
+    /// cluster), else everything.
+    fn remember(&self, missed: Missed<'_>, namespace: &str, slots: bool) {
         let mut pending = self.pending();
+        let gate = |key: &str| slots.then(|| slot_of(key.as_bytes()));
         match missed {
-            Missed::Keys(keys) => pending.keys.extend(keys.iter().cloned()),
+            Missed::Keys(keys) => {
+                for key in keys {
+                    self.gate(gate(key));
+                }
+                pending.keys.extend(keys.iter().cloned());
+            }
             Missed::Pattern(pattern) => {
+                self.gate(None);
                 pending.patterns.insert(pattern.to_owned());
             }
             Missed::Write(key, bytes, ttl) => {
+                self.gate(gate(key));
                 pending.writes.insert(key.to_owned(), (bytes.to_vec(), ttl));
             }
             Missed::Everything => {
+                self.gate(None);
                 *pending = Pending {
                     everything: true,
                     ..Pending::default()
                 };
             }
         }
+        let folded = pending.len() > MAX_PENDING_INVALIDATIONS;
         pending.bound(namespace);
+        if folded {
+            // Keys folded into patterns: every slot waits for them.
+            self.gate(None);
+        }
         self.needed.store(true, Ordering::Release);
     }
 
-    fn mark_needed(&self) {
+    fn mark_needed(&self, slot: Option<u16>) {
         let _pending = self.pending();
-        self.needed.store(true, Ordering::Release);
+        self.gate(slot);
     }
 }
 
@@ -162,16 +343,24 @@ impl Store {
     /// replayed before the backend is trusted again.
     pub(crate) fn remember(&self, missed: Missed<'_>) {
         if let Some(guard) = &self.guard {
-            guard.recovery.remember(missed, &self.settings.namespace);
+            let slots = guard.nodes.is_some();
+            guard
+                .recovery
+                .remember(missed, &self.settings.namespace, slots);
             self.start_recovery();
         }
     }
 
-    /// The fallback was written: it must be dropped before the backend is
-    /// trusted again.
-    pub(crate) fn mark_fallback_written(&self) {
+    /// The fallback was written (for the key of `on`): it must be dropped
+    /// (on a cluster, its entries of that key's slot) before the backend
+    /// is trusted again (for that slot).
+    pub(crate) fn mark_fallback_written(&self, on: On<'_>) {
         if let Some(guard) = &self.guard {
-            guard.recovery.mark_needed();
+            let slot = on
+                .key()
+                .filter(|_| guard.nodes.is_some())
+                .map(|key| slot_of(key.as_bytes()));
+            guard.recovery.mark_needed(slot);
             self.start_recovery();
         }
     }
@@ -210,12 +399,20 @@ impl Store {
                     return;
                 };
                 let Some(guard) = &store.guard else { return };
-                if guard.breaker.state() == CircuitState::Closed && !guard.recovery.needed() {
+                if store.worst_circuit(guard) == CircuitState::Closed && !guard.recovery.needed() {
                     return;
                 }
-                match store.recover().await {
+                let round = match store.cluster() {
+                    Some(cluster) => store.recover_nodes(guard, cluster).await,
+                    None => store.recover().await,
+                };
+                match round {
                     Ok(()) => {
-                        guard.breaker.on_success();
+                        if guard.breaker.on_success() && guard.logs.closed.due() {
+                            tracing::info!(
+                                "cache circuit breaker closed: the backend answers again"
+                            );
+                        }
                         return;
                     }
                     Err(e) => {
@@ -251,6 +448,7 @@ impl Store {
                 if pending.is_empty() {
                     was_needed |= guard.recovery.needed();
                     guard.fallback.clear();
+                    guard.recovery.all.store(false, Ordering::Release);
                     guard.recovery.needed.store(false, Ordering::Release);
                     guard.recovery.replayed.notify_waiters();
                     break;
@@ -273,7 +471,9 @@ impl Store {
                 return Err(e);
             }
         }
-        if was_needed || guard.breaker.state() != CircuitState::Closed {
+        if (was_needed || guard.breaker.state() != CircuitState::Closed)
+            && guard.logs.recovered.due()
+        {
             tracing::info!(
                 replayed,
                 "cache backend recovered: missed invalidations replayed, fallback cleared"
@@ -282,7 +482,11 @@ impl Store {
         Ok(())
     }
 
-    async fn replay(&self, primary: &dyn Backend, batch: &Pending) -> Result<(), BackendError> {
+    pub(super) async fn replay(
+        &self,
+        primary: &dyn Backend,
+        batch: &Pending,
+    ) -> Result<(), BackendError> {
         if batch.everything {
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
             self.replay_one(primary, InvalidationWrite::DeletePattern(&all))

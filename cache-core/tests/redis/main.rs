@@ -9,6 +9,7 @@ mod common;
 
 mod backends;
 mod cluster_faults;
+mod cluster_nodes;
 mod consistency;
 mod fail_safe;
 mod faults;

@@ -69,6 +69,36 @@ async fn near_hits_cost_no_round_trip() {
 }
 
 #[tokio::test]
+async fn near_misses_read_redis_in_one_command() {
+    // A read the near level cannot answer reads the value and its TTL;
+    // only a key whose last read timed out has its size checked first.
+    let server = RedisServer::start();
+    let cache = near_cache(&server).await;
+    let writer = plain_cache(&server).await;
+    cache.set("customer:0", &0u64, None).await.unwrap();
+    until_near_hit(&cache, "customer:0").await;
+    for id in 1..=20u64 {
+        writer
+            .set(&format!("customer:{id}"), &id, None)
+            .await
+            .unwrap();
+    }
+    let strlen = calls(&server, "strlen");
+    let near_hits = cache.stats().total.near_hits;
+    for id in 1..=20u64 {
+        let key = format!("customer:{id}");
+        assert_eq!(cache.get::<u64>(&key).await.unwrap(), Some(id));
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.total.near_hits, near_hits, "{stats:?}");
+    assert_eq!(
+        calls(&server, "strlen"),
+        strlen,
+        "size checks of keys nobody suspects"
+    );
+}
+
+#[tokio::test]
 async fn this_instances_changes_are_visible_at_once() {
     let server = RedisServer::start();
     let cache = near_cache(&server).await;

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Value};
 
+use super::cluster::slot_of;
+use super::connection::SingleNode;
 use super::{RedisBackend, SET_IF_LEASE, Topology, keyed_cmd};
 use crate::error::{BackendError, ErrorKind, FIX_PERMISSION};
 
@@ -83,7 +84,7 @@ impl RedisBackend {
         ];
         match self.topology {
             Topology::Cluster(_) => {
-                probes.push(("cluster|nodes", redis::cmd("CLUSTER").arg("NODES").clone()));
+                probes.push(("cluster|slots", redis::cmd("CLUSTER").arg("SLOTS").clone()));
             }
             // Finding the primary asks it for its role, from the sentinels'
             // lookup and before commands go to it.
@@ -94,28 +95,36 @@ impl RedisBackend {
             // `WAIT 0 0` returns at once: no replica is asked for.
             probes.push(("wait", redis::cmd("WAIT").arg(0).arg(0).clone()));
         }
+        // The server that answers: the single one, the current primary,
+        // or on a cluster the master serving the probe key.
+        let primary = match &self.topology {
+            Topology::Sentinel(sentinel) => Some(sentinel.primary()?),
+            _ => None,
+        };
+        let master = match &self.topology {
+            Topology::Cluster(cluster) => cluster.owner_of(slot_of(key.as_bytes())),
+            _ => None,
+        };
+        let node: &SingleNode = match (&self.topology, &primary, &master) {
+            (Topology::Single(node), _, _) => node,
+            (Topology::Sentinel(_), Some(primary), _) => &primary.node,
+            (Topology::Cluster(_), _, Some(master)) => &master.link,
+            _ => {
+                return Err(BackendError::new(
+                    ErrorKind::Connection,
+                    "no Redis Cluster master known",
+                ));
+            }
+        };
         let mut missing = Vec::new();
         for (name, cmd) in &probes {
             // Not through `query`: a refused probe is an answer, not an
             // error to log (the caller reports the list once).
-            let answer: redis::RedisResult<Value> = match &self.topology {
-                Topology::Single(node) => {
-                    let (mut conn, _) = match node.current() {
-                        Some(found) => found,
-                        None => node.connection().await?,
-                    };
-                    cmd.query_async(&mut conn).await
-                }
-                Topology::Sentinel(node) => {
-                    let primary = node.primary()?;
-                    let (mut conn, _) = primary.node.connection().await?;
-                    cmd.query_async(&mut conn).await
-                }
-                Topology::Cluster(node) => {
-                    let mut conn = ClusterConnection::clone(&node.conn.load());
-                    cmd.query_async(&mut conn).await
-                }
+            let (mut conn, _) = match node.current() {
+                Some(found) => found,
+                None => node.connection().await?,
             };
+            let answer: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
             match answer.map_err(BackendError::from) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::Auth && e.message.ends_with(FIX_PERMISSION) => {

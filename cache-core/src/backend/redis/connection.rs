@@ -1,17 +1,18 @@
-//! Connections of the Redis backend: the bb8 manager, the shared
-//! multiplexed connection of a single server (replaced when it breaks or its
-//! runtime is gone), and the cluster connection.
+//! Connections of the Redis backend: the bb8 manager and the shared
+//! multiplexed connection of one server (replaced when it breaks or its
+//! runtime is gone): a single server's, the Sentinel primary's, or each
+//! cluster master's; and how a node another node names is addressed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, ConnectionInfo};
 
-use crate::clock;
+use super::tls::client_with_tls;
+use crate::config::TlsMaterial;
 use crate::error::{BackendError, ErrorKind};
 
 /// A pooled connection that remembers whether it failed, so bb8 discards it.
@@ -97,35 +98,6 @@ macro_rules! on_single {
     }};
 }
 
-/// Runs `$body` (a future using `$conn`, a `&mut ClusterConnection`) on the
-/// cluster connection; if its driver is gone, rebuilds the connection and
-/// runs `$body` once more.
-macro_rules! on_cluster {
-    ($node:expr, |$conn:ident| $body:expr) => {{
-        let node: &Arc<ClusterNode> = $node;
-        let held = node.conn.load_full();
-        let mut first_conn = ClusterConnection::clone(&held);
-        let first = {
-            let $conn = &mut first_conn;
-            $body.await
-        };
-        match first {
-            Ok(value) => Ok(value),
-            Err(e) if cluster_driver_gone(&e) => {
-                tracing::debug!(error = %e, "Redis Cluster connection gone; rebuilding it");
-                let mut fresh = node.replace(&held).await?;
-                let $conn = &mut fresh;
-                $body.await.map_err(failed)
-            }
-            Err(e) => {
-                let error = failed(e);
-                node.note_failure(&error, &held);
-                Err(error)
-            }
-        }
-    }};
-}
-
 pub(crate) struct SingleNode {
     pub(crate) pool: bb8::Pool<Manager>,
     /// A connection of its own for invalidations followed by `WAIT`
@@ -188,6 +160,19 @@ impl SingleNode {
         })
     }
 
+    /// A node reached through `info` (nothing is dialed yet): a pool of at
+    /// most `pool_size` connections behind the shared one, every connection
+    /// and reply bounded by `timeout`; TLS with `tls`'s certificates.
+    pub(crate) fn open(
+        info: ConnectionInfo,
+        tls: Option<&TlsMaterial>,
+        pool_size: u32,
+        timeout: Duration,
+    ) -> Result<SingleNode, BackendError> {
+        let client = client_with_tls(info.clone(), tls)?;
+        Self::new(info, client, pool_size, timeout)
+    }
+
     /// Checks every new connection for a restart with old data (see
     /// [`check_run`](Self::check_run)), with `marker` as the key.
     pub(crate) fn with_restart_marker(mut self, marker: Option<String>) -> Self {
@@ -235,7 +220,6 @@ impl SingleNode {
         error
     }
 
-    /// A clone of the shared connection and an identity for
     /// The shared connection, made anew if it is missing or broken (calls
     /// queue here while one of them reconnects, and a Redis that accepts
     /// connections without answering makes each reconnection last the whole
@@ -399,150 +383,6 @@ pub(crate) fn log_operator_error(error: &BackendError) {
     if error.kind.needs_operator() {
         tracing::error!(kind = %error.kind, error = %error.message, "Redis refused the cache's configuration");
     }
-}
-
-/// Availability failures within [`FAILURE_WINDOW`] after which the cluster
-/// connection is rebuilt in the background.
-const FAILURES_BEFORE_REBUILD: u32 = 3;
-/// The window failures are counted in, and the shortest time between two
-/// rebuilds.
-const FAILURE_WINDOW: Duration = Duration::from_secs(2);
-
-/// A Redis Cluster connection that is rebuilt when its driver is gone, or
-/// when calls keep failing on it.
-pub(crate) struct ClusterNode {
-    pub(crate) client: redis::cluster::ClusterClient,
-    pub(crate) conn: arc_swap::ArcSwap<ClusterConnection>,
-    /// Held while a fresh connection replaces a dead one.
-    pub(crate) refresh: tokio::sync::Mutex<()>,
-    pub(crate) timeout: Duration,
-    /// Start ([`clock::now_ms`]) of the window failures are counted in.
-    pub(crate) failures_since: AtomicU64,
-    pub(crate) failures: AtomicU32,
-    /// When the connection was last rebuilt because calls kept failing.
-    pub(crate) rebuilt_at: AtomicU64,
-}
-
-impl ClusterNode {
-    pub(crate) fn new(
-        client: redis::cluster::ClusterClient,
-        conn: ClusterConnection,
-        timeout: Duration,
-    ) -> Self {
-        ClusterNode {
-            client,
-            conn: arc_swap::ArcSwap::from_pointee(conn),
-            refresh: tokio::sync::Mutex::new(()),
-            timeout,
-            failures_since: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
-            rebuilt_at: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts a failed call; once calls keep timing out or failing to
-    /// connect, rebuilds the connection in the background.
-    ///
-    /// redis-rs repairs a node's connection when it sees the connection
-    /// drop, but a command that times out is only retried on the same
-    /// connection: a node restarted behind a connection in that state can
-    /// stay unreachable. A fresh cluster connection asks the cluster for its
-    /// nodes and dials them anew. Successes are not counted (nothing is
-    /// written on the hit path), so a node that is really down costs one
-    /// background reconnect per [`FAILURE_WINDOW`].
-    pub(crate) fn note_failure(
-        self: &Arc<Self>,
-        error: &BackendError,
-        used: &Arc<ClusterConnection>,
-    ) {
-        if !matches!(error.kind, ErrorKind::Connection | ErrorKind::Timeout) {
-            return;
-        }
-        let since = self.failures_since.load(Ordering::Acquire);
-        if !clock::within(since, FAILURE_WINDOW) {
-            self.failures_since
-                .store(clock::now_ms(), Ordering::Release);
-            self.failures.store(1, Ordering::Release);
-            return;
-        }
-        if self.failures.fetch_add(1, Ordering::AcqRel) + 1 < FAILURES_BEFORE_REBUILD {
-            return;
-        }
-        let rebuilt = self.rebuilt_at.load(Ordering::Acquire);
-        if clock::within(rebuilt, FAILURE_WINDOW)
-            || self
-                .rebuilt_at
-                .compare_exchange(
-                    rebuilt,
-                    clock::now_ms(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let node = Arc::clone(self);
-        let used = Arc::clone(used);
-        runtime.spawn(async move {
-            match node.replace(&used).await {
-                Ok(_) => tracing::info!("Redis Cluster calls kept failing; reconnected to the cluster"),
-                Err(e) => tracing::debug!(error = %e, "Redis Cluster reconnect failed; trying again later"),
-            }
-        });
-    }
-
-    /// Replaces `dead` (unless another caller did already) with a new
-    /// connection made on the calling task's runtime.
-    pub(crate) async fn replace(
-        &self,
-        dead: &Arc<ClusterConnection>,
-    ) -> Result<ClusterConnection, BackendError> {
-        let _guard = self.refresh.lock().await;
-        let now = self.conn.load_full();
-        if !Arc::ptr_eq(&now, dead) {
-            return Ok(ClusterConnection::clone(&now));
-        }
-        let fresh = connect_cluster(&self.client, self.timeout).await?;
-        self.conn.store(Arc::new(fresh.clone()));
-        Ok(fresh)
-    }
-}
-
-/// The cluster connection's task is gone (its runtime ended): every command
-/// fails to be sent or answered. Node failures inside a live cluster
-/// connection are retried by redis-rs itself and do not look like this.
-pub(crate) fn cluster_driver_gone(error: &redis::RedisError) -> bool {
-    let text = error.to_string();
-    error.is_io_error()
-        && (text.contains("redis_cluster: Unable to") || text.contains("broken pipe"))
-}
-
-pub(crate) fn failed(error: redis::RedisError) -> BackendError {
-    let error = BackendError::from(error);
-    log_operator_error(&error);
-    error
-}
-
-pub(crate) async fn connect_cluster(
-    client: &redis::cluster::ClusterClient,
-    timeout: Duration,
-) -> Result<ClusterConnection, BackendError> {
-    tokio::time::timeout(
-        timeout.max(Duration::from_secs(2)),
-        client.get_async_connection(),
-    )
-    .await
-    .map_err(|_| {
-        BackendError::new(
-            ErrorKind::Timeout,
-            "timed out connecting to the Redis Cluster",
-        )
-    })?
-    .map_err(failed)
 }
 
 /// `template`'s kind of address (TLS or not, with its settings) at

@@ -1,7 +1,8 @@
 //! Server facts for health and stats: `INFO` and `DBSIZE`, of the one
-//! server (or the current primary) or summed over a cluster's masters.
+//! server (or the current primary) or summed over a cluster's masters
+//! (those that answer).
 
-use super::{RedisBackend, Topology, parse};
+use super::{RedisBackend, Topology};
 use crate::backend::BackendInfo;
 use crate::error::BackendError;
 
@@ -11,18 +12,25 @@ impl RedisBackend {
     pub(super) async fn server_info(&self) -> Result<BackendInfo, BackendError> {
         let nodes: Vec<(String, String, u64)> = match &self.topology {
             Topology::Single(_) | Topology::Sentinel(_) => {
-                let info: String = self.query(&redis::cmd("INFO")).await?;
-                let keys: u64 = self.query(&redis::cmd("DBSIZE")).await?;
+                let info: String = self.query_any(&redis::cmd("INFO")).await?;
+                let keys: u64 = self.query_any(&redis::cmd("DBSIZE")).await?;
                 vec![(info, String::new(), keys)]
             }
-            Topology::Cluster(node) => {
+            Topology::Cluster(cluster) => {
+                // The masters that answer (a dead one is reported by ping).
                 let mut out = Vec::new();
-                for (host, port) in Self::masters(node).await? {
-                    let info: String =
-                        parse(Self::on_node(node, &host, port, redis::cmd("INFO")).await?)?;
-                    let keys: u64 =
-                        parse(Self::on_node(node, &host, port, redis::cmd("DBSIZE")).await?)?;
-                    out.push((info, host, keys));
+                let mut last = None;
+                for node in cluster.masters().await? {
+                    let (info, keys) = (redis::cmd("INFO"), redis::cmd("DBSIZE"));
+                    let info = cluster.query_node::<String>(&node, &info).await;
+                    let keys = cluster.query_node::<u64>(&node, &keys).await;
+                    match (info, keys) {
+                        (Ok(info), Ok(keys)) => out.push((info, node.host.clone(), keys)),
+                        (Err(e), _) | (_, Err(e)) => last = Some(e),
+                    }
+                }
+                if let (true, Some(e)) = (out.is_empty(), last) {
+                    return Err(e);
                 }
                 out
             }

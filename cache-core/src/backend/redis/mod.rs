@@ -1,7 +1,7 @@
 //! Redis backend: one server (bb8 pool + shared multiplexed connections), a
 //! primary followed through Redis Sentinel (the same, on whichever server
-//! the sentinels name: `sentinel.rs`) or a Redis Cluster (redis-rs
-//! `cluster-async`).
+//! the sentinels name: `sentinel.rs`) or a Redis Cluster (the same per
+//! master, routed by hash slot: `cluster.rs`).
 //!
 //! # Why the hit path does not check out of the pool
 //! Measured on the 2-core development machine (64 tasks, 207-byte values): one
@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
+use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Script};
 
+use self::cluster::Cluster;
 use self::connection::*;
 use self::sentinel::{SentinelNode, SentinelSettings};
+use self::tls::client_with_tls;
 #[cfg(feature = "tls")]
-use self::tls::{certificates, install_crypto_provider};
+use self::tls::install_crypto_provider;
 use super::{Backend, BackendInfo, BackendKind, InvalidationWrite};
 use crate::config::{RedisTarget, TlsMaterial};
 use crate::error::{BackendError, ErrorKind};
@@ -37,9 +37,11 @@ mod connection;
 #[macro_use]
 pub(crate) mod sentinel;
 mod acl;
+pub(crate) mod cluster;
 mod info;
 mod replicated;
 mod restart;
+mod slots;
 pub(crate) mod tls;
 pub(crate) mod tracking;
 
@@ -90,12 +92,11 @@ enum Topology {
     Single(SingleNode),
     /// Behind an `Arc`: its background tasks hold it.
     Sentinel(Arc<SentinelNode>),
-    /// Behind an `Arc`: the cluster client is large, and a background
-    /// reconnect holds the node.
-    Cluster(Arc<ClusterNode>),
+    /// Behind an `Arc`: background slot map refreshes hold it.
+    Cluster(Arc<Cluster>),
 }
 
-/// The Redis backend (single server or cluster).
+/// The Redis backend (a single server, a Sentinel primary or a cluster).
 pub(crate) struct RedisBackend {
     topology: Topology,
     /// What [`check_permissions`](Self::check_permissions) found missing.
@@ -149,20 +150,15 @@ impl RedisBackend {
                 "rediss:// needs cache-core's `tls` feature",
             ));
         }
+        let info = |url: &str| {
+            url.into_connection_info()
+                .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))
+                .map(|info| info.set_tcp_settings(tcp_settings(nodelay)))
+        };
         let topology = match target {
             RedisTarget::Single(url) => {
-                let info = url
-                    .as_str()
-                    .into_connection_info()
-                    .map_err(|e| BackendError::new(ErrorKind::Other, redact_url(&e.to_string())))?
-                    .set_tcp_settings(tcp_settings(nodelay));
-                let client = match tls {
-                    #[cfg(feature = "tls")]
-                    Some(material) => {
-                        redis::Client::build_with_tls(info.clone(), certificates(material))?
-                    }
-                    _ => redis::Client::open(info.clone())?,
-                };
+                let info = info(url)?;
+                let client = client_with_tls(info.clone(), tls)?;
                 Topology::Single(
                     SingleNode::new(info, client, pool_size, timeout)?
                         .with_restart_marker(restart_marker),
@@ -185,20 +181,16 @@ impl RedisBackend {
                 .await?,
             ),
             RedisTarget::Cluster(urls) => {
-                let builder =
-                    redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                        .tcp_settings(tcp_settings(nodelay))
-                        .connection_timeout(timeout.max(Duration::from_millis(50)))
-                        .response_timeout(timeout.max(Duration::from_millis(50)))
-                        .retries(2);
-                #[cfg(feature = "tls")]
-                let builder = match tls {
-                    Some(material) => builder.certs(certificates(material)),
-                    None => builder,
-                };
-                let client = builder.build()?;
-                let conn = connect_cluster(&client, timeout).await?;
-                Topology::Cluster(Arc::new(ClusterNode::new(client, conn, timeout)))
+                let seeds = urls
+                    .iter()
+                    .map(|url| info(url))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let cluster = Cluster::new(seeds, tls, pool_size, timeout)?;
+                // Unreachable now is not an error: calls ask again.
+                if let Err(e) = cluster.refresh().await {
+                    tracing::debug!(error = %e, "Redis Cluster slot map not known yet");
+                }
+                Topology::Cluster(cluster)
             }
         };
         Ok(RedisBackend {
@@ -211,11 +203,38 @@ impl RedisBackend {
         })
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
+    /// `cmd`, whose first argument is `key` (on a cluster, the master
+    /// serving `key` runs it).
+    async fn query<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> Result<T, BackendError> {
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
             Topology::Sentinel(node) => on_sentinel!(node, |conn| cmd.query_async(conn)),
-            Topology::Cluster(node) => on_cluster!(node, |conn| cmd.query_async(conn)),
+            Topology::Cluster(cluster) => cluster.query(key.as_bytes(), cmd).await,
+        }
+    }
+
+    /// A command without a key (the single server or the primary; on a
+    /// cluster, every master must answer and the first answer is returned).
+    async fn query_any<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
+        match &self.topology {
+            Topology::Single(node) => on_single!(node, |conn| cmd.query_async(conn)),
+            Topology::Sentinel(node) => on_sentinel!(node, |conn| cmd.query_async(conn)),
+            Topology::Cluster(cluster) => {
+                let mut first = None;
+                for node in cluster.masters().await? {
+                    let answer = cluster.query_node(&node, cmd).await?;
+                    first.get_or_insert(answer);
+                }
+                first.ok_or_else(|| BackendError::new(ErrorKind::Connection, "no master"))
+            }
+        }
+    }
+
+    /// The cluster, when this backend is one.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.topology {
+            Topology::Cluster(cluster) => Some(cluster),
+            Topology::Single(_) | Topology::Sentinel(_) => None,
         }
     }
 
@@ -253,7 +272,7 @@ impl RedisBackend {
             }
         }
         let general: BoxedRead<'_> =
-            Box::pin(async move { self.query(&keyed_cmd("GET", [key])).await });
+            Box::pin(async move { self.query(key, &keyed_cmd("GET", [key])).await });
         general.await
     }
 
@@ -269,7 +288,14 @@ impl RedisBackend {
         let (value, pttl): (Option<Vec<u8>>, i64) = match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| pipe.query_async(conn)),
             Topology::Sentinel(node) => on_sentinel!(node, |conn| pipe.query_async(conn)),
-            Topology::Cluster(node) => on_cluster!(node, |conn| pipe.query_async(conn)),
+            Topology::Cluster(cluster) => {
+                let pipe = &pipe;
+                cluster
+                    .on_key(key.as_bytes(), |mut c| async move {
+                        pipe.query_async(&mut c).await
+                    })
+                    .await
+            }
         }?;
         let left = match pttl {
             -1 => None,
@@ -291,87 +317,62 @@ impl RedisBackend {
         match &self.topology {
             Topology::Single(node) => on_single!(node, |conn| invocation.invoke_async(conn)),
             Topology::Sentinel(node) => on_sentinel!(node, |conn| invocation.invoke_async(conn)),
-            Topology::Cluster(node) => on_cluster!(node, |conn| invocation.invoke_async(conn)),
+            Topology::Cluster(cluster) => {
+                let invocation = &invocation;
+                cluster
+                    .on_key(key.as_bytes(), |mut c| async move {
+                        invocation.invoke_async(&mut c).await
+                    })
+                    .await
+            }
         }
     }
 
-    /// Addresses of the cluster's reachable masters.
-    async fn masters(node: &Arc<ClusterNode>) -> Result<Vec<(String, u16)>, BackendError> {
-        let masters = Self::cluster_masters(node, |flags, _| {
-            !flags.contains("fail") && !flags.contains("noaddr")
-        })
-        .await?;
-        if masters.is_empty() {
-            return Err(BackendError::new(
-                ErrorKind::Connection,
-                "no reachable cluster master",
-            ));
-        }
-        Ok(masters)
-    }
-
-    /// The masters that serve slots, reachable or not (sorted): the nodes
-    /// whose changes client tracking must hear about. Empty for a single
-    /// server.
+    /// The masters that serve slots (sorted addresses; the slot map is
+    /// refreshed first when older than a quarter second): the nodes whose
+    /// changes client tracking must hear about. Empty for a single server.
     pub(crate) async fn slot_masters(&self) -> Result<Vec<(String, u16)>, BackendError> {
         match &self.topology {
             Topology::Single(_) | Topology::Sentinel(_) => Ok(Vec::new()),
-            Topology::Cluster(node) => {
-                let mut masters =
-                    Self::cluster_masters(node, |flags, slots| slots && !flags.contains("noaddr"))
-                        .await?;
+            Topology::Cluster(cluster) => {
+                let mut masters: Vec<(String, u16)> = cluster
+                    .masters()
+                    .await?
+                    .iter()
+                    .map(|node| (node.host.clone(), node.port))
+                    .collect();
                 masters.sort();
                 Ok(masters)
             }
         }
     }
 
-    /// The masters in `CLUSTER NODES` that `keep(flags, serves_slots)`.
-    async fn cluster_masters(
-        node: &Arc<ClusterNode>,
-        keep: impl Fn(&str, bool) -> bool,
-    ) -> Result<Vec<(String, u16)>, BackendError> {
-        let nodes: String = on_cluster!(node, |conn| redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(conn))?;
-        let mut masters = Vec::new();
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 8 || !fields[2].contains("master") {
-                continue;
-            }
-            if !keep(fields[2], fields.len() > 8) {
-                continue;
-            }
-            let addr = fields[1].split('@').next().unwrap_or_default();
-            if let Some((host, port)) = addr.rsplit_once(':')
-                && let Ok(port) = port.parse()
-            {
-                masters.push((host.to_owned(), port));
-            }
+    /// `UNLINK` of `keys`: one command on a single server, one per key
+    /// (pipelined per master) on a cluster. How many existed.
+    async fn unlink<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<u64, BackendError> {
+        let keys: Vec<&[u8]> = keys.collect();
+        if keys.is_empty() {
+            return Ok(0);
         }
-        Ok(masters)
+        match &self.topology {
+            Topology::Single(_) | Topology::Sentinel(_) => {
+                self.query_any(redis::cmd("UNLINK").arg(&keys)).await
+            }
+            Topology::Cluster(cluster) => Ok(cluster
+                .per_key::<u64>(&keys, |key| redis::cmd("UNLINK").arg(key).clone())
+                .await?
+                .into_iter()
+                .sum()),
+        }
     }
 
-    async fn on_node(
-        node: &Arc<ClusterNode>,
-        host: &str,
-        port: u16,
-        cmd: Cmd,
-    ) -> Result<Value, BackendError> {
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-            host: host.to_owned(),
-            port,
-        });
-        on_cluster!(node, |conn| conn
-            .route_command(cmd.clone(), routing.clone()))
-    }
-
-    /// SCAN one node (or the single server) and UNLINK matches in batches.
+    /// SCAN one node (or the single server) and UNLINK matches in batches
+    /// (on a cluster node, one `UNLINK` per key, pipelined: a key's slot is
+    /// its own).
     async fn scan_unlink(
         &self,
         pattern: &str,
-        node: Option<(&str, u16)>,
+        node: Option<&cluster::Node>,
     ) -> Result<u64, BackendError> {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
@@ -383,18 +384,11 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_BATCH);
             let (next, keys): (u64, Vec<Vec<u8>>) = match (node, &self.topology) {
-                (Some((host, port)), Topology::Cluster(cluster)) => {
-                    parse(Self::on_node(cluster, host, port, scan).await?)?
-                }
-                _ => self.query(&scan).await?,
+                (Some(node), Topology::Cluster(cluster)) => cluster.query_node(node, &scan).await?,
+                _ => self.query_any(&scan).await?,
             };
             for batch in keys.chunks(SCAN_BATCH) {
-                let mut unlink = redis::cmd("UNLINK");
-                for key in batch {
-                    unlink.arg(key);
-                }
-                let n: u64 = self.query(&unlink).await?;
-                deleted += n;
+                deleted += self.unlink(batch.iter().map(Vec::as_slice)).await?;
             }
             cursor = next;
             if cursor == 0 {
@@ -402,10 +396,6 @@ impl RedisBackend {
             }
         }
     }
-}
-
-fn parse<T: FromRedisValue>(value: Value) -> Result<T, BackendError> {
-    T::from_redis_value(value).map_err(|e| BackendError::new(ErrorKind::Server, e.to_string()))
 }
 
 /// One `SET ... PX` per entry, replies ignored.
@@ -429,7 +419,7 @@ fn px(ttl: Duration) -> u64 {
 #[async_trait]
 impl Backend for RedisBackend {
     fn enforces_timeouts(&self) -> bool {
-        // A cluster call may retry on another node, so it keeps the outer bound.
+        // A cluster call may follow a redirect, so it keeps the outer bound.
         matches!(self.topology, Topology::Single(_) | Topology::Sentinel(_))
     }
 
@@ -449,13 +439,26 @@ impl Backend for RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.query(&keyed_cmd("MGET", keys.iter().map(String::as_str)))
-            .await
+        match &self.topology {
+            Topology::Single(_) | Topology::Sentinel(_) => {
+                self.query_any(&keyed_cmd("MGET", keys.iter().map(String::as_str)))
+                    .await
+            }
+            Topology::Cluster(cluster) => {
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                cluster
+                    .per_key(&keys, |key| redis::cmd("GET").arg(key).clone())
+                    .await
+            }
+        }
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), BackendError> {
-        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
-            .await
+        self.query(
+            key,
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)),
+        )
+        .await
     }
 
     async fn set_many(
@@ -472,65 +475,48 @@ impl Backend for RedisBackend {
                 let pipe = set_pipeline(&entries, ttl);
                 on_sentinel!(node, |conn| pipe.query_async::<()>(conn))
             }
-            Topology::Cluster(node) => {
-                // Keys live in different slots: one SET each, concurrently
-                // (all again on a rebuilt connection if the first is dead).
-                on_cluster!(node, |conn| async {
-                    let mut sets = tokio::task::JoinSet::new();
-                    for (key, value) in &entries {
-                        let cmd = redis::cmd("SET")
+            Topology::Cluster(cluster) => {
+                let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_bytes()).collect();
+                let values: std::collections::HashMap<&[u8], &[u8]> = entries
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+                    .collect();
+                let ms = px(ttl);
+                cluster
+                    .per_key::<()>(&keys, |key| {
+                        redis::cmd("SET")
                             .arg(key)
-                            .arg(value)
+                            .arg(values.get(key).copied().unwrap_or_default())
                             .arg("PX")
-                            .arg(px(ttl))
-                            .clone();
-                        let mut conn = conn.clone();
-                        sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
-                    }
-                    let mut outcome = Ok(());
-                    while let Some(result) = sets.join_next().await {
-                        let result = result.unwrap_or_else(|e| {
-                            Err(redis::RedisError::from((
-                                redis::ErrorKind::Client,
-                                "SET task failed",
-                                e.to_string(),
-                            )))
-                        });
-                        if let Err(e) = result
-                            && outcome.is_ok()
-                        {
-                            outcome = Err(e);
-                        }
-                    }
-                    outcome
-                })
+                            .arg(ms)
+                            .clone()
+                    })
+                    .await
+                    .map(|_| ())
             }
         }
     }
 
     async fn delete(&self, keys: &[String]) -> Result<u64, BackendError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        self.query(redis::cmd("UNLINK").arg(keys)).await
+        self.unlink(keys.iter().map(|k| k.as_bytes())).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool, BackendError> {
-        self.query(redis::cmd("EXISTS").arg(key)).await
+        self.query(key, redis::cmd("EXISTS").arg(key)).await
     }
 
     async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
-        self.query(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)))
+        self.query(key, redis::cmd("PEXPIRE").arg(key).arg(px(ttl)))
             .await
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, BackendError> {
-        let ms: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
+        let ms: i64 = self.query(key, redis::cmd("PTTL").arg(key)).await?;
         Ok(u64::try_from(ms).ok().map(Duration::from_millis))
     }
 
     async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, BackendError> {
-        self.query(redis::cmd("INCRBY").arg(key).arg(delta))
+        self.query(key, redis::cmd("INCRBY").arg(key).arg(delta))
             .await
             .map_err(|e| {
                 if e.kind == ErrorKind::Server {
@@ -544,10 +530,10 @@ impl Backend for RedisBackend {
     async fn delete_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         match &self.topology {
             Topology::Single(_) | Topology::Sentinel(_) => self.scan_unlink(pattern, None).await,
-            Topology::Cluster(node) => {
+            Topology::Cluster(cluster) => {
                 let mut total = 0;
-                for (host, port) in Self::masters(node).await? {
-                    total += self.scan_unlink(pattern, Some((&host, port))).await?;
+                for node in cluster.masters().await? {
+                    total += self.scan_unlink(pattern, Some(&node)).await?;
                 }
                 Ok(total)
             }
@@ -562,6 +548,7 @@ impl Backend for RedisBackend {
     ) -> Result<bool, BackendError> {
         let reply: Option<String> = self
             .query(
+                key,
                 redis::cmd("SET")
                     .arg(key)
                     .arg(marker)
@@ -607,7 +594,7 @@ impl Backend for RedisBackend {
     }
 
     async fn value_len(&self, key: &str) -> Result<Option<u64>, BackendError> {
-        let len: u64 = self.query(&keyed_cmd("STRLEN", [key])).await?;
+        let len: u64 = self.query(key, &keyed_cmd("STRLEN", [key])).await?;
         Ok((len > 0).then_some(len))
     }
 
@@ -621,7 +608,7 @@ impl Backend for RedisBackend {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        let _: String = self.query(&redis::cmd("PING")).await?;
+        let _: String = self.query_any(&redis::cmd("PING")).await?;
         Ok(())
     }
 

@@ -43,7 +43,9 @@ impl RedisBackend {
     /// `INFO replication`), to warn at start-up when fewer than the
     /// invalidations wait for.
     pub(crate) async fn connected_replicas(&self) -> Result<u64, BackendError> {
-        let info: String = self.query(redis::cmd("INFO").arg("replication")).await?;
+        let info: String = self
+            .query_any(redis::cmd("INFO").arg("replication"))
+            .await?;
         Ok(super::info::info_field(&info, "connected_slaves")
             .and_then(|n| n.parse().ok())
             .unwrap_or(0))
