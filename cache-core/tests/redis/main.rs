@@ -15,6 +15,7 @@ mod faults;
 mod generations;
 mod near;
 mod promise_matrix;
+mod refresh_ahead;
 mod resilience;
 mod sentinel;
 mod slow_loads;
