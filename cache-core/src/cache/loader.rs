@@ -262,7 +262,7 @@ impl Cache {
         let restored = done.await;
         if failed
             && !refresh
-            && effective.fail_safe.is_some()
+            && patience.stale_ok
             && let Some(stale) = restored
             && let Some(v) =
                 self.decode_found::<M::Stored>(entry, skey, &Found::Shared(stale), None)

@@ -20,7 +20,7 @@ use super::policy::Effective;
 use super::shell::{Body, ReadThrough, Step};
 use super::typed::{Mode, TypedCopy};
 use crate::backend::RawBytes;
-use crate::consistency::load::{AfterMiss, Found};
+use crate::consistency::load::{AfterMiss, Found, Patience};
 use crate::consistency::read::{Key, Read};
 use crate::error::Outcome;
 use crate::stats::{Event, PrefixEntry};
@@ -108,7 +108,13 @@ impl Cache {
             Some(Action::Refresh) => {
                 let leased: Step<'_, _> = Box::pin(layer.lease_for_refresh(&entry, key, &deadline));
                 return match leased.await {
+                    // A reload asked for answers with what the body
+                    // returned, never with the value it was to replace.
                     Some(loading) => {
+                        let patience = Patience {
+                            stale_ok: false,
+                            ..patience
+                        };
                         self.run_load::<R, M, B::Fut, U>(
                             &load,
                             loading,

@@ -20,3 +20,4 @@ mod resilience;
 mod sentinel;
 mod slow_loads;
 mod timeouts;
+mod wrappers;
