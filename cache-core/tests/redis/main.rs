@@ -10,6 +10,7 @@ mod common;
 mod backends;
 mod cluster_faults;
 mod consistency;
+mod expiry;
 mod fail_safe;
 mod faults;
 mod generations;
