@@ -149,6 +149,7 @@ impl Cache {
                             self.after_hit::<R, M, B, U>(
                                 &load,
                                 &found,
+                                &v,
                                 generation,
                                 &mut body,
                                 &mut unless,

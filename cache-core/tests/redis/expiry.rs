@@ -1,11 +1,14 @@
 //! How long values live. TTL jitter: entries written together get TTLs
 //! spread within ±the fraction (per function or cache-wide), and without
-//! jitter exactly the TTL; extreme TTLs never panic. On memory (the test
-//! kit's manual clock: TTLs read back exactly) and on a redis-server.
+//! jitter exactly the TTL; extreme TTLs never panic. `ttl_from`: each value
+//! lives as long as it says. `sliding` (opt-in): a hit restarts the TTL the
+//! value was stored with. On memory (the test kit's manual clock: TTLs read
+//! back exactly) and on a redis-server with real TTLs.
 
 use std::time::Duration;
 
 use crate::common::{Kind, on};
+use crate::refresh_ahead::{Src, eventually};
 use cache_core::{Cache, cached};
 use cache_testkit::TestCache;
 
@@ -183,4 +186,225 @@ async fn the_cache_wide_jitter_on_redis() {
         .ttl_jitter(0.3);
     let cache = on(Kind::Redis, builder).build().await.unwrap();
     cache_wide(Kind::Redis, &cache).await;
+}
+
+// ----- per-value TTL (`ttl_from`) ------------------------------------------
+
+/// A credential that says how long it is good for.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Token {
+    value: u64,
+    good_for_ms: u64,
+}
+
+fn good_for(token: &Token) -> Duration {
+    Duration::from_millis(token.good_for_ms)
+}
+
+#[cached(prefix = "tok", key = "{user}", ttl = 3600, ttl_from = good_for, cache = cache)]
+async fn token(cache: &Cache, src: &Src, user: u64) -> Result<Token, String> {
+    let value = src.read().await?;
+    Ok(Token {
+        value,
+        good_for_ms: user,
+    })
+}
+
+/// `ttl_from` applies to values; a cached `None` keeps `none_ttl`.
+#[cached(
+    prefix = "maybe",
+    key = "{ms}",
+    ttl_from = |v: &Option<u64>| std::time::Duration::from_millis(v.unwrap_or(0)),
+    cache_none,
+    none_ttl = 5,
+    cache = cache
+)]
+async fn maybe(cache: &Cache, src: &Src, ms: u64) -> Option<u64> {
+    src.read().await.ok().filter(|_| ms > 0).map(|_| ms)
+}
+
+/// Each value lives as long as it says (the user id is its lifetime in ms
+/// here), a zero lifetime is not stored, errors never are, and a cached
+/// `None` keeps `none_ttl`. `wait(ms)` lets that much time pass.
+async fn per_value(kind: Kind, cache: &Cache, wait: impl AsyncFn(u64)) {
+    let src = Src::new(1);
+    let (short, long) = (1500, 600_000);
+    token(cache, &src, short).await.unwrap();
+    token(cache, &src, long).await.unwrap();
+    let slack = match kind {
+        Kind::Memory => 0,
+        _ => 200,
+    };
+    let ttl = |user: u64| async move {
+        let ttl = cache.ttl(&token_cache_key(&user)).await.unwrap();
+        ttl.map(|t| t.as_millis() as u64)
+    };
+    let got = ttl(short).await.unwrap();
+    assert!(got <= short && got + slack >= short, "{kind:?}: {got}");
+    let got = ttl(long).await.unwrap();
+    assert!(got <= long && got + slack >= long, "{kind:?}: {got}");
+    // Zero: not stored, the body runs each time.
+    let reads = src.reads();
+    token(cache, &src, 0).await.unwrap();
+    token(cache, &src, 0).await.unwrap();
+    assert_eq!(src.reads(), reads + 2);
+    assert_eq!(ttl(0).await, None);
+    // An error is never stored, whatever ttl_from would say.
+    src.fail(true);
+    assert!(token(cache, &src, 7_000).await.is_err());
+    assert_eq!(ttl(7_000).await, None);
+    src.fail(false);
+    // The short one expires on its own time, the long one stays.
+    wait(short + 100).await;
+    assert_eq!(ttl(short).await, None);
+    let reads = src.reads();
+    assert_eq!(token(cache, &src, long).await.unwrap().value, 1);
+    assert_eq!(
+        src.reads(),
+        reads,
+        "{kind:?}: the long-lived value is a hit"
+    );
+    // A None keeps none_ttl (5 s); values their own.
+    assert_eq!(maybe(cache, &src, 0).await, None);
+    let got = cache.ttl(&maybe_cache_key(&0)).await.unwrap().unwrap();
+    assert!(got <= Duration::from_secs(5) && got > Duration::from_secs(4));
+    assert_eq!(maybe(cache, &src, 60_000).await, Some(60_000));
+    let got = cache.ttl(&maybe_cache_key(&60_000)).await.unwrap().unwrap();
+    assert!(got <= Duration::from_secs(60) && got > Duration::from_secs(59));
+}
+
+#[tokio::test]
+async fn ttl_from_sets_each_value_s_ttl_on_memory() {
+    let test = TestCache::new();
+    let wait = async |ms| test.advance(Duration::from_millis(ms));
+    per_value(Kind::Memory, test.cache(), wait).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_from_sets_each_value_s_ttl_on_redis() {
+    let builder = Cache::builder()
+        .namespace("expiry-ttl-from")
+        .timeout(Duration::from_secs(2));
+    let cache = on(Kind::Redis, builder).build().await.unwrap();
+    let wait = async |ms| tokio::time::sleep(Duration::from_millis(ms)).await;
+    per_value(Kind::Redis, &cache, wait).await;
+}
+
+// ----- sliding expiry ------------------------------------------------------
+
+#[cached(prefix = "slide", key = "{id}", ttl = std::time::Duration::from_millis(1000), sliding, cache = cache)]
+async fn session(cache: &Cache, src: &Src, id: u64) -> Result<u64, String> {
+    let _ = id;
+    src.read().await
+}
+
+#[cached(prefix = "fixed", key = "{id}", ttl = std::time::Duration::from_millis(1000), cache = cache)]
+async fn fixed(cache: &Cache, src: &Src, id: u64) -> Result<u64, String> {
+    let _ = id;
+    src.read().await
+}
+
+/// Sliding with a per-value TTL: a hit restarts the value's own TTL.
+#[cached(prefix = "slidetok", key = "{user}", ttl = 3600, ttl_from = good_for, sliding, cache = cache)]
+async fn sliding_token(cache: &Cache, src: &Src, user: u64) -> Result<Token, String> {
+    let value = src.read().await?;
+    Ok(Token {
+        value,
+        good_for_ms: user,
+    })
+}
+
+/// Sliding `None`s keep `none_ttl`.
+#[cached(
+    prefix = "slidenone",
+    key = "{id}",
+    ttl = 3600,
+    cache_none,
+    none_ttl = 2,
+    sliding,
+    cache = cache
+)]
+async fn sliding_none(cache: &Cache, src: &Src, id: u64) -> Option<u64> {
+    src.read().await.ok().filter(|_| id > 0)
+}
+
+/// The TTL `key` has left, once a hit's restart (in the background) landed:
+/// waits until it is above `above` ms.
+async fn restarted(cache: &Cache, key: &str, above: u64) {
+    eventually("the hit restarted the TTL", async || {
+        cache
+            .ttl(key)
+            .await
+            .unwrap()
+            .is_some_and(|t| t.as_millis() as u64 > above)
+    })
+    .await;
+}
+
+/// A hit restarts a sliding value's TTL, so a value read more often than
+/// its TTL lives on; unread, it expires; without `sliding` (opt-in) reads
+/// don't extend anything. Sliding restarts the TTL the value was stored
+/// with: its own (`ttl_from`), `none_ttl` for a `None`.
+async fn slides(kind: Kind, cache: &Cache, wait: impl AsyncFn(u64)) {
+    let src = Src::new(1);
+    session(cache, &src, 1).await.unwrap();
+    fixed(cache, &src, 1).await.unwrap();
+    let reads = src.reads();
+    for _ in 0..4 {
+        wait(600).await;
+        session(cache, &src, 1).await.unwrap();
+        restarted(cache, &session_cache_key(&1), 800).await;
+    }
+    // 2.4 s after it was stored, 1 s TTL: alive, never reloaded.
+    assert_eq!(src.reads(), reads, "{kind:?}: every read was a hit");
+    assert!(
+        fixed(cache, &src, 1).await.is_ok() && src.reads() == reads + 1,
+        "{kind:?}: without sliding the value expired"
+    );
+    // Unread for longer than its TTL: gone.
+    wait(1100).await;
+    assert_eq!(cache.ttl(&session_cache_key(&1)).await.unwrap(), None);
+    session(cache, &src, 1).await.unwrap();
+    assert_eq!(src.reads(), reads + 2, "{kind:?}: reloaded after expiry");
+
+    // Its own TTL: 1.5 s, restarted to 1.5 s (not to `ttl`, 3600 s).
+    sliding_token(cache, &src, 1500).await.unwrap();
+    wait(500).await;
+    sliding_token(cache, &src, 1500).await.unwrap();
+    let key = sliding_token_cache_key(&1500);
+    restarted(cache, &key, 1200).await;
+    let left = cache.ttl(&key).await.unwrap().unwrap();
+    assert!(left <= Duration::from_millis(1500), "{kind:?}: {left:?}");
+    // A None: restarted to none_ttl (2 s).
+    assert_eq!(sliding_none(cache, &src, 0).await, None);
+    wait(500).await;
+    assert_eq!(sliding_none(cache, &src, 0).await, None);
+    let key = sliding_none_cache_key(&0);
+    restarted(cache, &key, 1700).await;
+    let left = cache.ttl(&key).await.unwrap().unwrap();
+    assert!(left <= Duration::from_secs(2), "{kind:?}: {left:?}");
+}
+
+#[tokio::test]
+async fn sliding_restarts_the_ttl_on_memory() {
+    let test = TestCache::new();
+    let wait = async |ms| test.advance(Duration::from_millis(ms));
+    slides(Kind::Memory, test.cache(), wait).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_restarts_the_ttl_on_redis() {
+    for near in [false, true] {
+        let builder = Cache::builder()
+            .namespace(format!("expiry-sliding-{near}"))
+            .timeout(Duration::from_secs(2));
+        let builder = if near {
+            builder.near_cache(100)
+        } else {
+            builder
+        };
+        let cache = on(Kind::Redis, builder).build().await.unwrap();
+        let wait = async |ms| tokio::time::sleep(Duration::from_millis(ms)).await;
+        slides(Kind::Redis, &cache, wait).await;
+    }
 }
