@@ -27,6 +27,7 @@
 
 pub mod db;
 mod http;
+pub mod outage;
 pub mod repo;
 pub mod server;
 
@@ -37,6 +38,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::SqlitePool;
 
 pub use http::BODY_LIMIT;
+pub use outage::DbOutage;
 pub use repo::Repo;
 pub use server::{ServerConfig, serve};
 
@@ -80,6 +82,13 @@ impl AppState {
         self.admin_token = token
             .filter(|t| !t.is_empty())
             .map(|t| http::token_digest(t.as_bytes()));
+        self
+    }
+
+    /// The same state with `outage` as the database's fault switch
+    /// ([`DbOutage::from_env`] in the binary).
+    pub fn with_db_outage(mut self, outage: DbOutage) -> Self {
+        self.repo = self.repo.with_outage(outage);
         self
     }
 

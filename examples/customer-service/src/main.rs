@@ -11,6 +11,7 @@
 //! | `CACHE_NAMESPACE` | `customer-service` | first segment of every cache key |
 //! | `CACHE_DEFAULT_TTL`, `CACHE_TIMEOUT_MS`, ... | see `cache_core::CacheConfig` | cache settings |
 //! | `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`, `HTTP_WRITE_TIMEOUT_MS`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES` | see [`customer_service::server`] | connection limits |
+//! | `CHAOS_DB_DOWN_FILE` | unset | fault drills: every database call fails while this file exists (see [`customer_service::outage`]) |
 //! | `RUST_LOG` | `info` | log filter |
 
 use std::io::IsTerminal as _;
@@ -94,7 +95,9 @@ async fn run() -> anyhow::Result<()> {
     if admin_token.as_deref().is_none_or(str::is_empty) {
         tracing::warn!("ADMIN_TOKEN is unset: POST /admin/cache/invalidate is refused");
     }
-    let state = AppState::new(pool, cache).with_admin_token(admin_token);
+    let state = AppState::new(pool, cache)
+        .with_admin_token(admin_token)
+        .with_db_outage(customer_service::DbOutage::from_env());
     let router = app(state).await;
 
     tokio::spawn(async move {
