@@ -96,11 +96,19 @@ impl Effective {
 
     /// How long a call that must load waits, from now.
     pub(crate) fn patience(&self) -> Patience {
+        let stale_ok = self.fail_safe.is_some();
+        if self.soft_timeout.is_none() && self.hard_timeout.is_none() {
+            // No clock read when there is nothing to time.
+            return Patience {
+                stale_ok,
+                ..Patience::default()
+            };
+        }
         let now = Instant::now();
         Patience {
             soft: self.soft_timeout.map(|t| now + t),
             hard: self.hard_timeout.map(|t| now + t),
-            stale_ok: self.fail_safe.is_some(),
+            stale_ok,
         }
     }
 
