@@ -220,6 +220,6 @@ impl Consistency {
             .await
             .ok()
             .flatten()?;
-        Some(self.store.now_ms() + crate::clock::ms(left))
+        Some(self.store.now_ms().saturating_add(crate::clock::ms(left)))
     }
 }
