@@ -14,6 +14,9 @@
 #   cached_fn_redis   <= 1.05 x raw_redis_get_nodelay    (median of BUDGET_RUNS runs each)
 #   cached_fn_memory  <= 1.05 x moka_get_string_key_ttl
 #   cached_fn_near    <= 1.05 x moka_get_string_key_ttl
+# Also counted, without a budget: the same hits of functions with fail_safe
+# and with one tag (cached_fn_{redis,near,memory}_{fail_safe,tags}), each
+# printed beside its plain case (skipped for a binary without those cases).
 # Instructions are counted by callgrind between the benchmark's count_start
 # and count_end markers, on every thread of the process, one worker thread.
 # Exit status: 0 all within budget, 1 a case over its budget (or a failed
@@ -72,30 +75,55 @@ count() {
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 
 declare -A result detail
+loader=()
+if "$bin" --help 2>/dev/null | grep -q cached_fn_memory_fail_safe; then
+    loader=(fail_safe tags)
+fi
+local_cases=(moka_get_string_key_ttl cached_fn_memory cached_fn_near)
+for opt in "${loader[@]}"; do
+    local_cases+=("cached_fn_memory_$opt" "cached_fn_near_$opt")
+done
 # Memory and near counts repeat to within a fraction of a percent: one run.
-for case in moka_get_string_key_ttl cached_fn_memory cached_fn_near; do
+for case in "${local_cases[@]}"; do
     echo "bench-budget: counting $case ($count calls)" >&2
     result[$case]=$(count "$case")
     detail[$case]="1 run"
 done
 # Redis counts vary by a few percent with timing (how often a poll finds the
 # reply already there): runs interleaved, the median of each case.
-declare -a raw_runs=() fn_runs=()
-for i in $(seq "$runs"); do
-    echo "bench-budget: counting raw_redis_get_nodelay, cached_fn_redis ($count calls, run $i/$runs)" >&2
-    raw_runs+=("$(count raw_redis_get_nodelay)")
-    fn_runs+=("$(count cached_fn_redis)")
+redis_cases=(raw_redis_get_nodelay cached_fn_redis)
+for opt in "${loader[@]}"; do
+    redis_cases+=("cached_fn_redis_$opt")
 done
-result[raw_redis_get_nodelay]=$(median "${raw_runs[@]}")
-result[cached_fn_redis]=$(median "${fn_runs[@]}")
-detail[raw_redis_get_nodelay]="median of ${raw_runs[*]}"
-detail[cached_fn_redis]="median of ${fn_runs[*]}"
+declare -A runs_of
+for i in $(seq "$runs"); do
+    echo "bench-budget: counting ${redis_cases[*]} ($count calls, run $i/$runs)" >&2
+    for case in "${redis_cases[@]}"; do
+        runs_of[$case]+="$(count "$case") "
+    done
+done
+for case in "${redis_cases[@]}"; do
+    # shellcheck disable=SC2086 # the runs, split on purpose
+    result[$case]=$(median ${runs_of[$case]})
+    detail[$case]="median of ${runs_of[$case]% }"
+done
 
 echo
 echo "instructions per call ($count calls per run, TOKIO_WORKER_THREADS=1):"
 for case in raw_redis_get_nodelay cached_fn_redis moka_get_string_key_ttl cached_fn_memory cached_fn_near; do
     printf '  %-26s %8d  (%s)\n' "$case" "${result[$case]}" "${detail[$case]}"
 done
+if ((${#loader[@]})); then
+    echo
+    echo "the same hits with fail_safe or one tag (no budget; ratio to the plain hit):"
+    for plain in cached_fn_redis cached_fn_near cached_fn_memory; do
+        for opt in "${loader[@]}"; do
+            case=${plain}_$opt
+            ratio=$(awk -v a="${result[$case]}" -v b="${result[$plain]}" 'BEGIN { printf "%.3f", a / b }')
+            printf '  %-26s %8d  %6sx %-17s (%s)\n' "$case" "${result[$case]}" "$ratio" "$plain" "${detail[$case]}"
+        done
+    done
+fi
 
 # case baseline budget
 budgets=(

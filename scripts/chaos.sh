@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_FAULTS=(baseline kill9 sigstop client-kill flushall oom acl foreign-keys failover failover-wait)
+ALL_FAULTS=(baseline kill9 sigstop client-kill flushall oom acl foreign-keys db-down failover failover-wait)
 FAULTS=("$@")
 if [ ${#FAULTS[@]} -eq 0 ]; then FAULTS=("${ALL_FAULTS[@]}"); fi
 for f in "${FAULTS[@]}"; do
@@ -116,6 +116,7 @@ start_redis
 mkdir -p "$WORK/db"
 PORT="$SERVICE_PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
   DATABASE_URL="sqlite://$WORK/db/customers.db?mode=rwc" ADMIN_TOKEN=chaos \
+  CHAOS_DB_DOWN_FILE="$WORK/db-down" \
   RUST_LOG="${RUST_LOG:-warn}" "$BIN/customer-service" >"$OUT/service.log" 2>&1 &
 SERVICE_PID=$!
 for _ in $(seq 200); do
@@ -262,6 +263,16 @@ inject_foreign-keys() {
     -H 'authorization: Bearer chaos' -H 'content-type: application/json' \
     -d '{"pattern": "query:*"}' \
     "http://127.0.0.1:$SERVICE_PORT/admin/cache/invalidate" >"$OUT/foreign-admin-secs.txt" || true
+}
+
+inject_db-down() {
+  # The service's database fails (its CHAOS_DB_DOWN_FILE switch): reads
+  # are answered from the cache (fail-safe past the TTL), writes fail (503)
+  # and still invalidate, so a read after one must never return the old name.
+  sleep 2
+  touch "$WORK/db-down"
+  sleep "$FAULT_SECS"
+  rm -f "$WORK/db-down"
 }
 
 inject_failover() {

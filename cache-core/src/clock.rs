@@ -11,9 +11,10 @@ pub(crate) fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64 + 1
 }
 
-/// `duration` in the unit of [`now_ms`].
+/// `duration` in the unit of [`now_ms`] (saturating: a `Duration` can
+/// hold more milliseconds than a `u64`).
 pub(crate) fn ms(duration: Duration) -> u64 {
-    duration.as_millis() as u64
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether `stamp` (a [`now_ms`] value, `0` for never) lies less than

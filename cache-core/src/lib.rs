@@ -310,7 +310,9 @@ pub async fn with_outcome<F: std::future::Future>(fut: F) -> (F::Output, Outcome
 /// Runs `fut` with its first `#[cached]` call reloading its value: the
 /// body runs and its result is stored, whatever is cached. The store is a
 /// load like any other (under the key's lease), so an invalidation during
-/// it wins, and a failed body leaves the cached value as it was.
+/// it wins, and a failed body leaves the cached value as it was. The call
+/// returns what the body returned, an error too (also with `fail_safe`: a
+/// reload asked for is not answered with the value it was to replace).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

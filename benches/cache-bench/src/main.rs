@@ -98,6 +98,12 @@ async fn run(s: Settings) {
                 "moka_get_string_key_ttl" => { let $op = &hit.moka_keyed_op; Some($body) }
                 "cache_get_memory" => { let $op = &hit.get_memory; Some($body) }
                 "cached_fn_memory" => { let $op = &hit.fn_memory; Some($body) }
+                "cached_fn_redis_fail_safe" => { let $op = &hit.fn_redis_fail_safe; Some($body) }
+                "cached_fn_redis_tags" => { let $op = &hit.fn_redis_tags; Some($body) }
+                "cached_fn_near_fail_safe" => { let $op = &hit.fn_near_fail_safe; Some($body) }
+                "cached_fn_near_tags" => { let $op = &hit.fn_near_tags; Some($body) }
+                "cached_fn_memory_fail_safe" => { let $op = &hit.fn_memory_fail_safe; Some($body) }
+                "cached_fn_memory_tags" => { let $op = &hit.fn_memory_tags; Some($body) }
                 "miss_path" => { let $op = &hit.miss; Some($body) }
                 #[cfg(feature = "cached-crate")]
                 "cached_crate_redis_get" => { let $op = &hit.cc_get; Some($body) }

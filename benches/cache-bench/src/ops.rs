@@ -11,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::payload::{
     COLD_IDS, Customer, HOT_KEYS, cold_customer, customer, customer_by_id, customer_by_id_paused,
-    hot_id,
+    customer_fail_safe, customer_tagged, hot_id,
 };
 
 /// One benchmarked operation; `true` when it returned the expected value.
@@ -94,6 +94,51 @@ impl Op for CachedFn {
             .await
             .is_ok_and(|c| c.id == id)
     }
+}
+
+/// A `#[cached(fail_safe = ..)]` function hit ([`customer_fail_safe`]).
+pub(crate) struct CachedFnFailSafe {
+    pub(crate) cache: Cache,
+}
+
+impl Op for CachedFnFailSafe {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        customer_fail_safe(&self.cache, id)
+            .await
+            .is_ok_and(|c| c.id == id)
+    }
+}
+
+/// A `#[cached(tags = [..])]` function hit ([`customer_tagged`]).
+pub(crate) struct CachedFnTagged {
+    pub(crate) cache: Cache,
+}
+
+impl Op for CachedFnTagged {
+    async fn call(&self, i: u64) -> bool {
+        let id = hot_id(i);
+        customer_tagged(&self.cache, id)
+            .await
+            .is_ok_and(|c| c.id == id)
+    }
+}
+
+/// The fail-safe and tagged hit ops of one cache, its hot set loaded.
+pub(crate) async fn loader_ops(cache: &Cache) -> (Arc<CachedFnFailSafe>, Arc<CachedFnTagged>) {
+    for i in 0..HOT_KEYS {
+        let id = hot_id(i);
+        customer_fail_safe(cache, id).await.expect("fill fail-safe");
+        customer_tagged(cache, id).await.expect("fill tagged");
+    }
+    (
+        Arc::new(CachedFnFailSafe {
+            cache: cache.clone(),
+        }),
+        Arc::new(CachedFnTagged {
+            cache: cache.clone(),
+        }),
+    )
 }
 
 /// [`customer_by_id_paused`] (the paused-Redis case).
@@ -193,6 +238,14 @@ pub(crate) struct Setup {
     pub(crate) moka_keyed_op: Arc<MokaKeyedGet>,
     pub(crate) get_memory: Arc<CacheGet>,
     pub(crate) fn_memory: Arc<CachedFn>,
+    /// Hits of `#[cached]` functions with `fail_safe` and with `tags`, on
+    /// the default Redis cache, the near cache and memory.
+    pub(crate) fn_redis_fail_safe: Arc<CachedFnFailSafe>,
+    pub(crate) fn_redis_tags: Arc<CachedFnTagged>,
+    pub(crate) fn_near_fail_safe: Arc<CachedFnFailSafe>,
+    pub(crate) fn_near_tags: Arc<CachedFnTagged>,
+    pub(crate) fn_memory_fail_safe: Arc<CachedFnFailSafe>,
+    pub(crate) fn_memory_tags: Arc<CachedFnTagged>,
     pub(crate) miss: Arc<MissPath>,
     #[cfg(feature = "cached-crate")]
     pub(crate) cc_get: Arc<crate::cached_crate::CachedCrateGet>,
@@ -355,6 +408,9 @@ impl Setup {
         let miss = Arc::new(MissPath {
             cache: redis_cache.clone(),
         });
+        let (fn_redis_fail_safe, fn_redis_tags) = loader_ops(&redis_cache).await;
+        let (fn_near_fail_safe, fn_near_tags) = loader_ops(&redis_cache_near).await;
+        let (fn_memory_fail_safe, fn_memory_tags) = loader_ops(&memory_cache).await;
 
         #[cfg(feature = "cached-crate")]
         let cc_get = {
@@ -380,6 +436,12 @@ impl Setup {
             moka_keyed_op,
             get_memory,
             fn_memory,
+            fn_redis_fail_safe,
+            fn_redis_tags,
+            fn_near_fail_safe,
+            fn_near_tags,
+            fn_memory_fail_safe,
+            fn_memory_tags,
             miss,
             #[cfg(feature = "cached-crate")]
             cc_get,

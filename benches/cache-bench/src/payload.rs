@@ -78,6 +78,20 @@ pub(crate) async fn customer_by_id(cache: &Cache, id: u64) -> Result<Customer, S
     Ok(customer(id))
 }
 
+/// [`customer_by_id`] with fail-safe: its values carry when they turn stale
+/// (the extended envelope), which every hit checks.
+#[cached(prefix = "customerfs", key = "{id}", ttl = 3600, fail_safe = 3600, cache = cache)]
+pub(crate) async fn customer_fail_safe(cache: &Cache, id: u64) -> Result<Customer, String> {
+    Ok(customer(id))
+}
+
+/// [`customer_by_id`] with a tag: its values carry the tag's generation,
+/// which every hit checks against the one the cache holds (or reads).
+#[cached(prefix = "customertag", key = "{id}", ttl = 3600, tags = ["account:{id}"], cache = cache)]
+pub(crate) async fn customer_tagged(cache: &Cache, id: u64) -> Result<Customer, String> {
+    Ok(customer(id))
+}
+
 /// Same as [`customer_by_id`], for the paused-Redis case (its own body counter
 /// stays out of the hit figures).
 #[cached(prefix = "customer", key = "{id}", ttl = 3600, cache = cache)]

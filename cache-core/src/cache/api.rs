@@ -74,15 +74,34 @@ impl Cache {
         skey: &str,
         deadline: &Deadline,
     ) -> bool {
+        self.visible_until(entry, key, skey, deadline)
+            .await
+            .is_some()
+    }
+
+    /// [`visible`](Self::visible), with when (store clock, ms) the value
+    /// turns stale if it says so itself (fail-safe, refresh-ahead: its key
+    /// lives longer, as the stale reserve): `None` when not visible.
+    async fn visible_until(
+        &self,
+        entry: &PrefixEntry,
+        key: &str,
+        skey: &str,
+        deadline: &Deadline,
+    ) -> Option<Option<u64>> {
         let read_key = Key {
             skey,
             prefix: Self::prefix_of(key),
             near: false,
         };
         match self.inner.layer.read(entry, read_key, deadline).await.0 {
-            Read::Bytes(_) => true,
-            Read::Unlabeled(bytes) => !codec::is_envelope(&bytes),
-            Read::Stale(_) | Read::Leased(_) | Read::Missing { .. } => false,
+            Read::Bytes(bytes) => Some(
+                codec::extended(&bytes)
+                    .and_then(|h| h.times)
+                    .map(|t| t.fresh_until),
+            ),
+            Read::Unlabeled(bytes) => (!codec::is_envelope(&bytes)).then_some(None),
+            Read::Stale(_) | Read::Leased(_) | Read::Missing { .. } => None,
         }
     }
 
@@ -189,7 +208,9 @@ impl Cache {
             .unwrap_or(false))
     }
 
-    /// Remaining TTL of `key`; `None` when it does not exist (or never expires).
+    /// Remaining TTL of `key`; `None` when it does not exist (or never
+    /// expires). For a value kept past its TTL as a stale reserve
+    /// (fail-safe), the time until it turns stale, as `get` sees it.
     pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, CacheError> {
         Self::check_key(key)?;
         if !self.is_enabled() {
@@ -199,11 +220,11 @@ impl Cache {
         let skey = self.storage_key(key);
         let store = self.inner.layer.store();
         let deadline = store.deadline();
-        if !self.visible(&entry, key, &skey, &deadline).await {
+        let Some(fresh_until) = self.visible_until(&entry, key, &skey, &deadline).await else {
             return Ok(None);
-        }
+        };
         let skey = skey.as_str();
-        Ok(store
+        let physical = store
             .with_fallback(
                 &entry,
                 &deadline,
@@ -212,7 +233,12 @@ impl Cache {
                 |f| async move { crate::backend::Backend::ttl(&f, skey).await },
             )
             .await
-            .unwrap_or(None))
+            .unwrap_or(None);
+        let Some(until) = fresh_until else {
+            return Ok(physical);
+        };
+        let fresh = Duration::from_millis(until.saturating_sub(store.now_ms()));
+        Ok(Some(physical.map_or(fresh, |p| p.min(fresh))))
     }
 
     /// The values at `keys`, in order. Each key is read by the same read

@@ -263,7 +263,7 @@ impl Cache {
         let restored = done.await;
         if failed
             && !refresh
-            && effective.fail_safe.is_some()
+            && patience.stale_ok
             && let Some(stale) = restored
             && let Some(v) =
                 self.decode_found::<M::Stored>(entry, skey, &Found::Shared(stale), None)
@@ -398,12 +398,14 @@ impl Cache {
         ))
     }
 
-    /// After a hit: restarts the TTL (sliding expiry), and starts a
-    /// refresh-ahead when it is due (handing it the body).
+    /// After a hit on `value`: restarts the TTL (sliding expiry), and
+    /// starts a refresh-ahead when it is due (handing it the body).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn after_hit<R, M, B, U>(
         &self,
         load: &Load<'_, R, M::Stored>,
         found: &Found,
+        value: &M::Stored,
         generation: Option<u64>,
         body: &mut Option<B>,
         unless: &mut Option<U>,
@@ -414,7 +416,16 @@ impl Cache {
     {
         let Some(policy) = load.policy else { return };
         if policy.sliding {
-            self.slide(load);
+            // The TTL the value was stored with: `none_ttl` for a negative
+            // value, its own (`ttl_from`) for others, else the function's.
+            let ttl = match M::is_negative(value) {
+                true => load.none_ttl.or(load.ttl),
+                false => policy.ttl_from.map(|f| f(value)).or(load.ttl),
+            }
+            .unwrap_or(self.inner.config.default_ttl);
+            if !ttl.is_zero() {
+                self.slide(load, load.effective.jittered(ttl));
+            }
         }
         let Some(spawn) = spawn.filter(|_| policy.refresh_ahead.is_some()) else {
             return;
@@ -431,12 +442,11 @@ impl Cache {
         }
     }
 
-    /// Restarts the TTL of the key a hit read, in the background.
-    fn slide<R, S>(&self, load: &Load<'_, R, S>) {
+    /// Restarts the TTL of the key a hit read (to `ttl`), in the background.
+    fn slide<R, S>(&self, load: &Load<'_, R, S>, ttl: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let ttl = load.ttl.unwrap_or(self.inner.config.default_ttl);
         let (cache, prefix, skey) = (
             self.clone(),
             load.key.prefix.to_owned(),

@@ -96,11 +96,19 @@ impl Effective {
 
     /// How long a call that must load waits, from now.
     pub(crate) fn patience(&self) -> Patience {
+        let stale_ok = self.fail_safe.is_some();
+        if self.soft_timeout.is_none() && self.hard_timeout.is_none() {
+            // No clock read when there is nothing to time.
+            return Patience {
+                stale_ok,
+                ..Patience::default()
+            };
+        }
         let now = Instant::now();
         Patience {
             soft: self.soft_timeout.map(|t| now + t),
             hard: self.hard_timeout.map(|t| now + t),
-            stale_ok: self.fail_safe.is_some(),
+            stale_ok,
         }
     }
 
@@ -115,7 +123,9 @@ impl Effective {
             return ttl;
         }
         let spread = self.jitter.min(1.0) * (2.0 * unit_random() - 1.0);
-        ttl.mul_f64((1.0 + spread).max(0.0))
+        // Checked: a TTL near `Duration::MAX` must not overflow.
+        Duration::try_from_secs_f64(ttl.as_secs_f64() * (1.0 + spread).max(0.0))
+            .unwrap_or(ttl)
             .max(Duration::from_millis(1))
     }
 
@@ -130,14 +140,15 @@ impl Effective {
         if self.fail_safe.is_none() && self.refresh_ahead.is_none() {
             return (None, None, ttl);
         }
-        let physical = ttl + self.fail_safe.unwrap_or_default();
+        let physical = ttl.saturating_add(self.fail_safe.unwrap_or_default());
         let times = Times {
-            fresh_until: now_ms + crate::clock::ms(ttl),
-            expires_at: now_ms + crate::clock::ms(physical),
+            fresh_until: now_ms.saturating_add(crate::clock::ms(ttl)),
+            expires_at: now_ms.saturating_add(crate::clock::ms(physical)),
         };
-        let refresh_at = self
-            .refresh_ahead
-            .map(|f| now_ms + crate::clock::ms(ttl.mul_f64(f.clamp(0.0, 1.0))));
+        let refresh_at = self.refresh_ahead.map(|f| {
+            let fraction = if f.is_nan() { 1.0 } else { f.clamp(0.0, 1.0) };
+            now_ms.saturating_add(crate::clock::ms(ttl.mul_f64(fraction)))
+        });
         (Some(times), refresh_at, physical)
     }
 }

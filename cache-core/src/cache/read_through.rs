@@ -20,7 +20,7 @@ use super::policy::Effective;
 use super::shell::{Body, ReadThrough, Step};
 use super::typed::{Mode, TypedCopy};
 use crate::backend::RawBytes;
-use crate::consistency::load::{AfterMiss, Found};
+use crate::consistency::load::{AfterMiss, Found, Patience};
 use crate::consistency::read::{Key, Read};
 use crate::error::Outcome;
 use crate::stats::{Event, PrefixEntry};
@@ -92,54 +92,96 @@ impl Cache {
             prefix,
             near,
         };
-        let load = super::loader::Load {
+        let effective = || Effective::of(policy, &self.inner.config);
+        let load_with = |effective| super::loader::Load {
             entry: &entry,
             key,
             ttl,
             none_ttl,
             typed,
             policy,
-            effective: Effective::of(policy, &self.inner.config),
+            effective,
         };
-        let patience = load.effective.patience();
-        match action {
-            None => {}
-            Some(Action::Prime(payload)) => {
-                let primed: Step<'_, _> = Box::pin(self.prime_now::<R, M>(&load, payload));
-                if let Some(answer) = primed.await {
-                    return answer;
-                }
-            }
-            Some(Action::Update(payload, done)) => {
-                let updated: Step<'_, _> = Box::pin(self.update_now::<R, M>(&load, payload));
-                updated.await;
-                done.store(true, std::sync::atomic::Ordering::Release);
-                return std::future::pending().await;
-            }
-            Some(Action::Refresh) => {
-                let leased: Step<'_, _> = Box::pin(layer.lease_for_refresh(&entry, key, &deadline));
-                return match leased.await {
-                    Some(loading) => {
-                        self.run_load::<R, M, B::Fut, U>(
-                            &load,
-                            loading,
-                            body.start(),
-                            unless,
-                            patience,
-                        )
-                        .await
+        if let Some(action) = action {
+            let load = load_with(effective());
+            let patience = load.effective.patience();
+            match action {
+                Action::Prime(payload) => {
+                    let primed: Step<'_, _> = Box::pin(self.prime_now::<R, M>(&load, payload));
+                    if let Some(answer) = primed.await {
+                        return answer;
                     }
-                    None => (body.start().await, Outcome::Miss),
-                };
+                }
+                Action::Update(payload, done) => {
+                    let updated: Step<'_, _> = Box::pin(self.update_now::<R, M>(&load, payload));
+                    updated.await;
+                    done.store(true, std::sync::atomic::Ordering::Release);
+                    return std::future::pending().await;
+                }
+                Action::Refresh => {
+                    let leased: Step<'_, _> =
+                        Box::pin(layer.lease_for_refresh(&entry, key, &deadline));
+                    return match leased.await {
+                        // A reload asked for answers with what the body
+                        // returned, never with the value it was to replace.
+                        Some(loading) => {
+                            let patience = Patience {
+                                stale_ok: false,
+                                ..patience
+                            };
+                            self.run_load::<R, M, B::Fut, U>(
+                                &load,
+                                loading,
+                                body.start(),
+                                unless,
+                                patience,
+                            )
+                            .await
+                        }
+                        None => (body.start().await, Outcome::Miss),
+                    };
+                }
             }
         }
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
-        let (mut read, mut generation) = match first {
+        let (read, mut generation) = match first {
             Some(first) => first,
             None => layer.read(&entry, key, &deadline).await,
         };
+        // The hit, answered before anything only a miss needs is set up:
+        // a function that uses none of the loader options pays nothing for
+        // them.
+        let mut read = match read {
+            Read::Bytes(bytes) => {
+                let found = Found::Raw(bytes);
+                match self.decode_found::<M::Stored>(&entry, &skey, &found, typed) {
+                    Some(v) => {
+                        self.inner.stats.record(&entry, Event::Hit);
+                        if let Some(policy) = policy
+                            && (policy.refresh_ahead.is_some() || policy.sliding)
+                        {
+                            let (mut body, mut unless) = (Some(body), Some(unless));
+                            self.after_hit::<R, M, B, U>(
+                                &load_with(effective()),
+                                &found,
+                                &v,
+                                generation,
+                                &mut body,
+                                &mut unless,
+                                spawn,
+                            );
+                        }
+                        return (M::from_stored(v), Outcome::Hit);
+                    }
+                    None => Read::Missing { garbage: true },
+                }
+            }
+            other => other,
+        };
+        let load = load_with(effective());
+        let patience = load.effective.patience();
         let mut body = Some(body);
         let mut unless = Some(unless);
         loop {
@@ -154,6 +196,7 @@ impl Cache {
                             self.after_hit::<R, M, B, U>(
                                 &load,
                                 &found,
+                                &v,
                                 generation,
                                 &mut body,
                                 &mut unless,

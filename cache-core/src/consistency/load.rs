@@ -71,6 +71,10 @@ pub(crate) struct Loading<'c> {
     pub(super) replaced: Option<Arc<[u8]>>,
     /// Whether this is a refresh-ahead (the replaced value is fresh).
     pub(super) refresh: bool,
+    /// When (store clock, ms) the replaced value expires, for a value
+    /// that does not carry its expiry ([`refresh`](crate::refresh) of a
+    /// plain value): how long it lives if it is put back.
+    pub(super) replaced_until: Option<u64>,
 }
 
 impl Loading<'_> {
@@ -307,6 +311,7 @@ impl Consistency {
                 deadline,
                 replaced: None,
                 refresh: false,
+                replaced_until: None,
             })
         };
         if !self.settings.leases {
@@ -350,6 +355,7 @@ impl Consistency {
                         deadline,
                         replaced,
                         refresh: false,
+                        replaced_until: None,
                     });
                 }
                 // Another process holds the lease (or the key changed): wait for its value.
@@ -426,6 +432,7 @@ impl Consistency {
             mut lease,
             replaced,
             refresh,
+            replaced_until,
             ..
         } = loading;
         if let Some(leader) = &leader {
@@ -442,7 +449,15 @@ impl Consistency {
                 let restored = match (replaced, lease.take()) {
                     (Some(replaced), Some(marker)) => {
                         let put = self
-                            .put_back(entry, skey, marker, &replaced, throttle, refresh, deadline)
+                            .put_back(
+                                entry,
+                                skey,
+                                marker,
+                                (&replaced, replaced_until),
+                                throttle,
+                                refresh,
+                                deadline,
+                            )
                             .await;
                         match put {
                             Some(put) if !refresh => {
@@ -544,21 +559,23 @@ impl Consistency {
     /// invalidation deletes the lease, and then nothing may be put back):
     /// marked stale until `throttle` from now for a failed load with
     /// fail-safe, with its refresh-ahead moved that far for a failed
-    /// refresh, else as it was. Its physical expiry does not move.
+    /// refresh, else as it was. Its physical expiry does not move (`until`:
+    /// that expiry, for a value that does not carry it).
     #[allow(clippy::too_many_arguments)]
     async fn put_back(
         &self,
         entry: &PrefixEntry,
         skey: &str,
         marker: Vec<u8>,
-        replaced: &[u8],
+        (replaced, until): (&[u8], Option<u64>),
         throttle: Option<Duration>,
         refresh: bool,
         deadline: &Deadline,
     ) -> Option<Arc<[u8]>> {
         let now = self.store.now_ms();
         let times = codec::extended(replaced).and_then(|h| h.times);
-        let left = times.map_or(0, |t| t.expires_at.saturating_sub(now));
+        let expires_at = times.map(|t| t.expires_at).or(until).unwrap_or(0);
+        let left = expires_at.saturating_sub(now);
         if left == 0 {
             self.store.lease_release(entry, skey, marker).await;
             return None;

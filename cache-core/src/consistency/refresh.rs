@@ -21,7 +21,7 @@ use super::load::Loading;
 use super::read::{Key, Read};
 use crate::codec;
 use crate::stats::PrefixEntry;
-use crate::store::Deadline;
+use crate::store::{Deadline, On};
 
 /// The keys this process is refreshing.
 #[derive(Default)]
@@ -111,6 +111,7 @@ impl Consistency {
                 deadline: deadline.clone(),
                 replaced: Some(replaced),
                 refresh: true,
+                replaced_until: None,
             },
             slot,
         ))
@@ -144,8 +145,14 @@ impl Consistency {
         loop {
             let (read, generation) = self.read(entry, key, &deadline).await;
             let token = self.next_token();
+            let mut replaced_until = None;
             let (marker, replaced, taken) = match read {
                 Read::Bytes(bytes) | Read::Stale(bytes) => {
+                    if codec::extended(&bytes).and_then(|h| h.times).is_none() {
+                        // A plain value: its expiry is the key's, which the
+                        // lease is about to replace; kept to put it back.
+                        replaced_until = self.expiry_of(entry, key.skey, &deadline).await;
+                    }
                     let marker = codec::carrying_lease_marker(token, &bytes);
                     let taken = self
                         .store
@@ -185,6 +192,7 @@ impl Consistency {
                         deadline,
                         replaced,
                         refresh: false,
+                        replaced_until,
                     });
                 }
                 Ok(false) if std::time::Instant::now() < give_up => {
@@ -194,5 +202,25 @@ impl Consistency {
                 _ => return None,
             }
         }
+    }
+}
+
+impl Consistency {
+    /// When (store clock, ms) the key `skey` expires, if it does and the
+    /// store answers.
+    async fn expiry_of(&self, entry: &PrefixEntry, skey: &str, deadline: &Deadline) -> Option<u64> {
+        let left = self
+            .store
+            .with_fallback(
+                entry,
+                deadline,
+                On::Key(skey),
+                |b| async move { b.ttl(skey).await },
+                |f| async move { crate::backend::Backend::ttl(&f, skey).await },
+            )
+            .await
+            .ok()
+            .flatten()?;
+        Some(self.store.now_ms().saturating_add(crate::clock::ms(left)))
     }
 }

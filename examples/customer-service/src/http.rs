@@ -392,9 +392,10 @@ async fn invalidate(
 
 async fn health(State(state): State<AppState>) -> Json<Value> {
     let cache = state.cache().health().await;
-    let db_ok = tokio::time::timeout(Duration::from_secs(1), state.repo.db().ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let db_ok = !state.repo.outage().is_down()
+        && tokio::time::timeout(Duration::from_secs(1), state.repo.db().ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
     let status = if db_ok && cache.status != HealthStatus::Degraded {
         "ok"
     } else {

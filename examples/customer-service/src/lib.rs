@@ -33,6 +33,7 @@
 
 pub mod db;
 mod http;
+pub mod outage;
 pub mod repo;
 pub mod server;
 
@@ -45,6 +46,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use db::{Db, Tx};
 pub use http::BODY_LIMIT;
+pub use outage::DbOutage;
 pub use repo::Repo;
 pub use server::{ServerConfig, serve};
 
@@ -118,6 +120,13 @@ impl AppState {
     /// off. The relay stops when the handle is dropped.
     pub fn spawn_outbox_relay(&self, every: Duration) -> Option<RelayHandle> {
         self.outbox().map(|outbox| outbox.spawn_relay(every))
+    }
+
+    /// The same state with `outage` as the database's fault switch
+    /// ([`DbOutage::from_env`] in the binary).
+    pub fn with_db_outage(mut self, outage: DbOutage) -> Self {
+        self.repo = self.repo.with_outage(outage);
+        self
     }
 
     /// The repository.

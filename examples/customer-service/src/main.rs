@@ -13,6 +13,7 @@
 //! | `CACHE_OUTBOX_RELAY_MS` | `200` | how often this instance's relay delivers undelivered invalidations (10 to 60000) |
 //! | `CACHE_DEFAULT_TTL`, `CACHE_TIMEOUT_MS`, ... | see `cache_core::CacheConfig` | cache settings |
 //! | `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`, `HTTP_WRITE_TIMEOUT_MS`, `HTTP_MAX_CONNECTIONS`, `HTTP_MAX_HEADER_BYTES` | see [`customer_service::server`] | connection limits |
+//! | `CHAOS_DB_DOWN_FILE` | unset | fault drills: every database call fails while this file exists (see [`customer_service::outage`]) |
 //! | `RUST_LOG` | `info` | log filter |
 
 use std::io::IsTerminal as _;
@@ -106,7 +107,8 @@ async fn run() -> anyhow::Result<()> {
     }
     let state = AppState::new(database, cache)
         .with_admin_token(admin_token)
-        .with_outbox(outbox);
+        .with_outbox(outbox)
+        .with_db_outage(customer_service::DbOutage::from_env());
     // Every instance relays: one cut off from Redis (or restarted) leaves
     // its invalidations to the others.
     let _relay = state.spawn_outbox_relay(relay_every);

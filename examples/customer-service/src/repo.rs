@@ -3,8 +3,8 @@
 //!
 //! | method | cache |
 //! |---|---|
-//! | [`Repo::get_customer`] | `customer:{id}`, 1 h |
-//! | [`Repo::churn_risk`] | `churn:{id}`, 30 min (a deliberately slow ~50 ms computation) |
+//! | [`Repo::get_customer`] | `customer:{id}`, 1 h; fail-safe 1 h |
+//! | [`Repo::churn_risk`] | `churn:{id}`, 30 min (a deliberately slow ~50 ms computation); refresh-ahead at 80%, fail-safe 24 h |
 //! | [`Repo::list_by_segment`] | `query:<hash of the arguments>`, 10 min |
 //! | [`Repo::create_customer`] | drops prefix `query` |
 //! | [`Repo::update_customer`] | drops `customer:{id}`, `churn:{id}` and prefix `query` |
@@ -20,6 +20,13 @@
 //! Errors (unknown id, conflicts, database failures) are `Err` values, which
 //! `#[cached]` never stores: a customer created after a 404 for its id is
 //! found at once.
+//!
+//! Fail-safe: while the database fails, a profile or churn score past its
+//! TTL is answered from the value kept as a reserve (up to 1 h, 24 h for the
+//! score) instead of a `503`; a value a write invalidated is never answered
+//! that way. Refresh-ahead: a churn score read in the last 20% of its TTL
+//! is recomputed in the background (once across instances), so readers of
+//! a busy customer never wait for the slow computation.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::db::{Db, Tx, with_pool, with_tx};
+
+use crate::outage::DbOutage;
 
 /// How long [`Repo::churn_risk`] pretends to think.
 pub const CHURN_COMPUTATION: Duration = Duration::from_millis(50);
@@ -344,6 +353,7 @@ pub struct Repo {
     db: Db,
     cache: Cache,
     outbox: bool,
+    outage: DbOutage,
 }
 
 impl Repo {
@@ -354,7 +364,18 @@ impl Repo {
             db: db.into(),
             cache,
             outbox: true,
+            outage: DbOutage::new(),
         }
+    }
+
+    /// The same repository with `outage` as its database fault switch.
+    pub fn with_outage(self, outage: DbOutage) -> Self {
+        Repo { outage, ..self }
+    }
+
+    /// The switch that makes the database fail (fault drills).
+    pub fn outage(&self) -> &DbOutage {
+        &self.outage
     }
 
     /// Whether writes record their invalidation in the outbox (default:
@@ -381,8 +402,9 @@ impl Repo {
     }
 
     /// One customer by id; [`RepoError::NotFound`] (not cached) when absent.
-    #[cached(prefix = "customer", ttl = 3600, key = "{id}", cache = self.cache)]
+    #[cached(prefix = "customer", ttl = 3600, key = "{id}", fail_safe = 3600, cache = self.cache)]
     pub async fn get_customer(&self, id: i64) -> Result<Customer, RepoError> {
+        self.outage.check()?;
         let sql = format!("SELECT {COLUMNS} FROM customers WHERE id = $1");
         let customer = with_pool!(&self.db, pool => {
             sqlx::query(&sql)
@@ -397,7 +419,14 @@ impl Repo {
 
     /// The churn risk of a customer: a deliberately slow (~50 ms) scoring
     /// model over the customer's activity.
-    #[cached(prefix = "churn", ttl = 1800, key = "{id}", cache = self.cache)]
+    #[cached(
+        prefix = "churn",
+        ttl = 1800,
+        key = "{id}",
+        refresh_ahead = 0.8,
+        fail_safe = 86_400,
+        cache = self.cache
+    )]
     pub async fn churn_risk(&self, id: i64) -> Result<ChurnRisk, RepoError> {
         let customer = self.get_customer(id).await?;
         tokio::time::sleep(CHURN_COMPUTATION).await;
@@ -412,6 +441,7 @@ impl Repo {
         segment: Option<Segment>,
         limit: u32,
     ) -> Result<Vec<Customer>, RepoError> {
+        self.outage.check()?;
         let limit = i64::from(limit.min(MAX_LIST_LIMIT));
         let customers = with_pool!(&self.db, pool => {
             let rows = match segment {
@@ -454,6 +484,7 @@ impl Repo {
         tx: &mut Tx,
         new: &NewCustomer,
     ) -> Result<Customer, RepoError> {
+        self.outage.check()?;
         let sql = format!(
             "INSERT INTO customers (name, email, segment, monthly_spend_cents, tenure_months, support_tickets, days_since_login) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
@@ -505,6 +536,7 @@ impl Repo {
         id: i64,
         update: &CustomerUpdate,
     ) -> Result<Customer, RepoError> {
+        self.outage.check()?;
         let sql = format!(
             "UPDATE customers SET \
                name = COALESCE($1, name), email = COALESCE($2, email), segment = COALESCE($3, segment), \

@@ -309,6 +309,16 @@ pub(super) fn print_info(run: &Run<'_>, hit_body_runs: u64) {
         "raw_redis_get",
         "why the pool is not on the hit path",
     );
+    for (with, plain) in [
+        ("cached_fn_redis_fail_safe", "cached_fn_redis"),
+        ("cached_fn_redis_tags", "cached_fn_redis"),
+        ("cached_fn_near_fail_safe", "cached_fn_near"),
+        ("cached_fn_near_tags", "cached_fn_near"),
+        ("cached_fn_memory_fail_safe", "cached_fn_memory"),
+        ("cached_fn_memory_tags", "cached_fn_memory"),
+    ] {
+        info(with, plain, "what fail_safe or one tag costs a hit");
+    }
     if run.missing(&["cached_fn_redis", "raw_redis_get"]).is_none() {
         let p50 = |c: &str| run.case(c).map_or(f64::NAN, |r| median(&r.p50_us));
         lines.push(format!(
