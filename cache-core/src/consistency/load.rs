@@ -189,10 +189,18 @@ impl Consistency {
             Joined::RunUncached => return AfterMiss::RunUncached,
             Joined::Late(found) => return AfterMiss::Late(found),
         };
-        self.lease(
-            entry, key, leader, garbage, generation, reserve, deadline, patience,
-        )
-        .await
+        let after = self
+            .lease(
+                entry, key, leader, garbage, generation, reserve, deadline, patience,
+            )
+            .await;
+        // The leader's call is a miss unless, waiting on another process's
+        // lease, it got that loader's value (counted as a hit when it is
+        // answered): one call, one count.
+        if !matches!(after, AfterMiss::Value(_)) {
+            self.stats.record(entry, Event::Miss);
+        }
+        after
     }
 
     async fn join_flight<'c>(
@@ -245,7 +253,6 @@ impl Consistency {
             let until = patience.until(reserve.serve.is_some());
             match self.flights.join(key.skey) {
                 Role::Leader(leader) => {
-                    self.stats.record(entry, Event::Miss);
                     return Joined::Lead {
                         leader,
                         garbage,
