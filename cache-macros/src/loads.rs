@@ -178,12 +178,20 @@ fn fraction(
         _ => None,
     };
     match parsed {
-        Some(f) if (f > min || (min_ok && f == min)) && f < max => Some(f),
+        // Jitter may reach its bound (the builder's range, 0 to 0.5); a
+        // refresh at 100% of the TTL would never happen.
+        Some(f) if (f > min || (min_ok && f == min)) && (f < max || (min_ok && f == max)) => {
+            Some(f)
+        }
         _ => {
-            let low = if min_ok { "from" } else { "above" };
+            let (low, high) = if min_ok {
+                ("from", "up to")
+            } else {
+                ("above", "and below")
+            };
             cx.error_spanned_by(
                 value,
-                format!("`{name}` is a number {low} {min} and below {max}, e.g. {example}"),
+                format!("`{name}` is a number {low} {min} {high} {max}, e.g. {example}"),
             );
             None
         }

@@ -177,9 +177,15 @@ impl CacheBuilder {
         self
     }
     /// TTL spread of every stored value: `0.1` draws each TTL from ±10%, so
-    /// entries written together do not expire together.
+    /// entries written together do not expire together. Clamped to 0 to 0.5;
+    /// NaN is no jitter.
     pub fn ttl_jitter(mut self, fraction: f64) -> Self {
-        self.config.ttl_jitter = fraction.clamp(0.0, 0.5);
+        // NaN is no jitter (`clamp` would keep it, and it must not spread).
+        self.config.ttl_jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 0.5)
+        };
         self
     }
     /// First segment of every key (default `cache`).

@@ -119,10 +119,11 @@ impl Effective {
 
     /// The TTL to store for `ttl`, spread by the jitter.
     pub(crate) fn jittered(&self, ttl: Duration) -> Duration {
-        if self.jitter <= 0.0 {
+        // Written so that NaN (a `CacheConfig` built by hand) is no jitter.
+        if self.jitter.is_nan() || self.jitter <= 0.0 {
             return ttl;
         }
-        let spread = self.jitter.min(1.0) * (2.0 * unit_random() - 1.0);
+        let spread = self.jitter.min(0.5) * (2.0 * unit_random() - 1.0);
         // Checked: a TTL near `Duration::MAX` must not overflow.
         Duration::try_from_secs_f64(ttl.as_secs_f64() * (1.0 + spread).max(0.0))
             .unwrap_or(ttl)
