@@ -9,7 +9,8 @@
 //! new generation: one write, whatever the number of values.
 //!
 //! On Redis each process holds the tag generations it has read while
-//! client tracking is established, and Redis tells it when one changes, so
+//! client tracking is established (on the tracking connection, or anywhere
+//! in broadcast mode, which covers the tag keys), and Redis tells it when one changes, so
 //! a tagged hit costs no extra round trip once its tags are held; the
 //! instance that invalidates drops what it holds before the invalidation
 //! returns, and other instances when Redis' message arrives (the same
@@ -25,7 +26,8 @@ use super::Consistency;
 use super::generations::GENERATION_TTL;
 use crate::backend::RawBytes;
 use crate::codec;
-use crate::store::Deadline;
+use crate::held::parse_generation;
+use crate::store::{Deadline, On};
 
 /// Most tag generations a process holds; past it, all are dropped (a
 /// dropped generation is read again, never wrong).
@@ -160,19 +162,31 @@ impl Consistency {
             if let Some(g) = self.held_tags.get(tag) {
                 return Some(g);
             }
-            if tracker.reads_on_tracking_connection() {
-                let epoch = tracker.epoch();
-                let ticket = self.held_tags.ticket();
-                if let Some(read) = self.read_tracked(&entry, &tkey, deadline).await {
-                    let generation = match read {
-                        Some(g) => g,
-                        None if create => self.init_generation(&entry, &tkey, deadline).await,
-                        None => return None,
-                    };
-                    self.held_tags
-                        .install(ticket, tag, generation, || tracker.is_current(epoch));
-                    return Some(generation);
-                }
+            let epoch = tracker.epoch();
+            let ticket = self.held_tags.ticket();
+            let read = if tracker.reads_on_tracking_connection() {
+                self.read_tracked(&entry, &tkey, deadline).await
+            } else {
+                // Broadcast mode: Redis reports every change of a tag key,
+                // wherever it was read; the fallback must not answer.
+                self.store
+                    .call(&entry, deadline, On::Key(&tkey), |b| {
+                        let tkey = tkey.as_str();
+                        async move { b.get(tkey).await }
+                    })
+                    .await
+                    .ok()
+                    .map(|stored| stored.as_deref().and_then(parse_generation))
+            };
+            if let Some(read) = read {
+                let generation = match read {
+                    Some(g) => g,
+                    None if create => self.init_generation(&entry, &tkey, deadline).await,
+                    None => return None,
+                };
+                self.held_tags
+                    .install(ticket, tag, generation, || tracker.is_current(epoch));
+                return Some(generation);
             }
         } else if let Some(tracker) = &self.tracker {
             self.reconnect_tracking(tracker);

@@ -443,3 +443,88 @@ async fn a_tag_value_is_escaped_like_a_key() {
     cache.invalidate_tag(&tag).await.unwrap();
     assert!(!cache.exists(&order_cache_key(&21)).await.unwrap(), "{tag}");
 }
+
+/// With a near cache, a tagged hit is answered from the near level and the
+/// tag generations held under tracking: no command reaches Redis, as for
+/// an untagged near hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_near_hits_send_nothing_to_redis() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .namespace(namespace())
+        .timeout(Duration::from_secs(2))
+        .near_cache(1_000)
+        .build()
+        .await
+        .unwrap();
+    let loads = AtomicUsize::new(0);
+    for id in 0..8 {
+        order(&cache, &loads, id, id, "eu").await;
+    }
+    // Twice, so that every value and tag generation is held.
+    for id in 0..8 {
+        order(&cache, &loads, id, id, "eu").await;
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 8);
+    let before = commands(&server);
+    for _ in 0..20 {
+        for id in 0..8 {
+            order(&cache, &loads, id, id, "eu").await;
+        }
+    }
+    let sent = commands(&server) - before;
+    assert_eq!(loads.load(Ordering::SeqCst), 8);
+    // The INFO of `commands` itself is not counted; allow the heartbeat.
+    assert!(
+        sent <= 2,
+        "160 tagged near hits sent {sent} commands to Redis"
+    );
+}
+
+/// Two instances sharing one namespace, with and without a near cache, on
+/// a single server and a cluster: a tag invalidated through one reaches the
+/// tag generation the other holds (under tracking, in broadcast mode on a
+/// cluster), within the window of prefix generations.
+async fn a_tag_invalidation_reaches_another_instance(kind: Kind, near: bool) {
+    let ns = namespace();
+    let build = |near: bool| {
+        let b = Cache::builder()
+            .namespace(ns.clone())
+            .timeout(Duration::from_secs(2));
+        let b = if near { b.near_cache(1_000) } else { b };
+        on(kind, b).build()
+    };
+    let (reader, writer) = (build(near).await.unwrap(), build(false).await.unwrap());
+    let loads = AtomicUsize::new(0);
+    let first = order(&reader, &loads, 1, 7, "eu").await;
+    // Hits until the tag generations are held.
+    for _ in 0..3 {
+        assert_eq!(order(&reader, &loads, 1, 7, "eu").await, first);
+    }
+    update_customer(&writer, 7).await;
+    let started = std::time::Instant::now();
+    loop {
+        let now = order(&reader, &loads, 1, 7, "eu").await;
+        if now != first {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{kind:?}, near {near}: the other instance still serves the value its tag invalidated"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_reaches_another_instance_on_redis() {
+    a_tag_invalidation_reaches_another_instance(Kind::Redis, false).await;
+    a_tag_invalidation_reaches_another_instance(Kind::Redis, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_reaches_another_instance_on_a_cluster() {
+    a_tag_invalidation_reaches_another_instance(Kind::Cluster, false).await;
+    a_tag_invalidation_reaches_another_instance(Kind::Cluster, true).await;
+}

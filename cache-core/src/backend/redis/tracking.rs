@@ -12,8 +12,9 @@
 //!   before calls reach the new primary, and it is established again on
 //!   the new one.
 //! - A cluster: one such connection to every master that serves slots, each
-//!   in broadcast mode (`{namespace}:%gen:` for generations only, the whole
-//!   namespace with a near cache), since a key's changes are reported by the
+//!   in broadcast mode (`{namespace}:%gen:` and `{namespace}:%tag:` for
+//!   prefix and tag generations only, the whole namespace with a near
+//!   cache), since a key's changes are reported by the
 //!   node that holds it. Tracking counts as established only while every one
 //!   of them is.
 //!
@@ -102,8 +103,8 @@ struct State {
     /// When the last connection attempt started ([`clock::now_ms`]): one
     /// attempt per [`RECONNECT_INTERVAL`] while Redis is away.
     last_attempt_ms: AtomicU64,
-    /// The broadcast prefix, if tracking is in broadcast mode.
-    broadcast: Option<String>,
+    /// The broadcast prefixes, if tracking is in broadcast mode.
+    broadcast: Option<Vec<String>>,
     /// Told about every change and loss.
     listener: OnceLock<Arc<dyn Listener>>,
 }
@@ -123,13 +124,14 @@ impl Tracker {
         Some(Tracker::new(
             Target::Single(client),
             timeout,
-            near.then(|| format!("{namespace}:")),
+            near.then(|| vec![format!("{namespace}:")]),
         ))
     }
 
     /// A tracker for the cluster `backend` talks to, reached like
     /// `first_url` (nothing connects yet). Always in broadcast mode: the
-    /// generation keys with no near cache, every key of the namespace with one.
+    /// prefix and tag generation keys with no near cache, every key of the
+    /// namespace with one.
     pub(crate) fn cluster(
         first_url: &str,
         backend: Arc<RedisBackend>,
@@ -139,10 +141,10 @@ impl Tracker {
         tls: Option<&TlsMaterial>,
     ) -> Option<Tracker> {
         let template = resp3(first_url.into_connection_info().ok()?);
-        let prefix = if near {
-            format!("{namespace}:")
+        let prefixes = if near {
+            vec![format!("{namespace}:")]
         } else {
-            format!("{namespace}:%gen:")
+            vec![format!("{namespace}:%gen:"), format!("{namespace}:%tag:")]
         };
         Some(Tracker::new(
             Target::Cluster {
@@ -151,7 +153,7 @@ impl Tracker {
                 backend,
             },
             timeout,
-            Some(prefix),
+            Some(prefixes),
         ))
     }
 
@@ -170,13 +172,13 @@ impl Tracker {
         let tracker = Tracker::new(
             Target::Sentinel(node.clone()),
             timeout,
-            near.then(|| format!("{namespace}:")),
+            near.then(|| vec![format!("{namespace}:")]),
         );
         node.listen(Arc::new(FollowPrimary(Arc::downgrade(&tracker.state))));
         Some(tracker)
     }
 
-    fn new(target: Target, timeout: Duration, broadcast: Option<String>) -> Self {
+    fn new(target: Target, timeout: Duration, broadcast: Option<Vec<String>>) -> Self {
         Tracker {
             state: Arc::new(State {
                 target,
@@ -432,8 +434,11 @@ impl State {
             .await?;
         let mut tracking = redis::cmd("CLIENT");
         tracking.arg("TRACKING").arg("ON");
-        if let Some(prefix) = &self.broadcast {
-            tracking.arg("BCAST").arg("PREFIX").arg(prefix);
+        if let Some(prefixes) = &self.broadcast {
+            tracking.arg("BCAST");
+            for prefix in prefixes {
+                tracking.arg("PREFIX").arg(prefix);
+            }
         }
         let () = tracking.query_async(&mut connection).await?;
         Ok(connection)
