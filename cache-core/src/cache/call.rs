@@ -7,12 +7,35 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::codec::CodecKind;
 use crate::error::Outcome;
 
 tokio::task_local! {
     pub(crate) static CALL: CallScope;
+}
+
+/// How many call scopes exist now, in any task: while none does, a
+/// `#[cached]` call skips the task-local lookup (a hit outside every
+/// wrapper pays one atomic load for them).
+static SCOPES: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one scope for as long as it lives (its future completed or
+/// dropped).
+struct Counted;
+
+impl Counted {
+    fn new() -> Self {
+        SCOPES.fetch_add(1, Ordering::AcqRel);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        SCOPES.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Encodes the value a [`prime`](crate::prime) stores, in a codec's format.
@@ -58,6 +81,11 @@ pub(crate) struct Claim {
 /// (one task-local lookup; nothing outside any wrapper).
 #[inline]
 pub(crate) fn claim() -> Claim {
+    // A scope is entered in its own task before the future it wraps runs,
+    // so a call inside one always sees the count above zero.
+    if SCOPES.load(Ordering::Acquire) == 0 {
+        return Claim::default();
+    }
     CALL.try_with(|scope| Claim {
         bypass: scope.bypass.get(),
         action: scope.action.take(),
@@ -96,7 +124,9 @@ async fn enter<F: Future>(setup: impl Fn(&CallScope), fut: F) -> (F::Output, Opt
         Err(_) => {
             let scope = CallScope::default();
             setup(&scope);
+            let counted = Counted::new();
             CALL.scope(scope, async move {
+                let _counted = counted;
                 let output = fut.await;
                 (output, CALL.try_with(|s| s.outcome.get()).ok().flatten())
             })
