@@ -13,24 +13,9 @@ use std::time::Duration;
 
 use cache_core::Cache;
 use cache_testkit::{RedisServer, TestCache};
-use common::{get, request, send_json};
-use customer_service::{AppState, DbOutage, ServerConfig, app, db, serve as serve_router};
+use common::{get, request, send_json, serve};
+use customer_service::{AppState, DbOutage, db};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-
-/// Serves the router for `state` on a free loopback port.
-async fn serve(state: AppState) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = app(state).await;
-    tokio::spawn(serve_router(
-        listener,
-        router,
-        ServerConfig::default(),
-        std::future::pending(),
-    ));
-    addr
-}
 
 async fn customer(addr: SocketAddr, id: i64) -> (u16, Value) {
     let reply = get(addr, &format!("/api/customers/{id}")).await;

@@ -8,24 +8,9 @@ use std::time::{Duration, Instant};
 
 use cache_core::Cache;
 use cache_testkit::RedisServer;
-use common::{get, request, send_json};
-use customer_service::{AppState, ServerConfig, app, db, serve as serve_router};
+use common::{get, request, send_json, serve};
+use customer_service::{AppState, db};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-
-/// Serves the router for `state` on a free loopback port.
-async fn serve(state: AppState) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = app(state).await;
-    tokio::spawn(serve_router(
-        listener,
-        router,
-        ServerConfig::default(),
-        std::future::pending(),
-    ));
-    addr
-}
 
 fn prefix_stat(stats: &Value, prefix: &str, field: &str) -> u64 {
     stats["prefixes"][prefix][field].as_u64().unwrap_or(0)

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use cache_core::Cache;
 use cache_testkit::{Postgres, RedisServer, TcpProxy};
-use common::{Service, get, send_json};
-use customer_service::{AppState, Db, ServerConfig, app, db, serve as serve_router};
+use common::{Service, get, send_json, serve};
+use customer_service::{AppState, Db, db};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// The longest an acknowledged write may take to reach another instance.
 const ACCEPTANCE: Duration = Duration::from_secs(2);
@@ -48,19 +47,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-async fn serve(state: AppState) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = app(state).await;
-    tokio::spawn(serve_router(
-        listener,
-        router,
-        ServerConfig::default(),
-        std::future::pending(),
-    ));
-    addr
 }
 
 /// The outbox rows as (namespace, payload JSON).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 /// A response: status, lower-cased headers, body.
@@ -288,4 +288,18 @@ impl Service {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
+}
+
+/// Serves the router for `state` in this process, on a free loopback port.
+pub(crate) async fn serve(state: customer_service::AppState) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = customer_service::app(state).await;
+    tokio::spawn(customer_service::serve(
+        listener,
+        router,
+        customer_service::ServerConfig::default(),
+        std::future::pending(),
+    ));
+    addr
 }
