@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::Cache;
 use crate::cache::call;
 use crate::cache::install::SCOPED;
-use crate::cache::shell::{Lazy, ReadThrough, Ready};
+use crate::cache::shell::{Lazy, PrefixName, ReadThrough, Ready};
 use crate::error::Outcome;
 
 pub use crate::cache::policy::Policy;
@@ -153,7 +153,7 @@ where
     let (result, outcome) = cache
         .load_through::<R, M, Ready<F>, U>(
             ReadThrough {
-                prefix,
+                prefix: PrefixName::Static(prefix),
                 skey: storage_key,
                 ttl,
                 none_ttl,
@@ -228,7 +228,7 @@ where
     let (result, outcome) = cache
         .load_through::<R, M, Lazy<C>, U>(
             ReadThrough {
-                prefix,
+                prefix: PrefixName::Static(prefix),
                 skey: storage_key,
                 ttl,
                 none_ttl,

@@ -169,6 +169,9 @@ pub(crate) struct PrefixEntry {
     stripes: Box<[Stripe]>,
     metrics: PrefixMetrics,
     prefix: Arc<str>,
+    /// The address of a `'static` copy of the prefix that found this entry
+    /// (0: none yet), so `#[cached]` calls find it without comparing names.
+    static_name: std::sync::atomic::AtomicUsize,
     /// The prefix's generation as this process last saw it (prefix
     /// generations with server-assisted tracking).
     pub(crate) generation: crate::held::HeldGeneration,
@@ -180,6 +183,7 @@ impl PrefixEntry {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             metrics: PrefixMetrics::new(prefix),
             prefix: Arc::from(prefix),
+            static_name: std::sync::atomic::AtomicUsize::new(0),
             generation: crate::held::HeldGeneration::default(),
         }
     }
@@ -252,6 +256,32 @@ impl StatsRegistry {
             }
         }
         Err(FAST_PREFIXES)
+    }
+
+    /// [`prefix`](Self::prefix) of a `'static` name: found by its address
+    /// once it was found by name (a `'static` string never moves or
+    /// changes, so the same address and length are the same name).
+    #[inline]
+    pub(crate) fn prefix_static(&self, prefix: &'static str) -> PrefixRef<'_> {
+        let address = prefix.as_ptr() as usize;
+        for slot in &self.fast {
+            match slot.get() {
+                Some(entry)
+                    if entry.static_name.load(Relaxed) == address
+                        && entry.prefix.len() == prefix.len() =>
+                {
+                    return PrefixRef::Fast(entry);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let found = self.prefix(prefix);
+        // The first `'static` copy to find the entry is the one remembered.
+        let _ = found
+            .static_name
+            .compare_exchange(0, address, Relaxed, Relaxed);
+        found
     }
 
     /// The entry of `prefix`, created on first use.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Cache;
-use super::shell::{ReadThrough, Ready};
+use super::shell::{PrefixName, ReadThrough, Ready};
 use crate::codec;
 use crate::consistency::invalidate::Invalidation;
 use crate::consistency::read::{Key, Read};
@@ -349,7 +349,7 @@ impl Cache {
         Self::check_key(key)?;
         let prefix = Self::prefix_of(key);
         let call = ReadThrough {
-            prefix,
+            prefix: PrefixName::Borrowed(prefix),
             skey: super::typed::KeyString::from(self.storage_key(key)),
             ttl,
             none_ttl: None,
@@ -398,7 +398,7 @@ impl Cache {
         Self::check_key(key)?;
         let prefix = Self::prefix_of(key);
         let call = ReadThrough {
-            prefix,
+            prefix: PrefixName::Borrowed(prefix),
             skey: super::typed::KeyString::from(self.storage_key(key)),
             ttl,
             none_ttl: None,

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::Cache;
 use super::call::Payload;
 use super::policy::{self, Effective, Policy};
-use super::shell::{Body, ReadThrough, Ready, Step};
+use super::shell::{Body, PrefixName, ReadThrough, Ready, Step};
 use super::typed::{KeyString, Mode, TypedCopy};
 use crate::codec::{self, Meta};
 use crate::consistency::load::{Completion, Found, Loading, Patience};
@@ -131,7 +131,7 @@ where
         match kind {
             JobKind::Load(first, generation) => {
                 let call = ReadThrough {
-                    prefix: &prefix,
+                    prefix: PrefixName::Borrowed(&prefix),
                     skey: KeyString::from(skey),
                     ttl,
                     none_ttl,

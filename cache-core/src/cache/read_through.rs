@@ -17,7 +17,7 @@ use super::Cache;
 use super::call::Action;
 use super::loader::{JobKind, Spawn};
 use super::policy::Effective;
-use super::shell::{Body, ReadThrough, Step};
+use super::shell::{Body, PrefixName, ReadThrough, Step};
 use super::typed::{Mode, TypedCopy};
 use crate::backend::RawBytes;
 use crate::consistency::load::{AfterMiss, Found, Patience};
@@ -85,7 +85,11 @@ impl Cache {
             return (body.start().await, Outcome::Uncached);
         }
         let layer = &self.inner.layer;
-        let entry = self.inner.stats.prefix(prefix);
+        let entry = match prefix {
+            PrefixName::Static(p) => self.inner.stats.prefix_static(p),
+            PrefixName::Borrowed(p) => self.inner.stats.prefix(p),
+        };
+        let prefix = prefix.as_str();
         let deadline = layer.store().deadline();
         let key = Key {
             skey: &skey,
@@ -146,9 +150,13 @@ impl Cache {
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
+        // The read's halves called here: a local hit builds no future.
         let (read, mut generation) = match first {
             Some(first) => first,
-            None => layer.read(&entry, key, &deadline).await,
+            None => match layer.read_now(&entry, key) {
+                Some(read) => read,
+                None => layer.read_awaited(&entry, key, &deadline).await,
+            },
         };
         // The hit, answered before anything only a miss needs is set up:
         // a function that uses none of the loader options pays nothing for

@@ -13,7 +13,7 @@ use super::typed::{KeyString, TypedCopy};
 /// what to run on a miss.
 pub(crate) struct ReadThrough<'p, R, S, B, U> {
     /// The key's prefix (stats, generations).
-    pub(crate) prefix: &'p str,
+    pub(crate) prefix: PrefixName<'p>,
     /// The storage key, `{namespace}:{prefix}:{rest}`.
     pub(crate) skey: KeyString,
     pub(crate) ttl: Option<Duration>,
@@ -28,6 +28,28 @@ pub(crate) struct ReadThrough<'p, R, S, B, U> {
     pub(crate) body: B,
     /// Fail-safe, timeouts, refresh-ahead, expiry, tags (`None`: none of it).
     pub(crate) policy: Option<&'p Policy<'p, R, S>>,
+}
+
+/// A key's prefix, and whether it is a `'static` string (the prefix of a
+/// `#[cached]` function), which the stats registry finds by its address
+/// instead of comparing names.
+#[derive(Clone, Copy)]
+pub(crate) enum PrefixName<'p> {
+    /// A `#[cached]` function's prefix.
+    Static(&'static str),
+    /// A prefix taken from a key given at run time.
+    Borrowed(&'p str),
+}
+
+impl<'p> PrefixName<'p> {
+    /// The prefix.
+    #[inline]
+    pub(crate) fn as_str(self) -> &'p str {
+        match self {
+            PrefixName::Static(p) => p,
+            PrefixName::Borrowed(p) => p,
+        }
+    }
 }
 
 /// Where a call's load comes from: a future made by the caller ([`Ready`]),

@@ -41,6 +41,9 @@ impl std::ops::Deref for Found {
 }
 
 /// What [`Consistency::after_miss`] decided.
+// Returned once per miss, by value: boxing the load would cost every miss
+// an allocation to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AfterMiss<'c> {
     /// A value turned up (read, this process's leader's, or another
     /// process's): decode it. It may be a stale value a failed load put

@@ -60,6 +60,45 @@ impl moka::Expiry<String, NearEntry> for PerEntryTtl {
     }
 }
 
+/// Hashes the near level's keys with xxh3, seeded at random per level:
+/// moka's default (SipHash) cost more than the rest of a near hit's lookup
+/// together. The seed keeps anyone from precomputing keys that collide
+/// here (as the memory backend's seeded ids do); moka still compares whole
+/// keys, so a collision only costs time, never returns another key's entry.
+#[derive(Clone)]
+struct SeededXxh3(u64);
+
+impl SeededXxh3 {
+    fn random() -> Self {
+        SeededXxh3(std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            0u8,
+        ))
+    }
+}
+
+impl std::hash::BuildHasher for SeededXxh3 {
+    type Hasher = Xxh3Hasher;
+    fn build_hasher(&self) -> Xxh3Hasher {
+        Xxh3Hasher(self.0)
+    }
+}
+
+struct Xxh3Hasher(u64);
+
+impl std::hash::Hasher for Xxh3Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u8(&mut self, byte: u8) {
+        // A `str`'s terminator: mixed in without a second pass of xxh3.
+        self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// What a read must show to install its reply: taken before the read.
 #[derive(Clone, Copy)]
 pub(crate) struct NearTicket {
@@ -70,7 +109,7 @@ pub(crate) struct NearTicket {
 
 /// The near level.
 pub(crate) struct NearCache {
-    entries: moka::sync::Cache<String, NearEntry>,
+    entries: moka::sync::Cache<String, NearEntry, SeededXxh3>,
     stripes: Box<[KeyStripe]>,
     /// Bumped when the whole level is dropped.
     epoch: AtomicU64,
@@ -111,7 +150,7 @@ impl NearCache {
                     u32::try_from(bytes.div_ceil(unit).max(1)).unwrap_or(u32::MAX)
                 })
                 .expire_after(PerEntryTtl)
-                .build(),
+                .build_with_hasher(SeededXxh3::random()),
             stripes: (0..STRIPES).map(|_| KeyStripe::default()).collect(),
             epoch: AtomicU64::new(0),
             ttl,

@@ -74,26 +74,80 @@ fn memory_get_now(memory: &MemoryBackend, skey: &str) -> Option<Option<Arc<Slot>
 impl Consistency {
     /// The one read: what `key` holds for a caller, and the prefix
     /// generation it was checked against (with generations on). A memory
-    /// read and a near hit complete without awaiting anything; any other
-    /// read is awaited behind a box.
+    /// read and a near hit complete without awaiting anything
+    /// ([`read_now`](Self::read_now)); any other read is awaited
+    /// ([`read_awaited`](Self::read_awaited)). A caller on the hit path
+    /// may call the two halves itself, so a local hit builds no future.
     pub(crate) async fn read(
         &self,
         entry: &PrefixEntry,
         key: Key<'_>,
         deadline: &Deadline,
     ) -> (Read, Option<u64>) {
-        let memory_now = match self.store.memory() {
-            Some(memory) if !self.generations_on() => memory_get_now(memory, key.skey),
-            _ => None,
-        };
-        let near_now = match memory_now {
-            None if key.near => self.near_hit_now(entry, key.skey),
-            _ => None,
-        };
-        let (raw, current) = match (memory_now, near_now) {
-            (Some(found), _) => (found.map(RawBytes::Shared), None),
-            (None, Some((slot, current))) => (Some(RawBytes::Shared(slot)), current),
-            (None, None) => {
+        match self.read_now(entry, key) {
+            Some(read) => read,
+            None => self.read_awaited(entry, key, deadline).await,
+        }
+    }
+
+    /// The first half of [`read`](Self::read): a memory read or a near hit,
+    /// classified and checked, when it needs nothing awaited (`None`:
+    /// call [`read_awaited`](Self::read_awaited)).
+    #[inline]
+    pub(crate) fn read_now(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+    ) -> Option<(Read, Option<u64>)> {
+        let (raw, current) = self.raw_now(entry, key)?;
+        let read = self.classify(raw, current);
+        match read.tagged() {
+            None => Some((read, current)),
+            // Tags whose generations are not held here: the awaited half
+            // reads again and checks them.
+            Some(bytes) => match self.tags_current_now(bytes)? {
+                true => Some((read, current)),
+                false => Some((read.without_value(), current)),
+            },
+        }
+    }
+
+    /// The bytes at `key` from the memory backend or the near level, when
+    /// they answer without waiting.
+    #[inline]
+    fn raw_now(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+    ) -> Option<(Option<RawBytes>, Option<u64>)> {
+        if let Some(memory) = self.store.memory()
+            && !self.generations_on()
+            && let Some(found) = memory_get_now(memory, key.skey)
+        {
+            return Some((found.map(RawBytes::Shared), None));
+        }
+        if key.near
+            && let Some((slot, current)) = self.near_hit_now(entry, key.skey)
+        {
+            return Some((Some(RawBytes::Shared(slot)), current));
+        }
+        None
+    }
+
+    /// The second half of [`read`](Self::read), when
+    /// [`read_now`](Self::read_now) had no answer: a remote read (or one
+    /// that waits for a generation), classified and checked.
+    pub(crate) async fn read_awaited(
+        &self,
+        entry: &PrefixEntry,
+        key: Key<'_>,
+        deadline: &Deadline,
+    ) -> (Read, Option<u64>) {
+        let (raw, current) = match self.plain_remote(entry, key) {
+            // The common remote read, one store read with nothing around
+            // it: its future is the store's, one level less.
+            Some(current) => (self.store.get(entry, key.skey, deadline).await, current),
+            None => {
                 let read: Step<'_, _> = Box::pin(self.read_remote(entry, key, deadline));
                 read.await
             }
@@ -164,6 +218,20 @@ impl Consistency {
             Read::Bytes(value) => Read::Bytes(value),
             Read::Stale(value) => Read::Leased(Some(value)),
             _ => Read::Leased(None),
+        }
+    }
+
+    /// When a remote read of `key` is one plain store read: the generation
+    /// it is checked against (`Some(None)` with generations off), when it
+    /// is held and no near level is in the way.
+    #[inline]
+    fn plain_remote(&self, entry: &PrefixEntry, key: Key<'_>) -> Option<Option<u64>> {
+        if key.near && self.near.is_some() {
+            return None;
+        }
+        match self.generations_on() {
+            false => Some(None),
+            true => entry.generation.held().map(Some),
         }
     }
 

@@ -21,13 +21,12 @@
 //!   is trusted again.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::redis::cluster::refused_by_cluster;
+use crate::backend::redis::hit::{get_cmd, send_get};
 use crate::backend::{Backend, MemoryBackend, Primary};
-use crate::clock;
 use crate::error::{BackendError, ErrorKind};
 use crate::stats::{CircuitState, PrefixEntry, StatsRegistry};
 
@@ -74,15 +73,18 @@ pub(crate) struct Settings {
 /// the backend's own timeout where it has one.
 #[derive(Debug)]
 pub(crate) struct Deadline {
-    /// When the first step began ([`clock::now_us`]); 0: not yet.
-    started_us: AtomicU64,
+    /// When the first step began; `None`: not yet. A mutex, not an
+    /// atomic: it is only ever taken by the one call that owns the
+    /// deadline, so it never waits, and it holds an [`Instant`] as it is
+    /// (a hit's clock read is then one `Instant::now`).
+    started: std::sync::Mutex<Option<Instant>>,
     budget: Duration,
 }
 
 impl Clone for Deadline {
     fn clone(&self) -> Self {
         Deadline {
-            started_us: AtomicU64::new(self.started_us.load(Ordering::Relaxed)),
+            started: std::sync::Mutex::new(self.started_at()),
             budget: self.budget,
         }
     }
@@ -92,28 +94,35 @@ impl Deadline {
     /// A budget of `budget`, starting at the first step.
     pub(crate) fn after(budget: Duration) -> Self {
         Deadline {
-            started_us: AtomicU64::new(0),
+            started: std::sync::Mutex::new(None),
             budget,
         }
+    }
+
+    fn started_at(&self) -> Option<Instant> {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Time left for a step, if any, and whether this is the first step
     /// (which starts the clock).
     #[inline]
     fn claim(&self) -> Option<(Duration, bool)> {
-        let started = self.started_us.load(Ordering::Relaxed);
-        let now = clock::now_us();
-        if started == 0 {
-            self.started_us.store(now, Ordering::Relaxed);
-            return Some((self.budget, true));
-        }
-        let spent = Duration::from_micros(now.saturating_sub(started));
-        Some(
-            self.budget
-                .checked_sub(spent)
-                .filter(|left| !left.is_zero())?,
-        )
-        .map(|l| (l, false))
+        let now = Instant::now();
+        let started = {
+            let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+            match *started {
+                Some(at) => at,
+                None => {
+                    *started = Some(now);
+                    return Some((self.budget, true));
+                }
+            }
+        };
+        let spent = now.saturating_duration_since(started);
+        self.budget
+            .checked_sub(spent)
+            .filter(|left| !left.is_zero())
+            .map(|left| (left, false))
     }
 
     /// Time left, if any (starting the clock if no step did yet).
@@ -130,13 +139,9 @@ impl Deadline {
     /// This deadline moved `by` later: what was left of the budget before a
     /// loader ran is left after it (the loader's time is not the cache's).
     pub(crate) fn extended_by(&self, by: Duration) -> Self {
-        let started = self.started_us.load(Ordering::Relaxed);
-        let moved = match started {
-            0 => 0,
-            at => at.saturating_add(by.as_micros() as u64),
-        };
+        let moved = self.started_at().map(|at| at.checked_add(by).unwrap_or(at));
         Deadline {
-            started_us: AtomicU64::new(moved),
+            started: std::sync::Mutex::new(moved),
             budget: self.budget,
         }
     }
@@ -476,7 +481,19 @@ impl Store {
             Err(e) => return Some(Err(e)),
         };
         let result = if first && redis.enforces_timeouts() {
-            redis.get_direct(skey).await
+            // The connection's own timeout bounds this first step; awaited
+            // here, redis-rs' future is the only one below this one.
+            match redis.hit_connection() {
+                Some((mut conn, id)) => {
+                    let cmd = get_cmd(skey);
+                    let sent = send_get(&cmd, &mut conn).await;
+                    match redis.finish_get(id, sent) {
+                        Some(done) => done,
+                        None => redis.get_direct(skey).await,
+                    }
+                }
+                None => redis.get_direct(skey).await,
+            }
         } else {
             // A later step of the call (or a cluster): boxed, so the timer
             // does not weigh on the hit path's future.

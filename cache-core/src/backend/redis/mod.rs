@@ -34,6 +34,7 @@ use crate::redact::redact_url;
 
 #[macro_use]
 mod connection;
+pub(crate) mod hit;
 #[macro_use]
 pub(crate) mod sentinel;
 mod acl;
@@ -48,7 +49,7 @@ pub(crate) mod tracking;
 /// `name key...` in a buffer sized up front: `cmd(name).arg(key)` would
 /// grow it once more, a reallocation on every hit (the hit path's `GET`,
 /// and its `MGET` with prefix generations).
-fn keyed_cmd<'k>(name: &str, keys: impl IntoIterator<Item = &'k str> + Clone) -> Cmd {
+pub(super) fn keyed_cmd<'k>(name: &str, keys: impl IntoIterator<Item = &'k str> + Clone) -> Cmd {
     let (count, bytes) = keys
         .clone()
         .into_iter()
@@ -62,7 +63,7 @@ fn keyed_cmd<'k>(name: &str, keys: impl IntoIterator<Item = &'k str> + Clone) ->
 }
 
 /// A boxed read of one key.
-type BoxedRead<'a> = std::pin::Pin<
+pub(super) type BoxedRead<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send + 'a>,
 >;
 
@@ -88,7 +89,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-enum Topology {
+pub(super) enum Topology {
     Single(SingleNode),
     /// Behind an `Arc`: its background tasks hold it.
     Sentinel(Arc<SentinelNode>),
@@ -253,27 +254,6 @@ impl RedisBackend {
         if let Topology::Single(node) = &self.topology {
             node.mark_run().await;
         }
-    }
-
-    /// GET, for the hit path (an inherent method: no boxed future).
-    pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        // The hit path: the shared connection at hand, one command, a
-        // future of a few hundred bytes (small enough that the box the
-        // caller puts it in comes from the allocator's per-thread cache).
-        // Anything else (no connection yet, a connection whose driver is
-        // gone, a cluster) takes the general path, boxed.
-        if let Topology::Single(node) = &self.topology
-            && let Some((mut conn, id)) = node.current()
-        {
-            match keyed_cmd("GET", [key]).query_async(&mut conn).await {
-                Ok(value) => return Ok(value),
-                Err(e) if !driver_gone(&e) => return Err(node.failed(id, e)),
-                Err(_) => {}
-            }
-        }
-        let general: BoxedRead<'_> =
-            Box::pin(async move { self.query(key, &keyed_cmd("GET", [key])).await });
-        general.await
     }
 
     /// GET and PTTL in one round trip: the value and how long it has left
