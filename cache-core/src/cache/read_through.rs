@@ -21,7 +21,7 @@ use super::shell::{Body, PrefixName, ReadThrough, Step};
 use super::typed::{Mode, TypedCopy};
 use crate::backend::RawBytes;
 use crate::consistency::load::{AfterMiss, Found, Patience};
-use crate::consistency::read::{Key, Read};
+use crate::consistency::read::{Key, Local, Read};
 use crate::error::Outcome;
 use crate::stats::{Event, PrefixEntry};
 
@@ -150,12 +150,15 @@ impl Cache {
         // The prefix generation seen by the last read before the load: the
         // value is labeled with it, so a prefix invalidation during the load
         // leaves the value invisible.
-        // The read's halves called here: a local hit builds no future.
+        // The one read's steps, made here: a local hit builds no future.
         let (read, mut generation) = match first {
             Some(first) => first,
             None => match layer.read_now(&entry, key) {
-                Some(read) => read,
-                None => layer.read_awaited(&entry, key, &deadline).await,
+                Local::Read(read, current) => (read, current),
+                Local::TagsUnchecked(read, current) => {
+                    layer.with_tags_checked(read, current, &deadline).await
+                }
+                Local::Remote => layer.read_awaited(&entry, key, &deadline).await,
             },
         };
         // The hit, answered before anything only a miss needs is set up:

@@ -41,6 +41,17 @@ pub(crate) enum Read {
     Unlabeled(RawBytes),
 }
 
+/// What [`Consistency::read_now`] found.
+pub(crate) enum Local {
+    /// The read, complete.
+    Read(Read, Option<u64>),
+    /// A read whose tags' generations are not held here: to check with
+    /// [`Consistency::with_tags_checked`].
+    TagsUnchecked(Read, Option<u64>),
+    /// Nothing local answers: [`Consistency::read_awaited`].
+    Remote,
+}
+
 /// One key to read.
 #[derive(Clone, Copy)]
 pub(crate) struct Key<'a> {
@@ -75,9 +86,9 @@ impl Consistency {
     /// The one read: what `key` holds for a caller, and the prefix
     /// generation it was checked against (with generations on). A memory
     /// read and a near hit complete without awaiting anything
-    /// ([`read_now`](Self::read_now)); any other read is awaited
-    /// ([`read_awaited`](Self::read_awaited)). A caller on the hit path
-    /// may call the two halves itself, so a local hit builds no future.
+    /// ([`read_now`](Self::read_now)); any other read is awaited. A caller
+    /// on the hit path may make the same three steps itself, so a local hit
+    /// builds no future.
     pub(crate) async fn read(
         &self,
         entry: &PrefixEntry,
@@ -85,30 +96,48 @@ impl Consistency {
         deadline: &Deadline,
     ) -> (Read, Option<u64>) {
         match self.read_now(entry, key) {
-            Some(read) => read,
-            None => self.read_awaited(entry, key, deadline).await,
+            Local::Read(read, current) => (read, current),
+            Local::TagsUnchecked(read, current) => {
+                self.with_tags_checked(read, current, deadline).await
+            }
+            Local::Remote => self.read_awaited(entry, key, deadline).await,
         }
     }
 
-    /// The first half of [`read`](Self::read): a memory read or a near hit,
-    /// classified and checked, when it needs nothing awaited (`None`:
-    /// call [`read_awaited`](Self::read_awaited)).
+    /// The first step of [`read`](Self::read): a memory read or a near hit,
+    /// classified, and checked against its tags' generations when they are
+    /// held here.
     #[inline]
-    pub(crate) fn read_now(
-        &self,
-        entry: &PrefixEntry,
-        key: Key<'_>,
-    ) -> Option<(Read, Option<u64>)> {
-        let (raw, current) = self.raw_now(entry, key)?;
+    pub(crate) fn read_now(&self, entry: &PrefixEntry, key: Key<'_>) -> Local {
+        let Some((raw, current)) = self.raw_now(entry, key) else {
+            return Local::Remote;
+        };
         let read = self.classify(raw, current);
-        match read.tagged() {
-            None => Some((read, current)),
-            // Tags whose generations are not held here: the awaited half
-            // reads again and checks them.
-            Some(bytes) => match self.tags_current_now(bytes)? {
-                true => Some((read, current)),
-                false => Some((read.without_value(), current)),
-            },
+        match read.tagged().map(|bytes| self.tags_current_now(bytes)) {
+            None | Some(Some(true)) => Local::Read(read, current),
+            Some(Some(false)) => Local::Read(read.without_value(), current),
+            Some(None) => Local::TagsUnchecked(read, current),
+        }
+    }
+
+    /// `read` once its tags' generations are read (from the store: they are
+    /// not held here), without its value if one of them moved.
+    pub(crate) async fn with_tags_checked(
+        &self,
+        read: Read,
+        current: Option<u64>,
+        deadline: &Deadline,
+    ) -> (Read, Option<u64>) {
+        let current_tags = match read.tagged() {
+            None => true,
+            Some(bytes) => {
+                let check: Step<'_, _> = Box::pin(self.tags_current(bytes, deadline));
+                check.await
+            }
+        };
+        match current_tags {
+            true => (read, current),
+            false => (read.without_value(), current),
         }
     }
 
@@ -134,9 +163,9 @@ impl Consistency {
         None
     }
 
-    /// The second half of [`read`](Self::read), when
-    /// [`read_now`](Self::read_now) had no answer: a remote read (or one
-    /// that waits for a generation), classified and checked.
+    /// The rest of [`read`](Self::read) when [`read_now`](Self::read_now)
+    /// found nothing local: a remote read (or one that waits for a
+    /// generation), classified and checked.
     pub(crate) async fn read_awaited(
         &self,
         entry: &PrefixEntry,
@@ -153,19 +182,10 @@ impl Consistency {
             }
         };
         let read = self.classify(raw, current);
-        match read.tagged() {
-            None => (read, current),
-            Some(bytes) => match self.tags_current_now(bytes) {
-                Some(true) => (read, current),
-                Some(false) => (read.without_value(), current),
-                None => {
-                    let check: Step<'_, _> = Box::pin(self.tags_current(bytes, deadline));
-                    match check.await {
-                        true => (read, current),
-                        false => (read.without_value(), current),
-                    }
-                }
-            },
+        match read.tagged().map(|bytes| self.tags_current_now(bytes)) {
+            None | Some(Some(true)) => (read, current),
+            Some(Some(false)) => (read.without_value(), current),
+            Some(None) => self.with_tags_checked(read, current, deadline).await,
         }
     }
 
