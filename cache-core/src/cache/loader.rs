@@ -191,6 +191,16 @@ where
     })
 }
 
+/// What a load's body left: its result (`None`: abandoned at the hard
+/// timeout), whether `unless` refused to store it, when it started, and
+/// the generations of the tags it is stored under.
+struct Loaded<R> {
+    result: Option<R>,
+    skipped: bool,
+    started: Instant,
+    tagged: Vec<(String, u64)>,
+}
+
 impl Cache {
     /// Runs the body of a load this call leads (within its hard timeout),
     /// then stores its result under the lease, or after a failure puts
@@ -209,14 +219,15 @@ impl Cache {
         F: Future<Output = R>,
         U: FnOnce(&M::Stored) -> bool,
     {
-        let layer = &self.inner.layer;
-        let (entry, skey) = (load.entry, load.key.skey);
+        // Only this part depends on the body's and `unless`'s types, which
+        // differ for every function: what follows the body is generic over
+        // the return type alone, compiled once for all functions sharing it.
         let tags = load.policy.map_or(&[][..], |p| p.tags);
         let tagged = if tags.is_empty() {
             Vec::new()
         } else {
             let deadline = loading.deadline();
-            let read: Step<'_, _> = Box::pin(layer.tag_generations(tags, &deadline));
+            let read: Step<'_, _> = Box::pin(self.inner.layer.tag_generations(tags, &deadline));
             read.await
         };
         let timed_out = load.policy.and_then(|p| p.timed_out);
@@ -226,6 +237,42 @@ impl Cache {
             None => Some(body.await),
             Some(at) => within(at, body).await,
         };
+        let skipped = match &result {
+            Some(result) if !M::is_failure(result) => M::stored(result).is_some_and(unless),
+            _ => false,
+        };
+        let loaded = Loaded {
+            result,
+            skipped,
+            started,
+            tagged,
+        };
+        self.after_load::<R, M>(load, loading, loaded, patience)
+            .await
+    }
+
+    /// The rest of [`run_load`](Self::run_load) once the body ended: store
+    /// its result under the lease, or after a failure put back the stale
+    /// value the lease replaced and (fail-safe) answer with it.
+    async fn after_load<R, M>(
+        &self,
+        load: &Load<'_, R, M::Stored>,
+        loading: Loading<'_>,
+        loaded: Loaded<R>,
+        patience: Patience,
+    ) -> (R, Outcome)
+    where
+        M: Mode<R>,
+    {
+        let layer = &self.inner.layer;
+        let (entry, skey) = (load.entry, load.key.skey);
+        let Loaded {
+            result,
+            skipped,
+            started,
+            tagged,
+        } = loaded;
+        let timed_out = load.policy.and_then(|p| p.timed_out);
         // The body's time is not the cache's: what was left of the call's
         // budget before it is left after it.
         let deadline = loading.deadline().extended_by(started.elapsed());
@@ -244,7 +291,7 @@ impl Cache {
                 if M::is_failure(result) {
                     Completion::Failed { throttle }
                 } else {
-                    match M::stored(result).filter(|s| !unless(s)) {
+                    match M::stored(result).filter(|_| !skipped) {
                         None => Completion::Skip,
                         Some(value) => self.completion_for(
                             load,
