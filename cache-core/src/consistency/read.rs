@@ -63,8 +63,9 @@ pub(crate) struct Key<'a> {
     pub(crate) near: bool,
 }
 
-/// A boxed step (a remote read is a round trip anyway; the box keeps the
-/// backend's future out of every caller's).
+/// A boxed step: every remote read but the plain one (which the hit path
+/// awaits in place) and the awaited tag checks. The box keeps their
+/// futures out of every caller's.
 type Step<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The memory backend's read, polled once in place: it completes without
@@ -258,9 +259,9 @@ impl Consistency {
     /// A read that may wait: the prefix generation first (a value read
     /// after a prefix invalidation this process saw is checked against the
     /// new one), then the value, through the near level when it may answer.
-    /// The common case, a generation held (or none needed) and no near
-    /// level in the way, is one store read; the others are boxed, so their
-    /// state does not weigh on it.
+    /// [`read_awaited`](Self::read_awaited) makes the plain case (a
+    /// generation held or none needed, no near level in the way) itself
+    /// and comes here, boxed, for the others.
     async fn read_remote(
         &self,
         entry: &PrefixEntry,
