@@ -13,7 +13,7 @@
 //!    before the body runs: one extra statement in the transaction.
 //! 2. After the body the writer invalidates at once, as without an outbox
 //!    (the fast path, same latency).
-//! 3. A relay in every instance ([`Outbox::spawn_relay`], every 200 ms by
+//! 3. A relay in every instance (`Outbox::spawn_relay`, every 200 ms by
 //!    default) delivers the committed rows of its namespace through the
 //!    cache's one invalidation operation and removes each row once Redis
 //!    confirmed it; a row Redis did not confirm stays and is delivered by
@@ -28,7 +28,7 @@
 //!
 //! # Schema
 //! [`SQLITE_SCHEMA`] and [`POSTGRES_SCHEMA`] create the table and its index
-//! (`IF NOT EXISTS`); [`Outbox::migrate`] runs the one for its database, or
+//! (`IF NOT EXISTS`); `Outbox::migrate` runs the one for its database, or
 //! copy it into your migrations.
 //!
 //! # Example (SQLite)
