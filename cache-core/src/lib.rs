@@ -230,6 +230,7 @@ mod config;
 mod consistency;
 mod error;
 mod held;
+mod join;
 pub mod keys;
 pub mod outbox;
 mod redact;

@@ -91,7 +91,7 @@ fn check(cx: &Ctxt, args: &InvalidatesArgs, func: &Func) {
 /// The path of a free function without type arguments (`get_item`,
 /// `repo::get_item`): `#[cached]` gives those a hidden struct of their
 /// name. `None` for methods (`Self::..`) and generic instantiations.
-fn free_function(path: &syn::ExprPath) -> Option<&syn::Path> {
+pub(crate) fn free_function(path: &syn::ExprPath) -> Option<&syn::Path> {
     let segments = &path.path.segments;
     let plain = path.qself.is_none()
         && segments.first().is_some_and(|s| s.ident != "Self")

@@ -97,13 +97,7 @@ fn free_function(call: &ExprCall) -> Option<&syn::Path> {
     let syn::Expr::Path(path) = &*call.func else {
         return None;
     };
-    let segments = &path.path.segments;
-    let plain = path.qself.is_none()
-        && segments.first().is_some_and(|s| s.ident != "Self")
-        && segments
-            .iter()
-            .all(|s| matches!(s.arguments, syn::PathArguments::None));
-    plain.then_some(&path.path)
+    crate::invalidates::free_function(path)
 }
 
 fn generate(args: &UpdatesArgs, func: &Func) -> TokenStream {

@@ -2,8 +2,6 @@
 //! operation and every removal through its one invalidation operation.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,6 +13,7 @@ use crate::codec;
 use crate::consistency::invalidate::Invalidation;
 use crate::consistency::read::{Key, Read};
 use crate::error::CacheError;
+use crate::join::join_all;
 use crate::keys::glob_literal;
 use crate::stats::{Event, PrefixEntry};
 use crate::store::Deadline;
@@ -575,24 +574,4 @@ impl Cache {
             .await
             .delivered
     }
-}
-
-/// Polls every future of a set together and collects their outputs in
-/// order (`futures::future::join_all`, without the dependency).
-async fn join_all<F: Future>(mut pending: Vec<Pin<Box<F>>>) -> Vec<F::Output> {
-    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx: &mut Context<'_>| {
-        let mut all = true;
-        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
-            if slot.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(output) => *slot = Some(output),
-                    Poll::Pending => all = false,
-                }
-            }
-        }
-        if all { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    done.into_iter().flatten().collect()
 }

@@ -28,6 +28,7 @@ use super::{Guard, Store};
 use crate::backend::redis::cluster::{Cluster, NodeId, Route, slot_of};
 use crate::clock;
 use crate::error::BackendError;
+use crate::join::{Boxed, join_all};
 use crate::stats::CircuitState;
 
 /// What a call works on: how the store picks its breaker and gating.
@@ -305,29 +306,4 @@ impl Store {
             )),
         }
     }
-}
-
-pub(super) type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// Polls every future together; their outputs, in order.
-pub(super) async fn join_all<T>(mut pending: Vec<Boxed<'_, T>>) -> Vec<T> {
-    let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx: &mut std::task::Context<'_>| {
-        let mut all = true;
-        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
-            if slot.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(output) => *slot = Some(output),
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    done.into_iter().flatten().collect()
 }

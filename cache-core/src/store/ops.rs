@@ -6,12 +6,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::nodes::{Boxed, join_all};
 use super::recovery::Missed;
 use super::{Deadline, On, Store};
 use crate::backend::redis::cluster::Cluster;
 use crate::backend::{Backend, InvalidationWrite, MemoryBackend, RawBytes};
 use crate::error::{BackendError, ErrorKind};
+use crate::join::{Boxed, join_all};
 use crate::stats::{Event, PrefixEntry};
 
 /// A boxed step, for paths the hit path does not take.

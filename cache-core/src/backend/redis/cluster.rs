@@ -23,11 +23,12 @@ use redis::aio::MultiplexedConnection;
 use redis::{Cmd, ConnectionInfo, FromRedisValue, RedisResult, ServerErrorKind, Value};
 
 use super::connection::{SingleNode, at, driver_gone, host_port};
-use super::slots::{Boxed, first_ok, join_all};
+use super::slots::first_ok;
 pub(crate) use super::slots::{SLOT_COUNT, slot_of};
 use crate::clock;
 use crate::config::TlsMaterial;
 use crate::error::{BackendError, ErrorKind};
+use crate::join::{Boxed, join_all};
 
 /// Shortest time between two refreshes of the slot map that failures ask for.
 pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_millis(250);

@@ -1,9 +1,9 @@
 //! Hash slots of Redis Cluster keys, and the small future helpers the
 //! cluster routing runs its per-master commands with.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use crate::join::Boxed;
 
 /// Hash slots of a Redis Cluster.
 pub(crate) const SLOT_COUNT: usize = 16384;
@@ -43,27 +43,6 @@ pub(crate) fn slot_of(key: &[u8]) -> u16 {
         (crc << 8) ^ CRC16[usize::from((crc >> 8) as u8 ^ b)]
     });
     crc % SLOT_COUNT as u16
-}
-
-pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Polls every future together; their outputs, in order.
-pub(crate) async fn join_all<T>(mut pending: Vec<Boxed<'_, T>>) -> Vec<T> {
-    let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx: &mut Context<'_>| {
-        let mut all = true;
-        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
-            if slot.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(output) => *slot = Some(output),
-                    Poll::Pending => all = false,
-                }
-            }
-        }
-        if all { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    done.into_iter().flatten().collect()
 }
 
 /// Polls every future together until one's output passes `keep`; `None`
