@@ -12,7 +12,6 @@ use crate::cache::Cache;
 use crate::cache::call;
 use crate::cache::install::SCOPED;
 use crate::cache::shell::{Lazy, PrefixName, ReadThrough, Ready};
-use crate::error::Outcome;
 
 pub use crate::cache::policy::Policy;
 
@@ -145,54 +144,31 @@ where
     U: FnOnce(&M::Stored) -> bool,
 {
     let claim = call::claim();
-    let cache = match cache {
-        Some(cache) if !claim.bypass => cache,
-        _ if no_cache_to_update(&claim) => return std::future::pending().await,
-        _ => return uncached_call(claim.report, body).await,
-    };
-    let (result, outcome) = cache
-        .load_through::<R, M, Ready<F>, U>(
-            ReadThrough {
-                prefix: PrefixName::Static(prefix),
-                skey: storage_key,
-                ttl,
-                none_ttl,
-                unless,
-                typed,
-                near,
-                body: Ready(body),
-                policy,
-            },
-            None,
-            claim.action,
-            None,
-        )
-        .await;
+    // Without a cache (or bypassed) the shell runs the body uncached: one
+    // place awaits it.
+    let cache = cache.as_deref().filter(|_| !claim.bypass);
+    let (result, outcome) = Cache::load_through::<R, M, Ready<F>, U>(
+        cache,
+        ReadThrough {
+            prefix: PrefixName::Static(prefix),
+            skey: storage_key,
+            ttl,
+            none_ttl,
+            unless,
+            typed,
+            near,
+            body: Ready(body),
+            policy,
+        },
+        None,
+        claim.action,
+        None,
+    )
+    .await;
     if claim.report {
         call::report(outcome);
     }
     result
-}
-
-/// An `#[updates]` call without a cache has nothing to update: it says so
-/// (true), and the call never completes (its caller drops it), so the body
-/// does not run.
-fn no_cache_to_update(claim: &call::Claim) -> bool {
-    match &claim.action {
-        Some(call::Action::Update(_, done)) => {
-            done.store(true, Ordering::Release);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// A `#[cached]` call that does not use the cache.
-async fn uncached_call<F: Future>(report: bool, body: F) -> F::Output {
-    if report {
-        call::report(Outcome::Uncached);
-    }
-    body.await
 }
 
 /// The body of a `#[cached]` function whose loads may outlive the call
@@ -220,29 +196,27 @@ where
     U: FnOnce(&M::Stored) -> bool + Send + 'static,
 {
     let claim = call::claim();
-    let cache = match cache {
-        Some(cache) if !claim.bypass => cache,
-        _ if no_cache_to_update(&claim) => return std::future::pending().await,
-        _ => return uncached_call(claim.report, body()).await,
-    };
-    let (result, outcome) = cache
-        .load_through::<R, M, Lazy<C>, U>(
-            ReadThrough {
-                prefix: PrefixName::Static(prefix),
-                skey: storage_key,
-                ttl,
-                none_ttl,
-                unless,
-                typed,
-                near,
-                body: Lazy(body),
-                policy,
-            },
-            None,
-            claim.action,
-            Some(crate::cache::loader::spawn_job::<R, M, F, U>),
-        )
-        .await;
+    // Without a cache (or bypassed) the shell runs the body uncached: one
+    // place awaits it.
+    let cache = cache.as_deref().filter(|_| !claim.bypass);
+    let (result, outcome) = Cache::load_through::<R, M, Lazy<C>, U>(
+        cache,
+        ReadThrough {
+            prefix: PrefixName::Static(prefix),
+            skey: storage_key,
+            ttl,
+            none_ttl,
+            unless,
+            typed,
+            near,
+            body: Lazy(body),
+            policy,
+        },
+        None,
+        claim.action,
+        Some(crate::cache::background::spawn_job::<R, M, F, U>),
+    )
+    .await;
     if claim.report {
         call::report(outcome);
     }

@@ -358,9 +358,14 @@ impl Cache {
             body: Ready(load()),
             policy: None,
         };
-        let (value, _) = self
-            .load_through::<T, super::typed::PlainMode, _, _>(call, None, None, None)
-            .await;
+        let (value, _) = Self::load_through::<T, super::typed::PlainMode, _, _>(
+            Some(self),
+            call,
+            None,
+            None,
+            None,
+        )
+        .await;
         Ok(value)
     }
 
@@ -407,9 +412,14 @@ impl Cache {
             body: Ready(load()),
             policy: None,
         };
-        let (result, _) = self
-            .load_through::<Result<T, E>, super::typed::ResultMode, _, _>(call, None, None, None)
-            .await;
+        let (result, _) = Self::load_through::<Result<T, E>, super::typed::ResultMode, _, _>(
+            Some(self),
+            call,
+            None,
+            None,
+            None,
+        )
+        .await;
         Ok(result)
     }
 

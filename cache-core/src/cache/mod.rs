@@ -17,6 +17,7 @@ use crate::error::CacheError;
 use crate::stats::StatsRegistry;
 
 mod api;
+pub(crate) mod background;
 pub(crate) mod builder;
 pub(crate) mod call;
 pub(crate) mod health;
