@@ -151,52 +151,59 @@ impl Cache {
                     policy,
                     effective: Effective::of(policy, &this.inner.config),
                 };
-                let from = match (action, first) {
-                    (Some(action), _) => MissFrom::Action(action),
-                    (None, Some((read, generation))) => MissFrom::Read(read, generation),
-                    (None, None) => {
-                        // The one read's steps, made here: a local hit
-                        // builds no future. The prefix generation it saw
-                        // labels a loaded value, so a prefix invalidation
-                        // during the load leaves that value invisible.
-                        let (read, generation) = match layer.read_now(entry, key) {
-                            Local::Read(read, current) => (read, current),
-                            Local::TagsUnchecked(read, current) => {
-                                layer.with_tags_checked(read, current, deadline).await
-                            }
-                            Local::Remote => layer.read_awaited(entry, key, deadline).await,
-                        };
-                        let read = match read {
-                            Read::Bytes(bytes) => {
-                                let found = Found::Raw(bytes);
-                                match this.decode_found::<M::Stored>(entry, &skey, &found, typed) {
-                                    Some(v) => {
-                                        this.inner.stats.record(entry, Event::Hit);
-                                        if let Some(policy) = policy
-                                            && (policy.refresh_ahead.is_some() || policy.sliding)
-                                        {
-                                            let load = new_load();
-                                            let due = this.after_hit::<R, M>(
-                                                &load,
-                                                &found,
-                                                &v,
-                                                generation,
-                                                spawn.is_some(),
-                                            );
-                                            if let (Some(kind), Some(spawn)) = (due, spawn) {
-                                                let job = load.job(kind, unless);
-                                                drop(spawn(this.clone(), job, body.start()));
-                                            }
-                                        }
-                                        return (M::from_stored(v), Outcome::Hit);
-                                    }
-                                    None => Read::Missing { garbage: true },
-                                }
-                            }
-                            other => other,
-                        };
-                        MissFrom::Read(read, generation)
+                let from = if let Some(action) = action {
+                    MissFrom::Action(action)
+                } else if let Some((read, generation)) = first {
+                    MissFrom::Read(read, generation)
+                } else {
+                    // The one read's steps, made here: a local hit
+                    // builds no future. The prefix generation it saw
+                    // labels a loaded value, so a prefix invalidation
+                    // during the load leaves that value invisible.
+                    let mut local = layer.read_now(entry, key);
+                    if let Local::Plain(current) = local {
+                        let raw = layer.plain_get(entry, key, deadline).await;
+                        local = layer.classified(raw, current);
                     }
+                    let (read, generation) = match local {
+                        Local::Read(read, current) => (read, current),
+                        Local::TagsUnchecked(read, current) => {
+                            layer.with_tags_checked(read, current, deadline).await
+                        }
+                        Local::Plain(_) | Local::Remote => {
+                            layer.read_awaited(entry, key, deadline).await
+                        }
+                    };
+                    let read = match read {
+                        Read::Bytes(bytes) => {
+                            let found = Found::Raw(bytes);
+                            match this.decode_found::<M::Stored>(entry, &skey, &found, typed) {
+                                Some(v) => {
+                                    this.inner.stats.record(entry, Event::Hit);
+                                    if let Some(policy) = policy
+                                        && (policy.refresh_ahead.is_some() || policy.sliding)
+                                    {
+                                        let load = new_load();
+                                        let due = this.after_hit::<R, M>(
+                                            &load,
+                                            &found,
+                                            &v,
+                                            generation,
+                                            spawn.is_some(),
+                                        );
+                                        if let (Some(kind), Some(spawn)) = (due, spawn) {
+                                            let job = load.job(kind, unless);
+                                            drop(spawn(this.clone(), job, body.start()));
+                                        }
+                                    }
+                                    return (M::from_stored(v), Outcome::Hit);
+                                }
+                                None => Read::Missing { garbage: true },
+                            }
+                        }
+                        other => other,
+                    };
+                    MissFrom::Read(read, generation)
                 };
                 let load = load.insert(new_load());
                 let plan: Step<'_, _> =

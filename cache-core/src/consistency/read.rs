@@ -48,6 +48,10 @@ pub(crate) enum Local {
     /// A read whose tags' generations are not held here: to check with
     /// [`Consistency::with_tags_checked`].
     TagsUnchecked(Read, Option<u64>),
+    /// Nothing local answers, and the read is one plain store read,
+    /// checked against this generation: [`Consistency::plain_get`], then
+    /// [`Consistency::classified`].
+    Plain(Option<u64>),
     /// Nothing local answers: [`Consistency::read_awaited`].
     Remote,
 }
@@ -96,12 +100,19 @@ impl Consistency {
         key: Key<'_>,
         deadline: &Deadline,
     ) -> (Read, Option<u64>) {
-        match self.read_now(entry, key) {
+        let local = match self.read_now(entry, key) {
+            Local::Plain(current) => {
+                let raw = self.plain_get(entry, key, deadline).await;
+                self.classified(raw, current)
+            }
+            local => local,
+        };
+        match local {
             Local::Read(read, current) => (read, current),
             Local::TagsUnchecked(read, current) => {
                 self.with_tags_checked(read, current, deadline).await
             }
-            Local::Remote => self.read_awaited(entry, key, deadline).await,
+            Local::Plain(_) | Local::Remote => self.read_awaited(entry, key, deadline).await,
         }
     }
 
@@ -111,8 +122,31 @@ impl Consistency {
     #[inline]
     pub(crate) fn read_now(&self, entry: &PrefixEntry, key: Key<'_>) -> Local {
         let Some((raw, current)) = self.raw_now(entry, key) else {
-            return Local::Remote;
+            return match self.plain_remote(entry, key) {
+                Some(current) => Local::Plain(current),
+                None => Local::Remote,
+            };
         };
+        self.classified(raw, current)
+    }
+
+    /// The store read of a [`Local::Plain`] read: the store's own future,
+    /// for the caller to await with no future of this layer around it.
+    #[inline]
+    pub(crate) fn plain_get<'a>(
+        &'a self,
+        entry: &'a PrefixEntry,
+        key: Key<'a>,
+        deadline: &'a Deadline,
+    ) -> impl std::future::Future<Output = Option<RawBytes>> + Send + 'a {
+        self.store.get(entry, key.skey, deadline)
+    }
+
+    /// Bytes read for a reader that expects generation `current`,
+    /// classified, and checked against their tags' generations when they
+    /// are held here.
+    #[inline(always)]
+    pub(crate) fn classified(&self, raw: Option<RawBytes>, current: Option<u64>) -> Local {
         let read = self.classify(raw, current);
         match read.tagged().map(|bytes| self.tags_current_now(bytes)) {
             None | Some(Some(true)) => Local::Read(read, current),
