@@ -127,7 +127,7 @@ impl Consistency {
                 None => Local::Remote,
             };
         };
-        self.classified(raw, current)
+        self.classified_here(raw, current)
     }
 
     /// The store read of a [`Local::Plain`] read: the store's own future,
@@ -144,9 +144,16 @@ impl Consistency {
 
     /// Bytes read for a reader that expects generation `current`,
     /// classified, and checked against their tags' generations when they
-    /// are held here.
-    #[inline(always)]
+    /// are held here. Not inlined: after a remote read it is cheap beside
+    /// the round trip, and it stays out of every function's future.
+    #[inline(never)]
     pub(crate) fn classified(&self, raw: Option<RawBytes>, current: Option<u64>) -> Local {
+        self.classified_here(raw, current)
+    }
+
+    /// [`classified`](Self::classified), inlined into a local read.
+    #[inline(always)]
+    fn classified_here(&self, raw: Option<RawBytes>, current: Option<u64>) -> Local {
         let read = self.classify(raw, current);
         match read.tagged().map(|bytes| self.tags_current_now(bytes)) {
             None | Some(Some(true)) => Local::Read(read, current),
