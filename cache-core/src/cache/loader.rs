@@ -307,17 +307,20 @@ impl Cache {
         load: &Load<'_, R, M::Stored>,
         payload: Option<Payload>,
     ) {
+        // Each step boxed: this future's layout is computed in the crate of
+        // every `#[cached]` function, and nested inline the steps would go
+        // deeper than a caller's `recursion_limit` may allow.
         let keys = [load.key.skey.to_owned()];
-        self.inner
-            .layer
-            .invalidate(crate::consistency::invalidate::Invalidation {
+        let invalidated: Step<'_, _> = Box::pin(self.inner.layer.invalidate(
+            crate::consistency::invalidate::Invalidation {
                 keys: &keys,
                 ..Default::default()
-            })
-            .await;
+            },
+        ));
+        invalidated.await;
         if let Some(payload) = payload {
-            let stored = self.prime_now::<R, M>(load, payload).await;
-            drop(stored);
+            let primed: Step<'_, _> = Box::pin(self.prime_now::<R, M>(load, payload));
+            drop(primed.await);
         }
     }
 
@@ -333,11 +336,13 @@ impl Cache {
         let config = &self.inner.config;
         let layer = &self.inner.layer;
         let deadline = layer.store().deadline();
-        let generation = layer
-            .generation_for(load.entry, load.key.prefix, &deadline)
-            .await;
+        // Steps boxed, as in `update_now`.
+        let generation: Step<'_, _> =
+            Box::pin(layer.generation_for(load.entry, load.key.prefix, &deadline));
+        let generation = generation.await;
         let tags = load.policy.map_or(&[][..], |p| p.tags);
-        let tagged = layer.tag_generations(tags, &deadline).await;
+        let tagged: Step<'_, _> = Box::pin(layer.tag_generations(tags, &deadline));
+        let tagged = tagged.await;
         let plain = codec::envelope(config.codec, &Meta::default(), |out| {
             payload(config.codec, out)
         });
@@ -361,9 +366,9 @@ impl Cache {
             )
         };
         if let Completion::Store { bytes, ttl } = completion {
-            layer
-                .write(load.entry, load.key.skey, bytes, ttl, &deadline)
-                .await;
+            let written: Step<'_, _> =
+                Box::pin(layer.write(load.entry, load.key.skey, bytes, ttl, &deadline));
+            written.await;
         }
         let value = codec::decode::<M::Stored>(&stored, config.max_value_bytes).ok()?;
         Some((M::from_stored(value), Outcome::Miss))

@@ -262,7 +262,10 @@ impl Cache {
     /// Everything a miss needs that does not depend on the body's type:
     /// the action, the wait for another caller's load (and its value),
     /// fail-safe's throttle, and whether the soft timeout sends the load to
-    /// the background (`can_spawn`: the body owns what it uses).
+    /// the background (`can_spawn`: the body owns what it uses). Its steps
+    /// are boxed: its future's layout is computed in every crate with a
+    /// `#[cached]` function (it is generic), and held inline they would
+    /// nest deeper than the default `recursion_limit` allows.
     pub(super) async fn plan_miss<'c, R, M: Mode<R>>(
         &'c self,
         load: &Load<'_, R, M::Stored>,
@@ -276,11 +279,13 @@ impl Cache {
         let (mut read, mut generation) = match from {
             MissFrom::Read(read, generation) => (read, generation),
             MissFrom::Action(action) => {
-                if let Some(next) = self.act::<R, M>(load, action, deadline).await {
+                let acted: Step<'_, _> = Box::pin(self.act::<R, M>(load, action, deadline));
+                if let Some(next) = acted.await {
                     return next;
                 }
                 // A primed value that did not read back: read as usual.
-                layer.read(entry, key, deadline).await
+                let read: Step<'_, _> = Box::pin(layer.read(entry, key, deadline));
+                read.await
             }
         };
         if let Read::Bytes(bytes) = read {
@@ -320,10 +325,9 @@ impl Cache {
                 }
                 other => other,
             };
-            match layer
-                .after_miss(entry, key, miss, generation, deadline, patience)
-                .await
-            {
+            let after: Step<'_, _> =
+                Box::pin(layer.after_miss(entry, key, miss, generation, deadline, patience));
+            match after.await {
                 AfterMiss::Value(found) => {
                     match self.answer_found::<R, M>(load, &found, Outcome::Coalesced) {
                         Some(answer) => return Next::Answer(answer),
@@ -338,7 +342,8 @@ impl Cache {
                     };
                 }
                 AfterMiss::Load(loading) => {
-                    let tagged = self.tags_for(load, &loading).await;
+                    let tagged: Step<'_, _> = Box::pin(self.tags_for(load, &loading));
+                    let tagged = tagged.await;
                     return Next::Load(Box::new(Leading {
                         loading,
                         patience,
@@ -358,21 +363,23 @@ impl Cache {
         deadline: &Deadline,
     ) -> Option<Next<'c, R>> {
         match action {
-            Action::Prime(payload) => self
-                .prime_now::<R, M>(load, payload)
-                .await
-                .map(Next::Answer),
+            Action::Prime(payload) => {
+                let primed: Step<'_, _> = Box::pin(self.prime_now::<R, M>(load, payload));
+                primed.await.map(Next::Answer)
+            }
             Action::Update(payload, done) => {
-                self.update_now::<R, M>(load, payload).await;
+                let updated: Step<'_, _> = Box::pin(self.update_now::<R, M>(load, payload));
+                updated.await;
                 done.store(true, std::sync::atomic::Ordering::Release);
                 Some(Next::Pending)
             }
             Action::Refresh => {
-                let leased = self
-                    .inner
-                    .layer
-                    .lease_for_refresh(load.entry, load.key, deadline)
-                    .await;
+                let leased: Step<'_, _> = Box::pin(
+                    self.inner
+                        .layer
+                        .lease_for_refresh(load.entry, load.key, deadline),
+                );
+                let leased = leased.await;
                 Some(match leased {
                     // A reload asked for answers with what the body
                     // returned, never with the value it was to replace.
@@ -381,7 +388,8 @@ impl Cache {
                             stale_ok: false,
                             ..load.effective.patience()
                         };
-                        let tagged = self.tags_for(load, &loading).await;
+                        let tagged: Step<'_, _> = Box::pin(self.tags_for(load, &loading));
+                        let tagged = tagged.await;
                         Next::Load(Box::new(Leading {
                             loading,
                             patience,

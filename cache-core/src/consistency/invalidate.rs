@@ -58,39 +58,42 @@ impl Consistency {
         }
         if let Some(first) = what.keys.first() {
             let entry = self.stats.prefix(prefix_of_storage_key(first));
-            add(self.delete_keys(&entry, what.keys, &deadline).await);
+            add(boxed(self.delete_keys(&entry, what.keys, &deadline)).await);
         }
         for prefix in what.prefixes {
             let entry = self.stats.prefix(prefix);
             self.stats.record(&entry, Event::Invalidation);
             if self.generations_on() {
-                add((0, self.bump_generation(&entry, prefix, &deadline).await));
+                add((
+                    0,
+                    boxed(self.bump_generation(&entry, prefix, &deadline)).await,
+                ));
             } else {
                 let pattern = format!(
                     "{}:{}:*",
                     glob_literal(&self.settings.namespace),
                     glob_literal(prefix)
                 );
-                add(self.delete_pattern(&entry, &pattern).await);
+                add(boxed(self.delete_pattern(&entry, &pattern)).await);
             }
         }
         if !what.tags.is_empty() {
             let entry = self.stats.prefix(super::tags::TAGS_ENTRY);
             for tag in what.tags {
                 self.stats.record(&entry, Event::Invalidation);
-                add((0, self.bump_tag(tag, &deadline).await));
+                add((0, boxed(self.bump_tag(tag, &deadline)).await));
             }
         }
         for pattern in what.patterns {
             let entry = self.stats.prefix(prefix_of_storage_key(pattern));
             self.stats.record(&entry, Event::Invalidation);
-            add(self.delete_pattern(&entry, pattern).await);
+            add(boxed(self.delete_pattern(&entry, pattern)).await);
         }
         if what.everything {
             let entry = self.stats.prefix("_all");
             let all = format!("{}:*", glob_literal(&self.settings.namespace));
-            add(self.delete_pattern(&entry, &all).await);
-            self.store.namespace_cleared().await;
+            add(boxed(self.delete_pattern(&entry, &all)).await);
+            boxed(self.store.namespace_cleared()).await;
         }
         Outcome { deleted, delivered }
     }
@@ -219,4 +222,15 @@ impl Drop for NearFlushOnDrop<'_> {
     fn drop(&mut self) {
         self.0.near_flush();
     }
+}
+
+/// `step`, boxed. The invalidation's steps are boxed so that its future
+/// stays shallow: its layout is computed again in the crate of every
+/// `#[cached]` function (through the generic code that awaits it), where
+/// nested inline the steps would go deeper than a caller's
+/// `recursion_limit` may allow.
+fn boxed<'a, T>(
+    step: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(step)
 }
