@@ -321,6 +321,28 @@ impl Cache {
             .await
     }
 
+    /// The read-through call of [`get_or_set`](Self::get_or_set) and
+    /// [`try_get_or_set`](Self::try_get_or_set) on a checked `key`: every
+    /// value is stored, none has a typed copy, the near cache may keep it.
+    fn keyed_call<'k, R, S, Fut>(
+        &self,
+        key: &'k str,
+        ttl: Option<Duration>,
+        body: Fut,
+    ) -> KeyedCall<'k, R, S, Fut> {
+        ReadThrough {
+            prefix: PrefixName::Borrowed(Self::prefix_of(key)),
+            skey: super::typed::KeyString::from(self.storage_key(key)),
+            ttl,
+            none_ttl: None,
+            unless: |_| false,
+            typed: None,
+            near: true,
+            body: Ready(body),
+            policy: None,
+        }
+    }
+
     /// The value at `key`, or the result of `load` (stored for `ttl`).
     /// Concurrent callers share one load (single-flight in the process,
     /// leases across processes); an invalidation during the load wins.
@@ -346,18 +368,7 @@ impl Cache {
         Fut: Future<Output = T>,
     {
         Self::check_key(key)?;
-        let prefix = Self::prefix_of(key);
-        let call = ReadThrough {
-            prefix: PrefixName::Borrowed(prefix),
-            skey: super::typed::KeyString::from(self.storage_key(key)),
-            ttl,
-            none_ttl: None,
-            unless: |_: &T| false,
-            typed: None,
-            near: true,
-            body: Ready(load()),
-            policy: None,
-        };
+        let call = self.keyed_call::<T, T, _>(key, ttl, load());
         let (value, _) = Self::load_through::<T, super::typed::PlainMode, _, _>(
             Some(self),
             call,
@@ -400,18 +411,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         Self::check_key(key)?;
-        let prefix = Self::prefix_of(key);
-        let call = ReadThrough {
-            prefix: PrefixName::Borrowed(prefix),
-            skey: super::typed::KeyString::from(self.storage_key(key)),
-            ttl,
-            none_ttl: None,
-            unless: |_: &T| false,
-            typed: None,
-            near: true,
-            body: Ready(load()),
-            policy: None,
-        };
+        let call = self.keyed_call::<Result<T, E>, T, _>(key, ttl, load());
         let (result, _) = Self::load_through::<Result<T, E>, super::typed::ResultMode, _, _>(
             Some(self),
             call,
@@ -585,3 +585,7 @@ impl Cache {
             .delivered
     }
 }
+
+/// A read-through call made by [`Cache::get_or_set`] or
+/// [`Cache::try_get_or_set`]: a ready body, nothing refused.
+type KeyedCall<'k, R, S, Fut> = ReadThrough<'k, R, S, Ready<Fut>, fn(&S) -> bool>;
